@@ -1,0 +1,5 @@
+//! selfheal: self-healing building blocks for Rust web services.
+#![forbid(unsafe_code)]
+
+pub mod observe;
+pub mod retry;

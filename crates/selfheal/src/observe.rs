@@ -1,0 +1,340 @@
+//! The observer hook: one place where every healing decision is reported.
+//!
+//! Why a hook and not just logs? A retry that recovered is not an error, yet an
+//! operator wants to know that the database needed three tries at 3 a.m.; a
+//! breaker that opened is a fact the health page, the metrics and the alert rules
+//! all need. Every selfheal component (the retry engine, fallbacks, the circuit
+//! breaker, and the integrations built on them) reports through [`emit`], which
+//! writes one `tracing` event and hands the same [`Event`] to an [`Observer`].
+//!
+//! The hook is designed to cost nothing when nothing happens: a call that succeeds
+//! on its first attempt emits no event at all, so it never reaches this module.
+//! Events are borrowed views ([`Event`] holds references), so emitting one does
+//! not allocate; an observer that wants to keep data copies what it needs.
+//!
+//! An observer can be attached to one policy or breaker, or installed process-wide
+//! with [`set_global`]; a component with no observer of its own reports to the
+//! global one. The health monitor installs itself there.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use selfheal::observe::{Event, Observer};
+//!
+//! #[derive(Debug, Default)]
+//! struct CountRetries(AtomicU32);
+//!
+//! impl Observer for CountRetries {
+//!     fn on_event(&self, event: &Event<'_>) {
+//!         if let Event::Retry { .. } = event {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//!
+//! let counter = Arc::new(CountRetries::default());
+//! let policy = selfheal::retry::Policy::default().with_observer(counter.clone());
+//! # let _ = policy;
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Receives every [`Event`] of the components it is attached to.
+///
+/// Implementations must be cheap and must not block: events are emitted on the
+/// request path (when a retry happens, a breaker trips, a fallback is used).
+/// Anything slow (I/O, alerting) belongs on a background task fed by a bounded
+/// channel, which is what the health monitor does.
+///
+/// Closures `Fn(&Event<'_>)` are observers too.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per event, synchronously, on the task that caused it.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+impl<F> Observer for F
+where
+    F: Fn(&Event<'_>) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+/// A failure, as reported in an [`Event`].
+///
+/// `kind` is a short, stable, low-cardinality name (an error type such as
+/// `"Error"`, or a classifier's label such as `"503"`): together with the
+/// operation name it forms the fingerprint the health monitor groups by.
+/// `message` is the human-readable error; it may contain user data and must not
+/// be used as a grouping key.
+#[derive(Clone, Copy)]
+pub struct Failure<'a> {
+    /// Stable, low-cardinality name of the failure (an error type or a label).
+    pub kind: &'a str,
+    /// The failure's message (its `Display`).
+    pub message: &'a dyn fmt::Display,
+}
+
+impl fmt::Debug for Failure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failure")
+            .field("kind", &self.kind)
+            .field("message", &format_args!("{}", self.message))
+            .finish()
+    }
+}
+
+/// Why the retry engine stopped trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GiveUpReason {
+    /// The classifier said the failure is permanent: retrying cannot help.
+    Permanent,
+    /// The maximum number of attempts was reached.
+    MaxAttempts,
+    /// The next wait (a backoff delay or a server's hint) would cross the deadline.
+    Deadline,
+    /// The dependency's retry budget is spent: retrying now would feed a retry storm.
+    Budget,
+}
+
+impl GiveUpReason {
+    /// A short lowercase name, for logs and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::MaxAttempts => "max_attempts",
+            Self::Deadline => "deadline",
+            Self::Budget => "budget",
+        }
+    }
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Permanent => "the error is permanent",
+            Self::MaxAttempts => "the maximum number of attempts was reached",
+            Self::Deadline => "the next wait would cross the deadline",
+            Self::Budget => "the retry budget is exhausted",
+        })
+    }
+}
+
+/// The state of a circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls flow; outcomes are recorded.
+    Closed,
+    /// Calls fail fast until the break duration has passed.
+    Open,
+    /// A limited number of probe calls are let through to test the dependency.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// A short lowercase name, for logs and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something a selfheal component did to heal (or failed to).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// An attempt failed with a transient failure and will be retried after `delay`.
+    Retry {
+        /// The operation's name.
+        operation: &'a str,
+        /// The attempt that failed (1 for the first).
+        attempt: u32,
+        /// How long the engine waits before the next attempt.
+        delay: Duration,
+        /// The failure of this attempt.
+        failure: Failure<'a>,
+    },
+    /// The operation succeeded after at least one retry.
+    Recovered {
+        /// The operation's name.
+        operation: &'a str,
+        /// Attempts made, including the successful one.
+        attempts: u32,
+        /// Time from the first failure to the success.
+        elapsed: Duration,
+    },
+    /// The engine stopped retrying and returned the last failure.
+    GaveUp {
+        /// The operation's name.
+        operation: &'a str,
+        /// Attempts made.
+        attempts: u32,
+        /// Why the engine stopped.
+        reason: GiveUpReason,
+        /// The last failure.
+        failure: Failure<'a>,
+    },
+    /// An operation failed and a fallback value was returned instead.
+    FallbackUsed {
+        /// The operation's name.
+        operation: &'a str,
+        /// The failure that was replaced by the fallback.
+        failure: Failure<'a>,
+    },
+    /// A circuit breaker changed state.
+    BreakerTransition {
+        /// The breaker's name (usually the dependency).
+        breaker: &'a str,
+        /// The previous state.
+        from: BreakerState,
+        /// The new state.
+        to: BreakerState,
+    },
+    /// A call was refused because the breaker is open (or its half-open probes are taken).
+    BreakerRejected {
+        /// The breaker's name.
+        breaker: &'a str,
+        /// How long until the breaker lets a probe through.
+        retry_in: Duration,
+    },
+}
+
+type Shared = Arc<dyn Observer>;
+
+static GLOBAL: RwLock<Option<Shared>> = RwLock::new(None);
+
+/// Installs `observer` as the process-wide observer, replacing any previous one.
+///
+/// Components without an observer of their own report here. Returns the
+/// previous observer, if any.
+pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
+    let mut slot = GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    slot.replace(observer)
+}
+
+/// Removes the process-wide observer, returning it.
+pub fn clear_global() -> Option<Arc<dyn Observer>> {
+    let mut slot = GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    slot.take()
+}
+
+/// Reports `event`: one `tracing` event, then the `local` observer if there is
+/// one, else the global observer.
+///
+/// Every selfheal component calls this, so that logs and observers always agree.
+/// Retries and recoveries log at `WARN`/`INFO`-and-below, never `ERROR`: a call
+/// that recovered is not an error. A give-up on a transient failure logs at `WARN`
+/// (the caller decides whether its own request failed).
+pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
+    trace_event(event);
+    match local {
+        Some(observer) => observer.on_event(event),
+        None => {
+            let slot = GLOBAL.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(observer) = slot.as_ref() {
+                observer.on_event(event);
+            }
+        }
+    }
+}
+
+fn trace_event(event: &Event<'_>) {
+    match *event {
+        Event::Retry {
+            operation,
+            attempt,
+            delay,
+            failure,
+        } => tracing::debug!(
+            target: "selfheal",
+            operation,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            error.kind = failure.kind,
+            error.message = %failure.message,
+            "transient failure, retrying"
+        ),
+        Event::Recovered {
+            operation,
+            attempts,
+            elapsed,
+        } => tracing::info!(
+            target: "selfheal",
+            operation,
+            attempts,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "recovered after retrying"
+        ),
+        Event::GaveUp {
+            operation,
+            attempts,
+            reason,
+            failure,
+        } => tracing::warn!(
+            target: "selfheal",
+            operation,
+            attempts,
+            reason = reason.as_str(),
+            error.kind = failure.kind,
+            error.message = %failure.message,
+            "gave up"
+        ),
+        Event::FallbackUsed { operation, failure } => tracing::warn!(
+            target: "selfheal",
+            operation,
+            error.kind = failure.kind,
+            error.message = %failure.message,
+            "operation failed, fallback used"
+        ),
+        Event::BreakerTransition { breaker, from, to } => tracing::warn!(
+            target: "selfheal",
+            breaker,
+            from = from.as_str(),
+            to = to.as_str(),
+            "circuit breaker changed state"
+        ),
+        Event::BreakerRejected { breaker, retry_in } => tracing::debug!(
+            target: "selfheal",
+            breaker,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "circuit breaker open, call rejected"
+        ),
+    }
+}
+
+/// The last path segment of a type's name, without generic arguments:
+/// `sqlx_core::error::Error` becomes `Error`, `std::io::Error` becomes `Error`,
+/// `alloc::string::String` becomes `String`.
+///
+/// Used as the default failure kind: short, stable across builds, and never
+/// derived from an error's message.
+pub fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_type_names() {
+        assert_eq!(short_type_name::<std::io::Error>(), "Error");
+        assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(short_type_name::<Vec<std::io::Error>>(), "Vec");
+        assert_eq!(short_type_name::<u32>(), "u32");
+    }
+}

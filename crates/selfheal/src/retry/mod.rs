@@ -1,0 +1,3 @@
+//! Retry engine (in progress).
+mod classify;
+pub use classify::{AlwaysTransient, ByTrait, Classify, Transient, Verdict};
