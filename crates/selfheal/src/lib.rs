@@ -3,3 +3,6 @@
 
 pub mod observe;
 pub mod retry;
+
+mod error;
+pub use error::ConfigError;

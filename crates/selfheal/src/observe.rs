@@ -220,13 +220,17 @@ static GLOBAL: RwLock<Option<Shared>> = RwLock::new(None);
 /// Components without an observer of their own report here. Returns the
 /// previous observer, if any.
 pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
-    let mut slot = GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = GLOBAL
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     slot.replace(observer)
 }
 
 /// Removes the process-wide observer, returning it.
 pub fn clear_global() -> Option<Arc<dyn Observer>> {
-    let mut slot = GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = GLOBAL
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     slot.take()
 }
 
@@ -234,15 +238,18 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 /// one, else the global observer.
 ///
 /// Every selfheal component calls this, so that logs and observers always agree.
-/// Retries and recoveries log at `WARN`/`INFO`-and-below, never `ERROR`: a call
-/// that recovered is not an error. A give-up on a transient failure logs at `WARN`
-/// (the caller decides whether its own request failed).
+/// Nothing here logs at `ERROR`: a retry is `DEBUG`, a recovery `INFO` (a call
+/// that recovered is not an error), a give-up on a transient failure, a fallback
+/// and a breaker transition `WARN`, a permanent failure `DEBUG` (the caller
+/// decides whether its own request failed, and logs that).
 pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
     trace_event(event);
     match local {
         Some(observer) => observer.on_event(event),
         None => {
-            let slot = GLOBAL.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let slot = GLOBAL
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(observer) = slot.as_ref() {
                 observer.on_event(event);
             }
@@ -276,6 +283,22 @@ fn trace_event(event: &Event<'_>) {
             attempts,
             elapsed_ms = elapsed.as_millis() as u64,
             "recovered after retrying"
+        ),
+        // A permanent failure is the operation's own answer, not a healing
+        // failure: the caller reports it as it sees fit.
+        Event::GaveUp {
+            operation,
+            attempts,
+            reason: reason @ GiveUpReason::Permanent,
+            failure,
+        } => tracing::debug!(
+            target: "selfheal",
+            operation,
+            attempts,
+            reason = reason.as_str(),
+            error.kind = failure.kind,
+            error.message = %failure.message,
+            "permanent failure, not retried"
         ),
         Event::GaveUp {
             operation,

@@ -122,10 +122,10 @@ impl Transient for std::io::Error {
     fn verdict(&self) -> Verdict {
         use std::io::ErrorKind::*;
         match self.kind() {
-            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-            | BrokenPipe | TimedOut | Interrupted | WouldBlock | UnexpectedEof
-            | AddrInUse | AddrNotAvailable | HostUnreachable | NetworkUnreachable
-            | NetworkDown | ResourceBusy => Verdict::Transient,
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            | TimedOut | Interrupted | WouldBlock | UnexpectedEof | AddrInUse
+            | AddrNotAvailable | HostUnreachable | NetworkUnreachable | NetworkDown
+            | ResourceBusy => Verdict::Transient,
             _ => Verdict::Permanent,
         }
     }
