@@ -345,6 +345,7 @@ fn trace_event(event: &Event<'_>) {
 /// derived from an error's message.
 pub fn short_type_name<T: ?Sized>() -> &'static str {
     let full = std::any::type_name::<T>();
+    let full = full.trim_start_matches('&').trim_start_matches("mut ");
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base)
 }
@@ -359,5 +360,6 @@ mod tests {
         assert_eq!(short_type_name::<String>(), "String");
         assert_eq!(short_type_name::<Vec<std::io::Error>>(), "Vec");
         assert_eq!(short_type_name::<u32>(), "u32");
+        assert_eq!(short_type_name::<&'static str>(), "str");
     }
 }
