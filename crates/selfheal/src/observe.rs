@@ -172,8 +172,10 @@ pub enum Event<'a> {
         operation: &'a str,
         /// Attempts made, including the successful one.
         attempts: u32,
-        /// Time from the first failure to the success.
-        elapsed: Duration,
+        /// Total time spent waiting between attempts (backoff and server
+        /// hints; not the attempts themselves, so that recording a recovery
+        /// needs no clock read).
+        waited: Duration,
     },
     /// The engine stopped retrying and returned the last failure.
     GaveUp {
@@ -276,12 +278,12 @@ fn trace_event(event: &Event<'_>) {
         Event::Recovered {
             operation,
             attempts,
-            elapsed,
+            waited,
         } => tracing::info!(
             target: "selfheal",
             operation,
             attempts,
-            elapsed_ms = elapsed.as_millis() as u64,
+            waited_ms = waited.as_millis() as u64,
             "recovered after retrying"
         ),
         // A permanent failure is the operation's own answer, not a healing

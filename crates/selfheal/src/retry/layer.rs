@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -151,13 +150,9 @@ where
                     run.attempts += 1;
                     let name = this.policy.name();
                     let Some(verdict) = this.policy.verdict(&outcome) else {
-                        let since = run.first_failure.map_or(Duration::ZERO, |t| t.elapsed());
-                        this.policy.on_success(run, name, since);
+                        this.policy.on_success(run, name);
                         return Poll::Ready(outcome);
                     };
-                    if run.first_failure.is_none() {
-                        run.first_failure = Some(Instant::now());
-                    }
                     let elapsed = run.started.map(|t| t.elapsed());
                     match this
                         .policy

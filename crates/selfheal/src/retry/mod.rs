@@ -154,8 +154,8 @@ pub(crate) struct Run<I> {
     previous_delay: Duration,
     /// When the call started; only read when the policy has a deadline.
     pub(crate) started: Option<I>,
-    /// When the first attempt failed; for the recovery event.
-    pub(crate) first_failure: Option<I>,
+    /// Total time spent waiting between attempts.
+    pub(crate) waited: Duration,
 }
 
 impl<I> Run<I> {
@@ -164,7 +164,7 @@ impl<I> Run<I> {
             attempts: 0,
             previous_delay: Duration::ZERO,
             started,
-            first_failure: None,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -296,12 +296,7 @@ impl<C> Policy<C> {
 
     /// Records a success; reports a recovery when it took more than one attempt.
     #[inline]
-    pub(crate) fn on_success<I>(
-        &self,
-        run: &Run<I>,
-        operation: &str,
-        since_first_failure: Duration,
-    ) {
+    pub(crate) fn on_success<I>(&self, run: &Run<I>, operation: &str) {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -311,7 +306,7 @@ impl<C> Policy<C> {
                 &Event::Recovered {
                     operation,
                     attempts: run.attempts,
-                    elapsed: since_first_failure,
+                    waited: run.waited,
                 },
             );
         }
@@ -402,6 +397,7 @@ impl<C> Policy<C> {
             return give_up(GiveUpReason::Budget);
         }
         run.previous_delay = delay;
+        run.waited += delay;
         Step::Retry(delay)
     }
 }
@@ -456,13 +452,9 @@ impl<C> Policy<C> {
             let outcome = op().await;
             run.attempts += 1;
             let Some(verdict) = self.verdict(&outcome) else {
-                let since = run.first_failure.map_or(Duration::ZERO, |t| t.elapsed());
-                self.on_success(&run, self.op_name(operation), since);
+                self.on_success(&run, self.op_name(operation));
                 return outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok"));
             };
-            if run.first_failure.is_none() {
-                run.first_failure = Some(Instant::now());
-            }
             let elapsed = run.started.map(|t| t.elapsed());
             match self.on_failure(
                 &mut run,
@@ -517,13 +509,9 @@ impl<C> Policy<C> {
             let outcome = op();
             run.attempts += 1;
             let Some(verdict) = self.verdict(&outcome) else {
-                let since = run.first_failure.map_or(Duration::ZERO, |t| t.elapsed());
-                self.on_success(&run, self.op_name(operation), since);
+                self.on_success(&run, self.op_name(operation));
                 return outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok"));
             };
-            if run.first_failure.is_none() {
-                run.first_failure = Some(Instant::now());
-            }
             let elapsed = run.started.map(|t| t.elapsed());
             match self.on_failure(
                 &mut run,
