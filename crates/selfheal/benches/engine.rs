@@ -1,1 +1,2 @@
+//! Benchmarks (being written on the bench branch).
 fn main() {}

@@ -1,4 +1,18 @@
-//! selfheal: self-healing building blocks for Rust web services.
+//! Self-healing building blocks for Rust web services.
+//!
+//! A service heals itself the way a careful operator would: it retries what is
+//! transient and never what is not, falls back when a dependency is gone, stops
+//! calling a dependency that is down, and reports every one of those decisions,
+//! so that what was healed and what could not be is visible in one place.
+//!
+//! - [`retry`]: one retry engine (async, blocking, tower) with backoff and
+//!   jitter, deadlines, classification, server hints and a retry budget.
+//! - [`fallback`]: a default instead of an error, reported.
+//! - [`observe`]: the hook every component reports through (tracing events and
+//!   an [`Observer`](observe::Observer) for the health monitor).
+//!
+//! Time is always tokio's clock, so every time-based behaviour can be tested
+//! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
 pub mod fallback;
