@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fallback;
+pub mod health;
 pub mod observe;
 pub mod retry;
 
