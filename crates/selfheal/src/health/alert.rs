@@ -248,7 +248,8 @@ impl AlertSink for LogSink {
 /// "resolved follows".
 #[derive(Debug, Default)]
 pub(crate) struct AlertBook {
-    entries: HashMap<(usize, Option<String>), Entry>,
+    /// Per rule index, per fingerprint (`""` for service-wide rules).
+    entries: HashMap<usize, HashMap<String, Entry>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -281,15 +282,17 @@ impl AlertBook {
         now: u64,
         cooldown: Duration,
     ) -> Transition {
-        let key = (rule, fingerprint.map(str::to_owned));
-        if !holds && !self.entries.contains_key(&key) {
-            return Transition::Nothing;
-        }
-        let entry = self.entries.entry(key).or_insert(Entry {
-            holding: false,
-            notified: false,
-            last_fired: None,
-        });
+        let fingerprint = fingerprint.unwrap_or("");
+        let book = self.entries.entry(rule).or_default();
+        let entry = match book.get_mut(fingerprint) {
+            Some(entry) => entry,
+            None if !holds => return Transition::Nothing,
+            None => book.entry(fingerprint.to_owned()).or_insert(Entry {
+                holding: false,
+                notified: false,
+                last_fired: None,
+            }),
+        };
         match (entry.holding, holds) {
             (false, true) => {
                 let cooled = entry
@@ -320,19 +323,22 @@ impl AlertBook {
     /// Forgets quiet entries whose cooldown has passed, so the book stays
     /// bounded by the number of fingerprints that alerted recently.
     pub(crate) fn prune(&mut self, now: u64, cooldown: Duration) {
-        self.entries.retain(|_, e| {
-            e.holding
-                || e.last_fired
-                    .is_some_and(|t| now.saturating_sub(t) < cooldown.as_secs())
-        });
+        for book in self.entries.values_mut() {
+            book.retain(|_, e| {
+                e.holding
+                    || e.last_fired
+                        .is_some_and(|t| now.saturating_sub(t) < cooldown.as_secs())
+            });
+        }
     }
 
-    /// Number of (rule, fingerprint) pairs currently holding.
+    /// The (rule, fingerprint) pairs currently holding.
     pub(crate) fn active(&self) -> impl Iterator<Item = (usize, Option<&str>)> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.holding)
-            .map(|((rule, fp), _)| (*rule, fp.as_deref()))
+        self.entries.iter().flat_map(|(rule, book)| {
+            book.iter()
+                .filter(|(_, e)| e.holding)
+                .map(|(fp, _)| (*rule, (!fp.is_empty()).then_some(fp.as_str())))
+        })
     }
 }
 
@@ -380,6 +386,6 @@ mod tests {
         book.observe(0, Some("a"), false, 1, cd);
         book.observe(0, Some("b"), true, 0, cd);
         book.prune(100, cd);
-        assert_eq!(book.entries.len(), 1, "only the holding entry stays");
+        assert_eq!(book.entries[&0].len(), 1, "only the holding entry stays");
     }
 }

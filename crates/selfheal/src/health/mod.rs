@@ -11,7 +11,7 @@
 //! that reports:
 //!
 //! - **O(1), lock-free recording.** An error is a hash lookup in an immutable
-//!   map (swapped on insert, so readers never wait) and one compare-exchange
+//!   table (insert-only, so readers never wait) and one compare-exchange
 //!   into a time bucket. No lock, no allocation for a known fingerprint.
 //! - **Bounded memory.** Counts live in a ring of time buckets (60 one-minute
 //!   buckets by default); at most `max_fingerprints` distinct fingerprints are
@@ -46,10 +46,11 @@
 mod alert;
 mod check;
 mod report;
+mod table;
 mod window;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -57,7 +58,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -73,6 +73,7 @@ use crate::observe::{self, BreakerState, Event, GiveUpReason, Observer};
 use crate::retry::{Backoff, Policy};
 use alert::{AlertBook, Transition};
 use check::Check;
+use table::Table;
 use window::Ring;
 
 /// The fingerprint every event beyond `max_fingerprints` is counted under.
@@ -276,8 +277,10 @@ impl MonitorBuilder {
         self
     }
 
-    /// Most distinct fingerprints tracked; beyond, events count under
-    /// [`OTHER`]. Default 1,000.
+    /// Most distinct fingerprints tracked (1 to 100,000); beyond, events
+    /// count under [`OTHER`]. The table is allocated once for this many
+    /// (about 32 bytes a slot, two slots per fingerprint, plus the
+    /// fingerprint's buckets when it first occurs). Default 1,000.
     pub fn max_fingerprints(mut self, max: usize) -> Self {
         self.max_fingerprints = max;
         self
@@ -365,8 +368,11 @@ impl MonitorBuilder {
                 self.buckets
             )));
         }
-        if self.max_fingerprints == 0 {
-            return Err(ConfigError::new("max_fingerprints must be at least 1"));
+        if self.max_fingerprints == 0 || self.max_fingerprints > 100_000 {
+            return Err(ConfigError::new(format!(
+                "max_fingerprints must be between 1 and 100000, got {}",
+                self.max_fingerprints
+            )));
         }
         if self.channel_capacity == 0 {
             return Err(ConfigError::new(
@@ -398,10 +404,8 @@ impl MonitorBuilder {
             width_nanos: self.bucket_width.as_nanos().min(u128::from(u64::MAX)) as u64,
             buckets: self.buckets as u32,
             hasher: foldhash::fast::RandomState::default(),
-            fingerprints: ArcSwap::from_pointee(FpMap::default()),
-            insert_lock: Mutex::new(()),
-            max_fingerprints: self.max_fingerprints,
-            other: Arc::new(Fingerprint::new(OTHER, "*", "", 0, self.buckets)),
+            table: Table::new(self.max_fingerprints),
+            other: Fingerprint::new(0, OTHER, "*", "", 0, self.buckets),
             requests: ring(),
             failed_requests: ring(),
             heals: HealKind::ALL.map(|_| ring()),
@@ -427,6 +431,9 @@ impl MonitorBuilder {
             sinks,
             sink_policy: self.sink_policy,
             started: AtomicBool::new(false),
+            coarse_on: AtomicBool::new(false),
+            coarse_ms: AtomicU64::new(0),
+            coarse_epoch: AtomicU64::new(0),
         };
         Ok(Monitor {
             inner: Arc::new(inner),
@@ -449,40 +456,14 @@ impl MonitorBuilder {
     }
 }
 
-type FpMap = HashMap<u64, Vec<Arc<Fingerprint>>, NoHash>;
-
-/// The map is keyed by a hash computed with the monitor's seeded hasher.
-#[derive(Clone, Copy, Default)]
-struct NoHash;
-
-impl BuildHasher for NoHash {
-    type Hasher = PassThrough;
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
-    }
-}
-
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Fingerprint {
+    /// The table hash of `(kind, operation)`.
+    hash: u64,
     kind: Box<str>,
     operation: Box<str>,
+    /// `kind@operation`, or just `kind` for [`OTHER`].
+    key: Box<str>,
     sample: Box<str>,
     ring: Ring,
     /// Monitor time (ms) of the first and last event.
@@ -491,10 +472,24 @@ pub(crate) struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn new(kind: &str, operation: &str, sample: &str, now_ms: u64, buckets: usize) -> Self {
+    fn new(
+        hash: u64,
+        kind: &str,
+        operation: &str,
+        sample: &str,
+        now_ms: u64,
+        buckets: usize,
+    ) -> Self {
+        let key = if operation == "*" {
+            kind.into()
+        } else {
+            format!("{kind}@{operation}").into()
+        };
         Self {
+            hash,
             kind: kind.into(),
             operation: operation.into(),
+            key,
             sample: sample.into(),
             ring: Ring::new(buckets),
             first_seen_ms: now_ms,
@@ -502,12 +497,8 @@ impl Fingerprint {
         }
     }
 
-    fn key(&self) -> String {
-        if self.operation.as_ref() == "*" {
-            self.kind.to_string()
-        } else {
-            format!("{}@{}", self.kind, self.operation)
-        }
+    fn key(&self) -> &str {
+        &self.key
     }
 
     #[inline]
@@ -525,10 +516,8 @@ struct Inner {
     width_nanos: u64,
     buckets: u32,
     hasher: foldhash::fast::RandomState,
-    fingerprints: ArcSwap<FpMap>,
-    insert_lock: Mutex<()>,
-    max_fingerprints: usize,
-    other: Arc<Fingerprint>,
+    table: Table,
+    other: Fingerprint,
     requests: Ring,
     failed_requests: Ring,
     heals: [Ring; HealKind::ALL.len()],
@@ -554,6 +543,9 @@ struct Inner {
     sinks: Vec<Arc<dyn AlertSink>>,
     sink_policy: Policy,
     started: AtomicBool,
+    coarse_on: AtomicBool,
+    coarse_ms: AtomicU64,
+    coarse_epoch: AtomicU64,
 }
 
 /// Truncates `s` to at most `max` characters, on a character boundary.
@@ -597,6 +589,35 @@ impl Monitor {
         MonitorBuilder::default()
     }
 
+    /// The time for recording: the coarse clock kept by the background task
+    /// when the monitor was started (two atomic loads), else a clock read.
+    ///
+    /// Recording is the hot path and a clock read is most of its cost (about
+    /// 25-40 ns for tokio's clock, more than everything else together); a
+    /// bucket is a minute wide, so a timestamp up to one tick old (at most
+    /// 250 ms) changes nothing. Reads (summaries, alert rules) use the exact
+    /// clock.
+    #[inline]
+    fn record_now(&self) -> Now {
+        if self.inner.coarse_on.load(Ordering::Relaxed) {
+            Now {
+                epoch: self.inner.coarse_epoch.load(Ordering::Relaxed) as u32,
+                ms: self.inner.coarse_ms.load(Ordering::Relaxed),
+            }
+        } else {
+            self.now()
+        }
+    }
+
+    fn tick_coarse_clock(&self) {
+        let now = self.now();
+        self.inner.coarse_ms.store(now.ms, Ordering::Relaxed);
+        self.inner
+            .coarse_epoch
+            .store(u64::from(now.epoch), Ordering::Relaxed);
+        self.inner.coarse_on.store(true, Ordering::Relaxed);
+    }
+
     #[inline]
     fn now(&self) -> Now {
         let nanos = self
@@ -626,64 +647,57 @@ impl Monitor {
         self.inner.hasher.hash_one((kind, operation))
     }
 
-    #[inline]
-    fn find(map: &FpMap, hash: u64, kind: &str, operation: &str) -> Option<Arc<Fingerprint>> {
-        map.get(&hash)?
-            .iter()
-            .find(|fp| &*fp.kind == kind && &*fp.operation == operation)
-            .cloned()
-    }
-
-    /// Finds or creates the fingerprint for `(kind, operation)`.
-    fn fingerprint(
-        &self,
-        kind: &str,
-        operation: &str,
-        message: &dyn fmt::Display,
-        now: Now,
-    ) -> Arc<Fingerprint> {
-        let hash = self.hash(kind, operation);
-        if let Some(fp) = Self::find(&self.inner.fingerprints.load(), hash, kind, operation) {
-            return fp;
-        }
-        let _guard = lock(&self.inner.insert_lock);
-        let current = self.inner.fingerprints.load_full();
-        if let Some(fp) = Self::find(&current, hash, kind, operation) {
-            return fp;
-        }
-        let count: usize = current.values().map(Vec::len).sum();
-        if count >= self.inner.max_fingerprints {
-            return self.inner.other.clone();
-        }
-        let sample = truncate(&message.to_string(), 200);
-        let fp = Arc::new(Fingerprint::new(
-            &truncate(kind, 100),
-            &truncate(operation, 200),
-            &sample,
-            now.ms,
-            self.inner.buckets as usize,
-        ));
-        let mut next = (*current).clone();
-        next.entry(hash).or_default().push(fp.clone());
-        self.inner.fingerprints.store(Arc::new(next));
-        fp
-    }
-
     /// Records an error: `kind` is a short stable name (an error type, a
     /// status code), `operation` where it happened (a route template, a
     /// dependency), `message` one human-readable sample (kept, truncated, for
     /// the first occurrence of the fingerprint only).
+    ///
+    /// For a known fingerprint this is a hash, a lock-free map lookup and one
+    /// compare-exchange (plus a clock read when the monitor was built without
+    /// its background task): no lock, no allocation.
     #[inline]
     pub fn record_error(&self, kind: &str, operation: &str, message: &dyn fmt::Display) {
-        let now = self.now();
-        let fp = self.fingerprint(kind, operation, message, now);
+        let now = self.record_now();
+        let hash = self.hash(kind, operation);
+        let fp = match self.inner.table.get(hash, kind, operation) {
+            Some(fp) => fp,
+            None => self.insert_fingerprint(hash, kind, operation, message, now),
+        };
         fp.ring.add(now.epoch, 1);
         fp.touch(now.ms);
     }
 
+    /// The slow path of [`Monitor::record_error`]: a new fingerprint, or
+    /// [`OTHER`] when the table is full (no lock then: the path an attacker
+    /// triggering distinct errors would hammer).
+    #[cold]
+    fn insert_fingerprint(
+        &self,
+        hash: u64,
+        kind: &str,
+        operation: &str,
+        message: &dyn fmt::Display,
+        now: Now,
+    ) -> &Fingerprint {
+        let make = || {
+            Fingerprint::new(
+                hash,
+                &truncate(kind, 100),
+                &truncate(operation, 200),
+                &truncate(&message.to_string(), 200),
+                now.ms,
+                self.inner.buckets as usize,
+            )
+        };
+        self.inner
+            .table
+            .get_or_insert(hash, kind, operation, make)
+            .unwrap_or(&self.inner.other)
+    }
+
     /// Records a heal.
     pub fn record_heal(&self, kind: HealKind, operation: &str) {
-        let now = self.now();
+        let now = self.record_now();
         self.inner.heals[kind.index()].add(now.epoch, 1);
         let mut recent = lock(&self.inner.recent_heals);
         if recent.len() >= self.inner.recent {
@@ -702,7 +716,7 @@ impl Monitor {
     /// Records the outcome of one request (for error rates).
     #[inline]
     pub fn record_request(&self, failed: bool) {
-        let now = self.now();
+        let now = self.record_now();
         self.inner.requests.add(now.epoch, 1);
         if failed {
             self.inner.failed_requests.add(now.epoch, 1);
@@ -722,7 +736,7 @@ impl Monitor {
 
     /// The number of fingerprints tracked (not counting [`OTHER`]).
     pub fn fingerprint_count(&self) -> usize {
-        self.inner.fingerprints.load().values().map(Vec::len).sum()
+        self.inner.table.len()
     }
 
     /// An [`Observer`] feeding this monitor, to attach to a policy or breaker
@@ -776,16 +790,26 @@ impl Monitor {
             spawn_check(weak.clone(), check.clone());
         }
         let interval = self.inner.evaluation_interval;
+        let tick = interval
+            .min(Duration::from_millis(250))
+            .min(Duration::from_nanos(self.inner.width_nanos / 4))
+            .max(Duration::from_millis(1));
         let evaluator = weak.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
+            let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_evaluation: Option<Instant> = None;
             loop {
                 ticker.tick().await;
                 let Some(inner) = evaluator.upgrade() else {
                     return;
                 };
-                Monitor { inner }.evaluate();
+                let monitor = Monitor { inner };
+                monitor.tick_coarse_clock();
+                if last_evaluation.is_none_or(|t| t.elapsed() >= interval) {
+                    last_evaluation = Some(Instant::now());
+                    monitor.evaluate();
+                }
             }
         });
         if let Some(rx) = lock(&self.inner.rx).take() {
@@ -800,23 +824,27 @@ impl Monitor {
         let now = self.now();
         let now_secs = now.ms / 1000;
         let mut notices = Vec::new();
-        let fingerprints = self.all_fingerprints();
         let mut book = lock(&self.inner.book);
         for (index, rule) in self.inner.rules.iter().enumerate() {
             let span = self.span(rule.window());
             match rule {
                 AlertRule::RepeatedError { threshold, .. } => {
-                    for fp in &fingerprints {
+                    let mut changes = Vec::new();
+                    self.for_each_fingerprint(|fp| {
                         let count = fp.ring.sum(now.epoch, span);
-                        let key = fp.key();
                         let transition = book.observe(
                             index,
-                            Some(&key),
+                            Some(fp.key()),
                             count > *threshold,
                             now_secs,
                             self.inner.cooldown,
                         );
                         if transition != Transition::Nothing {
+                            changes.push((fp.key().to_owned(), count, transition));
+                        }
+                    });
+                    for (key, count, transition) in changes {
+                        {
                             let summary = format!(
                                 "{key} occurred {count} times in the last {} (threshold {threshold})",
                                 describe_window(rule.window())
@@ -902,11 +930,12 @@ impl Monitor {
         }
     }
 
-    fn all_fingerprints(&self) -> Vec<Arc<Fingerprint>> {
-        let map = self.inner.fingerprints.load();
-        let mut all: Vec<_> = map.values().flatten().cloned().collect();
-        all.push(self.inner.other.clone());
-        all
+    /// Calls `f` on every fingerprint, `other` last, without cloning.
+    fn for_each_fingerprint(&self, mut f: impl FnMut(&Fingerprint)) {
+        for fp in self.inner.table.iter() {
+            f(fp);
+        }
+        f(&self.inner.other);
     }
 
     /// Alert notices dropped because the channel to the sinks was full.

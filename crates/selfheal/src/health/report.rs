@@ -174,7 +174,7 @@ impl Monitor {
     /// The guide's summary over `window` (at most the [horizon](Monitor::horizon)).
     pub fn summary(&self, window: Duration) -> Summary {
         let window = window.min(self.horizon());
-        let (total_errors, errors_by_type, _) = self.errors_in(window);
+        let (total_errors, errors_by_type) = self.errors_by_type(window);
         Summary {
             status: self.status(),
             total_errors,
@@ -183,21 +183,49 @@ impl Monitor {
         }
     }
 
-    fn errors_in(&self, window: Duration) -> (u64, BTreeMap<String, u64>, Vec<FingerprintReport>) {
+    /// Total errors and errors by kind within `window`.
+    fn errors_by_type(&self, window: Duration) -> (u64, BTreeMap<String, u64>) {
         let now = self.now();
         let span = self.span(window);
         let mut total = 0;
-        let mut by_type = BTreeMap::new();
-        let mut fingerprints = Vec::new();
-        for fp in self.all_fingerprints() {
+        let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+        self.for_each_fingerprint(|fp| {
             let count = fp.ring.sum(now.epoch, span);
             if count == 0 {
-                continue;
+                return;
             }
             total += count;
-            *by_type.entry(fp.kind.to_string()).or_insert(0) += count;
+            match by_type.get_mut(&*fp.kind) {
+                Some(n) => *n += count,
+                None => {
+                    by_type.insert(fp.kind.to_string(), count);
+                }
+            }
+        });
+        (total, by_type)
+    }
+
+    /// Total errors within `window`.
+    fn errors_total(&self, window: Duration) -> u64 {
+        let now = self.now();
+        let span = self.span(window);
+        let mut total = 0;
+        self.for_each_fingerprint(|fp| total += fp.ring.sum(now.epoch, span));
+        total
+    }
+
+    /// Fingerprints with errors within `window`, most frequent first.
+    fn fingerprint_reports(&self, window: Duration) -> Vec<FingerprintReport> {
+        let now = self.now();
+        let span = self.span(window);
+        let mut fingerprints = Vec::new();
+        self.for_each_fingerprint(|fp| {
+            let count = fp.ring.sum(now.epoch, span);
+            if count == 0 {
+                return;
+            }
             fingerprints.push(FingerprintReport {
-                fingerprint: fp.key(),
+                fingerprint: fp.key().to_owned(),
                 kind: fp.kind.to_string(),
                 operation: if &*fp.kind == OTHER {
                     String::new()
@@ -212,13 +240,13 @@ impl Monitor {
                     / 1000,
                 sample: fp.sample.to_string(),
             });
-        }
+        });
         fingerprints.sort_by(|a, b| {
             b.count
                 .cmp(&a.count)
                 .then_with(|| a.fingerprint.cmp(&b.fingerprint))
         });
-        (total, by_type, fingerprints)
+        fingerprints
     }
 
     /// Requests over `window`.
@@ -276,7 +304,7 @@ impl Monitor {
             }
         }
 
-        let (errors, _, _) = self.errors_in(rules.count_window);
+        let errors = self.errors_total(rules.count_window);
         let window = describe_window(rules.count_window);
         if rules.critical_errors.is_some_and(|n| errors >= n) {
             raise(
@@ -358,17 +386,11 @@ impl Monitor {
         let now = self.now();
         let span = self.span(window);
         let (status, reasons) = self.status_with_reasons();
-        let (total_errors, errors_by_type, fingerprints) = self.errors_in(window);
+        let (total_errors, errors_by_type) = self.errors_by_type(window);
+        let fingerprints = self.fingerprint_reports(window);
 
         let mut errors_per_bucket = vec![0u64; span as usize];
-        for fp in self.all_fingerprints() {
-            for (slot, n) in errors_per_bucket
-                .iter_mut()
-                .zip(fp.ring.series(now.epoch, span))
-            {
-                *slot += n;
-            }
-        }
+        self.for_each_fingerprint(|fp| fp.ring.add_series(now.epoch, &mut errors_per_bucket));
         let heals = HealKind::ALL
             .iter()
             .map(|k| (*k, self.inner.heals[k.index()].sum(now.epoch, span)))

@@ -416,3 +416,30 @@ fn misconfiguration_is_rejected() {
     let err = Monitor::builder().buckets(10).build().unwrap_err();
     assert!(err.message().contains("horizon"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_started_monitor_records_on_its_coarse_clock() {
+    let m = Monitor::builder().global(false).start().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..5 {
+        m.record_error("Error", "early", &"x");
+    }
+    tokio::time::sleep(minutes(20)).await;
+    m.record_error("Error", "late", &"y");
+    m.record_request(true);
+    let last_minute = m.summary(minutes(1));
+    assert_eq!(
+        last_minute.total_errors, 1,
+        "the late error is in the current minute"
+    );
+    assert_eq!(m.summary(minutes(15)).total_errors, 1);
+    assert_eq!(m.summary(minutes(60)).total_errors, 6);
+    assert_eq!(m.requests(minutes(1)).failed, 1);
+    let early = m
+        .report(minutes(60))
+        .fingerprints
+        .into_iter()
+        .find(|f| f.operation == "early")
+        .unwrap();
+    assert_eq!(early.last_seen_secs_ago / 60, 20);
+}

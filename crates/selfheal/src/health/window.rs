@@ -6,6 +6,11 @@
 //! and a read is exact: it sums only the buckets whose epoch lies inside the
 //! requested window.
 //!
+//! Each ring has one stripe of buckets per CPU (up to 8), and a thread counts
+//! into its own stripe: when every thread reports the same error (an error
+//! storm: exactly when recording must stay cheap), they do not fight over one
+//! cache line. Reads add the stripes up.
+//!
 //! Why not Resilience4j's subtract-on-evict running total: evicting
 //! consistently needs every recorder to agree on who subtracts what, which is a
 //! lock (Resilience4j takes one) or a second atomic per record on the hot path.
@@ -14,7 +19,8 @@
 //! alert evaluation; the record path, paid on every error, stays one
 //! compare-exchange.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const COUNT_MASK: u64 = u32::MAX as u64;
 
@@ -28,29 +34,57 @@ fn unpack(word: u64) -> (u32, u32) {
     ((word >> 32) as u32, (word & COUNT_MASK) as u32)
 }
 
-/// Counts per time bucket over a ring of `len` buckets.
+/// The number of stripes: the CPUs available, at most 8.
+fn stripes() -> usize {
+    static STRIPES: OnceLock<usize> = OnceLock::new();
+    *STRIPES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+    })
+}
+
+/// This thread's stripe index (threads are numbered as they first record).
+#[inline]
+fn my_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    MINE.with(|n| *n)
+}
+
+/// Counts per time bucket over a ring of `len` buckets (times the stripes).
 #[derive(Debug)]
 pub(crate) struct Ring {
+    /// `stripes` consecutive runs of `len` buckets.
     slots: Box<[AtomicU64]>,
+    len: usize,
+    stripes: usize,
 }
 
 impl Ring {
     /// A ring of `len` buckets, all empty. Epoch 0 buckets start empty too:
     /// a zero count is a zero count whatever its tag.
     pub(crate) fn new(len: usize) -> Self {
+        let len = len.max(1);
+        let stripes = stripes();
         Self {
-            slots: (0..len.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..len * stripes).map(|_| AtomicU64::new(0)).collect(),
+            len,
+            stripes,
         }
     }
 
     pub(crate) fn len(&self) -> u32 {
-        self.slots.len() as u32
+        self.len as u32
     }
 
     /// Adds `n` to the bucket of `epoch` (saturating).
     #[inline]
     pub(crate) fn add(&self, epoch: u32, n: u32) {
-        let slot = &self.slots[epoch as usize % self.slots.len()];
+        let stripe = my_stripe() % self.stripes;
+        let slot = &self.slots[stripe * self.len + epoch as usize % self.len];
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let (tag, count) = unpack(current);
@@ -93,10 +127,10 @@ impl Ring {
             .sum()
     }
 
-    /// Counts per epoch for the `span` most recent epochs, oldest first.
-    pub(crate) fn series(&self, now: u32, span: u32) -> Vec<u64> {
-        let span = span.min(self.len());
-        let mut out = vec![0u64; span as usize];
+    /// Adds the counts of the `out.len()` most recent epochs into `out`,
+    /// oldest first.
+    pub(crate) fn add_series(&self, now: u32, out: &mut [u64]) {
+        let span = (out.len() as u32).min(self.len());
         for slot in self.slots.iter() {
             let (tag, count) = unpack(slot.load(Ordering::Relaxed));
             let age = now.wrapping_sub(tag);
@@ -104,7 +138,6 @@ impl Ring {
                 out[(span - 1 - age) as usize] += u64::from(count);
             }
         }
-        out
     }
 }
 
@@ -120,7 +153,9 @@ mod tests {
         r.add(11, 5);
         assert_eq!(r.sum(11, 4), 8);
         assert_eq!(r.sum(11, 1), 5);
-        assert_eq!(r.series(11, 3), [0, 3, 5]);
+        let mut series = [0; 3];
+        r.add_series(11, &mut series);
+        assert_eq!(series, [0, 3, 5]);
         // Epoch 14 reuses epoch 10's slot: the old count is gone.
         r.add(14, 1);
         assert_eq!(r.sum(14, 4), 6);
