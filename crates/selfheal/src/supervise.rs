@@ -31,9 +31,10 @@
 //! HTTP request succeeds: the service is not doing its job. So giving up marks
 //! the [health monitor](crate::health) critical (`/readyz` fails, the
 //! dashboard and alerts say which worker and why) and logs at `ERROR`; the
-//! mark stays until an operator acts. Each failure is recorded on the monitor
-//! as an error (kind `Panic` or the error's type name, operation
-//! `worker:<name>`), each restart as a
+//! mark stays until an operator acts: spawns the worker again, or calls
+//! [`Monitor::clear_critical`] with `worker:<name>`. Each failure is recorded
+//! on the monitor as an error (kind `Panic` or the error's type name,
+//! operation `worker:<name>`), each restart as a
 //! [`WorkerRestarted`](crate::health::HealKind::WorkerRestarted) heal.
 //!
 //! **Clean shutdown.** The factory receives a [`ShutdownSignal`]; a worker
