@@ -10,6 +10,9 @@
 //! - [`fallback`]: a default instead of an error, reported.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
+//! - [`supervise`]: background tasks restarted with backoff when they fail,
+//!   given up on (and reported critical) when they keep failing, stopped
+//!   cleanly on a signal.
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
@@ -19,6 +22,7 @@ pub mod fallback;
 pub mod health;
 pub mod observe;
 pub mod retry;
+pub mod supervise;
 
 mod error;
 pub use error::ConfigError;
