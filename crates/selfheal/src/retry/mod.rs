@@ -52,8 +52,8 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
-mod budget;
+pub mod backoff;
+pub mod budget;
 mod classify;
 mod error;
 #[cfg(feature = "tower")]
