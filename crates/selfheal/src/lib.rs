@@ -10,6 +10,11 @@
 //! - [`fallback`]: a default instead of an error, reported.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
+//! - [`health`]: the monitor every heal and error is reported to, its status,
+//!   alert rules and alert sinks (log; webhook with the `webhook` feature;
+//!   email with the `email` feature).
+//! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
+//!   ring crypto provider once per process.
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
@@ -19,6 +24,8 @@ pub mod fallback;
 pub mod health;
 pub mod observe;
 pub mod retry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod error;
 pub use error::ConfigError;
