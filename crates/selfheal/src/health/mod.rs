@@ -46,6 +46,8 @@
 mod alert;
 mod check;
 mod report;
+#[cfg(feature = "webhook")]
+mod webhook;
 mod window;
 
 use std::borrow::Cow;
@@ -67,6 +69,8 @@ pub use check::{CheckOptions, CheckResult};
 pub use report::{
     BreakerReport, FingerprintReport, HealRecord, Report, RequestReport, Status, Summary,
 };
+#[cfg(feature = "webhook")]
+pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
 
 use crate::ConfigError;
 use crate::observe::{self, BreakerState, Event, GiveUpReason, Observer};
