@@ -13,6 +13,11 @@
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
+//! - [`health`]: the monitor every heal and error is reported to, its status,
+//!   alert rules and alert sinks (log; webhook with the `webhook` feature;
+//!   email with the `email` feature).
+//! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
+//!   ring crypto provider once per process.
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
@@ -23,6 +28,8 @@ pub mod health;
 pub mod observe;
 pub mod retry;
 pub mod supervise;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod error;
 pub use error::ConfigError;
