@@ -8,6 +8,8 @@
 //! - [`retry`]: one retry engine (async, blocking, tower) with backoff and
 //!   jitter, deadlines, classification, server hints and a retry budget.
 //! - [`fallback`]: a default instead of an error, reported.
+//! - [`breaker`]: a circuit breaker that fails fast while a dependency is
+//!   down and lets a few probes find out when it is back.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
@@ -23,6 +25,7 @@
 //! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod fallback;
 pub mod health;
 pub mod observe;
