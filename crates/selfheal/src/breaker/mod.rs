@@ -63,6 +63,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "tower")]
+mod layer;
 mod window;
 
 #[cfg(test)]
@@ -79,6 +81,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use self::error::{BreakerError, Open};
+#[cfg(feature = "tower")]
+pub use self::layer::{BreakerLayer, BreakerService, ResponseFuture};
 use self::window::{BUCKET_CAPACITY, Window};
 use crate::ConfigError;
 use crate::observe::{self, BreakerState, Event, Observer};
@@ -344,7 +348,8 @@ impl fmt::Debug for Builder {
 /// database) and hand clones to every task that calls it.
 ///
 /// Use it through [`Breaker::call`] or [`Breaker::call_classified`] for async
-/// closures, [`Breaker::try_acquire`] and a [`Permit`] for anything else.
+/// closures, [`Breaker::try_acquire`] and a [`Permit`] for anything else, or
+/// [`BreakerLayer`] on a tower service.
 #[derive(Clone)]
 pub struct Breaker {
     inner: Arc<Inner>,
