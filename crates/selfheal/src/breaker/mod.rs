@@ -395,6 +395,7 @@ impl Breaker {
     ///
     /// [`Open`] if the breaker is open, or half-open with every probe slot
     /// taken. Each refusal is reported as [`Event::BreakerRejected`].
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Open> {
         let ticket = self.inner.acquire()?;
         Ok(Permit {
@@ -505,11 +506,13 @@ pub struct Permit {
 
 impl Permit {
     /// Records that the call succeeded.
+    #[inline]
     pub fn success(self) {
         self.held.finish(false);
     }
 
     /// Records that the call failed.
+    #[inline]
     pub fn failure(self) {
         self.held.finish(true);
     }
@@ -695,8 +698,18 @@ impl Inner {
             .as_nanos() as u64
     }
 
+    /// Admits a call: inline for the closed path, out of line otherwise.
+    #[inline]
     fn acquire(&self) -> Result<Ticket, Open> {
-        let mut current = self.state.load(Ordering::Acquire);
+        let current = self.state.load(Ordering::Acquire);
+        if word::state(current) == BreakerState::Closed {
+            return Ok(Ticket::Closed(current));
+        }
+        self.acquire_slow(current)
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self, mut current: u64) -> Result<Ticket, Open> {
         loop {
             match word::state(current) {
                 BreakerState::Closed => return Ok(Ticket::Closed(current)),

@@ -50,7 +50,45 @@ pub(crate) struct Counts {
 /// A time-bucketed, lock-free sliding window of outcomes.
 pub(crate) struct Window {
     buckets: Box<[AtomicU64]>,
-    width_nanos: u64,
+    /// Bucket width, in nanoseconds.
+    width: Divisor,
+    /// Number of buckets.
+    len: Divisor,
+}
+
+/// Exact unsigned division by a constant, with a multiplication instead of a
+/// `div` instruction (which costs tens of cycles on many server CPUs, and the
+/// closed path needs two of them per outcome).
+///
+/// `magic = floor((2^64 - 1) / d)` underestimates `1 / d`, so the high half
+/// of `x * magic` is the quotient or at most two less; the remainder says
+/// which, and corrects it.
+#[derive(Clone, Copy, Debug)]
+struct Divisor {
+    d: u64,
+    magic: u64,
+}
+
+impl Divisor {
+    const fn new(d: u64) -> Self {
+        assert!(d > 0, "division by zero");
+        Self {
+            d,
+            magic: u64::MAX / d,
+        }
+    }
+
+    /// `(x / d, x % d)`.
+    #[inline]
+    const fn div_rem(self, x: u64) -> (u64, u64) {
+        let mut q = ((x as u128 * self.magic as u128) >> 64) as u64;
+        let mut r = x - q * self.d;
+        while r >= self.d {
+            q += 1;
+            r -= self.d;
+        }
+        (q, r)
+    }
 }
 
 const fn pack(epoch: u64, failures: u64, total: u64) -> u64 {
@@ -74,7 +112,8 @@ impl Window {
             buckets: (0..buckets)
                 .map(|_| AtomicU64::new(pack(0, 0, 0)))
                 .collect(),
-            width_nanos,
+            width: Divisor::new(width_nanos),
+            len: Divisor::new(u64::from(buckets)),
         }
     }
 
@@ -82,13 +121,13 @@ impl Window {
     /// the breaker was created.
     #[inline]
     pub(crate) fn epoch(&self, elapsed_nanos: u64) -> u64 {
-        elapsed_nanos / self.width_nanos
+        self.width.div_rem(elapsed_nanos).0
     }
 
     /// Records one outcome in the bucket of `epoch`.
     #[inline]
     pub(crate) fn record(&self, epoch: u64, failed: bool) {
-        let slot = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        let slot = &self.buckets[self.len.div_rem(epoch).1 as usize];
         let tag = epoch & EPOCH_MASK;
         let mut current = slot.load(Ordering::Relaxed);
         loop {
@@ -114,7 +153,7 @@ impl Window {
     /// slices `epoch - n + 1 ..= epoch`.
     pub(crate) fn counts(&self, epoch: u64) -> Counts {
         let tag = epoch & EPOCH_MASK;
-        let len = self.buckets.len() as u64;
+        let len = self.len.d;
         let mut counts = Counts::default();
         for slot in self.buckets.iter() {
             let (stored, failures, total) = unpack(slot.load(Ordering::Relaxed));
@@ -146,6 +185,49 @@ mod tests {
 
     const fn counts(failures: u64, total: u64) -> Counts {
         Counts { failures, total }
+    }
+
+    #[test]
+    fn divisor_matches_plain_division_at_the_edges() {
+        for d in [
+            1,
+            2,
+            3,
+            7,
+            10,
+            1_000,
+            3_000_000_000,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let divisor = Divisor::new(d);
+            for x in [
+                0,
+                1,
+                d - 1,
+                d,
+                d.saturating_add(1),
+                2 * (d / 2),
+                u64::MAX / 2,
+                u64::MAX - 1,
+                u64::MAX,
+            ] {
+                assert_eq!(divisor.div_rem(x), (x / d, x % d), "{x} / {d}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn divisor_matches_plain_division(d in 1..=u64::MAX, x: u64) {
+            proptest::prop_assert_eq!(Divisor::new(d).div_rem(x), (x / d, x % d));
+        }
+
+        #[test]
+        fn divisor_matches_plain_division_for_small_divisors(d in 1..=1_000_000u64, x: u64) {
+            proptest::prop_assert_eq!(Divisor::new(d).div_rem(x), (x / d, x % d));
+        }
     }
 
     #[test]
