@@ -32,8 +32,8 @@
 //!
 //! The closed path, which every call pays, takes no lock and allocates
 //! nothing: one atomic load to admit a call and, to record its outcome, one
-//! compare-exchange on a bucket of the window (or, in consecutive mode, at
-//! most one store). Every state change is a compare-exchange on a single
+//! clock read and one compare-exchange on a bucket of the window (in
+//! consecutive mode: no clock read, and at most one store). Every state change is a compare-exchange on a single
 //! word, so exactly one thread performs (and reports) each transition. Time is
 //! read only through [`tokio::time::Instant`], so tests can run hours of
 //! breaker time under `tokio::time::pause()`.

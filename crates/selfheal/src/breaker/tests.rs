@@ -394,6 +394,20 @@ async fn clones_share_state() {
     assert!(format!("{breaker:?}").contains("Open"));
 }
 
+/// Web frameworks need `Send` futures and shareable handles.
+#[test]
+fn handles_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let breaker = Breaker::new("x");
+    send_sync(&breaker);
+    send_sync(&breaker.try_acquire().unwrap());
+    send_sync(&breaker.call(|| async { Ok::<_, ()>(()) }));
+    send_sync(
+        &breaker.call_classified(&crate::retry::AlwaysTransient, || async { Ok::<_, ()>(()) }),
+    );
+    send_sync(&breaker.snapshot());
+}
+
 #[test]
 fn misconfiguration_is_rejected_with_a_clear_message() {
     fn error(builder: Builder) -> String {
