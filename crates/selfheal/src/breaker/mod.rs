@@ -227,6 +227,13 @@ impl Builder {
     /// Reports every state change ([`Event::BreakerTransition`]) and every
     /// refused call ([`Event::BreakerRejected`]) to `observer` instead of the
     /// global observer.
+    ///
+    /// Each transition is reported exactly once, synchronously, by the thread
+    /// that made it, right after making it. No lock is held while reporting,
+    /// so two transitions made by different threads a moment apart (a probe
+    /// closes the breaker, then a burst of failures opens it again) can reach
+    /// the observer in the opposite order; the event's `from` says which state
+    /// each one left, and [`Breaker::state`] is always current.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
         self
