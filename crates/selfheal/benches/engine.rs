@@ -620,6 +620,16 @@ fn case_a_success(bench: &mut Bench) {
         move || block_on(policy.retry_named("bench_op", || op_ok(black_box(INPUT)))).ok(),
     );
 
+    let layer = selfheal::retry::RetryLayer::new(Policy::default().with_observer(noop_observer()));
+    let mut layered_svc = tower::Layer::layer(&layer, tower::service_fn(op_ok));
+    bench.add(
+        CASE,
+        "selfheal RetryLayer (tower middleware)",
+        Role::Info,
+        is_42,
+        move || block_on(tower_call(&mut layered_svc, black_box(INPUT))).ok(),
+    );
+
     let mut tower_svc =
         tower::retry::Retry::new(TowerAttempts { retries_left: 2 }, tower::service_fn(op_ok));
     bench.add(CASE, "tower retry", Role::Peer, is_42, move || {
@@ -699,13 +709,50 @@ fn case_b_fail_once(bench: &mut Bench) {
         failed_once,
         move || block_on(p.retry_named("bench_op", || op_flaky(black_box(INPUT)))).ok(),
     );
-    let unbudgeted = policy.without_budget();
+    let unbudgeted = policy.clone().without_budget();
     bench.add(
         CASE,
         "selfheal Policy::retry, no budget",
         Role::Info,
         failed_once,
         move || block_on(unbudgeted.retry(|| op_flaky(black_box(INPUT)))).ok(),
+    );
+
+    // The same policy reporting to the global observer (what a policy without
+    // `with_observer` does once the health monitor is installed).
+    selfheal::observe::set_global(noop_observer());
+    let global = Policy::default()
+        .with_backoff(Backoff::immediate())
+        .with_budget(Arc::new(Budget::new(20, 1.0).expect("valid budget")));
+    bench.add(
+        CASE,
+        "selfheal Policy::retry, global observer",
+        Role::Info,
+        failed_once,
+        move || block_on(global.retry(|| op_flaky(black_box(INPUT)))).ok(),
+    );
+    // The budget's own cost in this case: a transient failure withdraws a
+    // token, the success deposits one (two atomic read-modify-writes).
+    let budget = Arc::new(Budget::new(20, 1.0).expect("valid budget"));
+    bench.add(
+        CASE,
+        "Budget::withdraw + Budget::deposit alone",
+        Role::Info,
+        |allowed| *allowed,
+        move || {
+            let allowed = budget.withdraw();
+            budget.deposit();
+            allowed
+        },
+    );
+    let layer = selfheal::retry::RetryLayer::new(policy);
+    let mut layered_svc = tower::Layer::layer(&layer, tower::service_fn(op_flaky));
+    bench.add(
+        CASE,
+        "selfheal RetryLayer (tower middleware)",
+        Role::Info,
+        failed_once,
+        move || block_on(tower_call(&mut layered_svc, black_box(INPUT))).ok(),
     );
 
     let mut tower_svc = tower::retry::Retry::new(
@@ -779,7 +826,7 @@ fn case_c_breaker(bench: &mut Bench) {
         "tokio::time::Instant::now()",
         Role::Info,
         |_| true,
-        || tokio::time::Instant::now(),
+        tokio::time::Instant::now,
     );
     bench.add(
         CASE,
