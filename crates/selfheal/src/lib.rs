@@ -1,9 +1,38 @@
-//! selfheal: self-healing building blocks for Rust web services.
+//! Self-healing building blocks for Rust web services.
+//!
+//! A service heals itself the way a careful operator would: it retries what is
+//! transient and never what is not, falls back when a dependency is gone, stops
+//! calling a dependency that is down, and reports every one of those decisions,
+//! so that what was healed and what could not be is visible in one place.
+//!
+//! - [`retry`]: one retry engine (async, blocking, tower) with backoff and
+//!   jitter, deadlines, classification, server hints and a retry budget.
+//! - [`fallback`]: a default instead of an error, reported.
+//! - [`breaker`]: a circuit breaker that fails fast while a dependency is
+//!   down and lets a few probes find out when it is back.
+//! - [`observe`]: the hook every component reports through (tracing events and
+//!   an [`Observer`](observe::Observer) for the health monitor).
+//! - [`supervise`]: background tasks restarted with backoff when they fail,
+//!   given up on (and reported critical) when they keep failing, stopped
+//!   cleanly on a signal.
+//! - [`health`]: the monitor every heal and error is reported to, its status,
+//!   alert rules and alert sinks (log; webhook with the `webhook` feature;
+//!   email with the `email` feature).
+//! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
+//!   ring crypto provider once per process.
+//!
+//! Time is always tokio's clock, so every time-based behaviour can be tested
+//! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod fallback;
+pub mod health;
 pub mod observe;
 pub mod retry;
+pub mod supervise;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod error;
 pub use error::ConfigError;

@@ -242,8 +242,9 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 /// Every selfheal component calls this, so that logs and observers always agree.
 /// Nothing here logs at `ERROR`: a retry is `DEBUG`, a recovery `INFO` (a call
 /// that recovered is not an error), a give-up on a transient failure, a fallback
-/// and a breaker transition `WARN`, a permanent failure `DEBUG` (the caller
-/// decides whether its own request failed, and logs that).
+/// and a breaker transition `WARN`; a permanent failure and a budget refusal
+/// `DEBUG` (the caller decides whether its own request failed, and logs that;
+/// during an outage a line per refused call would be a log storm).
 ///
 /// Inlined into its callers: while no `tracing` subscriber wants `WARN` or
 /// finer (the least verbose level used here), an event costs one relaxed load
@@ -317,6 +318,22 @@ fn trace_event(event: &Event<'_>) {
             error.kind = failure.kind,
             error.message = %failure.message,
             "permanent failure, not retried"
+        ),
+        // During an outage the budget refuses every call: a WARN line per call
+        // would be a log storm of its own. The health monitor counts them.
+        Event::GaveUp {
+            operation,
+            attempts,
+            reason: reason @ GiveUpReason::Budget,
+            failure,
+        } => tracing::debug!(
+            target: "selfheal",
+            operation,
+            attempts,
+            reason = reason.as_str(),
+            error.kind = failure.kind,
+            error.message = %failure.message,
+            "retry budget exhausted, not retrying"
         ),
         Event::GaveUp {
             operation,

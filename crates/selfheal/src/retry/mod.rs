@@ -32,6 +32,7 @@
 //! # impl std::fmt::Display for MailError {
 //! #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") }
 //! # }
+//! # impl std::error::Error for MailError {}
 //! # async fn send_email(_to: &str) -> Result<(), MailError> { Ok(()) }
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let policy = Policy::default()
@@ -51,8 +52,8 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
-mod budget;
+pub mod backoff;
+pub mod budget;
 mod classify;
 mod error;
 #[cfg(feature = "tower")]

@@ -1,0 +1,110 @@
+//! Registered health checks: async probes run on an interval, results cached.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub(crate) type Probe = Box<dyn Fn() -> ProbeFuture + Send + Sync>;
+
+/// How a check is run and what its failure means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// How often the probe runs. Default 15 s.
+    pub interval: Duration,
+    /// A probe running longer than this fails. Default 5 s.
+    pub timeout: Duration,
+    /// A failing critical check makes the status critical (and `/readyz` fail);
+    /// a non-critical one makes it degraded. Default `true`.
+    pub critical: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+            critical: true,
+        }
+    }
+}
+
+/// The last result of a check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// Whether the failure of this check is critical.
+    pub critical: bool,
+    /// `None` until the probe has run once.
+    pub passing: Option<bool>,
+    /// The failure's message (the probe's own words), when failing.
+    pub message: Option<String>,
+    /// How long the last run took, in milliseconds.
+    pub took_ms: Option<u64>,
+    /// When it last ran (wall clock, seconds since the Unix epoch).
+    pub checked_at: Option<u64>,
+}
+
+pub(crate) struct Check {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) options: CheckOptions,
+    pub(crate) probe: Probe,
+    last: Mutex<CheckResult>,
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Check")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Check {
+    pub(crate) fn new(name: Cow<'static, str>, options: CheckOptions, probe: Probe) -> Self {
+        let last = CheckResult {
+            name: name.to_string(),
+            critical: options.critical,
+            passing: None,
+            message: None,
+            took_ms: None,
+            checked_at: None,
+        };
+        Self {
+            name,
+            options,
+            probe,
+            last: Mutex::new(last),
+        }
+    }
+
+    /// Runs the probe once (bounded by its timeout) and caches the result.
+    pub(crate) async fn run(&self) -> bool {
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(self.options.timeout, (self.probe)()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("timed out after {:?}", self.options.timeout)),
+        };
+        let passing = outcome.is_ok();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.passing = Some(passing);
+        last.message = outcome.err().map(|m| super::truncate(&m, 200));
+        last.took_ms = Some(started.elapsed().as_millis() as u64);
+        last.checked_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        passing
+    }
+
+    pub(crate) fn result(&self) -> CheckResult {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,81 @@
+//! Bounded memory: a million distinct fingerprints must not grow the monitor.
+//!
+//! This test has its own counting global allocator (hence its own file), and
+//! measures live heap bytes before and after the input.
+#![allow(unsafe_code)] // the counting allocator below
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use selfheal::health::{Monitor, OTHER};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates to the system allocator; only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_million_distinct_fingerprints_keep_memory_flat() {
+    let monitor = Monitor::builder().global(false).build().unwrap();
+    let before = live();
+    // The first 1,000 fill the table (the cap) ...
+    for i in 0..1_000u32 {
+        monitor.record_error("Error", &format!("/students/{i}/progress"), &"boom");
+    }
+    let at_cap = live();
+    // ... the next 999,000 (all distinct) count under "other".
+    let mut route = String::new();
+    for i in 1_000..1_000_000u32 {
+        use std::fmt::Write;
+        route.clear();
+        write!(route, "/students/{i}/progress").unwrap();
+        monitor.record_error("Error", &route, &"boom");
+        if i % 100_000 == 0 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+        }
+    }
+    let after = live();
+    let table = at_cap - before;
+    let growth = after - at_cap;
+    println!(
+        "table of 1,000 fingerprints: {:.2} MiB; growth over the next 999,000 distinct ones: {} bytes",
+        table as f64 / (1 << 20) as f64,
+        growth
+    );
+    assert!(table < 4 << 20, "1,000 fingerprints took {table} bytes");
+    assert!(
+        growth.abs() < 64 << 10,
+        "memory grew by {growth} bytes past the cap"
+    );
+
+    assert_eq!(monitor.fingerprint_count(), 1_000);
+    let report = monitor.report(Duration::from_secs(3600));
+    assert_eq!(report.total_errors, 1_000_000);
+    let other = report
+        .fingerprints
+        .iter()
+        .find(|f| f.fingerprint == OTHER)
+        .unwrap();
+    assert_eq!(other.count, 999_000);
+}
