@@ -15,10 +15,14 @@
 //! `tokio::time::sleep` even for a zero delay) run on a current-thread tokio
 //! runtime instead.
 //!
-//! After the criterion run, every contender is measured again (median of warm
-//! batches) and its heap allocations per call are counted with a counting
-//! global allocator; one table with both is printed at the end. Set
-//! `SELFHEAL_BENCH_TABLE_ONLY=1` to skip criterion and print only the table.
+//! After the criterion run, every contender is measured again for the summary
+//! table: the median of warm batches, in several rounds interleaved across all
+//! contenders, keeping each one's lowest round (the machine is shared; a busy
+//! neighbour inflates whole rounds). Heap allocations per call are counted
+//! with a counting global allocator. One table with both is printed at the
+//! end, with the issue's targets checked against it. Set
+//! `SELFHEAL_BENCH_TABLE_ONLY=1` to skip criterion and print only the table;
+//! a positional argument filters both by `case/contender` substring.
 
 // The counting `#[global_allocator]` needs `unsafe impl GlobalAlloc` (it only
 // forwards to `System` and bumps a counter). The workspace denies unsafe code;
@@ -147,7 +151,7 @@ async fn op_ok(x: u64) -> Result<u64, Flake> {
 /// Attempts made on the flaky operation. Every logical call of case (b)
 /// makes exactly two attempts (fail, succeed), so the parity of this counter
 /// says which one comes next; a contender that does not retry breaks the
-/// parity, and `check_flaky` catches it. A static (not an `Arc`) so that tower
+/// parity, and `failed_once` catches it. A static (not an `Arc`) so that tower
 /// services cloned per call clone nothing.
 static FLAKY_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
@@ -208,6 +212,9 @@ enum Role {
     /// Shown for reference; not a contender.
     Info,
 }
+
+/// Rounds of the table's timing pass.
+const ROUNDS: usize = 9;
 
 struct Row {
     case: &'static str,
@@ -379,10 +386,9 @@ impl Bench {
 
     /// The table's numbers: `ROUNDS` interleaved rounds over every contender
     /// (the best round median of each: the least disturbed by whatever else
-    /// runs on the machine), then the allocation pass.
+    /// runs on the machine, which is shared), then the allocation pass.
     fn run_table(&mut self) -> Vec<Row> {
-        const ROUNDS: usize = 5;
-        let window = Duration::from_millis(100);
+        let window = Duration::from_millis(60);
         let mut best = vec![f64::INFINITY; self.contenders.len()];
         for _ in 0..ROUNDS {
             for (c, best) in self.contenders.iter_mut().zip(&mut best) {
@@ -429,7 +435,7 @@ fn print_table(rows: &[Row]) {
         .unwrap_or(0);
     println!();
     println!(
-        "median/call: median of warm batches, the lowest of 5 interleaved rounds; \
+        "median/call: median of warm batches, the lowest of {ROUNDS} interleaved rounds; \
          allocs/call: heap allocations over up to 10,000 calls. Baselines: (a) direct \
          call, (b) hand-written loop, (c) fastest peer. Rows without a ratio are references."
     );
