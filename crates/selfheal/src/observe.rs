@@ -245,21 +245,37 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 /// and a breaker transition `WARN`; a permanent failure and a budget refusal
 /// `DEBUG` (the caller decides whether its own request failed, and logs that;
 /// during an outage a line per refused call would be a log storm).
+///
+/// Inlined into its callers: while no `tracing` subscriber wants `WARN` or
+/// finer (the least verbose level used here), an event costs one relaxed load
+/// and the observer's call, nothing else.
+#[inline]
 pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
-    trace_event(event);
+    // The same check every `tracing` macro starts with, once for all of them.
+    if tracing::level_filters::STATIC_MAX_LEVEL >= tracing::level_filters::LevelFilter::WARN
+        && tracing::level_filters::LevelFilter::current()
+            >= tracing::level_filters::LevelFilter::WARN
+    {
+        trace_event(event);
+    }
     match local {
         Some(observer) => observer.on_event(event),
-        None => {
-            let slot = GLOBAL
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(observer) = slot.as_ref() {
-                observer.on_event(event);
-            }
-        }
+        None => emit_global(event),
     }
 }
 
+#[inline(never)]
+fn emit_global(event: &Event<'_>) {
+    let slot = GLOBAL
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(observer) = slot.as_ref() {
+        observer.on_event(event);
+    }
+}
+
+#[cold]
+#[inline(never)]
 fn trace_event(event: &Event<'_>) {
     match *event {
         Event::Retry {
@@ -362,11 +378,31 @@ fn trace_event(event: &Event<'_>) {
 ///
 /// Used as the default failure kind: short, stable across builds, and never
 /// derived from an error's message.
+///
+/// It runs on every failed attempt, so it is one inlined pass over the bytes:
+/// a `str` pattern such as `"::"` builds a two-way substring searcher on every
+/// call (that cost more than the rest of a retry), and even `char` searches
+/// are out-of-line `memchr` calls, slower than this loop on names this short.
+#[inline]
 pub fn short_type_name<T: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let full = full.trim_start_matches('&').trim_start_matches("mut ");
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
+    let mut full = std::any::type_name::<T>().trim_start_matches('&');
+    while let Some(rest) = full.strip_prefix("mut ") {
+        full = rest;
+    }
+    // The last path segment before the generic arguments: path separators
+    // are always `::`, so the segment starts after the last `:`.
+    let (mut start, mut end) = (0, full.len());
+    for (i, byte) in full.bytes().enumerate() {
+        match byte {
+            b'<' => {
+                end = i;
+                break;
+            }
+            b':' => start = i + 1,
+            _ => {}
+        }
+    }
+    &full[start..end]
 }
 
 #[cfg(test)]
@@ -380,5 +416,42 @@ mod tests {
         assert_eq!(short_type_name::<Vec<std::io::Error>>(), "Vec");
         assert_eq!(short_type_name::<u32>(), "u32");
         assert_eq!(short_type_name::<&'static str>(), "str");
+        assert_eq!(short_type_name::<&mut &mut std::io::Error>(), "Error");
+        assert_eq!(short_type_name::<(String, u32)>(), "String, u32)");
+        assert_eq!(short_type_name::<[u8]>(), "[u8]");
+    }
+
+    /// Counts the `tracing` events it sees.
+    struct CountEvents(std::sync::atomic::AtomicUsize);
+
+    impl tracing::Subscriber for CountEvents {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn events_reach_tracing_when_a_subscriber_listens() {
+        let subscriber = Arc::new(CountEvents(Default::default()));
+        let event = Event::Recovered {
+            operation: "op",
+            attempts: 2,
+            waited: Duration::ZERO,
+        };
+        tracing::subscriber::with_default(subscriber.clone(), || {
+            emit(None, &event);
+            emit(None, &event);
+        });
+        assert_eq!(subscriber.0.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

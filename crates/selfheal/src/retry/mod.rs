@@ -466,7 +466,13 @@ impl<C> Policy<C> {
             ) {
                 Step::Retry(delay) => {
                     if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                        // Boxed: a `Sleep` held inline makes this future's drop
+                        // glue too big to inline, and the out-of-line drop
+                        // keeps the whole state machine in memory even when
+                        // the first attempt succeeds. One allocation per real
+                        // wait (which lasts at least a timer tick, 1 ms) is
+                        // noise; the success path then costs nothing extra.
+                        Box::pin(tokio::time::sleep(delay)).await;
                     }
                 }
                 Step::GiveUp { reason, hint } => {
