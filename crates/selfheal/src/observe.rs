@@ -37,7 +37,9 @@
 //! # let _ = policy;
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -217,6 +219,17 @@ type Shared = Arc<dyn Observer>;
 
 static GLOBAL: RwLock<Option<Shared>> = RwLock::new(None);
 
+/// Bumped on every change of [`GLOBAL`]; threads cache the observer they last
+/// read with the generation they read it at, so reporting to the global
+/// observer is an atomic load and a thread-local read, not a lock (a read lock
+/// writes to a shared cache line, which is what every thread would do at once
+/// during an error storm).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static CACHED: RefCell<(u64, Option<Shared>)> = const { RefCell::new((0, None)) };
+}
+
 /// Installs `observer` as the process-wide observer, replacing any previous one.
 ///
 /// Components without an observer of their own report here. Returns the
@@ -225,7 +238,9 @@ pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
     let mut slot = GLOBAL
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    slot.replace(observer)
+    let previous = slot.replace(observer);
+    GENERATION.fetch_add(1, Ordering::Release);
+    previous
 }
 
 /// Removes the process-wide observer, returning it.
@@ -233,7 +248,9 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
     let mut slot = GLOBAL
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    slot.take()
+    let previous = slot.take();
+    GENERATION.fetch_add(1, Ordering::Release);
+    previous
 }
 
 /// Reports `event`: one `tracing` event, then the `local` observer if there is
@@ -266,12 +283,38 @@ pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
 
 #[inline(never)]
 fn emit_global(event: &Event<'_>) {
-    let slot = GLOBAL
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(observer) = slot.as_ref() {
-        observer.on_event(event);
+    let generation = GENERATION.load(Ordering::Acquire);
+    if generation == 0 {
+        return; // no global observer was ever installed
     }
+    CACHED.with(|cache| {
+        if cache.borrow().0 != generation {
+            match cache.try_borrow_mut() {
+                Ok(mut cache) => {
+                    let slot = GLOBAL
+                        .read()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    *cache = (generation, slot.clone());
+                }
+                // An observer replaced the global observer from inside its
+                // own callback: read the slot directly this once.
+                Err(_) => {
+                    let slot = GLOBAL
+                        .read()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if let Some(observer) = slot.as_ref() {
+                        observer.on_event(event);
+                    }
+                    return;
+                }
+            }
+        }
+        // A shared borrow: an observer that emits events itself re-enters here
+        // without trouble, and no reference count is touched.
+        if let Some(observer) = cache.borrow().1.as_ref() {
+            observer.on_event(event);
+        }
+    });
 }
 
 #[cold]
@@ -438,6 +481,48 @@ mod tests {
         }
         fn enter(&self, _: &tracing::span::Id) {}
         fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn the_global_observer_can_be_replaced_and_cleared() {
+        use std::sync::atomic::AtomicUsize;
+        let event = Event::BreakerRejected {
+            breaker: "b",
+            retry_in: Duration::ZERO,
+        };
+        let first = Arc::new(AtomicUsize::new(0));
+        let second = Arc::new(AtomicUsize::new(0));
+        let counter = |c: &Arc<AtomicUsize>| -> Arc<dyn Observer> {
+            let c = c.clone();
+            Arc::new(move |_: &Event<'_>| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        // This is the only test of the library that installs a global observer.
+        set_global(counter(&first));
+        emit(None, &event);
+        set_global(counter(&second));
+        emit(None, &event);
+        emit(None, &event);
+        clear_global();
+        emit(None, &event);
+        assert_eq!(first.load(Ordering::SeqCst), 1);
+        assert_eq!(second.load(Ordering::SeqCst), 2);
+        // A fresh thread (empty cache) finds the current observer.
+        set_global(counter(&second));
+        std::thread::spawn(|| {
+            emit(
+                None,
+                &Event::BreakerRejected {
+                    breaker: "b",
+                    retry_in: Duration::ZERO,
+                },
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(second.load(Ordering::SeqCst), 3);
+        clear_global();
     }
 
     #[test]
