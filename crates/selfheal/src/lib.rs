@@ -21,18 +21,37 @@
 //! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
 //!   ring crypto provider once per process.
 //!
+//! - `web` (feature `axum`): the [`HealLayer`](web::HealLayer) that
+//!   catches panics and 5xx and answers kindly, `/healthz` and `/readyz`,
+//!   the admin health dashboard (HTML and `application/health+json`).
+//! - `session` (feature `sessions`): typed tower-sessions with defaults and
+//!   field-by-field repair.
+//! - `config` (feature `config`): every missing environment variable in one
+//!   error; `SECRET_KEY` loaded or generated.
+//! - `metrics` (feature `prometheus`): `/metrics` in Prometheus text format.
+//!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod fallback;
 pub mod health;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
+#[cfg(feature = "axum")]
+mod metrics_hook;
 pub mod observe;
 pub mod retry;
+#[cfg(feature = "sessions")]
+pub mod session;
 pub mod supervise;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "axum")]
+pub mod web;
 
 mod error;
 pub use error::ConfigError;

@@ -1,0 +1,313 @@
+//! Who may see the admin pages.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Request, header};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type PredicateFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
+type Predicate = Arc<dyn Fn(Request<()>) -> PredicateFuture + Send + Sync>;
+
+/// The name of the cookie the login form sets.
+pub(crate) const COOKIE: &str = "selfheal_admin";
+
+/// Decides who may see the admin pages: a bearer token, or the app's own
+/// rule (a predicate over the request, e.g. "the session's user is an
+/// admin"). Everyone else gets `403`, for HTML and JSON alike.
+///
+/// ## The token, for programs and for browsers
+///
+/// A program sends `Authorization: Bearer <token>`. A browser cannot add a
+/// header to a link, so the dashboard has a login form (`GET /admin/login`)
+/// that POSTs the token in the request body and, when it is right, sets a
+/// cookie: `HttpOnly` (no script can read it), `SameSite=Strict` (no other
+/// site can make the browser send it), `Path=/admin`, `Secure` (unless
+/// [`with_secure_cookie(false)`](AdminGuard::with_secure_cookie), for plain
+/// HTTP in development), valid for 12 hours by default. The cookie holds an
+/// expiry and an HMAC-SHA256 of it keyed with a key derived from the token,
+/// never the token itself; changing the token signs everyone out.
+///
+/// A `?token=` query parameter is deliberately **not** accepted: URLs end up
+/// in access logs, proxy logs, browser history and `Referer` headers, and a
+/// token there is a token leaked.
+///
+/// Presented tokens are compared in constant time: both sides are hashed
+/// with SHA-256 and the digests compared with `subtle`, so neither the
+/// token's length nor its first wrong byte shows in the timing.
+///
+/// ```
+/// use selfheal::web::AdminGuard;
+///
+/// let guard = AdminGuard::token("a-long-random-admin-token-from-env").unwrap();
+/// assert!(AdminGuard::token("short").is_err());
+/// // The token never shows in Debug output.
+/// assert!(!format!("{guard:?}").contains("admin-token"));
+/// ```
+#[derive(Clone)]
+pub struct AdminGuard {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Token {
+        digest: [u8; 32],
+        cookie_key: [u8; 32],
+        secure_cookie: bool,
+        ttl: Duration,
+    },
+    Predicate(Predicate),
+}
+
+impl fmt::Debug for AdminGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Token {
+                secure_cookie, ttl, ..
+            } => f
+                .debug_struct("AdminGuard::Token")
+                .field("token", &"<redacted>")
+                .field("secure_cookie", secure_cookie)
+                .field("ttl", ttl)
+                .finish(),
+            Kind::Predicate(_) => f.write_str("AdminGuard::Predicate"),
+        }
+    }
+}
+
+/// An admin token that is too weak to guard anything.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the admin token must be at least {min} characters long (got {got})")]
+pub struct TokenError {
+    min: usize,
+    got: usize,
+}
+
+impl AdminGuard {
+    /// The shortest token accepted.
+    pub const MIN_TOKEN_LEN: usize = 16;
+
+    /// Admins are those presenting `token` (a bearer header, or the cookie
+    /// set by the login form). Fails for tokens shorter than
+    /// [`MIN_TOKEN_LEN`](Self::MIN_TOKEN_LEN) characters.
+    pub fn token(token: impl AsRef<str>) -> Result<Self, TokenError> {
+        let token = token.as_ref();
+        let got = token.chars().count();
+        if got < Self::MIN_TOKEN_LEN {
+            return Err(TokenError {
+                min: Self::MIN_TOKEN_LEN,
+                got,
+            });
+        }
+        let mut derive = Sha256::new();
+        derive.update(b"selfheal admin cookie key\0");
+        derive.update(token.as_bytes());
+        Ok(Self {
+            kind: Kind::Token {
+                digest: Sha256::digest(token.as_bytes()).into(),
+                cookie_key: derive.finalize().into(),
+                secure_cookie: true,
+                ttl: Duration::from_secs(12 * 3600),
+            },
+        })
+    }
+
+    /// Admins are those for whom `allow` says yes. It gets the request's
+    /// method, URI, headers and extensions (a `tower_sessions::Session` is
+    /// there when the session layer runs before the admin routes):
+    ///
+    /// ```
+    /// use selfheal::web::AdminGuard;
+    ///
+    /// let guard = AdminGuard::predicate(|request: axum::http::Request<()>| async move {
+    ///     // e.g. read the app's session from request.extensions()
+    ///     request.headers().get("x-admin").is_some()
+    /// });
+    /// # let _ = guard;
+    /// ```
+    pub fn predicate<F, Fut>(allow: F) -> Self
+    where
+        F: Fn(Request<()>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        Self {
+            kind: Kind::Predicate(Arc::new(move |request| Box::pin(allow(request)))),
+        }
+    }
+
+    /// Whether the login cookie is `Secure` (sent over HTTPS only). Default
+    /// `true`; turn off only for plain-HTTP development.
+    pub fn with_secure_cookie(mut self, secure: bool) -> Self {
+        if let Kind::Token { secure_cookie, .. } = &mut self.kind {
+            *secure_cookie = secure;
+        }
+        self
+    }
+
+    /// How long a login lasts. Default 12 hours.
+    pub fn with_login_ttl(mut self, login_ttl: Duration) -> Self {
+        if let Kind::Token { ttl, .. } = &mut self.kind {
+            *ttl = login_ttl;
+        }
+        self
+    }
+
+    /// Whether this guard has a login form (token guards do).
+    pub(crate) fn has_login(&self) -> bool {
+        matches!(self.kind, Kind::Token { .. })
+    }
+
+    /// Whether the request comes from an admin.
+    pub(crate) async fn allows(&self, parts: &Parts) -> bool {
+        match &self.kind {
+            Kind::Token {
+                digest, cookie_key, ..
+            } => {
+                let bearer = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if let Some(presented) = bearer {
+                    return token_matches(digest, presented);
+                }
+                cookie_value(parts)
+                    .is_some_and(|value| verify_cookie(cookie_key, value, unix_now()))
+            }
+            Kind::Predicate(allow) => {
+                let mut request = Request::new(());
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                *request.extensions_mut() = parts.extensions.clone();
+                allow(request).await
+            }
+        }
+    }
+
+    /// The `Set-Cookie` for a login with `presented`, if it is the token.
+    pub(crate) fn login(&self, presented: &str) -> Option<HeaderValue> {
+        let Kind::Token {
+            digest,
+            cookie_key,
+            secure_cookie,
+            ttl,
+        } = &self.kind
+        else {
+            return None;
+        };
+        if !token_matches(digest, presented) {
+            return None;
+        }
+        let expiry = unix_now() + ttl.as_secs();
+        let value = format!(
+            "{COOKIE}={expiry}.{}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            hex(&sign(cookie_key, expiry)),
+            ttl.as_secs(),
+            if *secure_cookie { "; Secure" } else { "" }
+        );
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// The `Set-Cookie` that signs out.
+    pub(crate) fn logout(&self) -> HeaderValue {
+        HeaderValue::from_static(
+            "selfheal_admin=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict",
+        )
+    }
+}
+
+/// Constant-time: SHA-256 of the presented token, compared with `subtle`.
+fn token_matches(digest: &[u8; 32], presented: &str) -> bool {
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    presented.ct_eq(digest).into()
+}
+
+fn sign(key: &[u8; 32], expiry: u64) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"v1.");
+    mac.update(expiry.to_string().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+fn verify_cookie(key: &[u8; 32], value: &str, now: u64) -> bool {
+    let Some((expiry, tag)) = value.split_once('.') else {
+        return false;
+    };
+    let Ok(expiry) = expiry.parse::<u64>() else {
+        return false;
+    };
+    if expiry <= now || tag.len() != 64 {
+        return false;
+    }
+    let Some(tag) = unhex(tag) else {
+        return false;
+    };
+    sign(key, expiry).ct_eq(&tag).into()
+}
+
+fn cookie_value(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then_some(value)
+        })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(chunk).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_verify_until_they_expire_and_only_with_their_key() {
+        let key = [7u8; 32];
+        let value = format!("1000.{}", hex(&sign(&key, 1000)));
+        assert!(verify_cookie(&key, &value, 999));
+        assert!(!verify_cookie(&key, &value, 1000));
+        assert!(!verify_cookie(&[8u8; 32], &value, 999));
+        let forged = format!("2000.{}", hex(&sign(&key, 1000)));
+        assert!(!verify_cookie(&key, &forged, 999));
+        assert!(!verify_cookie(&key, "garbage", 0));
+        assert!(!verify_cookie(&key, "5.zz", 0));
+    }
+
+    #[test]
+    fn tokens_compare_by_digest() {
+        let digest: [u8; 32] = Sha256::digest(b"0123456789abcdef").into();
+        assert!(token_matches(&digest, "0123456789abcdef"));
+        assert!(!token_matches(&digest, "0123456789abcdeF"));
+        assert!(!token_matches(&digest, ""));
+    }
+}
