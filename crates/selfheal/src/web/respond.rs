@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 /// use selfheal::web::Friendly;
 ///
 /// let response = (
-///     Friendly,
 ///     StatusCode::SERVICE_UNAVAILABLE,
+///     Friendly,
 ///     Html("<p>The AI tutor is resting. Your progress is saved.</p>"),
 /// )
 ///     .into_response();

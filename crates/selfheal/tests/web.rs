@@ -1,0 +1,951 @@
+//! The axum side: HealLayer, sessions, config, probes, dashboard, metrics.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, Response, StatusCode, header};
+use axum::routing::get;
+use selfheal::config::{self, Instances, SecretKeyOptions};
+use selfheal::health::{HealKind, Monitor, StatusRules};
+use selfheal::metrics::Metrics;
+use selfheal::session::{Fields, Healed, RepairReason, SessionData};
+use selfheal::web::{self, AdminGuard, Dashboard, Friendly, HealLayer};
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn monitor() -> Monitor {
+    Monitor::builder().global(false).build().unwrap()
+}
+
+async fn body(response: Response<Body>) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+async fn boom(Path(id): Path<u32>) -> &'static str {
+    if id > 0 {
+        panic!("secret detail: user {id} broke it");
+    }
+    "fine"
+}
+
+fn app(monitor: &Monitor) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/boom/{id}", get(boom))
+        .route(
+            "/leaky",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::RETRY_AFTER, "7")],
+                    "postgres://app:hunter2@db failed: relation users does not exist",
+                )
+            }),
+        )
+        .route(
+            "/kind",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Friendly, "resting") }),
+        )
+        .route(
+            "/missing",
+            get(|| async { (StatusCode::NOT_FOUND, "no such thing") }),
+        )
+        .layer(HealLayer::new(monitor.clone()))
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gives_a_friendly_500_and_the_next_request_succeeds() {
+    let monitor = monitor();
+    let app = app(&monitor);
+
+    let response = app.clone().oneshot(get_req("/boom/7")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 16);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = body(response).await;
+    assert!(page.contains("Something went wrong"), "{page}");
+    assert!(page.contains(&id));
+    assert!(!page.contains("secret detail"), "{page}");
+    assert!(!page.contains("panicked"), "{page}");
+
+    // The next request on the same app works.
+    let response = app.clone().oneshot(get_req("/boom/0")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await, "fine");
+
+    // Recorded: a Panic error at the route template (not the raw path), a
+    // heal, and two requests, one failed.
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.fingerprints.len(), 1);
+    assert_eq!(report.fingerprints[0].fingerprint, "Panic@/boom/{id}");
+    assert!(report.fingerprints[0].sample.contains("secret detail"));
+    assert_eq!(report.heals.get(&HealKind::PanicCaught), Some(&1));
+    assert_eq!(report.requests.total, 2);
+    assert_eq!(report.requests.failed, 1);
+}
+
+#[tokio::test]
+async fn json_clients_get_json_and_their_request_id_back() {
+    let monitor = monitor();
+    let request = Request::get("/boom/1")
+        .header(header::ACCEPT, "application/json")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    let response = app(&monitor).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!(json["error"]["status"], 500);
+    assert_eq!(json["error"]["request_id"], "abc-123");
+    assert!(!json.to_string().contains("secret"));
+
+    // A request id that is not a plain token is not echoed.
+    let request = Request::get("/boom/1")
+        .header("x-request-id", "<script>")
+        .body(Body::empty())
+        .unwrap();
+    let response = app(&monitor).oneshot(request).await.unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "<script>");
+    assert_eq!(id.len(), 16);
+}
+
+#[tokio::test]
+async fn a_5xx_body_is_replaced_unless_marked_friendly_and_4xx_pass_through() {
+    let monitor = monitor();
+    let app = app(&monitor);
+
+    let response = app.clone().oneshot(get_req("/leaky")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "7", "headers kept");
+    let page = body(response).await;
+    assert!(!page.contains("hunter2"), "{page}");
+    assert!(!page.contains("relation"), "{page}");
+
+    let response = app.clone().oneshot(get_req("/kind")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(response).await, "resting");
+
+    let response = app.clone().oneshot(get_req("/missing")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body(response).await, "no such thing");
+
+    let report = monitor.report(Duration::from_secs(900));
+    let keys: Vec<_> = report
+        .fingerprints
+        .iter()
+        .map(|f| f.fingerprint.as_str())
+        .collect();
+    assert_eq!(keys, ["500@/leaky", "503@/kind"]);
+    assert_eq!(report.requests.total, 3);
+    assert_eq!(report.requests.failed, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_request_times_out_with_503_and_retry_after() {
+    let monitor = monitor();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
+        .layer(
+            HealLayer::new(monitor.clone())
+                .with_timeout(Duration::from_secs(2))
+                .with_retry_after(Duration::from_secs(3)),
+        );
+    let response = app.oneshot(get_req("/slow")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.fingerprints[0].fingerprint, "Timeout@/slow");
+}
+
+#[tokio::test(start_paused = true)]
+async fn load_is_shed_only_when_asked_and_while_critical() {
+    let monitor = Monitor::builder()
+        .global(false)
+        .status_rules(StatusRules {
+            min_requests: 1,
+            ..StatusRules::default()
+        })
+        .build()
+        .unwrap();
+    let routes = || {
+        Router::new()
+            .route("/", get(|| async { "hello" }))
+            .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+    };
+    let shedding = routes().layer(HealLayer::new(monitor.clone()).with_load_shedding(true));
+    let plain = routes().layer(HealLayer::new(monitor.clone()));
+
+    let response = shedding.clone().oneshot(get_req("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for _ in 0..3 {
+        plain.clone().oneshot(get_req("/fail")).await.unwrap();
+    }
+    assert_eq!(monitor.status(), selfheal::health::Status::Critical);
+    // The cached status is at most a second old.
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let response = shedding.clone().oneshot(get_req("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key(header::RETRY_AFTER));
+    // Off by default.
+    let response = plain.clone().oneshot(get_req("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+// --- probes -------------------------------------------------------------
+
+#[tokio::test]
+async fn probes_answer_without_details() {
+    let monitor = monitor();
+    let app: Router = web::probes(monitor.clone());
+    let response = app.clone().oneshot(get_req("/healthz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    monitor.register_check("db", Default::default(), || async {
+        Err("postgres://u:pw@db down".to_owned())
+    });
+    monitor.run_checks().await;
+    let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(response).await, "not ready");
+    let response = app.clone().oneshot(get_req("/healthz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+// --- admin dashboard ----------------------------------------------------
+
+fn admin(monitor: &Monitor) -> Router {
+    let guard = AdminGuard::token(TOKEN).unwrap().with_secure_cookie(false);
+    web::admin_routes(Dashboard::new(monitor.clone(), guard).with_service_name("cozmic"))
+}
+
+fn with_bearer(uri: &str, token: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_routes_are_403_without_the_right_token_and_200_with_it() {
+    let monitor = monitor();
+    let app = admin(&monitor);
+    for uri in ["/admin/health", "/admin/health.json"] {
+        let none = app.clone().oneshot(get_req(uri)).await.unwrap();
+        assert_eq!(
+            none.status(),
+            StatusCode::FORBIDDEN,
+            "{uri} without a token"
+        );
+        let wrong = app
+            .clone()
+            .oneshot(with_bearer(uri, "wrong-token-0123456789"))
+            .await
+            .unwrap();
+        assert_eq!(
+            wrong.status(),
+            StatusCode::FORBIDDEN,
+            "{uri} with a wrong token"
+        );
+        let query = app
+            .clone()
+            .oneshot(get_req(&format!("{uri}?token={TOKEN}")))
+            .await
+            .unwrap();
+        assert_eq!(query.status(), StatusCode::FORBIDDEN, "{uri} with ?token=");
+        let right = app.clone().oneshot(with_bearer(uri, TOKEN)).await.unwrap();
+        assert_eq!(right.status(), StatusCode::OK, "{uri} with the token");
+    }
+    let json = app
+        .clone()
+        .oneshot(get_req("/admin/health.json"))
+        .await
+        .unwrap();
+    assert_eq!(
+        json.headers()[header::CONTENT_TYPE],
+        "application/health+json"
+    );
+}
+
+#[tokio::test]
+async fn the_login_form_sets_an_http_only_cookie_that_opens_the_dashboard() {
+    let monitor = monitor();
+    let app = admin(&monitor);
+    let form = |token: &str| {
+        Request::post("/admin/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    let wrong = app
+        .clone()
+        .oneshot(form("nope-nope-nope-nope"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert!(!wrong.headers().contains_key(header::SET_COOKIE));
+
+    let right = app.clone().oneshot(form(TOKEN)).await.unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let cookie = right.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("HttpOnly"));
+    assert!(cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains(TOKEN), "the cookie is not the token");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+
+    let page = Request::get("/admin/health")
+        .header(header::COOKIE, &pair)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(page).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // A forged cookie does not.
+    let forged = format!("{}0", &pair[..pair.len() - 1]);
+    let page = Request::get("/admin/health")
+        .header(header::COOKIE, forged)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(page).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn a_predicate_guard_decides_with_the_request() {
+    let monitor = monitor();
+    let guard = AdminGuard::predicate(|request: Request<()>| async move {
+        request
+            .headers()
+            .get("x-role")
+            .is_some_and(|v| v == "admin")
+    });
+    let app: Router = web::admin_routes(Dashboard::new(monitor, guard));
+    let response = app
+        .clone()
+        .oneshot(get_req("/admin/health.json"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let request = Request::get("/admin/health")
+        .header("x-role", "admin")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // No login form for a predicate guard.
+    assert_eq!(
+        app.oneshot(get_req("/admin/login")).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn error_samples_are_escaped_and_secrets_redacted_in_the_html() {
+    let monitor = monitor();
+    monitor.record_error("Boom", "/x", &"<script>alert(1)</script>");
+    monitor.record_error(
+        "OperationalError",
+        "db",
+        &"cannot connect to postgres://app:hunter2@db/main",
+    );
+    monitor.record_heal(HealKind::SessionRepaired, "session:<b>xp</b>");
+    let response = admin(&monitor)
+        .oneshot(with_bearer("/admin/health?window=1h", TOKEN))
+        .await
+        .unwrap();
+    let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"));
+    let page = body(response).await;
+    assert!(!page.contains("<script>alert(1)</script>"), "not escaped");
+    assert!(
+        page.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            || page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<b>xp</b>"));
+    assert!(!page.contains("hunter2"), "password shown");
+    assert!(page.contains("postgres://app:***@db/main"));
+    assert!(!page.contains("<script"), "no script at all on the page");
+    assert!(page.contains("<svg"), "a sparkline");
+    assert!(page.contains("http-equiv=\"refresh\""));
+    assert!(page.contains("name=\"viewport\""));
+    assert!(page.contains("Last hour"));
+    assert!(page.contains("session_repaired"));
+}
+
+#[tokio::test]
+async fn the_json_has_the_health_json_shape() {
+    let monitor = monitor();
+    monitor.record_error("Boom", "/x", &"token=abc123 leaked");
+    monitor.register_check(
+        "database",
+        selfheal::health::CheckOptions {
+            critical: false,
+            ..Default::default()
+        },
+        || async { Err("down".to_owned()) },
+    );
+    monitor.run_checks().await;
+    let response = admin(&monitor)
+        .oneshot(with_bearer("/admin/health.json", TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/health+json"
+    );
+    let text = body(response).await;
+    assert!(!text.contains("abc123"), "redacted");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["status"], "warn");
+    assert!(json["notes"].as_array().unwrap().len() >= 1);
+    assert!(json["output"].is_string());
+    let checks = json["checks"].as_object().unwrap();
+    assert!(!checks.is_empty());
+    for (key, entries) in checks {
+        assert!(key.contains(':'), "{key} is component:measurement");
+        for entry in entries.as_array().unwrap() {
+            let status = entry["status"].as_str().unwrap();
+            assert!(
+                ["pass", "warn", "fail"].contains(&status),
+                "{key}: {status}"
+            );
+            assert!(entry.get("time").is_some(), "{key} has a time");
+            assert!(entry.get("observedValue").is_some(), "{key}");
+        }
+    }
+    assert_eq!(checks["errors:count"][0]["observedValue"], 1);
+    assert_eq!(checks["errors:count"][0]["observedUnit"], "errors");
+    assert_eq!(checks["database:responseTime"][0]["status"], "warn");
+    let time = checks["errors:count"][0]["time"].as_str().unwrap();
+    assert!(time.ends_with('Z') && time.len() == 20, "{time}");
+}
+
+// --- metrics --------------------------------------------------------------
+
+/// Every non-comment line is `name{labels} value` or `name value`.
+fn assert_prometheus_text(text: &str) {
+    let mut samples = 0;
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split(' ').nth(1).unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("value in {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "metric name in {line}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end..];
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            let inner = &labels[1..labels.len() - 1];
+            // label="value" pairs; values may contain escaped quotes.
+            let mut rest = inner;
+            while !rest.is_empty() {
+                let (label, after) = rest.split_once("=\"").expect(line);
+                assert!(
+                    label
+                        .trim_start_matches(',')
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "label name in {line}"
+                );
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in after.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                let end = end.expect(line);
+                rest = &after[end + 1..];
+            }
+        }
+        samples += 1;
+    }
+    assert!(samples > 0, "no samples");
+}
+
+#[tokio::test]
+async fn metrics_render_as_prometheus_text() {
+    let monitor = monitor();
+    let metrics = Metrics::install().unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/boom/{id}", get(boom))
+        .layer(HealLayer::new(monitor.clone()).with_metrics(&metrics))
+        .merge(metrics.routes(monitor.clone()));
+    app.clone().oneshot(get_req("/")).await.unwrap();
+    app.clone().oneshot(get_req("/boom/3")).await.unwrap();
+    monitor.record_error("Weird\"Kind", "op\nname", &"x");
+    let response = app.clone().oneshot(get_req("/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = body(response).await;
+    assert_prometheus_text(&text);
+    for expected in [
+        "selfheal_http_requests_total{outcome=\"ok\"}",
+        "selfheal_http_requests_total{outcome=\"server_error\"}",
+        "selfheal_http_request_duration_seconds_bucket",
+        "selfheal_errors_total{kind=\"Panic\",operation=\"/boom/{id}\"}",
+        "selfheal_heals_total{kind=\"panic_caught\"}",
+        "selfheal_status ",
+        "selfheal_fingerprint_errors{fingerprint=\"Panic@/boom/{id}\"}",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in\n{text}");
+    }
+}
+
+// --- sessions -------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Progress {
+    xp: u64,
+    level: u32,
+    name: String,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            xp: 0,
+            level: 1,
+            name: String::new(),
+        }
+    }
+}
+
+impl SessionData for Progress {
+    fn fields(f: &mut Fields<'_, Self>) {
+        f.field("xp", |s| &mut s.xp);
+        f.checked(
+            "level",
+            |s| &mut s.level,
+            "within 1..=100",
+            |l| (1..=100).contains(l),
+        );
+        f.field("name", |s| &mut s.name);
+    }
+}
+
+async fn show(progress: Healed<Progress>) -> String {
+    serde_json::to_string(&*progress).unwrap()
+}
+
+async fn gain(mut progress: Healed<Progress>) -> String {
+    progress.xp += 10;
+    progress.save().await.unwrap();
+    serde_json::to_string(&*progress).unwrap()
+}
+
+mod store {
+    use async_trait::async_trait;
+    use tower_sessions::MemoryStore;
+    use tower_sessions::session::{Id, Record};
+    use tower_sessions::session_store::{self, SessionStore};
+
+    /// A memory store whose record `poisoned` cannot be decoded, as a SQL
+    /// store's row written by an incompatible version could not.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct Poisoned {
+        pub(crate) inner: MemoryStore,
+        pub(crate) poisoned: std::sync::Arc<std::sync::Mutex<Option<Id>>>,
+    }
+
+    #[async_trait]
+    impl SessionStore for Poisoned {
+        async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+            self.inner.create(record).await
+        }
+        async fn save(&self, record: &Record) -> session_store::Result<()> {
+            self.inner.save(record).await
+        }
+        async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+            if *self.poisoned.lock().unwrap() == Some(*id) {
+                return Err(session_store::Error::Decode(
+                    "unexpected end of input".into(),
+                ));
+            }
+            self.inner.load(id).await
+        }
+        async fn delete(&self, id: &Id) -> session_store::Result<()> {
+            {
+                let mut poisoned = self.poisoned.lock().unwrap();
+                if *poisoned == Some(*id) {
+                    *poisoned = None;
+                }
+            }
+            self.inner.delete(id).await
+        }
+    }
+}
+
+async fn stored_record(
+    store: &impl tower_sessions::SessionStore,
+    data: serde_json::Value,
+) -> tower_sessions::session::Id {
+    use tower_sessions::cookie::time::{Duration as TimeDuration, OffsetDateTime};
+    let mut record = tower_sessions::session::Record {
+        id: Default::default(),
+        data: serde_json::from_value::<HashMap<String, serde_json::Value>>(data).unwrap(),
+        expiry_date: OffsetDateTime::now_utc() + TimeDuration::hours(1),
+    };
+    store.create(&mut record).await.unwrap();
+    record.id
+}
+
+fn session_app<St: tower_sessions::SessionStore + Clone>(monitor: &Monitor, store: St) -> Router {
+    Router::new()
+        .route("/show", get(show))
+        .route("/gain", get(gain))
+        .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false))
+        .layer(HealLayer::new(monitor.clone()))
+}
+
+fn with_cookie(uri: &str, cookie: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bad_field_is_reset_and_the_others_are_kept() {
+    let monitor = monitor();
+    let store = tower_sessions::MemoryStore::default();
+    let id = stored_record(
+        &store,
+        serde_json::json!({"xp": "banana", "level": 7, "name": "ada", "other": true}),
+    )
+    .await;
+    let app = session_app(&monitor, store.clone());
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/show", &format!("id={id}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!(
+        progress,
+        Progress {
+            xp: 0,
+            level: 7,
+            name: "ada".into()
+        }
+    );
+    // The repaired value was written back; other keys are untouched.
+    use tower_sessions::SessionStore;
+    let record = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(record.data["xp"], 0);
+    assert_eq!(record.data["name"], "ada");
+    assert_eq!(record.data["other"], true);
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.heals.get(&HealKind::SessionRepaired), Some(&1));
+    assert_eq!(report.recent_heals[0].operation, "session:xp");
+
+    // A value failing its check is reset too; a missing key gets its default.
+    let id = stored_record(&store, serde_json::json!({"xp": 5, "level": 0})).await;
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/show", &format!("id={id}")))
+        .await
+        .unwrap();
+    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!(
+        progress,
+        Progress {
+            xp: 5,
+            level: 1,
+            name: String::new()
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_extractor_reports_its_repairs() {
+    let store = tower_sessions::MemoryStore::default();
+    let id = stored_record(
+        &store,
+        serde_json::json!({"xp": 3, "level": 500, "name": 9}),
+    )
+    .await;
+    let session = tower_sessions::Session::new(Some(id), std::sync::Arc::new(store), None);
+    let healed = Healed::<Progress>::load(session, None, true).await;
+    let reasons: Vec<_> = healed
+        .repairs()
+        .iter()
+        .map(|r| (r.field, r.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("level", RepairReason::Invalid("within 1..=100")),
+            ("name", RepairReason::Undecodable)
+        ]
+    );
+    assert_eq!(healed.xp, 3);
+}
+
+#[tokio::test]
+async fn an_unreadable_record_gives_a_fresh_session_with_a_new_id() {
+    let monitor = monitor();
+    let store = store::Poisoned::default();
+    let id = stored_record(&store, serde_json::json!({"xp": 42})).await;
+    *store.poisoned.lock().unwrap() = Some(id);
+    let app = session_app(&monitor, store.clone());
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/gain", &format!("id={id}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!(progress.xp, 10, "started from the defaults");
+    assert!(
+        !cookie.contains(&id.to_string()),
+        "a new id: {cookie} vs {id}"
+    );
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.recent_heals[0].operation, "session:record");
+}
+
+// A real server: cookies go through hyper and tower-cookies as in production.
+
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A minimal HTTP/1.1 GET: status, headers (lowercase names), body.
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn set_cookie(headers: &[(String, String)]) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_tampered_cookie_gives_a_fresh_session_and_200() {
+    let monitor = monitor();
+    let key = tower_sessions::cookie::Key::generate();
+    let app = Router::new()
+        .route("/gain", get(gain))
+        .layer(
+            tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
+                .with_secure(false)
+                .with_signed(key),
+        )
+        .layer(HealLayer::new(monitor.clone()));
+    let addr = serve(app).await;
+
+    let (status, headers, body) = http_get(addr, "/gain", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"xp\":10"));
+    let cookie = set_cookie(&headers).expect("a session cookie");
+    let (status, _, body) = http_get(addr, "/gain", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"xp\":20"),
+        "the signed session works: {body}"
+    );
+
+    // Flip one character of the signed value.
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut chars: Vec<char> = value.chars().collect();
+    chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
+    let tampered = format!("{name}={}", chars.into_iter().collect::<String>());
+    let (status, headers, body) = http_get(addr, "/gain", Some(&tampered)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"xp\":10"), "a fresh session: {body}");
+    let fresh = set_cookie(&headers).expect("a new session cookie");
+    assert_ne!(fresh, cookie);
+    assert_ne!(fresh, tampered);
+    let report = monitor.report(Duration::from_secs(900));
+    assert!(
+        report
+            .recent_heals
+            .iter()
+            .any(|h| h.operation == "session:cookie" && h.kind == HealKind::SessionRepaired)
+    );
+
+    // Garbage that is not even a signed value: the same.
+    let (status, _, body) = http_get(addr, "/gain", Some("id=%%%garbage")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"xp\":10"));
+}
+
+// --- config ---------------------------------------------------------------
+
+#[test]
+fn missing_variables_are_named_all_at_once_without_values() {
+    let vars: HashMap<&str, &str> = [("DATABASE_URL", "postgres://u:hunter2@db"), ("EMPTY", " ")]
+        .into_iter()
+        .collect();
+    let lookup = |name: &str| vars.get(name).map(|v| (*v).to_owned());
+    let error = config::require_from(
+        &["DATABASE_URL", "SMTP_HOST", "EMPTY", "ADMIN_TOKEN"],
+        lookup,
+    )
+    .unwrap_err();
+    assert_eq!(error.names, ["SMTP_HOST", "EMPTY", "ADMIN_TOKEN"]);
+    let message = error.to_string();
+    assert!(
+        message.contains("SMTP_HOST, EMPTY, ADMIN_TOKEN"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"));
+
+    let env = config::require_from(&["DATABASE_URL"], lookup).unwrap();
+    assert_eq!(env.get("DATABASE_URL"), "postgres://u:hunter2@db");
+    assert!(!format!("{env:?}").contains("hunter2"));
+}
+
+#[test]
+fn the_key_file_is_created_0600_and_reused() {
+    let dir = std::env::temp_dir().join(format!("selfheal-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret_key");
+    let _ = std::fs::remove_file(&path);
+    let options = SecretKeyOptions::new().key_file(&path);
+    let unset = |_: &str| None;
+
+    let first = options.load_from(unset).unwrap();
+    assert!(first.is_generated());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::read(&path).unwrap().len(), 64);
+    let second = options.load_from(unset).unwrap();
+    assert_eq!(first.as_bytes(), second.as_bytes(), "reused on restart");
+    assert!(format!("{first:?}").contains("redacted"));
+
+    // Several instances: never generate.
+    let error = SecretKeyOptions::new()
+        .key_file(dir.join("other"))
+        .instances(Instances::Several)
+        .load_from(unset)
+        .unwrap_err();
+    assert!(error.message().contains("several instances"));
+    assert!(!dir.join("other").exists());
+
+    // From the environment: used (stretched to 64 bytes), never shown.
+    let secret = "a-very-long-secret-key-from-the-environment-42";
+    let from_env = SecretKeyOptions::new()
+        .key_file(dir.join("unused"))
+        .load_from(|_| Some(secret.to_owned()))
+        .unwrap();
+    assert!(!from_env.is_generated());
+    assert_ne!(from_env.as_bytes(), first.as_bytes());
+    let error = SecretKeyOptions::new()
+        .load_from(|_| Some("short-secret".to_owned()))
+        .unwrap_err();
+    assert!(!error.message().contains("short-secret"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
