@@ -23,8 +23,9 @@
 //! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total` | counter | the monitor, at scrape time |
 //!
 //! **No lock on the hot path.** The request counters and the latency histogram
-//! are handles registered once, when the layer is built: a request costs an
-//! atomic add and a lock-free histogram push, never a registry lookup. Labelled
+//! are plain atomics owned by [`Metrics`] and rendered next to the exporter's
+//! output: a request costs three relaxed atomic adds, never a registry
+//! lookup, a lock or an allocation. Labelled
 //! counters (errors, heals) are looked up on the error path only. Everything
 //! the monitor knows is read when Prometheus scrapes.
 //!
@@ -46,6 +47,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -53,8 +55,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::ConfigError;
 use crate::health::{HealKind, Monitor, Status};
@@ -63,6 +64,22 @@ use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
 const LATENCY: &str = "selfheal_http_request_duration_seconds";
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LATENCY_BOUNDS_NANOS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
 ];
 
 /// The process's Prometheus recorder and the handles selfheal records through.
@@ -90,8 +107,8 @@ static INSTALLED: OnceLock<Metrics> = OnceLock::new();
 
 impl Metrics {
     /// Installs the Prometheus recorder as the process's `metrics` recorder
-    /// (once; later calls return the same `Metrics`), with histogram buckets
-    /// for the request latency (0.5 ms to 10 s). When called inside a tokio
+    /// (once; later calls return the same `Metrics`). The request latency
+    /// histogram has buckets from 0.5 ms to 10 s. When called inside a tokio
     /// runtime, a background task runs the recorder's upkeep every 5 s (it
     /// drains histogram samples even when nobody scrapes).
     ///
@@ -102,50 +119,19 @@ impl Metrics {
         }
         let mut failure = None;
         let metrics = INSTALLED.get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(LATENCY.to_owned()), &LATENCY_BUCKETS)
-                .map(PrometheusBuilder::build_recorder);
-            let handle = match recorder {
-                Ok(recorder) => {
-                    let handle = recorder.handle();
-                    if let Err(error) = metrics::set_global_recorder(recorder) {
-                        failure = Some(ConfigError::new(format!(
-                            "cannot install the Prometheus recorder: {error}"
-                        )));
-                    }
-                    handle
-                }
-                Err(error) => {
-                    failure = Some(ConfigError::new(format!(
-                        "cannot build the Prometheus recorder: {error}"
-                    )));
-                    PrometheusBuilder::new().build_recorder().handle()
-                }
-            };
-            metrics::describe_counter!(
-                "selfheal_http_requests_total",
-                "HTTP requests seen by the HealLayer, by outcome"
-            );
-            metrics::describe_histogram!(
-                LATENCY,
-                metrics::Unit::Seconds,
-                "HTTP request latency seen by the HealLayer"
-            );
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if let Err(error) = metrics::set_global_recorder(recorder) {
+                failure = Some(ConfigError::new(format!(
+                    "cannot install the Prometheus recorder: {error}"
+                )));
+            }
             metrics::describe_counter!(
                 "selfheal_errors_total",
                 "errors recorded, by kind and operation"
             );
             metrics::describe_counter!("selfheal_heals_total", "heals, by kind");
-            let http = HttpMetrics {
-                ok: metrics::counter!("selfheal_http_requests_total", "outcome" => "ok"),
-                client_error: metrics::counter!(
-                    "selfheal_http_requests_total", "outcome" => "client_error"
-                ),
-                server_error: metrics::counter!(
-                    "selfheal_http_requests_total", "outcome" => "server_error"
-                ),
-                latency: metrics::histogram!(LATENCY),
-            };
+            let http = HttpMetrics::default();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let handle = handle.clone();
                 runtime.spawn(async move {
@@ -170,7 +156,8 @@ impl Metrics {
         }
     }
 
-    /// The exporter's handle (to render, or to run upkeep yourself).
+    /// The exporter's handle (to run upkeep yourself). Its `render` lacks the
+    /// per-request HTTP metrics: use [`Metrics::render`].
     pub fn handle(&self) -> &PrometheusHandle {
         &self.inner.handle
     }
@@ -183,7 +170,9 @@ impl Metrics {
     /// gauges read from `monitor`.
     pub fn render(&self, monitor: &Monitor) -> String {
         self.refresh(monitor);
-        self.inner.handle.render()
+        let mut text = self.inner.handle.render();
+        self.inner.http.render(&mut text);
+        text
     }
 
     /// Sets the scrape-time gauges from `monitor`.
@@ -272,27 +261,85 @@ impl Metrics {
     }
 }
 
-/// Handles registered once, used on every request.
-#[derive(Clone)]
+/// The per-request metrics: plain atomics, rendered with the exporter's
+/// output. A request costs three relaxed atomic adds (its outcome, its
+/// latency bucket, the latency sum): no registry, no lock, no allocation.
+/// (The exporter's own histogram allocates sample blocks and pins an epoch
+/// on every record; per request that was most of the layer's cost.)
+#[derive(Clone, Default)]
 pub(crate) struct HttpMetrics {
-    ok: Counter,
-    client_error: Counter,
-    server_error: Counter,
-    latency: Histogram,
+    inner: Arc<HttpCounters>,
 }
+
+#[derive(Default)]
+struct HttpCounters {
+    /// ok, client_error, server_error.
+    outcomes: [AtomicU64; 3],
+    /// Requests with latency ≤ each bound, not cumulative (the last slot is
+    /// beyond the largest bound).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+const OUTCOMES: [&str; 3] = ["ok", "client_error", "server_error"];
 
 impl HttpMetrics {
     #[inline]
     pub(crate) fn observe(&self, status: StatusCode, elapsed: Duration) {
-        let counter = if status.is_server_error() {
-            &self.server_error
+        let c = &*self.inner;
+        let outcome = if status.is_server_error() {
+            2
         } else if status.is_client_error() {
-            &self.client_error
+            1
         } else {
-            &self.ok
+            0
         };
-        counter.increment(1);
-        self.latency.record(elapsed.as_secs_f64());
+        c.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        let nanos = elapsed.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let bucket = LATENCY_BOUNDS_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_NANOS.len());
+        c.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        c.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus text of these metrics to `out`.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let c = &*self.inner;
+        let _ = writeln!(
+            out,
+            "# HELP selfheal_http_requests_total HTTP requests seen by the HealLayer, by outcome"
+        );
+        let _ = writeln!(out, "# TYPE selfheal_http_requests_total counter");
+        for (name, count) in OUTCOMES.iter().zip(&c.outcomes) {
+            let _ = writeln!(
+                out,
+                "selfheal_http_requests_total{{outcome=\"{name}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {LATENCY} HTTP request latency seen by the HealLayer"
+        );
+        let _ = writeln!(out, "# TYPE {LATENCY} histogram");
+        let mut cumulative = 0;
+        for (i, count) in c.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            match LATENCY_BUCKETS.get(i) {
+                Some(bound) => {
+                    let _ = writeln!(out, "{LATENCY}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = c.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{LATENCY}_sum {sum}");
+        let _ = writeln!(out, "{LATENCY}_count {cumulative}");
     }
 }
 

@@ -117,7 +117,7 @@ enum Mode<'a> {
     Names(&'a mut Vec<&'static str>),
     /// Decode `stored[i]` into the i-th field, noting repairs.
     Load {
-        stored: &'a [Option<Value>],
+        stored: &'a mut [Option<Value>],
         index: usize,
         repairs: &'a mut Vec<Repair>,
     },
@@ -173,7 +173,7 @@ impl<T> Fields<'_, T> {
                 index,
                 repairs,
             } => {
-                let slot = stored.get(*index).cloned().flatten();
+                let slot = stored.get_mut(*index).and_then(Option::take);
                 *index += 1;
                 let reason = match slot {
                     None => Some(RepairReason::Missing),
@@ -367,7 +367,7 @@ impl<T: SessionData> Healed<T> {
             T::fields(&mut Fields {
                 data: &mut data,
                 mode: Mode::Load {
-                    stored: &stored,
+                    stored: &mut stored,
                     index: 0,
                     repairs: &mut field_repairs,
                 },
@@ -452,7 +452,8 @@ where
             tracing::error!(target: "selfheal", "Healed<T> needs tower-sessions' SessionManagerLayer");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, "session layer missing"));
         };
-        let monitor = parts.extensions.get::<Monitor>().cloned();
-        Ok(Self::load(session, monitor.as_ref(), cookie_presented(parts)).await)
+        let presented = cookie_presented(parts);
+        let monitor = parts.extensions.get::<Monitor>();
+        Ok(Self::load(session, monitor, presented).await)
     }
 }

@@ -147,7 +147,10 @@ async fn the_dashboard_renders_in_chromium_and_no_sample_script_runs() {
             .await
             .unwrap()
     };
-    assert!(dom.contains("id=\"total-errors\""), "not the dashboard:\n{dom}");
+    assert!(
+        dom.contains("id=\"total-errors\""),
+        "not the dashboard:\n{dom}"
+    );
     assert!(
         dom.contains("<title>cozmic · health</title>"),
         "the title changed: a script ran\n{dom}"
@@ -175,7 +178,11 @@ async fn the_dashboard_renders_in_chromium_and_no_sample_script_runs() {
     }
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    assert!(png.len() > 10_000, "a blank screenshot? {} bytes", png.len());
+    assert!(
+        png.len() > 10_000,
+        "a blank screenshot? {} bytes",
+        png.len()
+    );
     if std::env::var_os("SELFHEAL_UPDATE_SCREENSHOT").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
         std::fs::create_dir_all(&docs).unwrap();

@@ -28,8 +28,9 @@ pin_project! {
         Running {
             #[pin]
             future: F,
-            #[pin]
-            sleep: Option<Sleep>,
+            // Boxed: a `Sleep` is larger than the rest of this future, and
+            // most services run without a timeout.
+            sleep: Option<Pin<Box<Sleep>>>,
             ctx: RequestContext,
         },
         Ready {
@@ -39,7 +40,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn running(future: F, sleep: Option<Sleep>, ctx: RequestContext) -> Self {
+    pub(crate) fn running(future: F, sleep: Option<Pin<Box<Sleep>>>, ctx: RequestContext) -> Self {
         Self {
             state: State::Running { future, sleep, ctx },
         }
@@ -81,7 +82,9 @@ where
                     Ok(Poll::Ready(Ok(response))) => ctx.finish(response),
                     Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
                     Ok(Poll::Pending) => {
-                        let elapsed = sleep.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready());
+                        let elapsed = sleep
+                            .as_mut()
+                            .is_some_and(|s| s.as_mut().poll(cx).is_ready());
                         if !elapsed {
                             return Poll::Pending;
                         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::Response;
-use tokio::time::Instant;
+// Latency is measured with the OS clock: it is reported, never acted on, so
+// it has no reason to follow tokio's (pausable) clock.
+use std::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -109,8 +111,8 @@ impl HealLayer {
 
     /// Also counts requests by outcome and observes their latency in
     /// Prometheus metrics (`selfheal_http_requests_total{outcome}`,
-    /// `selfheal_http_request_duration_seconds`), through handles
-    /// registered once: no lock, no lookup per request.
+    /// `selfheal_http_request_duration_seconds`) with plain atomics: no
+    /// lock, no lookup, no allocation per request.
     #[cfg(feature = "prometheus")]
     pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
         self.shared_mut().metrics = Some(metrics.http());
@@ -170,7 +172,7 @@ where
             return ResponseFuture::ready(ctx.overloaded());
         }
         req.extensions_mut().insert(shared.monitor.clone());
-        let sleep = shared.timeout.map(tokio::time::sleep);
+        let sleep = shared.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         // A service may panic in `call` itself (not only in its future).
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => ResponseFuture::running(future, sleep, ctx),
@@ -375,7 +377,8 @@ impl RequestContext {
 /// One word: bit 0 is "critical", bit 1 "has been read", the rest the
 /// milliseconds (since `origin`) of the read.
 struct StatusCache {
-    origin: Instant,
+    /// Tokio's clock: the status follows the monitor's time.
+    origin: tokio::time::Instant,
     word: AtomicU64,
 }
 
@@ -384,7 +387,7 @@ impl StatusCache {
 
     fn new() -> Self {
         Self {
-            origin: Instant::now(),
+            origin: tokio::time::Instant::now(),
             word: AtomicU64::new(0),
         }
     }
