@@ -10,6 +10,9 @@
 //! - [`fallback`]: a default instead of an error, reported.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
+//! - [`db`] (feature `sqlx`): database transactions re-run whole on lock
+//!   conflicts and serialization failures, an idempotency guard for commits
+//!   with an unknown outcome, and schema healing at start-up.
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
@@ -18,6 +21,8 @@
 //! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sqlx")]
+pub mod db;
 pub mod fallback;
 pub mod health;
 pub mod observe;
