@@ -28,7 +28,7 @@ use crate::retry::{Backoff, Budget, Classify, Policy, Verdict};
 ///
 /// | setting | default |
 /// |---|---|
-/// | policy | [`Runner::default_policy`]: 10 attempts, exponential backoff from 5 ms ×2 up to 500 ms with full jitter, 10 s deadline, budget of 100 tokens refilled 1 per success |
+/// | policy | [`Runner::default_policy`]: 10 attempts, exponential backoff from 5 ms ×2 up to 500 ms with full jitter, 10 s deadline, a budget of 100 tokens refilled by 2 per success |
 /// | begin statement | SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `BEGIN` (set an isolation level with [`Runner::with_begin`]) |
 /// | idempotency guard | off ([`Runner::with_guard`]) |
 /// | re-run after an ambiguous commit without the guard | no ([`Runner::assume_idempotent`]) |
@@ -305,14 +305,17 @@ impl<DB: Backend> Runner<DB> {
     /// The default policy: 10 attempts; exponential backoff from 5 ms, factor
     /// 2, capped at 500 ms, full jitter (lock conflicts clear in
     /// milliseconds, and jitter spreads the contenders apart); a 10 s
-    /// deadline; a budget of 100 tokens refilled by 1 per success.
+    /// deadline; a budget of 100 tokens refilled by 2 per success.
     ///
-    /// Why a larger budget than the engine's default (20 tokens, 0.5 per
-    /// success): lock conflicts come in bursts on a healthy database (a hot
-    /// row, a long write), and each re-run is one cheap transaction, so
-    /// re-runs may continue up to a failure ratio of about one attempt in
-    /// two before the runner concludes the database is in trouble and fails
-    /// fast.
+    /// Why a more generous budget than the engine's default (20 tokens, 0.5
+    /// per success): a budget exists to stop retries against a dependency
+    /// that is *down*, and a database that answers with lock conflicts and
+    /// serialization failures is up and busy: contention is the normal cost
+    /// of concurrent writers, and re-running is how they make progress. A
+    /// down database commits nothing, so nothing refills the bucket and the
+    /// runner still fails fast after about 50 re-runs in all; a busy one keeps
+    /// committing, and re-runs continue while at least one attempt in three
+    /// commits.
     pub fn default_policy() -> Policy {
         Policy::default()
             .with_name("transaction")
@@ -324,7 +327,7 @@ impl<DB: Backend> Runner<DB> {
             )
             .with_deadline(Duration::from_secs(10))
             .expect("valid")
-            .with_budget(Arc::new(Budget::new(100, 1.0).expect("valid")))
+            .with_budget(Arc::new(Budget::new(100, 2.0).expect("valid")))
     }
 
     /// Re-runs under `policy` (its attempts, deadline, backoff, budget and
@@ -412,6 +415,13 @@ impl<DB: Backend> Runner<DB> {
     /// classified. An error of yours with no sqlx error inside is permanent:
     /// the transaction is rolled back and the error returned at once.
     ///
+    /// `body` is a Rust 2024 async closure. Where the future must be `Send`
+    /// (`tokio::spawn`, an axum handler), write `async move |tx| …` and give
+    /// it owned values (`Copy` values, clones, `Arc`s): an async closure that
+    /// *borrows* a local there trips a compiler limitation
+    /// ("implementation of `Send` is not general enough",
+    /// rust-lang/rust#138207). Outside such contexts, borrowing is fine.
+    ///
     /// Returns the value of the attempt that committed. With the [`Guard`],
     /// when a commit failed ambiguously and the guard shows it did commit,
     /// that is the value the closure returned in that attempt (kept until the
@@ -423,19 +433,23 @@ impl<DB: Backend> Runner<DB> {
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
     /// let runner = Runner::new(pool).with_begin(BEGIN_SERIALIZABLE);
     /// let amount = 10_i64;
-    /// runner
-    ///     .run("transfer", async |tx| {
-    ///         sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = 1")
-    ///             .bind(amount)
-    ///             .execute(&mut **tx)
-    ///             .await?;
-    ///         sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = 2")
-    ///             .bind(amount)
-    ///             .execute(&mut **tx)
-    ///             .await?;
-    ///         Ok::<_, sqlx::Error>(())
-    ///     })
-    ///     .await?;
+    /// // In a spawned task (or an axum handler): `async move`, owned captures.
+    /// tokio::spawn(async move {
+    ///     runner
+    ///         .run("transfer", async move |tx| {
+    ///             sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = 1")
+    ///                 .bind(amount)
+    ///                 .execute(&mut **tx)
+    ///                 .await?;
+    ///             sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = 2")
+    ///                 .bind(amount)
+    ///                 .execute(&mut **tx)
+    ///                 .await?;
+    ///             Ok::<_, sqlx::Error>(())
+    ///         })
+    ///         .await
+    /// })
+    /// .await??;
     /// # Ok(()) }
     /// ```
     pub async fn run<F, T, E>(&self, operation: &str, body: F) -> Result<T, TxError<E>>
