@@ -42,7 +42,10 @@ impl Pg {
         let url = match std::env::var("SELFHEAL_TEST_POSTGRES_URL") {
             Ok(url) if !url.is_empty() => url,
             _ => {
-                eprintln!(
+                // Straight to stderr: the test harness captures `eprintln!`.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "note: SELFHEAL_TEST_POSTGRES_URL is not set, skipping PostgreSQL test {test}"
                 );
                 return None;

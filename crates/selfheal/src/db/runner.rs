@@ -335,6 +335,9 @@ impl<DB: Backend> Runner<DB> {
     /// ([`classify`](super::classify)).
     pub fn with_policy<C>(mut self, policy: Policy<C>) -> Self {
         self.policy = policy.with_classifier(*self.policy.classifier());
+        if let Some(monitor) = self.monitor.take() {
+            self = self.with_monitor(monitor);
+        }
         self
     }
 

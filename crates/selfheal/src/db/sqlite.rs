@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `create_if_missing` | on | a fresh install starts with an empty database, not an error |
 //! | `journal_mode` | `WAL` | readers never block the writer and the writer never blocks readers |
-//! | `synchronous` | `NORMAL` | with WAL, durable across application crashes and consistent across power loss, without an fsync per commit |
+//! | `synchronous` | `NORMAL` | with WAL: no fsync per commit; durable across application crashes, and a power loss may lose the last commits but never corrupts the database |
 //! | `foreign_keys` | on | constraints are enforced |
 //! | `busy_timeout` | 5 s ([`BUSY_TIMEOUT`]) | a connection waiting for the write lock waits inside SQLite first; the [`Runner`](super::Runner)'s re-runs (with backoff) come on top of that, so `BUSY` reaches the runner only after 5 s of waiting |
 //!
