@@ -3,8 +3,11 @@
 //! 1. **Overhead**: the runner against a plain sqlx transaction doing the
 //!    same work (a read-modify-write increment, `BEGIN IMMEDIATE`) on an
 //!    uncontended SQLite file in WAL mode, one transaction after the other.
-//!    Rounds of each variant are interleaved and the median round reported,
-//!    so that a noisy neighbour hits every variant alike. Target: ≤ 5 %.
+//!    Short rounds of every variant, rotated within each round, and medians
+//!    of per-round ratios, so that a noisy neighbour hits every variant
+//!    alike; an A/A row (the baseline against itself) shows the noise
+//!    floor, and CPU time (all threads, from `/proc/self/task/*/schedstat`)
+//!    is reported beside wall time. Target: ≤ 5 %.
 //! 2. **Contention**: 8 tasks × 200 increments while another connection
 //!    holds the write lock in bursts (the test suite's workload), through
 //!    the runner and through a port of the guide's `safe_db_commit` ("retry
@@ -15,44 +18,46 @@
 //!
 //! `cargo bench -p selfheal --features sqlx --bench db`
 //!
-//! A run (release, a shared 2-core machine under a load average of 8 to 10
+//! A run (release, a shared 2-core machine under a load average of 6 to 8
 //! from other builds, SQLite 3.46 bundled, PostgreSQL 15 on loopback):
 //!
 //! ```text
 //! ## Overhead: uncontended SQLite (WAL, synchronous=NORMAL), read-modify-write increment, 60 rounds of 200 per variant, variants rotated within each round
 //!
-//! | variant | median µs per transaction | median ratio to baseline (per round) |
-//! |---|---:|---:|
-//! | plain sqlx transaction, BEGIN IMMEDIATE (baseline) | 211.9 | +0.0 % |
-//! | Runner::run (BEGIN IMMEDIATE) | 223.7 | +4.2 % |
-//! | plain sqlx transaction, deferred BEGIN | 184.4 | -6.2 % |
-//! | Runner::run with the idempotency guard | 336.3 | +62.1 % |
+//! | variant | wall µs/tx | wall vs baseline: median (p25 .. p75) of per-round ratios | CPU µs/tx, all threads | CPU vs baseline: median (p25 .. p75) |
+//! |---|---:|---:|---:|---:|
+//! | plain sqlx transaction, BEGIN IMMEDIATE (baseline) | 261.3 | +0.0 % (+0.0 .. +0.0) | 346.4 | +0.0 % (+0.0 .. +0.0) |
+//! | the baseline again (A/A: the noise floor of this machine) | 267.0 | +3.5 % (-20.3 .. +18.9) | 343.6 | +1.2 % (-9.6 .. +9.4) |
+//! | Runner::run (BEGIN IMMEDIATE) | 264.3 | +4.9 % (-16.3 .. +22.1) | 341.6 | -0.3 % (-12.6 .. +14.0) |
+//! | plain sqlx transaction, deferred BEGIN | 243.9 | -14.7 % (-31.6 .. +6.2) | 297.6 | -12.8 % (-23.7 .. -2.2) |
+//! | Runner::run with the idempotency guard | 401.9 | +51.8 % (+14.0 .. +85.4) | 455.4 | +29.6 % (+13.3 .. +43.2) |
 //!
 //! ## Contention: SQLite, 8 tasks x 200 read-modify-write increments, a second connection holding the write lock in bursts (3 ms held, 2 ms free), busy_timeout 5 ms
 //!
 //! | strategy | time | committed increments/s | told "saved" | told "failed" | counter moved | lost updates | duplicated updates | re-runs / retries |
 //! |---|---:|---:|---:|---:|---:|---:|---:|---:|
-//! | runner | 0.38 s | 4257 | 1600 | 0 | 1600 | 0 | 0 | 73 |
-//! | runner + guard | 0.32 s | 5023 | 1600 | 0 | 1600 | 0 | 0 | 90 |
-//! | guide: retry only the commit | 1.80 s | 723 | 1300 | 300 | 1300 | 0 | 0 | 656 |
+//! | runner | 0.34 s | 4750 | 1600 | 0 | 1600 | 0 | 0 | 126 |
+//! | runner + guard | 0.49 s | 3263 | 1600 | 0 | 1600 | 0 | 0 | 152 |
+//! | guide: retry only the commit | 1.61 s | 834 | 1344 | 256 | 1344 | 0 | 0 | 559 |
 //!
 //! ## Contention: PostgreSQL, 8 tasks x 200 read-modify-write increments on one row
 //!
 //! | strategy | time | committed increments/s | told "saved" | told "failed" | counter moved | lost updates | duplicated updates | re-runs / retries |
 //! |---|---:|---:|---:|---:|---:|---:|---:|---:|
-//! | runner, SERIALIZABLE | 7.23 s | 221 | 1600 | 0 | 1600 | 0 | 0 | 1056 |
-//! | runner + guard, SERIALIZABLE | 9.37 s | 171 | 1600 | 0 | 1600 | 0 | 0 | 1385 |
-//! | guide: retry only the commit (READ COMMITTED, the default) | 3.13 s | 80 | 1600 | 0 | 251 | 1349 | 0 | 0 |
-//! | guide: retry only the commit, SERIALIZABLE | 2.82 s | 213 | 601 | 999 | 601 | 0 | 0 | 999 |
+//! | runner, SERIALIZABLE | 4.67 s | 343 | 1600 | 0 | 1600 | 0 | 0 | 774 |
+//! | runner + guard, SERIALIZABLE | 5.46 s | 293 | 1600 | 0 | 1600 | 0 | 0 | 737 |
+//! | guide: retry only the commit (READ COMMITTED, the default) | 2.17 s | 112 | 1600 | 0 | 242 | 1358 | 0 | 0 |
+//! | guide: retry only the commit, SERIALIZABLE | 2.32 s | 319 | 740 | 860 | 740 | 0 | 0 | 860 |
 //! ```
 //!
-//! Reading it: the runner's own cost is within the noise of the machine
-//! (the deferred-BEGIN row, which does the same work with a cheaper BEGIN,
-//! moves by as much); the guard costs one more statement per transaction.
-//! Under contention the guide's port tells SQLite users "failed" (a
-//! `BUSY_SNAPSHOT` cannot be retried away inside the same transaction) and,
-//! on PostgreSQL's default READ COMMITTED, tells everyone "saved" while
-//! losing most increments; the runner commits every one exactly once.
+//! Reading it: the runner's own cost is below what this machine can
+//! resolve (its ratios sit inside the A/A spread of the baseline against
+//! itself, and its CPU time per transaction matches the baseline's); the
+//! guard costs one more statement per transaction. Under contention the
+//! guide's port tells SQLite users "failed" (a `BUSY_SNAPSHOT` cannot be
+//! retried away inside the same transaction) and, on PostgreSQL's default
+//! READ COMMITTED, tells everyone "saved" while losing most increments; the
+//! runner commits every one exactly once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -143,6 +148,7 @@ async fn increment_sqlite(conn: &mut SqliteConnection) -> Result<i64, sqlx::Erro
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {
     PlainImmediate,
+    PlainImmediateAgain,
     Runner,
     PlainDeferred,
     RunnerGuard,
@@ -152,6 +158,9 @@ impl Variant {
     fn label(self) -> &'static str {
         match self {
             Self::PlainImmediate => "plain sqlx transaction, BEGIN IMMEDIATE (baseline)",
+            Self::PlainImmediateAgain => {
+                "the baseline again (A/A: the noise floor of this machine)"
+            }
             Self::Runner => "Runner::run (BEGIN IMMEDIATE)",
             Self::PlainDeferred => "plain sqlx transaction, deferred BEGIN",
             Self::RunnerGuard => "Runner::run with the idempotency guard",
@@ -159,17 +168,31 @@ impl Variant {
     }
 }
 
+/// CPU time used by this process so far (every thread: tokio's workers and
+/// sqlx's SQLite worker threads), from `/proc/self/task/*/schedstat`
+/// (nanoseconds on a CPU). `None` where that file does not exist.
+fn cpu_time() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Runs `n` increments; returns (wall time, CPU time).
 async fn round(
     variant: Variant,
     pool: &SqlitePool,
     runner: &Runner<sqlx::Sqlite>,
     n: usize,
-) -> Duration {
+) -> (Duration, Option<Duration>) {
+    let cpu = cpu_time();
     let started = Instant::now();
     for _ in 0..n {
         match variant {
-            Variant::PlainImmediate | Variant::PlainDeferred => {
-                let mut tx = if variant == Variant::PlainImmediate {
+            Variant::PlainImmediate | Variant::PlainImmediateAgain | Variant::PlainDeferred => {
+                let mut tx = if variant != Variant::PlainDeferred {
                     pool.begin_with("BEGIN IMMEDIATE").await.unwrap()
                 } else {
                     pool.begin().await.unwrap()
@@ -185,7 +208,11 @@ async fn round(
             }
         }
     }
-    started.elapsed()
+    let wall = started.elapsed();
+    (
+        wall,
+        cpu.zip(cpu_time()).map(|(before, after)| after - before),
+    )
 }
 
 async fn overhead() {
@@ -202,6 +229,7 @@ async fn overhead() {
     let guarded = Runner::new(pool.clone()).with_guard(Guard::default());
     let variants = [
         Variant::PlainImmediate,
+        Variant::PlainImmediateAgain,
         Variant::Runner,
         Variant::PlainDeferred,
         Variant::RunnerGuard,
@@ -217,45 +245,66 @@ async fn overhead() {
     for variant in variants {
         round(variant, &pool, runner_for(variant), 500).await;
     }
-    let mut times: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
-    let mut ratios: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
+    // Per variant: wall µs per transaction and CPU µs per transaction, each
+    // round; and the per-round ratios to the baseline.
+    type Series = BTreeMap<Variant, Vec<f64>>;
+    let (mut wall, mut cpu, mut wall_ratio, mut cpu_ratio) =
+        (Series::new(), Series::new(), Series::new(), Series::new());
     for r in 0..ROUNDS {
         let mut this_round = BTreeMap::new();
         for i in 0..variants.len() {
             let variant = variants[(r + i) % variants.len()];
-            let t = round(variant, &pool, runner_for(variant), PER_ROUND).await;
-            let us = t.as_secs_f64() * 1e6 / PER_ROUND as f64;
-            this_round.insert(variant, us);
-            times.entry(variant).or_default().push(us);
+            let (w, c) = round(variant, &pool, runner_for(variant), PER_ROUND).await;
+            let per_tx = |d: Duration| d.as_secs_f64() * 1e6 / PER_ROUND as f64;
+            let (w, c) = (per_tx(w), c.map(per_tx).unwrap_or(f64::NAN));
+            this_round.insert(variant, (w, c));
+            wall.entry(variant).or_default().push(w);
+            cpu.entry(variant).or_default().push(c);
         }
-        let base = this_round[&Variant::PlainImmediate];
-        for (variant, us) in this_round {
-            ratios.entry(variant).or_default().push(us / base);
+        let (base_wall, base_cpu) = this_round[&Variant::PlainImmediate];
+        for (variant, (w, c)) in this_round {
+            wall_ratio.entry(variant).or_default().push(w / base_wall);
+            cpu_ratio.entry(variant).or_default().push(c / base_cpu);
         }
     }
-    let median = |v: &[f64]| {
+    let quantile = |v: &[f64], q: f64| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v[((v.len() - 1) as f64 * q).round() as usize]
     };
+    let median = |v: &[f64]| quantile(v, 0.5);
     println!();
     println!(
         "## Overhead: uncontended SQLite (WAL, synchronous=NORMAL), read-modify-write increment, \
          {ROUNDS} rounds of {PER_ROUND} per variant, variants rotated within each round"
     );
     println!();
-    println!("| variant | median µs per transaction | median ratio to baseline (per round) |");
-    println!("|---|---:|---:|");
+    println!(
+        "| variant | wall µs/tx | wall vs baseline: median (p25 .. p75) of per-round ratios | \
+         CPU µs/tx, all threads | CPU vs baseline: median (p25 .. p75) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    let spread = |r: &[f64]| {
+        format!(
+            "{:+.1} % ({:+.1} .. {:+.1})",
+            pct(median(r)),
+            pct(quantile(r, 0.25)),
+            pct(quantile(r, 0.75))
+        )
+    };
     for variant in variants {
         println!(
-            "| {} | {:.1} | {:+.1} % |",
+            "| {} | {:.1} | {} | {:.1} | {} |",
             variant.label(),
-            median(&times[&variant]),
-            (median(&ratios[&variant]) - 1.0) * 100.0
+            median(&wall[&variant]),
+            spread(&wall_ratio[&variant]),
+            median(&cpu[&variant]),
+            spread(&cpu_ratio[&variant]),
         );
     }
     let total = sqlite_counter(&pool).await;
-    assert_eq!(total as usize, 4 * 500 + ROUNDS * 4 * PER_ROUND);
+    assert_eq!(total as usize, variants.len() * (500 + ROUNDS * PER_ROUND));
     pool.close().await;
 }
 
