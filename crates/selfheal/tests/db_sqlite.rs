@@ -678,3 +678,57 @@ async fn safe_commit_commits_or_returns_the_error() {
     })
     .await;
 }
+
+/// A lock that never clears: the runner gives up after its attempts, and
+/// the give-up is an error on the monitor under the fingerprint
+/// `sqlite:BUSY@<operation>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_up_is_recorded_under_its_code_and_operation() {
+    bounded(Duration::from_secs(30), async {
+        let db = TempDb::new("give-up");
+        let pool = db.pool(Duration::from_millis(1)).await;
+        counter_table(&pool).await;
+        // Another connection takes the write lock and keeps it.
+        let mut holder = SqliteConnection::connect_with(&db.options(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let monitor = Monitor::builder().global(false).build().unwrap();
+        let runner = Runner::new(pool.clone())
+            .with_policy(
+                Runner::<sqlx::Sqlite>::default_policy()
+                    .with_max_attempts(3)
+                    .unwrap(),
+            )
+            .with_monitor(monitor.clone());
+        let error = runner
+            .run("save_progress", async |tx| {
+                sqlx::query("UPDATE counter SET value = value + 1")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .await
+            .unwrap_err();
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        println!("gave up: {error}");
+        assert_eq!(error.attempts(), 3);
+        assert_eq!(error.step(), TxStep::Begin);
+        assert_eq!(error.reason(), selfheal::observe::GiveUpReason::MaxAttempts);
+        assert_eq!(error.kind(), "sqlite:BUSY");
+        let report = monitor.report(Duration::from_secs(900));
+        let fingerprint = report
+            .fingerprints
+            .iter()
+            .find(|f| f.fingerprint == "sqlite:BUSY@save_progress")
+            .unwrap_or_else(|| panic!("{:?}", report.fingerprints));
+        assert_eq!(fingerprint.count, 1);
+        assert_eq!(report.heals.get(&HealKind::TransactionRerun), Some(&2));
+        assert_eq!(report.retries, 2);
+        assert_eq!(counter(&pool).await, 0);
+    })
+    .await;
+}
