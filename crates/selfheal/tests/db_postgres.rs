@@ -424,14 +424,20 @@ async fn killed_connections_leave_totals_exact_with_the_guard() {
     pg.drop_schema().await;
 }
 
-/// A TCP proxy on loopback in front of PostgreSQL that, when armed, lets a
-/// simple-query `COMMIT` through to the server, waits for the server's
-/// reply (so the commit has happened), and then closes both connections
-/// without passing the reply on: the client sees its connection drop during
-/// COMMIT, a real `commit_unknown_result`.
+/// A TCP proxy on loopback in front of PostgreSQL that, when armed, loses
+/// the reply to a simple-query `COMMIT`: a real `commit_unknown_result`.
+///
+/// - [`CommitDropProxy::arm`]: the COMMIT goes through to the server, the
+///   proxy waits for the server's reply (so the commit has happened), then
+///   closes both connections without passing the reply on.
+/// - [`CommitDropProxy::arm_delayed`]: the proxy hangs up on the client
+///   *first*, holds the COMMIT for `delay`, then passes it to the server
+///   (which commits) and drops the reply: the commit lands while the client
+///   is already re-running.
 struct CommitDropProxy {
     addr: SocketAddr,
     armed: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU64>,
     dropped: Arc<AtomicU32>,
 }
 
@@ -440,51 +446,74 @@ impl CommitDropProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let armed = Arc::new(AtomicU32::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU32::new(0));
-        let (a, d) = (armed.clone(), dropped.clone());
+        let (a, m, d) = (armed.clone(), delay_ms.clone(), dropped.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let server = TcpStream::connect(upstream).await.unwrap();
-                tokio::spawn(Self::relay(client, server, a.clone(), d.clone()));
+                tokio::spawn(Self::relay(client, server, a.clone(), m.clone(), d.clone()));
             }
         });
         Self {
             addr,
             armed,
+            delay_ms,
             dropped,
         }
     }
 
-    /// Drops the reply of the next `commits` COMMITs.
-    fn arm(&self, commits: u32) {
-        self.armed.store(commits, Ordering::SeqCst);
+    /// Loses the reply of the next COMMIT, after the server committed.
+    fn arm(&self) {
+        self.delay_ms.store(0, Ordering::SeqCst);
+        self.armed.store(1, Ordering::SeqCst);
+    }
+
+    /// Hangs up on the client at the next COMMIT, and delivers that COMMIT
+    /// to the server `delay` later.
+    fn arm_delayed(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.armed.store(1, Ordering::SeqCst);
     }
 
     async fn relay(
         client: TcpStream,
         server: TcpStream,
         armed: Arc<AtomicU32>,
+        delay_ms: Arc<AtomicU64>,
         dropped: Arc<AtomicU32>,
     ) {
-        let (mut client_read, mut client_write) = client.into_split();
+        let (mut client_read, client_write) = client.into_split();
         let (mut server_read, mut server_write) = server.into_split();
         let cut = Arc::new(AtomicBool::new(false));
+        let (hang_up, mut hang_up_rx) = tokio::sync::oneshot::channel::<()>();
+        // Server to client, until the reply to the armed COMMIT.
         let replies = {
             let cut = cut.clone();
             tokio::spawn(async move {
+                let mut client_write = Some(client_write);
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    let n = match server_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if cut.load(Ordering::SeqCst) {
-                        // The reply to COMMIT: the server has committed.
-                        // Swallow it and hang up on both sides.
-                        return;
-                    }
-                    if client_write.write_all(&buf[..n]).await.is_err() {
-                        return;
+                    tokio::select! {
+                        _ = &mut hang_up_rx, if client_write.is_some() => {
+                            client_write = None;
+                        }
+                        read = server_read.read(&mut buf) => {
+                            let n = match read {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if cut.load(Ordering::SeqCst) {
+                                // The reply to COMMIT: the server has
+                                // committed. Swallow it, hang up.
+                                return;
+                            }
+                            let Some(w) = client_write.as_mut() else { return };
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             })
@@ -515,23 +544,30 @@ impl CommitDropProxy {
                 return;
             }
             let commit = header[0] == b'Q' && body.eq_ignore_ascii_case(b"COMMIT\0");
-            let drop_this = commit
+            let armed_here = commit
                 && armed
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok();
-            if drop_this {
+            if armed_here {
+                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                if !delay.is_zero() {
+                    // Hang up on the client now; the COMMIT is still ours.
+                    drop(client_read);
+                    let _ = hang_up.send(());
+                    tokio::time::sleep(delay).await;
+                }
                 cut.store(true, Ordering::SeqCst);
-            }
-            if server_write.write_all(&header).await.is_err()
-                || server_write.write_all(&body).await.is_err()
-            {
-                return;
-            }
-            if drop_this {
+                let _ = server_write.write_all(&header).await;
+                let _ = server_write.write_all(&body).await;
                 // Wait for the server's reply to reach us (and be dropped),
                 // then close everything: the client never sees it.
                 let _ = replies.await;
                 dropped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if server_write.write_all(&header).await.is_err()
+                || server_write.write_all(&body).await.is_err()
+            {
                 return;
             }
         }
@@ -586,7 +622,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
         let blind = Runner::new(pool.clone())
             .assume_idempotent()
             .with_policy(fast());
-        proxy.arm(1);
+        proxy.arm();
         let value = blind
             .run("increment", async |tx| increment(tx).await)
             .await
@@ -601,7 +637,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
 
         // 2. The default runner without a guard: no re-run, an honest error.
         let default = Runner::new(pool.clone()).with_policy(fast());
-        proxy.arm(1);
+        proxy.arm();
         let error = default
             .run("increment", async |tx| increment(tx).await)
             .await
@@ -627,7 +663,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
             .with_guard(Guard::default())
             .with_policy(fast())
             .with_monitor(monitor.clone());
-        proxy.arm(1);
+        proxy.arm();
         let mut runs = 0;
         let value = guarded
             .run("increment", async |tx| {
@@ -789,6 +825,59 @@ async fn schema_drift_is_repaired_or_reported() {
         let again = schema::heal(&pg.admin, &declared, None).await.unwrap();
         assert!(again.repaired.is_empty());
         assert_eq!(again.problems.len(), 1);
+    })
+    .await;
+    pg.drop_schema().await;
+}
+
+/// The race the guard's own row closes: the client loses its connection
+/// during COMMIT, looks the id up (not there yet: the COMMIT is still on its
+/// way), and re-runs; the late COMMIT then lands. The re-run's insert of
+/// the same id finds it committed, the re-run is rolled back, and the
+/// runner returns the value of the attempt that did commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_still_in_flight_when_the_guard_looks_is_caught_by_its_row() {
+    let Some(pg) = Pg::new("inflight").await else {
+        return;
+    };
+    bounded(Duration::from_secs(60), async {
+        pg.counter_table().await;
+        db::guard::install(&pg.admin).await.unwrap();
+        let proxy = CommitDropProxy::start(upstream(&pg).await).await;
+        let pool = proxied_pool(&pg, &proxy).await;
+        let monitor = Monitor::builder().global(false).build().unwrap();
+        let guarded = Runner::new(pool.clone())
+            .with_guard(Guard::default())
+            .with_policy(
+                Runner::<sqlx::Postgres>::default_policy()
+                    .with_backoff(Backoff::constant(Duration::from_millis(1))),
+            )
+            .with_monitor(monitor.clone());
+        proxy.arm_delayed(Duration::from_millis(500));
+        let runs = AtomicU32::new(0);
+        let value = guarded
+            .run("increment", async |tx| {
+                runs.fetch_add(1, Ordering::Relaxed);
+                // READ COMMITTED: the row lock makes the re-run wait for
+                // the first attempt, whose COMMIT is held by the proxy.
+                increment_locked(tx).await
+            })
+            .await
+            .unwrap();
+        let total = pg.counter().await;
+        let runs = runs.load(Ordering::Relaxed);
+        println!(
+            "COMMIT in flight during the guard's lookup: the body ran {runs} times, the runner \
+             returned {value}, the counter is {total}: applied once"
+        );
+        assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            runs, 2,
+            "the re-run should have started before the late commit"
+        );
+        assert_eq!(value, 1);
+        assert_eq!(total, 1);
+        pool.close().await;
     })
     .await;
     pg.drop_schema().await;

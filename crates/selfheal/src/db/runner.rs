@@ -270,15 +270,21 @@ struct State<F, T> {
     /// The values of attempts whose commit was ambiguous, by attempt: one of
     /// them may turn out to have committed.
     pending: Vec<(u32, T)>,
-    /// The step and ambiguity of the last failure.
-    last_step: TxStep,
 }
 
 impl<F, T> State<F, T> {
     /// The value of `attempt`, which the guard says committed.
-    fn committed(&mut self, attempt: u32) -> Result<T, sqlx::Error> {
+    fn committed(&mut self, attempt: u32, operation: &str) -> Result<T, sqlx::Error> {
         match self.pending.iter().position(|(a, _)| *a == attempt) {
-            Some(i) => Ok(self.pending.swap_remove(i).1),
+            Some(i) => {
+                tracing::info!(
+                    target: "selfheal",
+                    operation,
+                    attempt,
+                    "a commit with an unknown outcome had committed (idempotency guard): not applied again"
+                );
+                Ok(self.pending.swap_remove(i).1)
+            }
             None => Err(sqlx::Error::Protocol(format!(
                 "selfheal idempotency guard: operation {} is recorded as committed by attempt \
                  {attempt}, whose commit this run did not see fail (an id collision?)",
@@ -466,7 +472,6 @@ impl<DB: Backend> Runner<DB> {
             id: self.guard.as_ref().map(|_| new_operation_id()),
             unknown: false,
             pending: Vec::new(),
-            last_step: TxStep::Begin,
         });
         let outcome = self
             .policy
@@ -486,7 +491,7 @@ impl<DB: Backend> Runner<DB> {
             // in flight), a present one is.
             if let Some(id) = &state.id
                 && let Ok(Some(committed)) = DB::find_guard(&self.pool, id).await
-                && let Ok(value) = state.committed(committed)
+                && let Ok(value) = state.committed(committed, operation)
             {
                 return Ok(value);
             }
@@ -529,10 +534,7 @@ impl<DB: Backend> Runner<DB> {
         {
             monitor.record_heal(HealKind::TransactionRerun, operation);
         }
-        let fail = |state: &mut State<F, T>, error: sqlx::Error, step| {
-            state.last_step = step;
-            Attempt::new(E::from(error), step)
-        };
+        let fail = |error: sqlx::Error, step| Attempt::new(E::from(error), step);
 
         // An earlier commit may have happened: look before doing it again.
         if state.unknown
@@ -541,11 +543,11 @@ impl<DB: Backend> Runner<DB> {
             match DB::find_guard(&self.pool, id).await {
                 Ok(Some(committed)) => {
                     return state
-                        .committed(committed)
-                        .map_err(|e| fail(state, e, TxStep::Check));
+                        .committed(committed, operation)
+                        .map_err(|e| fail(e, TxStep::Check));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(fail(state, e, TxStep::Check)),
+                Err(e) => return Err(fail(e, TxStep::Check)),
             }
         }
 
@@ -553,13 +555,12 @@ impl<DB: Backend> Runner<DB> {
             Some(statement) => self.pool.begin_with(statement.clone()).await,
             None => self.pool.begin().await,
         };
-        let mut tx = begun.map_err(|e| fail(state, e, TxStep::Begin))?;
+        let mut tx = begun.map_err(|e| fail(e, TxStep::Begin))?;
 
         let value = match (state.body)(&mut tx).await {
             Ok(value) => value,
             Err(error) => {
                 rollback(tx).await;
-                state.last_step = TxStep::Body;
                 return Err(Attempt::new(error, TxStep::Body));
             }
         };
@@ -575,22 +576,21 @@ impl<DB: Backend> Runner<DB> {
                     let id = id.clone();
                     return match DB::find_guard(&self.pool, &id).await {
                         Ok(Some(committed)) => state
-                            .committed(committed)
-                            .map_err(|e| fail(state, e, TxStep::Guard)),
+                            .committed(committed, operation)
+                            .map_err(|e| fail(e, TxStep::Guard)),
                         Ok(None) => Err(fail(
-                            state,
                             sqlx::Error::Protocol(format!(
                                 "selfheal idempotency guard: operation {id} conflicted but is \
                                  not recorded"
                             )),
                             TxStep::Guard,
                         )),
-                        Err(e) => Err(fail(state, e, TxStep::Check)),
+                        Err(e) => Err(fail(e, TxStep::Check)),
                     };
                 }
                 Err(e) => {
                     rollback(tx).await;
-                    return Err(fail(state, e, TxStep::Guard));
+                    return Err(fail(e, TxStep::Guard));
                 }
             }
         }
@@ -610,7 +610,7 @@ impl<DB: Backend> Runner<DB> {
                         state.pending.push((attempt, value));
                     }
                 }
-                let mut failure = fail(state, error, TxStep::Commit);
+                let mut failure = fail(error, TxStep::Commit);
                 failure.unknown = unknown;
                 Err(failure)
             }
