@@ -353,10 +353,23 @@ fn kill_policy(retries: Arc<Retries>) -> Policy {
 }
 
 /// Backends killed mid-transaction at random moments: with the guard every
-/// increment is applied exactly once. The same run without the guard (and
-/// re-running blindly) is measured too: see the printed counts and
-/// `a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard` for
-/// why the kill alone almost never lands after COMMIT.
+/// increment is applied exactly once.
+///
+/// The same workload without the guard, re-running blindly, is measured
+/// too, and applies nothing twice. Why the kills cannot show the duplicate:
+/// `pg_terminate_backend` only raises a flag that the backend acts on at
+/// its next interrupt check, and committing holds interrupts off. A kill
+/// that arrives while the server processes COMMIT therefore takes effect
+/// after the commit and its reply; a kill that arrives earlier aborts the
+/// transaction, and the client learns it as `FATAL 57P01` in answer to its
+/// COMMIT. The runner cannot tell that 57P01 from a lost acknowledgement, so
+/// it treats the outcome as unknown (the printed "re-runs after a failed
+/// COMMIT"): in every such case the guard found the transaction not
+/// committed, and the blind run duplicated nothing. A committed transaction
+/// whose acknowledgement is lost needs the loss on the way back to the
+/// client, a network fault:
+/// `a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard`
+/// produces it deterministically with a proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_leave_totals_exact_with_the_guard() {
     let Some(pg) = Pg::new("kills").await else {

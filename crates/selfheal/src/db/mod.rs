@@ -10,10 +10,10 @@
 //! - **PostgreSQL** aborts a transaction that fails with a serialization
 //!   failure (`40001`) or a deadlock (`40P01`); its manual (§13.5,
 //!   *Serialization Failure Handling*) is explicit that the *complete
-//!   transaction* must be retried, "including all logic that decides which
-//!   SQL to issue and/or which values to use": the reads that decided what to
-//!   write are stale, and a second `COMMIT` of the aborted transaction only
-//!   rolls it back.
+//!   transaction* must be retried, together with the application logic that
+//!   decided which statements to issue and which values to write: the reads
+//!   behind those decisions are stale, and a second `COMMIT` of the aborted
+//!   transaction only rolls it back.
 //! - **SQLite** refuses a write with `SQLITE_BUSY` when another connection
 //!   holds the write lock. A transaction that started with a plain (deferred)
 //!   `BEGIN`, read, and then tries to write in WAL mode gets
