@@ -8,19 +8,27 @@
 //! - [`retry`]: one retry engine (async, blocking, tower) with backoff and
 //!   jitter, deadlines, classification, server hints and a retry budget.
 //! - [`fallback`]: a default instead of an error, reported.
+//! - [`breaker`]: a circuit breaker that fails fast while a dependency is
+//!   down and lets a few probes find out when it is back.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
-//! - [`db`] (feature `sqlx`): database transactions re-run whole on lock
+//! - `db` (feature `sqlx`): database transactions re-run whole on lock
 //!   conflicts and serialization failures, an idempotency guard for commits
 //!   with an unknown outcome, and schema healing at start-up.
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
+//! - [`health`]: the monitor every heal and error is reported to, its status,
+//!   alert rules and alert sinks (log; webhook with the `webhook` feature;
+//!   email with the `email` feature).
+//! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
+//!   ring crypto provider once per process.
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 #[cfg(feature = "sqlx")]
 pub mod db;
 pub mod fallback;
@@ -28,6 +36,8 @@ pub mod health;
 pub mod observe;
 pub mod retry;
 pub mod supervise;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod error;
 pub use error::ConfigError;
