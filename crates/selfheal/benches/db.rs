@@ -18,7 +18,7 @@
 //!
 //! `cargo bench -p selfheal --features sqlx --bench db`
 //!
-//! A run (release, a shared 2-core machine under a load average of 6 to 8
+//! A run (release, a shared 2-core machine under a load average of 3 to 5
 //! from other builds, SQLite 3.46 bundled, PostgreSQL 15 on loopback):
 //!
 //! ```text
@@ -26,28 +26,28 @@
 //!
 //! | variant | wall µs/tx | wall vs baseline: median (p25 .. p75) of per-round ratios | CPU µs/tx, all threads | CPU vs baseline: median (p25 .. p75) |
 //! |---|---:|---:|---:|---:|
-//! | plain sqlx transaction, BEGIN IMMEDIATE (baseline) | 261.3 | +0.0 % (+0.0 .. +0.0) | 346.4 | +0.0 % (+0.0 .. +0.0) |
-//! | the baseline again (A/A: the noise floor of this machine) | 267.0 | +3.5 % (-20.3 .. +18.9) | 343.6 | +1.2 % (-9.6 .. +9.4) |
-//! | Runner::run (BEGIN IMMEDIATE) | 264.3 | +4.9 % (-16.3 .. +22.1) | 341.6 | -0.3 % (-12.6 .. +14.0) |
-//! | plain sqlx transaction, deferred BEGIN | 243.9 | -14.7 % (-31.6 .. +6.2) | 297.6 | -12.8 % (-23.7 .. -2.2) |
-//! | Runner::run with the idempotency guard | 401.9 | +51.8 % (+14.0 .. +85.4) | 455.4 | +29.6 % (+13.3 .. +43.2) |
+//! | plain sqlx transaction, BEGIN IMMEDIATE (baseline) | 190.2 | +0.0 % (+0.0 .. +0.0) | 253.6 | +0.0 % (+0.0 .. +0.0) |
+//! | the baseline again (A/A: the noise floor of this machine) | 184.8 | +0.9 % (-9.6 .. +14.7) | 228.2 | -2.1 % (-10.3 .. +10.4) |
+//! | Runner::run (BEGIN IMMEDIATE) | 202.4 | +1.1 % (-12.4 .. +26.8) | 243.1 | -1.5 % (-6.6 .. +7.4) |
+//! | plain sqlx transaction, deferred BEGIN | 189.2 | -6.2 % (-21.7 .. +17.7) | 218.7 | -10.4 % (-19.8 .. -3.8) |
+//! | Runner::run with the idempotency guard | 294.0 | +54.6 % (+27.8 .. +87.6) | 326.3 | +34.2 % (+20.9 .. +49.3) |
 //!
 //! ## Contention: SQLite, 8 tasks x 200 read-modify-write increments, a second connection holding the write lock in bursts (3 ms held, 2 ms free), busy_timeout 5 ms
 //!
 //! | strategy | time | committed increments/s | told "saved" | told "failed" | counter moved | lost updates | duplicated updates | re-runs / retries |
 //! |---|---:|---:|---:|---:|---:|---:|---:|---:|
-//! | runner | 0.34 s | 4750 | 1600 | 0 | 1600 | 0 | 0 | 126 |
-//! | runner + guard | 0.49 s | 3263 | 1600 | 0 | 1600 | 0 | 0 | 152 |
-//! | guide: retry only the commit | 1.61 s | 834 | 1344 | 256 | 1344 | 0 | 0 | 559 |
+//! | runner | 0.19 s | 8405 | 1600 | 0 | 1600 | 0 | 0 | 62 |
+//! | runner + guard | 0.48 s | 3301 | 1600 | 0 | 1600 | 0 | 0 | 162 |
+//! | guide: retry only the commit | 1.53 s | 901 | 1376 | 224 | 1376 | 0 | 0 | 507 |
 //!
 //! ## Contention: PostgreSQL, 8 tasks x 200 read-modify-write increments on one row
 //!
 //! | strategy | time | committed increments/s | told "saved" | told "failed" | counter moved | lost updates | duplicated updates | re-runs / retries |
 //! |---|---:|---:|---:|---:|---:|---:|---:|---:|
-//! | runner, SERIALIZABLE | 4.67 s | 343 | 1600 | 0 | 1600 | 0 | 0 | 774 |
-//! | runner + guard, SERIALIZABLE | 5.46 s | 293 | 1600 | 0 | 1600 | 0 | 0 | 737 |
-//! | guide: retry only the commit (READ COMMITTED, the default) | 2.17 s | 112 | 1600 | 0 | 242 | 1358 | 0 | 0 |
-//! | guide: retry only the commit, SERIALIZABLE | 2.32 s | 319 | 740 | 860 | 740 | 0 | 0 | 860 |
+//! | runner, SERIALIZABLE | 5.44 s | 294 | 1600 | 0 | 1600 | 0 | 0 | 1063 |
+//! | runner + guard, SERIALIZABLE | 6.67 s | 240 | 1600 | 0 | 1600 | 0 | 0 | 1212 |
+//! | guide: retry only the commit (READ COMMITTED, the default) | 2.88 s | 76 | 1600 | 0 | 220 | 1380 | 0 | 0 |
+//! | guide: retry only the commit, SERIALIZABLE | 1.93 s | 401 | 775 | 825 | 775 | 0 | 0 | 825 |
 //! ```
 //!
 //! Reading it: the runner's own cost is below what this machine can
