@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Friendly;
 use super::guard::AdminGuard;
 use super::redact;
 use crate::health::{Monitor, Report, Status};
@@ -156,6 +157,8 @@ fn secured(status: StatusCode, content_type: &'static str, body: String) -> Resp
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    // Ours and safe to show: a `HealLayer` around these routes keeps them.
+    response.extensions_mut().insert(Friendly);
     response
 }
 

@@ -48,6 +48,7 @@ where
 fn plain(status: StatusCode, body: &'static str) -> Response {
     (
         status,
+        super::Friendly,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
