@@ -358,11 +358,14 @@ fn main() {
     let rounds = env("ROUNDS", 5);
     let secs = env("SECS", 5);
     let conns = env("CONNS", 32) as u32;
-    let setup = tokio::runtime::Builder::new_current_thread()
+    // Kept alive for the whole run: the monitor's background task (its
+    // coarse clock) and the metrics upkeep run here, as in a service.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let (monitor, metrics) = setup.block_on(async {
+    let (monitor, metrics) = background.block_on(async {
         (
             Monitor::builder().global(false).start().unwrap(),
             Metrics::install().unwrap(),

@@ -323,24 +323,24 @@ impl<T: SessionData> Healed<T> {
     /// (to notice one that did not yield a session). The extractor calls
     /// this; call it yourself outside axum.
     pub async fn load(session: Session, monitor: Option<&Monitor>, cookie_presented: bool) -> Self {
+        let mut data = T::default();
         let mut names = Vec::new();
         T::fields(&mut Fields {
-            data: &mut T::default(),
+            data: &mut data,
             mode: Mode::Names(&mut names),
         });
         let mut repairs = Vec::new();
-        let mut stored = Vec::with_capacity(names.len());
+        let mut stored: Vec<Option<Value>> = vec![None; names.len()];
         let mut store_down = false;
-        for name in &names {
+        for (slot, name) in stored.iter_mut().zip(&names) {
             match session.get_value(name).await {
-                Ok(value) => stored.push(value),
+                Ok(value) => *slot = value,
                 Err(tower_sessions::session::Error::Store(session_store::Error::Decode(_))) => {
                     reset(&session).await;
                     repairs.push(Repair {
                         field: "record",
                         reason: RepairReason::RecordUnreadable,
                     });
-                    stored.clear();
                     break;
                 }
                 Err(error) => {
@@ -349,7 +349,6 @@ impl<T: SessionData> Healed<T> {
                         metrics_hook::record_error(monitor, "SessionStoreError", "session", &error);
                     }
                     store_down = true;
-                    stored.clear();
                     break;
                 }
             }
@@ -361,7 +360,6 @@ impl<T: SessionData> Healed<T> {
                 reason: RepairReason::CookieRejected,
             });
         }
-        let mut data = T::default();
         if existing && !store_down {
             let mut field_repairs = Vec::new();
             T::fields(&mut Fields {
@@ -452,7 +450,9 @@ where
             tracing::error!(target: "selfheal", "Healed<T> needs tower-sessions' SessionManagerLayer");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, "session layer missing"));
         };
-        let presented = cookie_presented(parts);
+        // A session id parsed from the cookie means a cookie was sent;
+        // without one, look at the headers (a cookie that did not verify).
+        let presented = session.id().is_some() || cookie_presented(parts);
         let monitor = parts.extensions.get::<Monitor>();
         Ok(Self::load(session, monitor, presented).await)
     }

@@ -165,7 +165,7 @@ where
             shared: shared.clone(),
             route: req.extensions().get::<MatchedPath>().cloned(),
             wants_json: respond::wants_json(req.headers()),
-            request_id: req.headers().get("x-request-id").cloned(),
+            request_id: req.headers().get(&respond::X_REQUEST_ID).cloned(),
             start: start_clock(shared),
         };
         if shared.shed && shared.status.is_critical(&shared.monitor) {
@@ -211,7 +211,7 @@ impl RequestContext {
     fn request_id(&self) -> String {
         let mut headers = axum::http::HeaderMap::new();
         if let Some(id) = &self.request_id {
-            headers.insert("x-request-id", id.clone());
+            headers.insert(respond::X_REQUEST_ID, id.clone());
         }
         respond::request_id(&headers)
     }

@@ -4,7 +4,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+/// `x-request-id`, as a constant: looking a header up by `&str` parses the
+/// name on every call.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 
 /// Marks a 5xx response whose body the app wrote for users, so that
@@ -182,7 +186,7 @@ pub(crate) fn escape_html(s: &str) -> String {
 /// put arbitrary text into our logs and pages.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -240,7 +244,7 @@ pub(crate) fn answer(
         }
     }
     if let Ok(id) = HeaderValue::from_str(context.request_id) {
-        headers.insert("x-request-id", id);
+        headers.insert(X_REQUEST_ID, id);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(after) = context.retry_after {
