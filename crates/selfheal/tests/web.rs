@@ -950,3 +950,27 @@ fn the_key_file_is_created_0600_and_reused() {
     assert!(!error.message().contains("short-secret"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_critical_health_json_is_503_and_survives_a_heal_layer_around_it() {
+    let monitor = monitor();
+    monitor.set_critical("worker", "the mailer gave up");
+    let app = admin(&monitor).layer(HealLayer::new(monitor.clone()));
+    let response = app
+        .clone()
+        .oneshot(with_bearer("/admin/health.json", TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/health+json"
+    );
+    let json: serde_json::Value = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!(json["status"], "fail");
+    assert_eq!(json["notes"][0], "the mailer gave up");
+
+    let login = app.oneshot(get_req("/admin/login")).await.unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    assert!(body(login).await.contains("type=\"password\""));
+}
