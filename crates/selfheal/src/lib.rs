@@ -23,6 +23,8 @@ pub mod health;
 pub mod observe;
 pub mod retry;
 pub mod supervise;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod error;
 pub use error::ConfigError;
