@@ -13,6 +13,10 @@
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
+//! - `http` (feature `reqwest`): a `reqwest_middleware::Middleware` that
+//!   retries only what may be repeated (idempotent methods, idempotency
+//!   keys), obeys `Retry-After` and rate-limit headers, and keeps a retry
+//!   budget and a circuit breaker per host.
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
@@ -20,6 +24,8 @@
 
 pub mod fallback;
 pub mod health;
+#[cfg(feature = "reqwest")]
+pub mod http;
 pub mod observe;
 pub mod retry;
 pub mod supervise;

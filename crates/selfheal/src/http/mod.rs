@@ -1,0 +1,412 @@
+//! Outbound HTTP that heals itself without doing harm: a
+//! [`reqwest_middleware::Middleware`] that retries what is safe to retry,
+//! waits as long as the server asks, and stops calling a dependency that is
+//! down.
+//!
+//! # Why a middleware of our own
+//!
+//! The HTTP client is where a retry costs money. The services an app calls
+//! over HTTP charge cards, send emails, open tickets and bill per token, and
+//! retrying the wrong request does the thing twice. .NET learned it in
+//! production: its standard resilience handler retried every method by
+//! default, and POSTs that had reached the server before the connection
+//! dropped created duplicate tickets (dotnet/extensions#5248); the fix was to
+//! stop retrying unsafe methods. `reqwest-retry`, the usual choice in Rust,
+//! has the same blind spot (its default strategy looks at the status and the
+//! error, never at the method) and ignores `Retry-After` altogether (its open
+//! issue #146): a rate-limited client retries on its own schedule, earlier
+//! than the server asked, and burns its attempts on refusals.
+//!
+//! This middleware drives selfheal's one [retry engine](crate::retry) (the
+//! same policy, backoff, budget and events as every other retrying piece)
+//! and adds what is specific to HTTP:
+//!
+//! **Only what may be repeated is repeated** (RFC 9110 §9.2.2). GET, HEAD,
+//! OPTIONS, TRACE, PUT and DELETE are idempotent: several identical requests
+//! have the effect of one, so they are retried. POST and PATCH are not: they
+//! are retried only when the request carries an `Idempotency-Key`, the
+//! convention Stripe made standard (the server runs a key once and answers a
+//! repeat with the first answer; IETF `draft-ietf-httpapi-idempotency-key-header`).
+//! Ask for a key with [`Idempotency::GenerateKey`] (or for every unsafe
+//! request with [`Builder::with_generated_idempotency_keys`]): it is generated
+//! once per logical call and sent unchanged on every attempt. Without a key,
+//! a POST is retried only when nothing was sent (a connect error: refused,
+//! DNS, connect timeout); a timeout or a reset after the request went out is
+//! returned to the caller, because the server may have acted on it. A caller
+//! who knows better says so per request with [`Idempotency::Idempotent`] or
+//! [`Idempotency::NotIdempotent`].
+//!
+//! **Transient means the dependency may answer differently in a moment**:
+//! connect errors, timeouts, connections reset or closed mid-exchange, and
+//! the statuses `408 Request Timeout`, `429 Too Many Requests`,
+//! `502 Bad Gateway`, `503 Service Unavailable` and `504 Gateway Timeout`.
+//! Other `4xx` are permanent (the request itself is wrong and will be wrong
+//! again), as are TLS failures (a bad certificate does not fix itself).
+//! **`500 Internal Server Error` is not retried by default**: it is the
+//! status of an unhandled exception, a bug that a repeat runs into again;
+//! retrying it multiplies the load on the failing code path and the time
+//! the caller waits, for nothing. Some APIs do document their 500s as
+//! transient (OpenAI's does): add it for those clients with
+//! [`Builder::with_transient_status`]. The list is configurable both ways.
+//! A 500 still counts as a failure for the dependency's circuit breaker.
+//!
+//! **The server's hints are obeyed**: `Retry-After` (seconds or an HTTP-date),
+//! OpenAI's `retry-after-ms` and `x-ratelimit-reset-*` durations, and the
+//! IETF `RateLimit` headers (see [`hints`]). The wait is capped by
+//! [`Builder::with_max_delay`]; a hint past the call's deadline fails at
+//! once with [`Unavailable`], carrying the hint, rather than sleeping into a
+//! certain timeout. Malformed hints are ignored (the parsers are
+//! property-tested on arbitrary bytes: the header is attacker-controlled).
+//!
+//! **One budget and one breaker per dependency.** A dependency is a host
+//! (with its port, unless it is the scheme's default), or a name given with
+//! [`Dependency`]. Its [`Budget`](crate::retry::Budget) stops retries during
+//! an outage (1,000 calls against a dead host make about 1,010 attempts, not
+//! 3,000), and its circuit breaker fails calls fast with [`Unavailable`]
+//! ([`is_circuit_open`]) once it is clearly down. The registry is bounded
+//! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
+//! does not grow a breaker per attacker-chosen host.
+//!
+//! **Everything is reported** through the [observer hook](crate::observe),
+//! under the operation `http:<dependency>` with the status code or error
+//! class (`connect`, `timeout`, `reset`, `tls`, …) as the failure kind, so
+//! the [health monitor](crate::health) groups them as `503@http:api.openai.com`
+//! or `timeout@http:api.stripe.com`: every retry, every recovery and every
+//! give-up. Each logical call runs in a `DEBUG` `tracing` span named `http`
+//! with `method`, `host`, and, once it ends, `attempts`, `elapsed_ms` and
+//! `outcome`. Nothing secret is logged: no headers, no body, no query
+//! string; errors the middleware returns have the query string and any
+//! credentials removed from their URL.
+//!
+//! **A body that cannot be cloned** (a stream) is sent once, and whatever
+//! happens to it is returned as it is.
+//!
+//! # Errors
+//!
+//! A call that gives up returns what its last attempt returned: the last
+//! response (a `503` after three tries is still a response, with its body and
+//! headers) or the last `reqwest` error. The middleware makes one error of
+//! its own, [`Unavailable`] inside [`reqwest_middleware::Error::Middleware`],
+//! when it fails a call without a useful last answer: the breaker is open, or
+//! the server's hint is past the deadline. Find it with [`unavailable`],
+//! [`is_circuit_open`] or [`retry_after`].
+//!
+//! # Example: an OpenAI-style client
+//!
+//! reqwest is built without a crypto provider of its own (no OpenSSL, no
+//! aws-lc): install rustls's ring provider once, before building a client.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use reqwest::StatusCode;
+//! use selfheal::http::{Idempotency, ResilientMiddleware};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! selfheal::tls::install_default_crypto_provider();
+//!
+//! let openai = reqwest_middleware::ClientBuilder::new(
+//!     reqwest::Client::builder()
+//!         .connect_timeout(Duration::from_secs(5))
+//!         .build()?,
+//! )
+//! .with(
+//!     ResilientMiddleware::builder()
+//!         // Completions can take a while; the whole call never more than 3 min.
+//!         .with_attempt_timeout(Duration::from_secs(90))
+//!         .with_deadline(Duration::from_secs(180))
+//!         // OpenAI documents its 500s as transient ("retry after a brief wait").
+//!         .with_transient_status(StatusCode::INTERNAL_SERVER_ERROR)
+//!         .build()?,
+//! )
+//! .build();
+//!
+//! let response = openai
+//!     .post("https://api.openai.com/v1/chat/completions")
+//!     .bearer_auth(std::env::var("OPENAI_API_KEY")?)
+//!     // A completion changes nothing on the server: a repeat costs tokens,
+//!     // never a duplicate side effect, so it may be retried like a GET
+//!     // (rate limits, overload, a dropped connection).
+//!     .with_extension(Idempotency::Idempotent)
+//!     .json(&serde_json::json!({
+//!         "model": "gpt-4o-mini",
+//!         "messages": [{"role": "user", "content": "Explain recursion to a 10-year-old"}],
+//!     }))
+//!     .send()
+//!     .await;
+//!
+//! match response {
+//!     Ok(response) => {
+//!         let body: serde_json::Value = response.error_for_status()?.json().await?;
+//!         println!("{}", body["choices"][0]["message"]["content"]);
+//!     }
+//!     // Rate-limited past the deadline, or the breaker is open: tell our own
+//!     // user when to come back instead of failing vaguely.
+//!     Err(error) if selfheal::http::retry_after(&error).is_some() => {
+//!         let after = selfheal::http::retry_after(&error).unwrap();
+//!         println!("the tutor is busy, try again in {}s", after.as_secs().max(1));
+//!     }
+//!     Err(error) => return Err(error.into()),
+//! }
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod classify;
+mod error;
+pub mod hints;
+mod idempotency;
+mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+pub use builder::Builder;
+pub use error::{Unavailable, UnavailableReason, is_circuit_open, retry_after, unavailable};
+pub use idempotency::{IDEMPOTENCY_KEY, Idempotency};
+pub use registry::Dependency;
+
+use crate::observe::GiveUpReason;
+use crate::retry::{Run, Step};
+use classify::{ErrorClass, is_breaker_failure};
+use idempotency::Replay;
+use registry::Registry;
+
+/// The resilient reqwest middleware; see the [module docs](self).
+///
+/// Cheap to clone: clones share their dependencies' budgets and breakers.
+/// Add one to a `reqwest_middleware::ClientBuilder` with `.with(...)`; build
+/// it with [`ResilientMiddleware::builder`] (defaults listed on [`Builder`])
+/// or [`ResilientMiddleware::new`].
+#[derive(Clone)]
+pub struct ResilientMiddleware {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    attempt_timeout: Option<std::time::Duration>,
+    generate_keys: bool,
+}
+
+impl ResilientMiddleware {
+    /// A builder with the defaults listed on [`Builder`].
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The middleware with the defaults listed on [`Builder`].
+    pub fn new() -> Self {
+        Builder::default()
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// The number of dependencies that have their own budget and breaker so
+    /// far.
+    pub fn dependency_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+}
+
+impl Default for ResilientMiddleware {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ResilientMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResilientMiddleware")
+            .field("attempt_timeout", &self.inner.attempt_timeout)
+            .field("generate_idempotency_keys", &self.inner.generate_keys)
+            .field("registry", &self.inner.registry)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for ResilientMiddleware {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        self.inner.call(request, extensions, next).await
+    }
+}
+
+impl Inner {
+    async fn call(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let dep = self
+            .registry
+            .get(request.url(), extensions.get::<Dependency>());
+        let replay = idempotency::prepare(
+            &mut request,
+            extensions.get::<Idempotency>().copied(),
+            self.generate_keys,
+        );
+        let span = tracing::debug_span!(
+            target: "selfheal",
+            "http",
+            method = %request.method(),
+            host = &*dep.name,
+            attempts = Empty,
+            elapsed_ms = Empty,
+            outcome = Empty,
+        );
+        // One clock read per call, and only when something needs it.
+        let policy = &dep.policy;
+        let started = (policy.deadline().is_some() || !span.is_disabled()).then(Instant::now);
+        let traced = span.clone();
+        let mut run = Run::new(started);
+        let result = async {
+            let mut request = request;
+            loop {
+                let pass = match dep.gate.try_acquire() {
+                    Ok(pass) => pass,
+                    Err(retry_in) => {
+                        return Err(reqwest_middleware::Error::middleware(
+                            Unavailable::circuit_open(
+                                Arc::clone(&dep.name),
+                                retry_in,
+                                run.attempts,
+                            ),
+                        ));
+                    }
+                };
+                // A copy for the next attempt, unless this one is the last.
+                let may_retry = run.attempts + 1 < policy.max_attempts();
+                let spare = if may_retry { request.try_clone() } else { None };
+                self.bound_attempt(&mut request, &run, policy.deadline());
+
+                let mut outcome = next.clone().run(request, extensions).await;
+                run.attempts += 1;
+                let verdict = policy.verdict(&outcome);
+                pass.record(is_breaker_failure(verdict, &outcome));
+                let Some(verdict) = verdict else {
+                    policy.on_success(&run, &dep.operation);
+                    return outcome;
+                };
+                if let Err(error) = &mut outcome {
+                    redact(error);
+                }
+                if verdict.is_retryable() {
+                    let nothing_sent = matches!(
+                        &outcome,
+                        Err(e) if ErrorClass::of(e) == ErrorClass::Connect
+                    );
+                    // A stream body cannot be sent again; an unkeyed POST
+                    // that may have reached the server must not be.
+                    if spare.is_none() || (replay == Replay::IfNothingSent && !nothing_sent) {
+                        run.no_more_attempts();
+                    }
+                }
+                let elapsed = run.started.map(|t| t.elapsed());
+                match policy.on_failure(&mut run, &outcome, verdict, elapsed, &dep.operation) {
+                    Step::Retry(delay) => {
+                        // Without a spare copy the engine was told that no
+                        // attempt may follow, so this `else` never runs.
+                        let Some(next_request) = spare else {
+                            return outcome;
+                        };
+                        // Free the connection before waiting.
+                        drop(outcome);
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        request = next_request;
+                    }
+                    Step::GiveUp {
+                        reason: GiveUpReason::Deadline,
+                        hint: Some(hint),
+                    } => {
+                        return match outcome {
+                            Ok(response) => Err(reqwest_middleware::Error::middleware(
+                                Unavailable::beyond_deadline(
+                                    Arc::clone(&dep.name),
+                                    hint,
+                                    response.status(),
+                                    run.attempts,
+                                ),
+                            )),
+                            Err(error) => Err(error),
+                        };
+                    }
+                    Step::GiveUp { .. } => return outcome,
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        if !traced.is_disabled() {
+            traced.record("attempts", run.attempts);
+            record_outcome(&traced, started, &result);
+        }
+        result
+    }
+
+    /// Sets the attempt's timeout: the shortest of the request's own, the
+    /// middleware's per-attempt timeout, and what is left of the deadline.
+    #[inline]
+    fn bound_attempt(
+        &self,
+        request: &mut Request,
+        run: &Run<Instant>,
+        deadline: Option<std::time::Duration>,
+    ) {
+        let left = deadline
+            .zip(run.started)
+            .map(|(deadline, started)| deadline.saturating_sub(started.elapsed()));
+        let bound = [self.attempt_timeout, left, request.timeout().copied()]
+            .into_iter()
+            .flatten()
+            .min();
+        if bound.is_some() {
+            *request.timeout_mut() = bound;
+        }
+    }
+}
+
+/// Fills the call span's closing fields.
+fn record_outcome(
+    span: &tracing::Span,
+    started: Option<Instant>,
+    result: &reqwest_middleware::Result<Response>,
+) {
+    if let Some(started) = started {
+        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+    }
+    match result {
+        Ok(response) => span.record("outcome", response.status().as_u16()),
+        Err(error) => match unavailable(error) {
+            Some(u) if u.is_circuit_open() => span.record("outcome", "circuit_open"),
+            Some(_) => span.record("outcome", "retry_after_beyond_deadline"),
+            None => span.record("outcome", ErrorClass::of(error).as_str()),
+        },
+    };
+}
+
+/// Removes the query string, fragment and credentials from the URL of an
+/// error, so that logging it (here or by the caller) leaks no API key passed
+/// as `?key=...` and no password.
+fn redact(error: &mut reqwest_middleware::Error) {
+    if let Some(url) = error.url_mut() {
+        url.set_query(None);
+        url.set_fragment(None);
+        let _ = url.set_password(None);
+        let _ = url.set_username("");
+    }
+}
