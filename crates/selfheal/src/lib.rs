@@ -8,11 +8,18 @@
 //! - [`retry`]: one retry engine (async, blocking, tower) with backoff and
 //!   jitter, deadlines, classification, server hints and a retry budget.
 //! - [`fallback`]: a default instead of an error, reported.
+//! - [`breaker`]: a circuit breaker that fails fast while a dependency is
+//!   down and lets a few probes find out when it is back.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
+//! - [`health`]: the monitor every heal and error is reported to, its status,
+//!   alert rules and alert sinks (log; webhook with the `webhook` feature;
+//!   email with the `email` feature).
+//! - `tls` (feature `tls`, enabled by `webhook`, `email` and `reqwest`): installs rustls's
+//!   ring crypto provider once per process.
 //! - `http` (feature `reqwest`): a `reqwest_middleware::Middleware` that
 //!   retries only what may be repeated (idempotent methods, idempotency
 //!   keys), obeys `Retry-After` and rate-limit headers, and keeps a retry
@@ -22,6 +29,7 @@
 //! under `tokio::time::pause()` in milliseconds.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod fallback;
 pub mod health;
 #[cfg(feature = "reqwest")]

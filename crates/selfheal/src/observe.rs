@@ -37,7 +37,9 @@
 //! # let _ = policy;
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -217,6 +219,17 @@ type Shared = Arc<dyn Observer>;
 
 static GLOBAL: RwLock<Option<Shared>> = RwLock::new(None);
 
+/// Bumped on every change of [`GLOBAL`]; threads cache the observer they last
+/// read with the generation they read it at, so reporting to the global
+/// observer is an atomic load and a thread-local read, not a lock (a read lock
+/// writes to a shared cache line, which is what every thread would do at once
+/// during an error storm).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static CACHED: RefCell<(u64, Option<Shared>)> = const { RefCell::new((0, None)) };
+}
+
 /// Installs `observer` as the process-wide observer, replacing any previous one.
 ///
 /// Components without an observer of their own report here. Returns the
@@ -225,7 +238,9 @@ pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
     let mut slot = GLOBAL
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    slot.replace(observer)
+    let previous = slot.replace(observer);
+    GENERATION.fetch_add(1, Ordering::Release);
+    previous
 }
 
 /// Removes the process-wide observer, returning it.
@@ -233,7 +248,9 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
     let mut slot = GLOBAL
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    slot.take()
+    let previous = slot.take();
+    GENERATION.fetch_add(1, Ordering::Release);
+    previous
 }
 
 /// Reports `event`: one `tracing` event, then the `local` observer if there is
@@ -245,21 +262,63 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 /// and a breaker transition `WARN`; a permanent failure and a budget refusal
 /// `DEBUG` (the caller decides whether its own request failed, and logs that;
 /// during an outage a line per refused call would be a log storm).
+///
+/// Inlined into its callers: while no `tracing` subscriber wants `WARN` or
+/// finer (the least verbose level used here), an event costs one relaxed load
+/// and the observer's call, nothing else.
+#[inline]
 pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
-    trace_event(event);
+    // The same check every `tracing` macro starts with, once for all of them.
+    if tracing::level_filters::STATIC_MAX_LEVEL >= tracing::level_filters::LevelFilter::WARN
+        && tracing::level_filters::LevelFilter::current()
+            >= tracing::level_filters::LevelFilter::WARN
+    {
+        trace_event(event);
+    }
     match local {
         Some(observer) => observer.on_event(event),
-        None => {
-            let slot = GLOBAL
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(observer) = slot.as_ref() {
-                observer.on_event(event);
-            }
-        }
+        None => emit_global(event),
     }
 }
 
+#[inline(never)]
+fn emit_global(event: &Event<'_>) {
+    let generation = GENERATION.load(Ordering::Acquire);
+    if generation == 0 {
+        return; // no global observer was ever installed
+    }
+    CACHED.with(|cache| {
+        if cache.borrow().0 != generation {
+            match cache.try_borrow_mut() {
+                Ok(mut cache) => {
+                    let slot = GLOBAL
+                        .read()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    *cache = (generation, slot.clone());
+                }
+                // An observer replaced the global observer from inside its
+                // own callback: read the slot directly this once.
+                Err(_) => {
+                    let slot = GLOBAL
+                        .read()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if let Some(observer) = slot.as_ref() {
+                        observer.on_event(event);
+                    }
+                    return;
+                }
+            }
+        }
+        // A shared borrow: an observer that emits events itself re-enters here
+        // without trouble, and no reference count is touched.
+        if let Some(observer) = cache.borrow().1.as_ref() {
+            observer.on_event(event);
+        }
+    });
+}
+
+#[cold]
+#[inline(never)]
 fn trace_event(event: &Event<'_>) {
     match *event {
         Event::Retry {
@@ -362,11 +421,31 @@ fn trace_event(event: &Event<'_>) {
 ///
 /// Used as the default failure kind: short, stable across builds, and never
 /// derived from an error's message.
+///
+/// It runs on every failed attempt, so it is one inlined pass over the bytes:
+/// a `str` pattern such as `"::"` builds a two-way substring searcher on every
+/// call (that cost more than the rest of a retry), and even `char` searches
+/// are out-of-line `memchr` calls, slower than this loop on names this short.
+#[inline]
 pub fn short_type_name<T: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let full = full.trim_start_matches('&').trim_start_matches("mut ");
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
+    let mut full = std::any::type_name::<T>().trim_start_matches('&');
+    while let Some(rest) = full.strip_prefix("mut ") {
+        full = rest;
+    }
+    // The last path segment before the generic arguments: path separators
+    // are always `::`, so the segment starts after the last `:`.
+    let (mut start, mut end) = (0, full.len());
+    for (i, byte) in full.bytes().enumerate() {
+        match byte {
+            b'<' => {
+                end = i;
+                break;
+            }
+            b':' => start = i + 1,
+            _ => {}
+        }
+    }
+    &full[start..end]
 }
 
 #[cfg(test)]
@@ -380,5 +459,84 @@ mod tests {
         assert_eq!(short_type_name::<Vec<std::io::Error>>(), "Vec");
         assert_eq!(short_type_name::<u32>(), "u32");
         assert_eq!(short_type_name::<&'static str>(), "str");
+        assert_eq!(short_type_name::<&mut &mut std::io::Error>(), "Error");
+        assert_eq!(short_type_name::<(String, u32)>(), "String, u32)");
+        assert_eq!(short_type_name::<[u8]>(), "[u8]");
+    }
+
+    /// Counts the `tracing` events it sees.
+    struct CountEvents(std::sync::atomic::AtomicUsize);
+
+    impl tracing::Subscriber for CountEvents {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn the_global_observer_can_be_replaced_and_cleared() {
+        use std::sync::atomic::AtomicUsize;
+        let event = Event::BreakerRejected {
+            breaker: "b",
+            retry_in: Duration::ZERO,
+        };
+        let first = Arc::new(AtomicUsize::new(0));
+        let second = Arc::new(AtomicUsize::new(0));
+        let counter = |c: &Arc<AtomicUsize>| -> Arc<dyn Observer> {
+            let c = c.clone();
+            Arc::new(move |_: &Event<'_>| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        // This is the only test of the library that installs a global observer.
+        set_global(counter(&first));
+        emit(None, &event);
+        set_global(counter(&second));
+        emit(None, &event);
+        emit(None, &event);
+        clear_global();
+        emit(None, &event);
+        assert_eq!(first.load(Ordering::SeqCst), 1);
+        assert_eq!(second.load(Ordering::SeqCst), 2);
+        // A fresh thread (empty cache) finds the current observer.
+        set_global(counter(&second));
+        std::thread::spawn(|| {
+            emit(
+                None,
+                &Event::BreakerRejected {
+                    breaker: "b",
+                    retry_in: Duration::ZERO,
+                },
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(second.load(Ordering::SeqCst), 3);
+        clear_global();
+    }
+
+    #[test]
+    fn events_reach_tracing_when_a_subscriber_listens() {
+        let subscriber = Arc::new(CountEvents(Default::default()));
+        let event = Event::Recovered {
+            operation: "op",
+            attempts: 2,
+            waited: Duration::ZERO,
+        };
+        tracing::subscriber::with_default(subscriber.clone(), || {
+            emit(None, &event);
+            emit(None, &event);
+        });
+        assert_eq!(subscriber.0.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

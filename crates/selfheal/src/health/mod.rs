@@ -28,6 +28,26 @@
 //!   sinks (dropped and counted if it is full), and each sink delivery is
 //!   retried with backoff by the retry engine.
 //!
+//! ## Sinks: alerts must leave the process
+//!
+//! An alert that only reaches the service's own log is read when someone
+//! happens to look; one that matters at 3 a.m. has to reach a person. Every
+//! monitor writes alerts to the log ([`LogSink`]); add sinks with
+//! [`MonitorBuilder::sink`]:
+//!
+//! | sink | feature | for |
+//! |---|---|---|
+//! | [`LogSink`] | always | the log, `ERROR` with the `CRITICAL` marker |
+//! | `WebhookSink` | `webhook` | a JSON `POST` to a chat channel, a pager, a relay |
+//! | `EmailSink` | `email` | an email over SMTP: for small teams without a pager |
+//! | your own | | anything implementing [`AlertSink`] |
+//!
+//! A failed delivery is retried with the monitor's
+//! [`sink_policy`](MonitorBuilder::sink_policy), then counted
+//! ([`Report::alert_delivery_failures`]) and recorded as an error under the
+//! operation `alert_sink:<name>`. Secrets (webhook headers, SMTP passwords)
+//! never appear in `Debug` output, logs or recorded errors.
+//!
 //! ```
 //! use selfheal::health::Monitor;
 //!
@@ -45,8 +65,12 @@
 
 mod alert;
 mod check;
+#[cfg(feature = "email")]
+mod email;
 mod report;
 mod table;
+#[cfg(feature = "webhook")]
+mod webhook;
 mod window;
 
 use std::borrow::Cow;
@@ -64,9 +88,13 @@ use tokio::time::Instant;
 
 pub use alert::{Alert, AlertRule, AlertSink, AlertState, LogSink, Severity, SinkFuture};
 pub use check::{CheckOptions, CheckResult};
+#[cfg(feature = "email")]
+pub use email::{EmailError, EmailSink};
 pub use report::{
     BreakerReport, FingerprintReport, HealRecord, Report, RequestReport, Status, Summary,
 };
+#[cfg(feature = "webhook")]
+pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
 
 use crate::ConfigError;
 use crate::observe::{self, BreakerState, Event, GiveUpReason, Observer};

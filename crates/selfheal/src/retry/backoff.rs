@@ -198,6 +198,7 @@ impl Backoff {
     /// The delay before retry number `retry` (0 for the first retry), given the
     /// previous delay (used by decorrelated jitter; pass `Duration::ZERO` for the
     /// first retry).
+    #[inline]
     pub fn delay(&self, retry: u32, previous: Duration, random: &dyn Random) -> Duration {
         let (base, cap, temp) = match self.shape {
             Shape::Constant(d) => (d, d, d),

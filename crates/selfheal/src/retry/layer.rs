@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Classify, Policy, Run, Step};
+use super::{Classify, Next, Policy, RetryError, Run};
 
 /// Applies a [`Policy`] to every request of a tower service: the same engine
 /// as [`Policy::retry`], for services whose requests can be cloned.
@@ -146,21 +146,14 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let outcome = ready!(future.poll(cx));
-                    let run = &mut *this.run;
-                    run.attempts += 1;
-                    let name = this.policy.name();
-                    let Some(verdict) = this.policy.verdict(&outcome) else {
-                        this.policy.on_success(run, name);
-                        return Poll::Ready(outcome);
-                    };
-                    let elapsed = run.started.map(|t| t.elapsed());
-                    match this
-                        .policy
-                        .on_failure(run, &outcome, verdict, elapsed, name)
-                    {
-                        Step::GiveUp { .. } => return Poll::Ready(outcome),
-                        Step::Retry(delay) if delay.is_zero() => this.state.set(State::Readying),
-                        Step::Retry(delay) => this.state.set(State::Sleeping {
+                    let policy = &**this.policy;
+                    match policy.after_attempt(this.run, outcome, policy.name()) {
+                        // Giving up returns the last response or error as it is.
+                        Next::Done(result) => {
+                            return Poll::Ready(result.map_err(RetryError::into_inner));
+                        }
+                        Next::Wait(delay) if delay.is_zero() => this.state.set(State::Readying),
+                        Next::Wait(delay) => this.state.set(State::Sleeping {
                             sleep: tokio::time::sleep(delay),
                         }),
                     }

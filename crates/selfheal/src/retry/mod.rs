@@ -185,6 +185,34 @@ impl<I> Run<I> {
     }
 }
 
+/// The clock readings a driver keeps in its [`Run`]: tokio's for the async
+/// and tower drivers, std's for the blocking one.
+pub(crate) trait Elapsed {
+    fn elapsed(&self) -> Duration;
+}
+
+impl Elapsed for tokio::time::Instant {
+    #[inline]
+    fn elapsed(&self) -> Duration {
+        tokio::time::Instant::elapsed(self)
+    }
+}
+
+impl Elapsed for std::time::Instant {
+    #[inline]
+    fn elapsed(&self) -> Duration {
+        std::time::Instant::elapsed(self)
+    }
+}
+
+/// What a driver does after one attempt.
+pub(crate) enum Next<T, E> {
+    /// Return this.
+    Done(Result<T, RetryError<E>>),
+    /// Wait this long (a zero wait must not touch the timer), then try again.
+    Wait(Duration),
+}
+
 impl<C> Policy<C> {
     /// At most `attempts` attempts in total (the first try included). Zero is
     /// rejected; `1` means "never retry".
@@ -296,6 +324,34 @@ impl<C> Policy<C> {
     /// The observer this policy reports to (`None`: the global one).
     pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
         self.observer.as_ref()
+    }
+
+    /// The whole engine between two attempts, shared by every driver: counts
+    /// the attempt, classifies the outcome, records a success or decides (and
+    /// reports) what follows a failure.
+    #[inline]
+    pub(crate) fn after_attempt<I: Elapsed, T, E>(
+        &self,
+        run: &mut Run<I>,
+        outcome: Result<T, E>,
+        operation: &str,
+    ) -> Next<T, E>
+    where
+        C: Classify<T, E>,
+        E: fmt::Display,
+    {
+        run.attempts += 1;
+        let Some(verdict) = self.verdict(&outcome) else {
+            self.on_success(run, operation);
+            return Next::Done(outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok")));
+        };
+        let elapsed = run.started.as_ref().map(Elapsed::elapsed);
+        match self.on_failure(run, &outcome, verdict, elapsed, operation) {
+            Step::Retry(delay) => Next::Wait(delay),
+            Step::GiveUp { reason, hint } => {
+                Next::Done(outcome.map_err(|e| RetryError::new(e, reason, run.attempts, hint)))
+            }
+        }
     }
 
     /// Classifies an outcome: `None` when it is a success to return.
@@ -462,31 +518,19 @@ impl<C> Policy<C> {
         C: Classify<T, E>,
         E: fmt::Display,
     {
-        use tokio::time::Instant;
-        let mut run = Run::new(self.deadline.map(|_| Instant::now()));
+        let operation = self.op_name(operation);
+        let mut run = Run::new(self.deadline.map(|_| tokio::time::Instant::now()));
         loop {
-            let outcome = op().await;
-            run.attempts += 1;
-            let Some(verdict) = self.verdict(&outcome) else {
-                self.on_success(&run, self.op_name(operation));
-                return outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok"));
-            };
-            let elapsed = run.started.map(|t| t.elapsed());
-            match self.on_failure(
-                &mut run,
-                &outcome,
-                verdict,
-                elapsed,
-                self.op_name(operation),
-            ) {
-                Step::Retry(delay) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-                Step::GiveUp { reason, hint } => {
-                    return outcome.map_err(|e| RetryError::new(e, reason, run.attempts, hint));
-                }
+            match self.after_attempt(&mut run, op().await, operation) {
+                Next::Done(result) => return result,
+                Next::Wait(delay) if delay.is_zero() => {}
+                // Boxed: a `Sleep` held inline makes this future's drop glue
+                // too big to inline, and the out-of-line drop keeps the whole
+                // state machine in memory even when the first attempt
+                // succeeds. One allocation per real wait (which lasts at least
+                // a timer tick, 1 ms) is noise; the success path then costs
+                // nothing extra.
+                Next::Wait(delay) => Box::pin(tokio::time::sleep(delay)).await,
             }
         }
     }
@@ -519,31 +563,13 @@ impl<C> Policy<C> {
         C: Classify<T, E>,
         E: fmt::Display,
     {
-        use std::time::Instant;
-        let mut run = Run::new(self.deadline.map(|_| Instant::now()));
+        let operation = self.op_name(operation);
+        let mut run = Run::new(self.deadline.map(|_| std::time::Instant::now()));
         loop {
-            let outcome = op();
-            run.attempts += 1;
-            let Some(verdict) = self.verdict(&outcome) else {
-                self.on_success(&run, self.op_name(operation));
-                return outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok"));
-            };
-            let elapsed = run.started.map(|t| t.elapsed());
-            match self.on_failure(
-                &mut run,
-                &outcome,
-                verdict,
-                elapsed,
-                self.op_name(operation),
-            ) {
-                Step::Retry(delay) => {
-                    if !delay.is_zero() {
-                        std::thread::sleep(delay);
-                    }
-                }
-                Step::GiveUp { reason, hint } => {
-                    return outcome.map_err(|e| RetryError::new(e, reason, run.attempts, hint));
-                }
+            match self.after_attempt(&mut run, op(), operation) {
+                Next::Done(result) => return result,
+                Next::Wait(delay) if delay.is_zero() => {}
+                Next::Wait(delay) => std::thread::sleep(delay),
             }
         }
     }
