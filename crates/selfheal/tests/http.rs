@@ -17,7 +17,7 @@ use selfheal::health::Monitor;
 use selfheal::http::{
     Dependency, IDEMPOTENCY_KEY, Idempotency, ResilientMiddleware, UnavailableReason,
 };
-use selfheal::observe::{Event, Observer};
+use selfheal::observe::{BreakerState, Event, Observer};
 use selfheal::retry::Backoff;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -238,6 +238,10 @@ impl Observer for Events {
                 failure.kind,
                 reason.as_str()
             ),
+            Event::BreakerTransition { breaker, from, to } => {
+                format!("breaker {breaker} {from} -> {to}")
+            }
+            Event::BreakerRejected { breaker, .. } => format!("rejected {breaker}"),
             other => format!("{other:?}"),
         };
         self.0.lock().unwrap().push(line);
@@ -760,6 +764,28 @@ async fn an_outage_costs_at_most_ten_percent_extra_calls_with_the_budget() {
         server.hits()
     );
     assert_eq!(server.hits(), 3000);
+
+    // With the default breaker as well: it opens after its minimum
+    // throughput (20 attempts, all failed) and the rest fail fast.
+    let (addr, server) = serve(vec![], reply(503)).await;
+    let defaults = client(
+        builder(&events)
+            .with_backoff(Backoff::immediate())
+            .build()
+            .unwrap(),
+    );
+    let mut refused = 0;
+    for _ in 0..1000 {
+        if let Err(e) = defaults.get(url(addr, "/")).send().await {
+            assert!(selfheal::http::is_circuit_open(&e), "{e}");
+            refused += 1;
+        }
+    }
+    println!(
+        "outage, budget and breaker: 1000 logical calls -> {} upstream calls, {refused} failed fast",
+        server.hits()
+    );
+    assert!(server.hits() <= 30, "{}", server.hits());
 }
 
 #[tokio::test]
@@ -770,6 +796,7 @@ async fn budgets_are_per_dependency() {
     let client = client(
         builder(&events)
             .with_backoff(Backoff::immediate())
+            .without_breaker()
             .build()
             .unwrap(),
     );
@@ -803,6 +830,143 @@ async fn budgets_are_per_dependency() {
     assert!(a_server.hits() < 120);
     assert_eq!(b_server.hits(), 1);
     assert!(events.take().iter().any(|e| e.contains("@http:billing")));
+}
+
+/// The breaker opens at its failure ratio (not before), fails calls fast
+/// with a distinct error, half-opens after its break, reopens on a failed
+/// probe and closes on a good one. Paused time: no timer is pending while a
+/// request is in flight (one attempt per call, no timeouts, no pool), so the
+/// clock moves only when the test advances it.
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_at_its_failure_ratio_then_half_opens() {
+    let ok = || reply(200);
+    let bad = || reply(503);
+    let (addr, server) = serve(
+        vec![
+            // 4 failures in 10 calls: 40 %, below the ratio.
+            bad(),
+            ok(),
+            bad(),
+            ok(),
+            bad(),
+            ok(),
+            bad(),
+            ok(),
+            ok(),
+            ok(),
+            // 5 in 11 (45 %), then 6 in 12: 50 %, open.
+            bad(),
+            bad(),
+            // The first probe fails; the second succeeds.
+            bad(),
+        ],
+        ok(),
+    )
+    .await;
+    let events = Arc::new(Events::default());
+    let observer = events.clone();
+    let middleware = builder(&events)
+        .with_max_attempts(1)
+        .without_attempt_timeout()
+        .without_deadline()
+        .with_breaker(move |name: &str| {
+            selfheal::breaker::Breaker::builder(name.to_owned())
+                .with_minimum_throughput(10)
+                .with_failure_ratio(0.5)
+                .with_break_duration(Duration::from_secs(5))
+                .with_observer(observer.clone())
+                .build()
+        })
+        .build()
+        .unwrap();
+    let client = client(middleware.clone());
+    let name = addr.to_string();
+    let get = || client.get(url(addr, "/")).send();
+
+    for _ in 0..11 {
+        get().await.unwrap();
+    }
+    let breaker = middleware.breaker(&name).expect("created on first use");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "45 % is below the ratio"
+    );
+    assert_eq!(get().await.unwrap().status(), 503);
+    assert_eq!(breaker.state(), BreakerState::Open, "50 % opens it");
+    assert_eq!(server.hits(), 12);
+
+    // Open: fails fast, distinctly, without calling the server.
+    let error = get().await.unwrap_err();
+    assert!(selfheal::http::is_circuit_open(&error), "{error}");
+    let unavailable = selfheal::http::unavailable(&error).unwrap();
+    assert_eq!(unavailable.reason(), UnavailableReason::CircuitOpen);
+    assert_eq!(unavailable.dependency(), name);
+    assert_eq!(unavailable.retry_after(), Duration::from_secs(5));
+    assert_eq!(server.hits(), 12);
+
+    // After the break: one probe. It fails, and the breaker opens again.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(get().await.unwrap().status(), 503);
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert!(selfheal::http::is_circuit_open(&get().await.unwrap_err()));
+
+    // The next probe succeeds: closed, traffic flows.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(server.hits(), 15);
+
+    let transitions: Vec<String> = events
+        .take()
+        .into_iter()
+        .filter(|e| e.starts_with("breaker") || e.starts_with("rejected"))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            format!("breaker {name} closed -> open"),
+            format!("rejected {name}"),
+            format!("breaker {name} open -> half_open"),
+            format!("breaker {name} half_open -> open"),
+            format!("rejected {name}"),
+            format!("breaker {name} open -> half_open"),
+            format!("breaker {name} half_open -> closed"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_404_is_a_success_for_the_breaker_and_a_500_a_failure() {
+    let (addr, _server) = serve(vec![], reply(404)).await;
+    let events = Arc::new(Events::default());
+    let breaker = |name: &str| {
+        selfheal::breaker::Breaker::builder(name.to_owned())
+            .with_trip_mode(selfheal::breaker::TripMode::ConsecutiveFailures)
+            .with_consecutive_failures(3)
+            .build()
+    };
+    let middleware = builder(&events).with_breaker(breaker).build().unwrap();
+    let client = client(middleware.clone());
+    for _ in 0..5 {
+        assert_eq!(
+            client.get(url(addr, "/")).send().await.unwrap().status(),
+            404
+        );
+    }
+    let state = middleware.breaker(&addr.to_string()).unwrap().state();
+    assert_eq!(state, BreakerState::Closed);
+
+    let (addr, _server) = serve(vec![], reply(500)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            client.get(url(addr, "/")).send().await.unwrap().status(),
+            500
+        );
+    }
+    let state = middleware.breaker(&addr.to_string()).unwrap().state();
+    assert_eq!(state, BreakerState::Open);
 }
 
 #[tokio::test]

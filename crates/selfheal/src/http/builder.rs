@@ -10,6 +10,7 @@ use super::ResilientMiddleware;
 use super::classify::{Classifier, StatusSet};
 use super::registry::{GateFactory, Registry, Template};
 use crate::ConfigError;
+use crate::breaker::Breaker;
 use crate::observe::Observer;
 use crate::retry::{Backoff, Budget, Policy, Random};
 
@@ -27,7 +28,7 @@ use crate::retry::{Backoff, Budget, Policy, Random};
 /// | [max delay](Self::with_max_delay) (cap on server hints) | 30 s | a server asking for more is shortened to this, and a hint past the deadline fails at once |
 /// | [transient statuses](Self::with_transient_status) | 408, 429, 502, 503, 504 | not 500: see the [module docs](super) |
 /// | [budget](Self::with_budget) | 20 tokens, ratio 0.5, per dependency | see [`Budget`] |
-/// | [circuit breaker](Self::without_breaker) | none yet (SEAM(breaker): one per dependency once `selfheal::breaker` lands) | |
+/// | [circuit breaker](Self::with_breaker) | one per dependency with [`Breaker`]'s defaults (opens at 50 % failures over 30 s, at least 20 calls; probes after 5 s), reporting to this middleware's observer | an outage fails fast instead of waiting out timeouts, and the dependency gets quiet time to recover |
 /// | [max dependencies](Self::with_max_dependencies) | 64 | more distinct hosts than that share one `other` budget and breaker |
 /// | [generated idempotency keys](Self::with_generated_idempotency_keys) | off | only helps with servers that honour the header |
 /// | observer | the global one ([`observe::set_global`](crate::observe::set_global)) | the health monitor installs itself there |
@@ -57,7 +58,7 @@ impl Default for Builder {
             max_delay: Duration::from_secs(30),
             transient: StatusSet::default_transient(),
             budget: Some((20, 0.5)),
-            gates: GateFactory::Off,
+            gates: GateFactory::Default(None),
             max_dependencies: 64,
             generate_keys: false,
             observer: None,
@@ -166,6 +167,40 @@ impl Builder {
         self
     }
 
+    /// Makes each dependency's circuit breaker with `make`, called with the
+    /// dependency's name on its first request (and once by
+    /// [`Builder::build`], to reject a factory that fails).
+    ///
+    /// An attempt counts as a failure for the breaker when it failed
+    /// transiently (a retryable status or error) or answered `500`; a `404`
+    /// or `400` is a healthy dependency answering a bad request. A breaker
+    /// made here reports to the observer it was built with, not to
+    /// [`Builder::with_observer`]'s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use selfheal::breaker::Breaker;
+    /// use selfheal::http::ResilientMiddleware;
+    ///
+    /// let middleware = ResilientMiddleware::builder()
+    ///     .with_breaker(|dependency: &str| {
+    ///         Breaker::builder(dependency.to_owned())
+    ///             .with_failure_ratio(0.3)
+    ///             .with_break_duration(Duration::from_secs(10))
+    ///             .build()
+    ///     })
+    ///     .build()?;
+    /// # let _ = middleware;
+    /// # Ok::<(), selfheal::ConfigError>(())
+    /// ```
+    pub fn with_breaker<F>(mut self, make: F) -> Self
+    where
+        F: Fn(&str) -> Result<Breaker, ConfigError> + Send + Sync + 'static,
+    {
+        self.gates = GateFactory::Custom(Arc::new(make));
+        self
+    }
+
     /// No circuit breaker.
     pub fn without_breaker(mut self) -> Self {
         self.gates = GateFactory::Off;
@@ -225,6 +260,14 @@ impl Builder {
         if self.max_dependencies == 0 {
             return Err(ConfigError::new("max dependencies must be at least 1"));
         }
+        let mut gates = self.gates;
+        match &mut gates {
+            GateFactory::Custom(make) => {
+                make("selfheal-http-breaker-check")?;
+            }
+            GateFactory::Default(observer) => observer.clone_from(&self.observer),
+            GateFactory::Off => {}
+        }
         if let Some(observer) = self.observer {
             policy = policy.with_observer(observer);
         }
@@ -239,7 +282,7 @@ impl Builder {
                 registry: Registry::new(Template {
                     policy,
                     budget: self.budget,
-                    gates: self.gates,
+                    gates,
                     max_dependencies: self.max_dependencies,
                 }),
                 attempt_timeout: self.attempt_timeout,

@@ -213,6 +213,21 @@ impl ResilientMiddleware {
     pub fn dependency_count(&self) -> usize {
         self.inner.registry.len()
     }
+
+    /// The circuit breaker of the dependency `name` (its host, with the port
+    /// when not the scheme's default, or its [`Dependency`] name), once a
+    /// request has created it; `None` also without breakers. For dashboards
+    /// and tests: [`Breaker::state`](crate::breaker::Breaker::state),
+    /// [`Breaker::snapshot`](crate::breaker::Breaker::snapshot).
+    pub fn breaker(&self, name: &str) -> Option<crate::breaker::Breaker> {
+        self.inner.registry.find(name)?.gate.breaker().cloned()
+    }
+
+    /// The retry budget of the dependency `name`, once a request has created
+    /// it; `None` also without budgets.
+    pub fn budget(&self, name: &str) -> Option<Arc<crate::retry::Budget>> {
+        self.inner.registry.find(name)?.policy.budget().cloned()
+    }
 }
 
 impl Default for ResilientMiddleware {

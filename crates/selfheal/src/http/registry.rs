@@ -9,6 +9,9 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::classify::Classifier;
+use crate::ConfigError;
+use crate::breaker::{Breaker, Permit};
+use crate::observe::Observer;
 use crate::retry::{Budget, Policy};
 
 /// Names the dependency a request belongs to, as a reqwest-middleware
@@ -47,57 +50,97 @@ impl Dependency {
     }
 }
 
-/// Makes the circuit breaker of a new dependency.
-///
-/// SEAM(breaker): `selfheal::breaker` is being written on branch `breaker`.
-/// Until it lands, [`Gate`] admits every call and records nothing; once it
-/// has, `Gate` wraps an `Option<breaker::Breaker>`, this becomes a
-/// `Fn(&str) -> Result<Breaker, ConfigError>`, and nothing else in the
-/// middleware changes (it already asks the gate before every attempt and
-/// reports every outcome to it).
+/// Makes a new dependency's circuit breaker from its name.
+pub(crate) type MakeBreaker = dyn Fn(&str) -> Result<Breaker, ConfigError> + Send + Sync;
+
+/// How each new dependency gets its circuit breaker.
 #[derive(Clone)]
 pub(crate) enum GateFactory {
     /// No breaker.
     Off,
+    /// [`Breaker`]'s defaults, reporting to this observer (`None`: the
+    /// global one).
+    Default(Option<Arc<dyn Observer>>),
+    /// The caller's factory (validated once by the builder).
+    Custom(Arc<MakeBreaker>),
 }
 
 impl fmt::Debug for GateFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-        }
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Default(_) => "default",
+            Self::Custom(_) => "custom",
+        })
     }
 }
 
 impl GateFactory {
-    fn make(&self, _name: &str) -> Gate {
-        match self {
-            Self::Off => Gate,
-        }
+    fn make(&self, name: &str) -> Gate {
+        let default = |observer: Option<&Arc<dyn Observer>>| {
+            let mut builder = Breaker::builder(name.to_owned());
+            if let Some(observer) = observer {
+                builder = builder.with_observer(Arc::clone(observer));
+            }
+            builder
+                .build()
+                .expect("the default breaker settings are valid")
+        };
+        Gate(match self {
+            Self::Off => None,
+            Self::Default(observer) => Some(default(observer.as_ref())),
+            Self::Custom(make) => Some(make(name).unwrap_or_else(|error| {
+                // The builder tried the factory once; one that fails for
+                // some names only still gets a breaker.
+                tracing::warn!(
+                    target: "selfheal",
+                    dependency = name,
+                    error = %error,
+                    "breaker factory failed; using the default breaker"
+                );
+                default(None)
+            })),
+        })
     }
 }
 
-/// A dependency's circuit breaker, as the middleware uses it. See
-/// [`GateFactory`].
+/// A dependency's circuit breaker, if it has one.
 #[derive(Debug)]
-pub(crate) struct Gate;
+pub(crate) struct Gate(Option<Breaker>);
 
 /// Permission to make one attempt.
 #[derive(Debug)]
-pub(crate) struct Pass;
+pub(crate) struct Pass(Option<Permit>);
 
 impl Gate {
     /// `Err(retry_in)` when the breaker refuses the call.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Result<Pass, Duration> {
-        Ok(Pass)
+        match &self.0 {
+            None => Ok(Pass(None)),
+            Some(breaker) => breaker
+                .try_acquire()
+                .map(|permit| Pass(Some(permit)))
+                .map_err(|open| open.retry_in()),
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> Option<&Breaker> {
+        self.0.as_ref()
     }
 }
 
 impl Pass {
+    /// Reports the attempt's outcome to the breaker.
     #[inline]
     pub(crate) fn record(self, failed: bool) {
-        let _ = failed;
+        if let Some(permit) = self.0 {
+            if failed {
+                permit.failure();
+            } else {
+                permit.success();
+            }
+        }
     }
 }
 
@@ -223,6 +266,19 @@ impl Registry {
             operation,
             policy,
         }
+    }
+
+    /// The dependency named `name` (as in its operation, without `http:`),
+    /// if it was created.
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Dep>> {
+        if name == OTHER {
+            return self.other.get().cloned();
+        }
+        read(&self.map)
+            .values()
+            .flatten()
+            .find(|(_, dep)| &*dep.name == name)
+            .map(|(_, dep)| Arc::clone(dep))
     }
 
     /// The number of dependencies created (not counting [`OTHER`]).
