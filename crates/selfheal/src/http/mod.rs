@@ -176,7 +176,7 @@ use crate::observe::GiveUpReason;
 use crate::retry::{Run, Step};
 use classify::{ErrorClass, is_breaker_failure};
 use idempotency::Replay;
-use registry::Registry;
+use registry::{Dep, Registry};
 
 /// The resilient reqwest middleware; see the [module docs](self).
 ///
@@ -250,28 +250,18 @@ impl fmt::Debug for ResilientMiddleware {
 impl Middleware for ResilientMiddleware {
     async fn handle(
         &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        self.inner.call(request, extensions, next).await
-    }
-}
-
-impl Inner {
-    async fn call(
-        &self,
         mut request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let dep = self
+        let inner = &*self.inner;
+        let dep = inner
             .registry
             .get(request.url(), extensions.get::<Dependency>());
         let replay = idempotency::prepare(
             &mut request,
             extensions.get::<Idempotency>().copied(),
-            self.generate_keys,
+            inner.generate_keys,
         );
         let span = tracing::debug_span!(
             target: "selfheal",
@@ -282,99 +272,115 @@ impl Inner {
             elapsed_ms = Empty,
             outcome = Empty,
         );
-        // One clock read per call, and only when something needs it.
-        let policy = &dep.policy;
-        let started = (policy.deadline().is_some() || !span.is_disabled()).then(Instant::now);
-        let traced = span.clone();
-        let mut run = Run::new(started);
-        let result = async {
-            let mut request = request;
-            loop {
-                let pass = match dep.gate.try_acquire() {
-                    Ok(pass) => pass,
-                    Err(retry_in) => {
-                        return Err(reqwest_middleware::Error::middleware(
-                            Unavailable::circuit_open(
-                                Arc::clone(&dep.name),
-                                retry_in,
-                                run.attempts,
-                            ),
-                        ));
-                    }
-                };
-                // A copy for the next attempt, unless this one is the last.
-                let may_retry = run.attempts + 1 < policy.max_attempts();
-                let spare = if may_retry { request.try_clone() } else { None };
-                self.bound_attempt(&mut request, &run, policy.deadline());
+        if span.is_disabled() {
+            // No subscriber wants the span: no clock read unless the
+            // deadline needs one, no span to enter on every poll.
+            let started = dep.policy.deadline().map(|_| Instant::now());
+            let mut run = Run::new(started);
+            return inner
+                .attempts(&dep, replay, &mut run, request, extensions, next)
+                .await;
+        }
+        let started = Instant::now();
+        let mut run = Run::new(Some(started));
+        let result = inner
+            .attempts(&dep, replay, &mut run, request, extensions, next)
+            .instrument(span.clone())
+            .await;
+        span.record("attempts", run.attempts);
+        record_outcome(&span, started, &result);
+        result
+    }
+}
 
-                let mut outcome = next.clone().run(request, extensions).await;
-                run.attempts += 1;
-                let verdict = policy.verdict(&outcome);
-                pass.record(is_breaker_failure(verdict, &outcome));
-                let Some(verdict) = verdict else {
-                    policy.on_success(&run, &dep.operation);
-                    return outcome;
-                };
-                if let Err(error) = &mut outcome {
-                    redact(error);
+impl Inner {
+    /// Drives the retry engine for one logical call: asks the breaker,
+    /// makes an attempt, lets the engine classify, record and decide.
+    async fn attempts(
+        &self,
+        dep: &Dep,
+        replay: Replay,
+        run: &mut Run<Instant>,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let policy = &dep.policy;
+        loop {
+            let pass = match dep.gate.try_acquire() {
+                Ok(pass) => pass,
+                Err(retry_in) => {
+                    return Err(reqwest_middleware::Error::middleware(
+                        Unavailable::circuit_open(Arc::clone(&dep.name), retry_in, run.attempts),
+                    ));
                 }
-                if verdict.is_retryable() {
-                    let nothing_sent = matches!(
-                        &outcome,
-                        Err(e) if ErrorClass::of(e) == ErrorClass::Connect
-                    );
-                    // A stream body cannot be sent again; an unkeyed POST
-                    // that may have reached the server must not be.
-                    if spare.is_none() || (replay == Replay::IfNothingSent && !nothing_sent) {
-                        run.no_more_attempts();
-                    }
-                }
-                let elapsed = run.started.map(|t| t.elapsed());
-                match policy.on_failure(&mut run, &outcome, verdict, elapsed, &dep.operation) {
-                    Step::Retry(delay) => {
-                        // Without a spare copy the engine was told that no
-                        // attempt may follow, so this `else` never runs.
-                        let Some(next_request) = spare else {
-                            return outcome;
-                        };
-                        // Free the connection before waiting.
-                        drop(outcome);
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
-                        }
-                        request = next_request;
-                    }
-                    Step::GiveUp {
-                        reason: GiveUpReason::Deadline,
-                        hint: Some(hint),
-                    } => {
-                        return match outcome {
-                            Ok(response) => Err(reqwest_middleware::Error::middleware(
-                                Unavailable::beyond_deadline(
-                                    Arc::clone(&dep.name),
-                                    hint,
-                                    response.status(),
-                                    run.attempts,
-                                ),
-                            )),
-                            Err(error) => Err(error),
-                        };
-                    }
-                    Step::GiveUp { .. } => return outcome,
+            };
+            // A copy for the next attempt, unless this one is the last.
+            let may_retry = run.attempts + 1 < policy.max_attempts();
+            let spare = if may_retry { request.try_clone() } else { None };
+            self.bound_attempt(&mut request, run, policy.deadline());
+
+            let mut outcome = next.clone().run(request, extensions).await;
+            run.attempts += 1;
+            let verdict = policy.verdict(&outcome);
+            pass.record(is_breaker_failure(verdict, &outcome));
+            let Some(verdict) = verdict else {
+                policy.on_success(run, &dep.operation);
+                return outcome;
+            };
+            if let Err(error) = &mut outcome {
+                redact(error);
+            }
+            if verdict.is_retryable() {
+                let nothing_sent = matches!(
+                    &outcome,
+                    Err(e) if ErrorClass::of(e) == ErrorClass::Connect
+                );
+                // A stream body cannot be sent again; an unkeyed POST that
+                // may have reached the server must not be.
+                if spare.is_none() || (replay == Replay::IfNothingSent && !nothing_sent) {
+                    run.no_more_attempts();
                 }
             }
+            let elapsed = run.started.map(|t| t.elapsed());
+            match policy.on_failure(run, &outcome, verdict, elapsed, &dep.operation) {
+                Step::Retry(delay) => {
+                    // Without a spare copy the engine was told that no
+                    // attempt may follow, so this `else` never runs.
+                    let Some(next_request) = spare else {
+                        return outcome;
+                    };
+                    // Free the connection before waiting.
+                    drop(outcome);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    request = next_request;
+                }
+                Step::GiveUp {
+                    reason: GiveUpReason::Deadline,
+                    hint: Some(hint),
+                } => {
+                    return match outcome {
+                        Ok(response) => Err(reqwest_middleware::Error::middleware(
+                            Unavailable::beyond_deadline(
+                                Arc::clone(&dep.name),
+                                hint,
+                                response.status(),
+                                run.attempts,
+                            ),
+                        )),
+                        Err(error) => Err(error),
+                    };
+                }
+                Step::GiveUp { .. } => return outcome,
+            }
         }
-        .instrument(span)
-        .await;
-        if !traced.is_disabled() {
-            traced.record("attempts", run.attempts);
-            record_outcome(&traced, started, &result);
-        }
-        result
     }
 
     /// Sets the attempt's timeout: the shortest of the request's own, the
-    /// middleware's per-attempt timeout, and what is left of the deadline.
+    /// middleware's per-attempt timeout, and what is left of the deadline
+    /// (all of it for the first attempt, which needs no clock read).
     #[inline]
     fn bound_attempt(
         &self,
@@ -382,14 +388,16 @@ impl Inner {
         run: &Run<Instant>,
         deadline: Option<std::time::Duration>,
     ) {
-        let left = deadline
-            .zip(run.started)
-            .map(|(deadline, started)| deadline.saturating_sub(started.elapsed()));
+        let left = match (deadline, run.started) {
+            (Some(deadline), _) if run.attempts == 0 => Some(deadline),
+            (Some(deadline), Some(started)) => Some(deadline.saturating_sub(started.elapsed())),
+            _ => None,
+        };
         let bound = [self.attempt_timeout, left, request.timeout().copied()]
             .into_iter()
             .flatten()
             .min();
-        if bound.is_some() {
+        if bound.is_some() && bound != request.timeout().copied() {
             *request.timeout_mut() = bound;
         }
     }
@@ -398,12 +406,10 @@ impl Inner {
 /// Fills the call span's closing fields.
 fn record_outcome(
     span: &tracing::Span,
-    started: Option<Instant>,
+    started: Instant,
     result: &reqwest_middleware::Result<Response>,
 ) {
-    if let Some(started) = started {
-        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-    }
+    span.record("elapsed_ms", started.elapsed().as_millis() as u64);
     match result {
         Ok(response) => span.record("outcome", response.status().as_u16()),
         Err(error) => match unavailable(error) {
