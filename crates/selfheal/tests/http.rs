@@ -1066,3 +1066,73 @@ fn misconfiguration_is_rejected_at_build() {
             .is_err()
     );
 }
+
+/// A writer for a test subscriber: appends to a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The span of a logical call carries method, host, attempts, elapsed time
+/// and outcome; the engine's events are inside it; nothing in the logs
+/// shows the bearer token, an idempotency key or the query string.
+#[tokio::test(flavor = "current_thread")]
+async fn the_call_span_has_method_host_attempts_and_no_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (addr, server) = serve(vec![reply(503), reply(503)], reply(200)).await;
+    let events = Arc::new(Events::default());
+    let client = client(builder(&events).build().unwrap());
+    let response = client
+        .post(url(addr, "/v1/charges?api_key=SECRET-QUERY"))
+        .bearer_auth("sk-SECRET-TOKEN")
+        .with_extension(Idempotency::GenerateKey)
+        .body("amount=100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let key = server.seen.lock().unwrap()[0].1.clone().unwrap();
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let close = logs
+        .lines()
+        .find(|l| l.contains("http{") && l.contains("close"))
+        .unwrap_or_else(|| panic!("no closed call span in:\n{logs}"));
+    for field in [
+        "method=POST".to_owned(),
+        format!("host={addr}"),
+        "attempts=3".to_owned(),
+        "outcome=200".to_owned(),
+        "elapsed_ms=".to_owned(),
+    ] {
+        assert!(close.contains(&field), "{field} missing in {close}");
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("http{") && l.contains("transient failure, retrying")),
+        "retry events are inside the span:\n{logs}"
+    );
+    for secret in ["sk-SECRET-TOKEN", "SECRET-QUERY", key.as_str()] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
+}

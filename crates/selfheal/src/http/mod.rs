@@ -295,7 +295,7 @@ impl Inner {
             target: "selfheal",
             "http",
             method = %request.method(),
-            host = &*dep.name,
+            host = %dep.name,
             attempts = Empty,
             elapsed_ms = Empty,
             outcome = Empty,
