@@ -12,6 +12,9 @@
 //!   down and lets a few probes find out when it is back.
 //! - [`observe`]: the hook every component reports through (tracing events and
 //!   an [`Observer`](observe::Observer) for the health monitor).
+//! - `db` (feature `sqlx`): database transactions re-run whole on lock
+//!   conflicts and serialization failures, an idempotency guard for commits
+//!   with an unknown outcome, and schema healing at start-up.
 //! - [`supervise`]: background tasks restarted with backoff when they fail,
 //!   given up on (and reported critical) when they keep failing, stopped
 //!   cleanly on a signal.
@@ -30,6 +33,8 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+#[cfg(feature = "sqlx")]
+pub mod db;
 pub mod fallback;
 pub mod health;
 #[cfg(feature = "reqwest")]

@@ -329,7 +329,10 @@ impl<C> Policy<C> {
     /// The whole engine between two attempts, shared by every driver: counts
     /// the attempt, classifies the outcome, records a success or decides (and
     /// reports) what follows a failure.
-    #[inline]
+    ///
+    /// `inline(always)`: the success path must fold into the caller's future
+    /// (measured: +2.5 ns per call when it is left to the inliner).
+    #[inline(always)]
     pub(crate) fn after_attempt<I: Elapsed, T, E>(
         &self,
         run: &mut Run<I>,
@@ -345,6 +348,22 @@ impl<C> Policy<C> {
             self.on_success(run, operation);
             return Next::Done(outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok")));
         };
+        self.after_failure(run, outcome, verdict, operation)
+    }
+
+    /// The failure half of [`Policy::after_attempt`], kept out of line.
+    #[inline(never)]
+    fn after_failure<I: Elapsed, T, E>(
+        &self,
+        run: &mut Run<I>,
+        outcome: Result<T, E>,
+        verdict: Verdict,
+        operation: &str,
+    ) -> Next<T, E>
+    where
+        C: Classify<T, E>,
+        E: fmt::Display,
+    {
         let elapsed = run.started.as_ref().map(Elapsed::elapsed);
         match self.on_failure(run, &outcome, verdict, elapsed, operation) {
             Step::Retry(delay) => Next::Wait(delay),
@@ -518,10 +537,10 @@ impl<C> Policy<C> {
         C: Classify<T, E>,
         E: fmt::Display,
     {
-        let operation = self.op_name(operation);
         let mut run = Run::new(self.deadline.map(|_| tokio::time::Instant::now()));
         loop {
-            match self.after_attempt(&mut run, op().await, operation) {
+            let outcome = op().await;
+            match self.after_attempt(&mut run, outcome, self.op_name(operation)) {
                 Next::Done(result) => return result,
                 Next::Wait(delay) if delay.is_zero() => {}
                 // Boxed: a `Sleep` held inline makes this future's drop glue
