@@ -81,6 +81,19 @@
 //! **A body that cannot be cloned** (a stream) is sent once, and whatever
 //! happens to it is returned as it is.
 //!
+//! # Cost
+//!
+//! A successful GET to a server on loopback costs about 78,000 user-space
+//! instructions with plain reqwest (client and server together); through
+//! this middleware with its defaults, about 84,700 (+8.5 %; reqwest-retry:
+//! 82,200). Of the 6,600 added: about 1,200 are reqwest-middleware's own
+//! (any middleware pays them), 1,400 the copy of the request kept for a
+//! retry (reqwest-retry makes it too), 1,700 the per-attempt timeout (what
+//! reqwest's own timeout costs; without a timeout and a deadline the total
+//! is 83,100), and the rest the engine, budget, breaker, registry and span.
+//! Against a real network call that is microseconds against milliseconds.
+//! `benches/http.rs` and `benches/http-instructions.sh` measure it.
+//!
 //! # Errors
 //!
 //! A call that gives up returns what its last attempt returned: the last
