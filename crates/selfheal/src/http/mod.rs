@@ -7,11 +7,12 @@
 //!
 //! The HTTP client is where a retry costs money. The services an app calls
 //! over HTTP charge cards, send emails, open tickets and bill per token, and
-//! retrying the wrong request does the thing twice. .NET learned it in
-//! production: its standard resilience handler retried every method by
-//! default, and POSTs that had reached the server before the connection
-//! dropped created duplicate tickets (dotnet/extensions#5248); the fix was to
-//! stop retrying unsafe methods. `reqwest-retry`, the usual choice in Rust,
+//! retrying the wrong request does the thing twice. .NET's standard
+//! resilience handler retries every method by default: POSTs to a backend
+//! that was merely slow timed out, were sent again and created duplicate
+//! messages and tickets (dotnet/extensions#5248); the answer there was an
+//! option to turn retries off for unsafe methods. Here it is the default.
+//! `reqwest-retry`, the usual choice in Rust,
 //! has the same blind spot (its default strategy looks at the status and the
 //! error, never at the method) and ignores `Retry-After` altogether (its open
 //! issue #146): a rate-limited client retries on its own schedule, earlier
