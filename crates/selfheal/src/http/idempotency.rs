@@ -40,7 +40,7 @@ pub enum Idempotency {
     /// Give the request an `Idempotency-Key` (a random UUID) unless it already
     /// has one, generated once per logical call and sent unchanged on every
     /// attempt; the request is then retried whatever its method. Only useful
-    /// with servers that honour the header (Stripe, Adyen, PayPal, many
+    /// with servers that honour the header (Stripe, Adyen and
     /// others): a server that ignores it runs every attempt.
     GenerateKey,
     /// The caller vouches that repeating this request is harmless (a search

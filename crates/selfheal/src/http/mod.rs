@@ -26,7 +26,7 @@
 //! OPTIONS, TRACE, PUT and DELETE are idempotent: several identical requests
 //! have the effect of one, so they are retried. POST and PATCH are not: they
 //! are retried only when the request carries an `Idempotency-Key`, the
-//! convention Stripe made standard (the server runs a key once and answers a
+//! convention Stripe popularised (the server runs a key once and answers a
 //! repeat with the first answer; IETF `draft-ietf-httpapi-idempotency-key-header`).
 //! Ask for a key with [`Idempotency::GenerateKey`] (or for every unsafe
 //! request with [`Builder::with_generated_idempotency_keys`]): it is generated
