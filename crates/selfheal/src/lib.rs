@@ -21,8 +21,12 @@
 //! - [`health`]: the monitor every heal and error is reported to, its status,
 //!   alert rules and alert sinks (log; webhook with the `webhook` feature;
 //!   email with the `email` feature).
-//! - `tls` (feature `tls`, enabled by `webhook` and `email`): installs rustls's
+//! - `tls` (feature `tls`, enabled by `webhook`, `email` and `reqwest`): installs rustls's
 //!   ring crypto provider once per process.
+//! - `http` (feature `reqwest`): a `reqwest_middleware::Middleware` that
+//!   retries only what may be repeated (idempotent methods, idempotency
+//!   keys), obeys `Retry-After` and rate-limit headers, and keeps a retry
+//!   budget and a circuit breaker per host.
 //!
 //! - `web` (feature `axum`): the [`HealLayer`](web::HealLayer) that
 //!   catches panics and 5xx and answers kindly, `/healthz` and `/readyz`,
@@ -44,6 +48,8 @@ pub mod config;
 pub mod db;
 pub mod fallback;
 pub mod health;
+#[cfg(feature = "reqwest")]
+pub mod http;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
 #[cfg(feature = "axum")]

@@ -19,7 +19,8 @@
 //! If your application installs another provider first (aws-lc-rs, a FIPS
 //! build), that one is kept: this module never replaces a provider.
 //!
-//! Available with the `tls` feature (enabled by `webhook` and `email`).
+//! Available with the `tls` feature (enabled by `webhook`, `email` and
+//! `reqwest`).
 
 use rustls::crypto::CryptoProvider;
 

@@ -157,6 +157,10 @@ pub(crate) struct Run<I> {
     pub(crate) started: Option<I>,
     /// Total time spent waiting between attempts.
     pub(crate) waited: Duration,
+    /// A limit of this call's own below the policy's maximum attempts (a
+    /// request that must not be repeated): the engine gives up with
+    /// [`GiveUpReason::MaxAttempts`] once it is reached.
+    attempt_cap: u32,
 }
 
 impl<I> Run<I> {
@@ -166,7 +170,18 @@ impl<I> Run<I> {
             previous_delay: Duration::ZERO,
             started,
             waited: Duration::ZERO,
+            attempt_cap: u32::MAX,
         }
+    }
+
+    /// Allows no attempt beyond those already made: the next failure gives
+    /// up with [`GiveUpReason::MaxAttempts`], reported like any other
+    /// give-up. For a driver that finds out mid-call that the operation must
+    /// not be repeated (a request body that cannot be replayed, a
+    /// non-idempotent HTTP request that may have reached the server).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn no_more_attempts(&mut self) {
+        self.attempt_cap = self.attempts;
     }
 }
 
@@ -447,7 +462,7 @@ impl<C> Policy<C> {
         // Every transient failure costs a token, retried or not (gRPC A6).
         let budget_allows = self.budget.as_ref().is_none_or(|b| b.withdraw());
         let give_up = |reason| Step::GiveUp { reason, hint };
-        if run.attempts >= self.max_attempts {
+        if run.attempts >= self.max_attempts.min(run.attempt_cap) {
             return give_up(GiveUpReason::MaxAttempts);
         }
         let delay = match hint {

@@ -430,3 +430,38 @@ mod tower_layer {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }
+
+#[test]
+fn a_run_told_no_more_attempts_gives_up_with_max_attempts_and_reports_it() {
+    let recorder = Arc::new(Recorder::default());
+    let observer = recorder.clone();
+    let policy = Policy::default()
+        .with_max_attempts(5)
+        .unwrap()
+        .with_classifier(classify)
+        .with_observer(Arc::new(move |e: &Event<'_>| {
+            observer.0.lock().unwrap().push(format!("{e:?}"));
+        }));
+    let mut run: Run<Instant> = Run::new(None);
+    let failed: Result<(), Fail> = Err(Fail::Flaky);
+
+    run.attempts = 1;
+    let step = policy.on_failure(&mut run, &failed, Verdict::Transient, None, "op");
+    assert!(matches!(step, Step::Retry(_)), "{step:?}");
+
+    // The driver learns that the operation must not be repeated.
+    run.attempts = 2;
+    run.no_more_attempts();
+    let step = policy.on_failure(&mut run, &failed, Verdict::Transient, None, "op");
+    assert_eq!(
+        step,
+        Step::GiveUp {
+            reason: GiveUpReason::MaxAttempts,
+            hint: None
+        }
+    );
+    let events = recorder.take();
+    assert_eq!(events.len(), 2);
+    assert!(events[1].starts_with("GaveUp"), "{events:?}");
+    assert!(events[1].contains("MaxAttempts"), "{events:?}");
+}

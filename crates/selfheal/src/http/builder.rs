@@ -1,0 +1,293 @@
+//! Configuring the middleware.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::ResilientMiddleware;
+use super::classify::{Classifier, StatusSet};
+use super::registry::{GateFactory, Registry, Template};
+use crate::ConfigError;
+use crate::breaker::Breaker;
+use crate::observe::Observer;
+use crate::retry::{Backoff, Budget, Policy, Random};
+
+/// Configures a [`ResilientMiddleware`]; see
+/// [`ResilientMiddleware::builder`].
+///
+/// Defaults, and why:
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | [max attempts](Self::with_max_attempts) | 3 | the first try and two retries: enough for a blip, not enough to pile onto an outage |
+/// | [attempt timeout](Self::with_attempt_timeout) | 30 s | longer than any healthy JSON API call, short enough that a hung connection is abandoned while the deadline still leaves room for a retry; raise it for slow endpoints (long LLM completions) |
+/// | [deadline](Self::with_deadline) | 60 s | the whole call, attempts and waits; a caller waits at most this long |
+/// | [backoff](Self::with_backoff) | the engine's: exponential 100 ms × 2 up to 10 s, full jitter | |
+/// | [max delay](Self::with_max_delay) (cap on server hints) | 30 s | a server asking for more is shortened to this, and a hint past the deadline fails at once |
+/// | [transient statuses](Self::with_transient_status) | 408, 429, 502, 503, 504 | not 500: see the [module docs](super) |
+/// | [budget](Self::with_budget) | 20 tokens, ratio 0.5, per dependency | see [`Budget`] |
+/// | [circuit breaker](Self::with_breaker) | one per dependency with [`Breaker`]'s defaults (opens at 50 % failures over 30 s, at least 20 calls; probes after 5 s), reporting to this middleware's observer | an outage fails fast instead of waiting out timeouts, and the dependency gets quiet time to recover |
+/// | [max dependencies](Self::with_max_dependencies) | 64 | more distinct hosts than that share one `other` budget and breaker |
+/// | [generated idempotency keys](Self::with_generated_idempotency_keys) | off | only helps with servers that honour the header |
+/// | observer | the global one ([`observe::set_global`](crate::observe::set_global)) | the health monitor installs itself there |
+#[derive(Clone)]
+pub struct Builder {
+    max_attempts: u32,
+    attempt_timeout: Option<Duration>,
+    deadline: Option<Duration>,
+    backoff: Backoff,
+    max_delay: Duration,
+    transient: StatusSet,
+    budget: Option<(u32, f64)>,
+    gates: GateFactory,
+    max_dependencies: usize,
+    generate_keys: bool,
+    observer: Option<Arc<dyn Observer>>,
+    random: Option<Arc<dyn Random>>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            attempt_timeout: Some(Duration::from_secs(30)),
+            deadline: Some(Duration::from_secs(60)),
+            backoff: Backoff::default(),
+            max_delay: Duration::from_secs(30),
+            transient: StatusSet::default_transient(),
+            budget: Some((20, 0.5)),
+            gates: GateFactory::Default(None),
+            max_dependencies: 64,
+            generate_keys: false,
+            observer: None,
+            random: None,
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("max_attempts", &self.max_attempts)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("deadline", &self.deadline)
+            .field("backoff", &self.backoff)
+            .field("max_delay", &self.max_delay)
+            .field("transient_statuses", &self.transient)
+            .field("budget", &self.budget)
+            .field("breaker", &self.gates)
+            .field("max_dependencies", &self.max_dependencies)
+            .field("generate_idempotency_keys", &self.generate_keys)
+            .field("observer", &self.observer.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl Builder {
+    /// At most `attempts` attempts per call, the first included (`1`: never
+    /// retry). Zero is rejected by [`Builder::build`].
+    pub const fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Bounds each attempt, from sending the request until its response body
+    /// has been read: it is reqwest's own request timeout (so a timed-out
+    /// attempt is a `reqwest::Error` with `is_timeout()`), and it keeps
+    /// running while the caller reads the body of the response the
+    /// middleware returned. A shorter timeout set on the request itself is
+    /// kept. Each attempt is also cut off at the call's deadline.
+    pub const fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// No per-attempt timeout of the middleware's own (the client's and the
+    /// request's timeouts, and the deadline, still apply).
+    pub const fn without_attempt_timeout(mut self) -> Self {
+        self.attempt_timeout = None;
+        self
+    }
+
+    /// Bounds the whole call (attempts and the waits between them): no wait
+    /// crosses it (a server hint past it fails at once with
+    /// [`Unavailable`](super::Unavailable)), and each attempt's timeout is
+    /// cut to what is left of it.
+    pub const fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// No deadline on the whole call.
+    pub const fn without_deadline(mut self) -> Self {
+        self.deadline = None;
+        self
+    }
+
+    /// The backoff between attempts when the server gives no hint.
+    pub const fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest the middleware waits on a server's hint; a longer hint is
+    /// shortened to this (within the deadline).
+    pub const fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// Also retries responses with `status` (for example `500` for an API
+    /// whose documentation says its 500s are transient, as OpenAI's does).
+    pub const fn with_transient_status(mut self, status: StatusCode) -> Self {
+        self.transient = self.transient.with(status.as_u16());
+        self
+    }
+
+    /// Stops retrying responses with `status` (for example `429` for a
+    /// caller that prefers to queue its own work when rate-limited).
+    pub const fn without_transient_status(mut self, status: StatusCode) -> Self {
+        self.transient = self.transient.without(status.as_u16());
+        self
+    }
+
+    /// A retry budget per dependency of `max_tokens`, refilled by `ratio`
+    /// per success (see [`Budget::new`]; checked by [`Builder::build`]).
+    pub const fn with_budget(mut self, max_tokens: u32, ratio: f64) -> Self {
+        self.budget = Some((max_tokens, ratio));
+        self
+    }
+
+    /// No retry budget: every call may retry up to its maximum attempts, even
+    /// during an outage. Rarely what you want; see [`Budget`].
+    pub const fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Makes each dependency's circuit breaker with `make`, called with the
+    /// dependency's name on its first request (and once by
+    /// [`Builder::build`], to reject a factory that fails).
+    ///
+    /// An attempt counts as a failure for the breaker when it failed
+    /// transiently (a retryable status or error) or answered `500`; a `404`
+    /// or `400` is a healthy dependency answering a bad request. A breaker
+    /// made here reports to the observer it was built with, not to
+    /// [`Builder::with_observer`]'s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use selfheal::breaker::Breaker;
+    /// use selfheal::http::ResilientMiddleware;
+    ///
+    /// let middleware = ResilientMiddleware::builder()
+    ///     .with_breaker(|dependency: &str| {
+    ///         Breaker::builder(dependency.to_owned())
+    ///             .with_failure_ratio(0.3)
+    ///             .with_break_duration(Duration::from_secs(10))
+    ///             .build()
+    ///     })
+    ///     .build()?;
+    /// # let _ = middleware;
+    /// # Ok::<(), selfheal::ConfigError>(())
+    /// ```
+    pub fn with_breaker<F>(mut self, make: F) -> Self
+    where
+        F: Fn(&str) -> Result<Breaker, ConfigError> + Send + Sync + 'static,
+    {
+        self.gates = GateFactory::Custom(Arc::new(make));
+        self
+    }
+
+    /// No circuit breaker.
+    pub fn without_breaker(mut self) -> Self {
+        self.gates = GateFactory::Off;
+        self
+    }
+
+    /// At most `max` dependencies get their own budget and breaker; requests
+    /// to further hosts share one, named `other`. Zero is rejected.
+    pub const fn with_max_dependencies(mut self, max: usize) -> Self {
+        self.max_dependencies = max;
+        self
+    }
+
+    /// Gives every POST, PATCH (any non-idempotent method) without an
+    /// `Idempotency-Key` a generated one, as if it carried
+    /// [`Idempotency::GenerateKey`](super::Idempotency::GenerateKey); use it
+    /// for clients of APIs that honour the header.
+    pub const fn with_generated_idempotency_keys(mut self, generate: bool) -> Self {
+        self.generate_keys = generate;
+        self
+    }
+
+    /// Reports events to `observer` instead of the global observer.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Draws backoff jitter from `random` (for deterministic tests).
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = Some(random);
+        self
+    }
+
+    /// The middleware.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for zero attempts, a zero timeout or deadline, an
+    /// invalid budget, or zero max dependencies.
+    pub fn build(self) -> Result<ResilientMiddleware, ConfigError> {
+        let mut policy = Policy::default()
+            .with_max_attempts(self.max_attempts)?
+            .with_backoff(self.backoff)
+            .with_max_delay(self.max_delay);
+        if let Some(deadline) = self.deadline {
+            policy = policy.with_deadline(deadline)?;
+        }
+        if self.attempt_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "attempt timeout must be greater than zero",
+            ));
+        }
+        if let Some((max_tokens, ratio)) = self.budget {
+            Budget::new(max_tokens, ratio)?;
+        }
+        if self.max_dependencies == 0 {
+            return Err(ConfigError::new("max dependencies must be at least 1"));
+        }
+        let mut gates = self.gates;
+        match &mut gates {
+            GateFactory::Custom(make) => {
+                make("selfheal-http-breaker-check")?;
+            }
+            GateFactory::Default(observer) => observer.clone_from(&self.observer),
+            GateFactory::Off => {}
+        }
+        if let Some(observer) = self.observer {
+            policy = policy.with_observer(observer);
+        }
+        if let Some(random) = self.random {
+            policy = policy.with_random(random);
+        }
+        let policy = policy.with_classifier(Classifier {
+            transient: self.transient,
+        });
+        Ok(ResilientMiddleware {
+            inner: Arc::new(super::Inner {
+                registry: Registry::new(Template {
+                    policy,
+                    budget: self.budget,
+                    gates,
+                    max_dependencies: self.max_dependencies,
+                }),
+                attempt_timeout: self.attempt_timeout,
+                generate_keys: self.generate_keys,
+            }),
+        })
+    }
+}
