@@ -198,6 +198,8 @@ pub(crate) struct RequestContext {
     route: Option<MatchedPath>,
     wants_json: bool,
     request_id: Option<HeaderValue>,
+    /// When the request started, when latency is observed (metrics).
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     start: Option<Instant>,
 }
 
