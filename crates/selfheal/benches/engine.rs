@@ -29,14 +29,13 @@
 // this bench is the one place that needs it.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -51,52 +50,11 @@ use selfheal::retry::{Backoff, Budget, Policy};
 // Allocation counting
 // ---------------------------------------------------------------------------
 
-/// Forwards to the system allocator; counts allocations while `COUNTING` is
-/// on (off during timing, so that allocating contenders are not slowed down
-/// by the counter).
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-impl CountingAlloc {
-    #[inline(always)]
-    fn count(&self) {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged; counting has no effect on the memory handed out.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 // ---------------------------------------------------------------------------
 // Driving futures
@@ -262,13 +220,13 @@ fn median_ns<R>(f: &mut impl FnMut() -> R, window: Duration) -> f64 {
 /// Heap allocations per call, over `calls` calls.
 fn allocs_per_call<R>(f: &mut impl FnMut() -> R, calls: u64) -> f64 {
     black_box(f()); // lazily initialised statics are not the call's cost
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::SeqCst);
+    counting_alloc::reset_allocations();
+    counting_alloc::start();
     for _ in 0..calls {
         black_box(f());
     }
-    COUNTING.store(false, Ordering::SeqCst);
-    ALLOCATIONS.load(Ordering::Relaxed) as f64 / calls as f64
+    counting_alloc::stop();
+    counting_alloc::allocations() as f64 / calls as f64
 }
 
 /// One contender: a closure doing one call, owning everything it needs, and

@@ -11,35 +11,19 @@
 //! Each timing is the median of 5 runs.
 #![allow(unsafe_code)] // the counting allocator below
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use selfheal::health::Monitor;
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates to the system allocator; only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 /// The guide's design, ported as a Python developer would write it in Rust.
 #[derive(Default)]
@@ -119,6 +103,7 @@ fn mib(bytes: isize) -> String {
 }
 
 fn main() {
+    counting_alloc::start();
     // Criterion-style CLI arguments (`--bench`) are ignored.
     // A started monitor, as a service runs it: its background task keeps the
     // coarse clock the record path reads.
@@ -197,23 +182,23 @@ fn main() {
 
     // Memory under 1,000,000 distinct fingerprints.
     let mut key = String::new();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live_bytes();
     let m = Monitor::builder().global(false).build().unwrap();
     for i in 0..1_000_000u32 {
         key.clear();
         write!(key, "/students/{i}").unwrap();
         m.record_error("Error", &key, &"boom");
     }
-    let ours_mem = LIVE.load(Ordering::Relaxed) - before;
+    let ours_mem = counting_alloc::live_bytes() - before;
     drop(m);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live_bytes();
     let b = Baseline::default();
     for i in 0..1_000_000u32 {
         key.clear();
         write!(key, "/students/{i}").unwrap();
         b.record("Error", &key);
     }
-    let base_mem = LIVE.load(Ordering::Relaxed) - before;
+    let base_mem = counting_alloc::live_bytes() - before;
     drop(b);
 
     let m_ev = |x: f64| format!("{:.1} M events/s", x / 1e6);

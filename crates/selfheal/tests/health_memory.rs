@@ -4,39 +4,23 @@
 //! measures live heap bytes before and after the input.
 #![allow(unsafe_code)] // the counting allocator below
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use selfheal::health::{Monitor, OTHER};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates to the system allocator; only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    counting_alloc::live_bytes()
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_million_distinct_fingerprints_keep_memory_flat() {
+    counting_alloc::start();
     let monitor = Monitor::builder().global(false).build().unwrap();
     let before = live();
     // The first 1,000 fill the table (the cap) ...
