@@ -62,6 +62,8 @@ enum Kind {
         cookie_key: [u8; 32],
         secure_cookie: bool,
         ttl: Duration,
+        /// Also admins: those the app's rule allows (see `or_predicate`).
+        also: Option<Predicate>,
     },
     Predicate(Predicate),
 }
@@ -70,12 +72,16 @@ impl fmt::Debug for AdminGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Token {
-                secure_cookie, ttl, ..
+                secure_cookie,
+                ttl,
+                also,
+                ..
             } => f
                 .debug_struct("AdminGuard::Token")
                 .field("token", &"<redacted>")
                 .field("secure_cookie", secure_cookie)
                 .field("ttl", ttl)
+                .field("or_predicate", &also.is_some())
                 .finish(),
             Kind::Predicate(_) => f.write_str("AdminGuard::Predicate"),
         }
@@ -115,6 +121,7 @@ impl AdminGuard {
                 cookie_key: derive.finalize().into(),
                 secure_cookie: true,
                 ttl: Duration::from_secs(12 * 3600),
+                also: None,
             },
         })
     }
@@ -140,6 +147,47 @@ impl AdminGuard {
         Self {
             kind: Kind::Predicate(Arc::new(move |request| Box::pin(allow(request)))),
         }
+    }
+
+    /// Admins are also those for whom `allow` says yes (the token still
+    /// works, and the login form stays). Useful when some users are flagged
+    /// admin in the app's own database:
+    ///
+    /// ```
+    /// use selfheal::web::AdminGuard;
+    ///
+    /// let guard = AdminGuard::token("a-long-random-admin-token-from-env")
+    ///     .unwrap()
+    ///     .or_predicate(|request: axum::http::Request<()>| async move {
+    ///         request.headers().get("x-admin").is_some()
+    ///     });
+    /// # let _ = guard;
+    /// ```
+    ///
+    /// On a predicate guard, the two predicates are combined: either allows.
+    pub fn or_predicate<F, Fut>(self, allow: F) -> Self
+    where
+        F: Fn(Request<()>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let allow: Predicate = Arc::new(move |request| Box::pin(allow(request)));
+        let kind = match self.kind {
+            Kind::Token {
+                digest,
+                cookie_key,
+                secure_cookie,
+                ttl,
+                also,
+            } => Kind::Token {
+                digest,
+                cookie_key,
+                secure_cookie,
+                ttl,
+                also: Some(either(also, allow)),
+            },
+            Kind::Predicate(first) => Kind::Predicate(either(Some(first), allow)),
+        };
+        Self { kind }
     }
 
     /// Whether the login cookie is `Secure` (sent over HTTPS only). Default
@@ -168,28 +216,27 @@ impl AdminGuard {
     pub(crate) async fn allows(&self, parts: &Parts) -> bool {
         match &self.kind {
             Kind::Token {
-                digest, cookie_key, ..
+                digest,
+                cookie_key,
+                also,
+                ..
             } => {
                 let bearer = parts
                     .headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
-                if let Some(presented) = bearer {
-                    return token_matches(digest, presented);
+                let by_token = match bearer {
+                    Some(presented) => token_matches(digest, presented),
+                    None => cookie_value(parts)
+                        .is_some_and(|value| verify_cookie(cookie_key, value, unix_now())),
+                };
+                match also {
+                    Some(allow) if !by_token => allow(request_of(parts)).await,
+                    _ => by_token,
                 }
-                cookie_value(parts)
-                    .is_some_and(|value| verify_cookie(cookie_key, value, unix_now()))
             }
-            Kind::Predicate(allow) => {
-                let mut request = Request::new(());
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                *request.extensions_mut() = parts.extensions.clone();
-                allow(request).await
-            }
+            Kind::Predicate(allow) => allow(request_of(parts)).await,
         }
     }
 
@@ -200,6 +247,7 @@ impl AdminGuard {
             cookie_key,
             secure_cookie,
             ttl,
+            ..
         } = &self.kind
         else {
             return None;
@@ -226,6 +274,42 @@ impl AdminGuard {
 }
 
 /// Constant-time: SHA-256 of the presented token, compared with `subtle`.
+/// A body-less copy of the request, for a predicate.
+fn request_of(parts: &Parts) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+/// `first` or `second`: `second` is asked only when `first` says no.
+fn either(first: Option<Predicate>, second: Predicate) -> Predicate {
+    match first {
+        None => second,
+        Some(first) => Arc::new(move |request: Request<()>| {
+            let first = first.clone();
+            let second = second.clone();
+            Box::pin(async move {
+                let copy = clone_request(&request);
+                first(request).await || second(copy).await
+            })
+        }),
+    }
+}
+
+fn clone_request(request: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
 fn token_matches(digest: &[u8; 32], presented: &str) -> bool {
     let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     presented.ct_eq(digest).into()

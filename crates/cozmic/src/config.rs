@@ -1,0 +1,391 @@
+//! Configuration: the environment (and `.env`), read once at start-up.
+//!
+//! Every problem is reported at once: a newcomer who sets three variables
+//! wrong gets one message naming the three, not three restarts. Nothing is
+//! required for a first run (SQLite in `./cozmic-data`, a generated secret
+//! key, mail written to files); `COZMIC_PRODUCTION=1` makes the variables a
+//! production deployment must set explicitly required.
+//!
+//! Secrets (`SECRET_KEY`, `ADMIN_TOKEN`, API keys, a password inside
+//! `SMTP_URL` or `DATABASE_URL`) never appear in `Debug` output or logs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret string: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Whether the app heals itself. Only the chaos harness turns it off, to
+/// show that its faults are real; there is no environment variable for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Healing {
+    /// Retries, fallbacks, session repair, the friendly error layer, the
+    /// durable email retry: everything selfheal offers.
+    #[default]
+    On,
+    /// The naive app the guide starts from: one attempt at everything, no
+    /// waiting on a locked database, raw errors, emails tried once.
+    Off,
+}
+
+/// How the app calls a flaky upstream (the AI provider, the payment API).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpstreamPolicy {
+    /// Attempts per call, the first included. Default 4.
+    pub max_attempts: u32,
+    /// Time allowed to one attempt. Default 4 s.
+    pub attempt_timeout: Duration,
+    /// Time allowed to the whole call, waits included. Default 15 s.
+    pub deadline: Duration,
+    /// Keep a retry budget per upstream (gRPC A6, 20 tokens, ratio 0.5).
+    /// Default on.
+    pub budget: bool,
+    /// Keep a circuit breaker per upstream. Default on.
+    pub breaker: bool,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            attempt_timeout: Duration::from_secs(4),
+            deadline: Duration::from_secs(15),
+            budget: true,
+            breaker: true,
+        }
+    }
+}
+
+/// Fault hooks for the chaos harness. Off by default and settable only in
+/// code ([`FaultHooks::armed`]): no environment variable or request can
+/// turn them on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultHooks {
+    armed: bool,
+}
+
+impl FaultHooks {
+    /// The request header that makes the handler panic when the hooks are
+    /// armed.
+    pub const PANIC_HEADER: &'static str = "x-cozmic-chaos-panic";
+
+    /// Hooks on: a request carrying [`PANIC_HEADER`](Self::PANIC_HEADER)
+    /// makes its handler panic. For the chaos harness only.
+    pub const fn armed() -> Self {
+        Self { armed: true }
+    }
+
+    /// Whether the hooks are on.
+    pub const fn is_armed(&self) -> bool {
+        self.armed
+    }
+}
+
+/// The AI provider (any OpenAI-compatible chat-completions API).
+#[derive(Clone, Debug)]
+pub struct OpenAi {
+    /// `OPENAI_API_KEY`.
+    pub api_key: Secret,
+    /// `OPENAI_BASE_URL`, default `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// `OPENAI_MODEL`, default `gpt-4o-mini`.
+    pub model: String,
+}
+
+/// The payment provider (a Stripe-compatible API).
+#[derive(Clone, Debug)]
+pub struct Stripe {
+    /// `STRIPE_API_KEY`.
+    pub api_key: Secret,
+    /// `STRIPE_BASE_URL`, default `https://api.stripe.com`.
+    pub base_url: String,
+}
+
+/// The app's configuration. [`Config::from_env`] reads it; tests and the
+/// chaos harness build it with [`Config::new`] and change fields.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `COZMIC_BIND`, default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// `COZMIC_DATA_DIR`, default `./cozmic-data`: the SQLite file, the key
+    /// file, the mail directory.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`: `sqlite:…` or `postgres://…`. Default: SQLite at
+    /// `<data dir>/cozmic.db`.
+    pub database_url: Option<Secret>,
+    /// `REDIS_URL`: sessions in Redis instead of the database.
+    pub redis_url: Option<Secret>,
+    /// `SECRET_KEY` (signs session cookies). When absent, a key file in the
+    /// data dir is used (generated on first start).
+    pub secret_key: Option<Secret>,
+    /// `ADMIN_TOKEN` (at least 16 characters): opens the admin pages.
+    pub admin_token: Option<Secret>,
+    /// `COZMIC_ADMIN_EMAILS`: students signing up with these addresses are
+    /// flagged admin.
+    pub admin_emails: Vec<String>,
+    /// The AI tutor's provider; `None` when `OPENAI_API_KEY` is not set.
+    pub openai: Option<OpenAi>,
+    /// The payment provider; `None` when `STRIPE_API_KEY` is not set.
+    pub stripe: Option<Stripe>,
+    /// `SMTP_URL` (`smtp://user:pass@host:587?tls=required`, or
+    /// `smtps://…`). `None`: emails are written to `<data dir>/mail/`.
+    pub smtp_url: Option<Secret>,
+    /// `COZMIC_MAIL_FROM`, default `CozmicLearning <hello@cozmic.local>`.
+    pub mail_from: String,
+    /// Whether the admin login cookie is `Secure`. Default: only when the
+    /// app is not bound to loopback (plain HTTP in development).
+    pub secure_cookies: bool,
+    /// How the AI and payment clients retry.
+    pub upstream: UpstreamPolicy,
+    /// Healing on (the default) or off (the chaos harness' control run).
+    pub healing: Healing,
+    /// Chaos hooks, off by default.
+    pub faults: FaultHooks,
+    /// How often the email worker looks for due messages. Default 500 ms.
+    pub mail_poll: Duration,
+}
+
+/// The configuration is wrong: every problem, in one message.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem (names and reasons, never values of secrets).
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// The defaults, with data in `data_dir`: nothing configured, SQLite,
+    /// mail to files, healing on, hooks off.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            redis_url: None,
+            secret_key: None,
+            admin_token: None,
+            admin_emails: Vec::new(),
+            openai: None,
+            stripe: None,
+            smtp_url: None,
+            mail_from: "CozmicLearning <hello@cozmic.local>".to_owned(),
+            secure_cookies: false,
+            upstream: UpstreamPolicy::default(),
+            healing: Healing::On,
+            faults: FaultHooks::default(),
+            mail_poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Reads `.env` (if present) and the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        if let Err(error) = selfheal::config::load_dotenv() {
+            return Err(ConfigError {
+                problems: vec![error.to_string()],
+            });
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup (a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut problems = Vec::new();
+
+        if get("COZMIC_PRODUCTION").as_deref() == Some("1") {
+            let required = ["SECRET_KEY", "ADMIN_TOKEN", "DATABASE_URL", "SMTP_URL"];
+            if let Err(missing) = selfheal::config::require_from(&required, &get) {
+                problems.push(format!("{missing} (COZMIC_PRODUCTION=1)"));
+            }
+        }
+
+        let mut config = Self::new(get("COZMIC_DATA_DIR").unwrap_or_else(|| "./cozmic-data".into()));
+        if let Some(bind) = get("COZMIC_BIND") {
+            match bind.parse() {
+                Ok(addr) => config.bind = addr,
+                Err(_) => problems.push(format!(
+                    "COZMIC_BIND: {bind:?} is not an address like 127.0.0.1:8080"
+                )),
+            }
+        }
+        config.secure_cookies = !config.bind.ip().is_loopback();
+        if let Some(url) = get("DATABASE_URL") {
+            if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                config.database_url = Some(Secret::new(url));
+            } else {
+                problems.push("DATABASE_URL: must start with sqlite: or postgres://".to_owned());
+            }
+        }
+        if let Some(url) = get("REDIS_URL") {
+            if url.starts_with("redis://") || url.starts_with("rediss://") {
+                config.redis_url = Some(Secret::new(url));
+            } else {
+                problems.push("REDIS_URL: must start with redis:// or rediss://".to_owned());
+            }
+        }
+        if let Some(key) = get("SECRET_KEY") {
+            if key.len() < selfheal::config::SecretKeyOptions::MIN_LEN {
+                problems.push(format!(
+                    "SECRET_KEY: at least {} characters are needed (it has {}); or unset it to use a generated key file",
+                    selfheal::config::SecretKeyOptions::MIN_LEN,
+                    key.len()
+                ));
+            } else {
+                config.secret_key = Some(Secret::new(key));
+            }
+        }
+        if let Some(token) = get("ADMIN_TOKEN") {
+            match selfheal::web::AdminGuard::token(&token) {
+                Ok(_) => config.admin_token = Some(Secret::new(token)),
+                Err(error) => problems.push(format!("ADMIN_TOKEN: {error}")),
+            }
+        }
+        if let Some(emails) = get("COZMIC_ADMIN_EMAILS") {
+            config.admin_emails = emails
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect();
+        }
+        let url_ok = |name: &str, value: &str, problems: &mut Vec<String>| {
+            if url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                true
+            } else {
+                problems.push(format!("{name}: {value:?} is not an http(s) URL"));
+                false
+            }
+        };
+        if let Some(api_key) = get("OPENAI_API_KEY") {
+            let base_url = get("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into());
+            if url_ok("OPENAI_BASE_URL", &base_url, &mut problems) {
+                config.openai = Some(OpenAi {
+                    api_key: Secret::new(api_key),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    model: get("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+                });
+            }
+        }
+        if let Some(api_key) = get("STRIPE_API_KEY") {
+            let base_url = get("STRIPE_BASE_URL").unwrap_or_else(|| "https://api.stripe.com".into());
+            if url_ok("STRIPE_BASE_URL", &base_url, &mut problems) {
+                config.stripe = Some(Stripe {
+                    api_key: Secret::new(api_key),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                });
+            }
+        }
+        if let Some(url) = get("SMTP_URL") {
+            if url.starts_with("smtp://") || url.starts_with("smtps://") {
+                config.smtp_url = Some(Secret::new(url));
+            } else {
+                problems.push("SMTP_URL: must start with smtp:// or smtps://".to_owned());
+            }
+        }
+        if let Some(from) = get("COZMIC_MAIL_FROM") {
+            if from.parse::<lettre::message::Mailbox>().is_ok() {
+                config.mail_from = from;
+            } else {
+                problems.push(format!("COZMIC_MAIL_FROM: {from:?} is not a mailbox like Name <a@b.c>"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The database URL in use (SQLite in the data dir by default).
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("cozmic.db").display()),
+        }
+    }
+
+    /// Where emails go when no SMTP server is configured.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn nothing_set_is_a_working_default() {
+        let config = from(&[]).unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert!(config.database_url().starts_with("sqlite://"));
+        assert!(config.openai.is_none() && config.stripe.is_none() && config.smtp_url.is_none());
+        assert_eq!(config.healing, Healing::On);
+        assert!(!config.faults.is_armed());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_without_secret_values() {
+        let error = from(&[
+            ("COZMIC_BIND", "localhost"),
+            ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+            ("ADMIN_TOKEN", "short"),
+            ("SECRET_KEY", "tiny-secret"),
+            ("OPENAI_API_KEY", "sk-test"),
+            ("OPENAI_BASE_URL", "ftp://nope"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.problems.len(), 5, "{error}");
+        let text = error.to_string();
+        for name in ["COZMIC_BIND", "DATABASE_URL", "ADMIN_TOKEN", "SECRET_KEY", "OPENAI_BASE_URL"] {
+            assert!(text.contains(name), "{text}");
+        }
+        assert!(!text.contains("hunter2") && !text.contains("tiny-secret") && !text.contains("short\""));
+    }
+
+    #[test]
+    fn production_requires_its_variables_by_name() {
+        let error = from(&[("COZMIC_PRODUCTION", "1"), ("ADMIN_TOKEN", "a-long-admin-token-0123")]).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("SECRET_KEY") && text.contains("DATABASE_URL") && text.contains("SMTP_URL"));
+        assert!(!text.contains("ADMIN_TOKEN"), "{text}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let config = from(&[
+            ("OPENAI_API_KEY", "sk-very-secret"),
+            ("ADMIN_TOKEN", "admin-token-0123456789"),
+            ("SMTP_URL", "smtp://u:pw-secret@mail.example.com:587"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("sk-very-secret") && !debug.contains("admin-token") && !debug.contains("pw-secret"));
+    }
+}

@@ -1,0 +1,223 @@
+//! cozmic: the selfheal reference app, a small learning platform.
+//!
+//! Students sign up, finish lessons for XP, ask an AI tutor, buy a premium
+//! plan and get emails. Each of those is a place where a real app breaks,
+//! and each uses the selfheal piece made for it:
+//!
+//! | where it hurts | what cozmic does | selfheal piece |
+//! |---|---|---|
+//! | saving progress while SQLite is locked | the whole transaction re-run, a lost commit looked up, not re-applied | [`db::Db`] on `selfheal::db::Runner` with the guard |
+//! | the AI provider fails or rate-limits | retried (it has no side effects), `Retry-After` obeyed, a budget and a breaker; then a kind 503 | [`upstream::Tutor`] on `selfheal::http` |
+//! | the payment API fails mid-purchase | retried with one `Idempotency-Key` per purchase: never charged twice | [`upstream::Payments`] |
+//! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries for a day | [`mail::Mailer`] on `selfheal::supervise` |
+//! | a corrupt or tampered session | repaired field by field, or a fresh session, never a 500 | [`session::Visitor`] on `selfheal::session` |
+//! | a panic or a bug | caught, recorded, a kind page with a request id | `selfheal::web::HealLayer` |
+//! | "is it healthy?" | `/healthz`, `/readyz`, `/metrics`, the admin dashboard | `selfheal::health`, `selfheal::web` |
+//!
+//! [`app`] builds the router from an [`AppState`]; [`start`] opens
+//! everything from a [`Config`](config::Config) and serves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use selfheal::health::{CheckOptions, Monitor};
+use selfheal::supervise::{SupervisedHandle, Supervisor};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub mod config;
+pub mod db;
+pub mod lessons;
+pub mod mail;
+pub mod session;
+pub mod store;
+pub mod upstream;
+mod web;
+
+pub use web::app;
+
+use config::{Config, Healing};
+use db::Db;
+use mail::Mailer;
+use store::Store;
+use upstream::{Payments, Tutor};
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Db,
+    store: Store,
+    monitor: Monitor,
+    tutor: Tutor,
+    payments: Payments,
+    mailer: Mailer,
+    config: Config,
+    secret: selfheal::config::SecretKey,
+}
+
+impl AppState {
+    /// Opens the database (migrating and healing its schema), the session
+    /// store and the upstream clients for `config`.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        selfheal::tls::install_default_crypto_provider();
+        let monitor = Monitor::builder().global(false).start()?;
+        let db = Db::open(&config, &monitor).await?;
+        let store = Store::open(&db, config.redis_url.as_ref().map(|u| u.expose())).await?;
+        let secret = match &config.secret_key {
+            Some(key) => selfheal::config::SecretKeyOptions::new()
+                .load_from(|_| Some(key.expose().to_owned()))?,
+            None => selfheal::config::SecretKeyOptions::new()
+                .key_file(config.data_dir.join("secret_key"))
+                .load_from(|_| None)?,
+        };
+        let http = |()| upstream::client(config.healing, config.upstream, &monitor);
+        let tutor = Tutor::new(http(())?, config.openai.clone());
+        let payments = Payments::new(http(())?, config.stripe.clone());
+        let mailer = Mailer::new(&config, db.clone(), monitor.clone())?;
+        {
+            let db = db.clone();
+            monitor.register_check("database", CheckOptions::default(), move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(|e| e.to_string()) }
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                store,
+                monitor,
+                tutor,
+                payments,
+                mailer,
+                config,
+                secret,
+            }),
+        })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The health monitor every heal and error is reported to.
+    pub fn monitor(&self) -> &Monitor {
+        &self.inner.monitor
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The email outbox worker.
+    pub fn mailer(&self) -> &Mailer {
+        &self.inner.mailer
+    }
+
+    fn healing(&self) -> Healing {
+        self.inner.config.healing
+    }
+}
+
+/// A running cozmic: its address, its state, and a way to stop it.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    workers: Vec<SupervisedHandle>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The app's state (its database, its monitor).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting requests, lets the ones in flight finish (up to 10 s),
+    /// stops the workers and closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        for worker in self.workers {
+            worker.shutdown().await;
+        }
+        self.state.db().close().await;
+    }
+
+    /// Serves until the server stops (it stops on [`shutdown`](Self::shutdown)
+    /// from elsewhere, or on Ctrl-C / SIGTERM when started by the binary).
+    pub async fn wait_for_signal(self) {
+        selfheal::supervise::ctrl_c_or_terminate().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Opens everything for `config`, binds `config.bind` (port 0 picks a free
+/// one) and serves; the email worker and the expired-session cleaner run
+/// supervised.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let bind = config.bind;
+    let state = AppState::open(config).await?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    serve(state, listener).await
+}
+
+/// Serves `state` on `listener`.
+pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let router: Router = app(state.clone());
+    let (stop, mut stopped) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let mut workers = vec![state.mailer().spawn()];
+    let store = state.inner.store.clone();
+    workers.push(
+        Supervisor::new("session-cleanup")
+            .with_monitor(state.monitor().clone())
+            .spawn(move |mut shutdown| {
+                let store = store.clone();
+                async move {
+                    tokio::select! {
+                        () = shutdown.recv() => Ok(()),
+                        result = store.delete_expired_forever(Duration::from_secs(600)) => result,
+                    }
+                }
+            }),
+    );
+    tracing::info!(%addr, "cozmic is listening");
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        server,
+        workers,
+    })
+}

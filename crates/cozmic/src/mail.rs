@@ -1,0 +1,209 @@
+//! Email, done durably: the guide's `send_email_notification` with
+//! `@auto_retry`, without its failure modes.
+//!
+//! Retrying an SMTP call inside the request has two problems: the student
+//! waits for the mail server, and when the process restarts mid-retry the
+//! email is gone. So an email is a row in the `outbox` table, written in the
+//! same transaction as the change that causes it (a sign-up, a level-up, a
+//! purchase): if the change commits, the email exists; if not, neither does.
+//! A [supervised](selfheal::supervise) worker delivers due rows, marks them
+//! sent, and on failure schedules the next attempt with exponential backoff
+//! and jitter in the row itself, so retries survive restarts.
+//!
+//! Delivered exactly once: the Message-ID is derived from the outbox id and
+//! the database's instance tag, so a receiver can recognise a repeat; into
+//! the mail directory (no `SMTP_URL`), a message whose file already exists
+//! is not written again, so even a crash between delivery and "mark sent"
+//! does not duplicate it. Over SMTP that window (the server said 250, the
+//! process died before the row was updated) remains, as with every SMTP
+//! client; the stable Message-ID is what lets the receiving side collapse it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::{Mailbox, Message, header::ContentType};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use selfheal::health::Monitor;
+use selfheal::retry::{Backoff, Jitter, ThreadRandom};
+use selfheal::supervise::{ShutdownSignal, SupervisedHandle, Supervisor};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Healing};
+use crate::db::{Db, OutboxEmail};
+
+/// Attempts before an email is given up on (about a day of backoff).
+pub const MAX_ATTEMPTS: i64 = 25;
+
+/// Where emails go.
+#[derive(Clone)]
+pub enum Transport {
+    /// An SMTP server (`SMTP_URL`).
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// One `.eml` file per message in this directory.
+    Directory(PathBuf),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The URL may hold a password: never shown.
+            Transport::Smtp(_) => f.write_str("Transport::Smtp"),
+            Transport::Directory(dir) => f.debug_tuple("Transport::Directory").field(dir).finish(),
+        }
+    }
+}
+
+impl Transport {
+    /// The transport `config` asks for.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        match &config.smtp_url {
+            Some(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+                    .map_err(|_| anyhow::anyhow!("SMTP_URL is not a valid SMTP URL"))?
+                    .timeout(Some(Duration::from_secs(10)))
+                    .build();
+                Ok(Transport::Smtp(transport))
+            }
+            None => {
+                let dir = config.mail_dir();
+                std::fs::create_dir_all(&dir)?;
+                Ok(Transport::Directory(dir))
+            }
+        }
+    }
+}
+
+/// The outbox worker's settings and wake-up bell.
+#[derive(Clone, Debug)]
+pub struct Mailer {
+    db: Db,
+    transport: Transport,
+    from: Mailbox,
+    healing: Healing,
+    poll: Duration,
+    wake: Arc<Notify>,
+    monitor: Monitor,
+}
+
+impl Mailer {
+    /// A mailer for `config` on `db`.
+    pub fn new(config: &Config, db: Db, monitor: Monitor) -> anyhow::Result<Self> {
+        Ok(Self {
+            db,
+            transport: Transport::from_config(config)?,
+            from: config
+                .mail_from
+                .parse()
+                .map_err(|_| anyhow::anyhow!("COZMIC_MAIL_FROM is not a mailbox"))?,
+            healing: config.healing,
+            poll: config.mail_poll,
+            wake: Arc::new(Notify::new()),
+            monitor,
+        })
+    }
+
+    /// Wakes the worker (a new email was enqueued).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the worker, supervised: restarted with backoff if it fails,
+    /// reported critical on the monitor if it keeps failing.
+    pub fn spawn(&self) -> SupervisedHandle {
+        let mailer = self.clone();
+        Supervisor::new("outbox")
+            .with_monitor(self.monitor.clone())
+            .spawn(move |shutdown| mailer.clone().run(shutdown))
+    }
+
+    async fn run(self, mut shutdown: ShutdownSignal) -> anyhow::Result<()> {
+        let tag = self.db.instance_tag().await?;
+        loop {
+            let due = self.db.due_emails(20).await?;
+            let busy = due.len() == 20;
+            for email in due {
+                if shutdown.is_shutdown() {
+                    return Ok(());
+                }
+                self.deliver(&tag, email).await?;
+            }
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.recv() => return Ok(()),
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// One attempt at one email; the outcome is written to its row.
+    async fn deliver(&self, tag: &str, email: OutboxEmail) -> anyhow::Result<()> {
+        match self.send(tag, &email).await {
+            Ok(()) => {
+                self.db.mark_sent(email.id).await?;
+                if email.attempts > 0 {
+                    self.monitor.record_heal(selfheal::health::HealKind::RetryRecovered, "email:outbox");
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                self.monitor.record_error("EmailDeliveryError", "email:outbox", &message);
+                let attempts = email.attempts + 1;
+                if self.healing == Healing::Off || attempts >= MAX_ATTEMPTS {
+                    tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");
+                    self.db.mark_failed(email.id, &message).await?;
+                } else {
+                    let delay = retry_delay(attempts as u32);
+                    tracing::warn!(outbox_id = email.id, attempts, ?delay, error = %message, "email delivery failed; will retry");
+                    self.db.mark_retry(email.id, delay, &message).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, tag: &str, email: &OutboxEmail) -> anyhow::Result<()> {
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(email.recipient.parse()?)
+            .subject(email.subject.clone())
+            .message_id(Some(message_id(email.id, tag)))
+            .header(ContentType::TEXT_PLAIN)
+            .body(email.body.clone())?;
+        match &self.transport {
+            Transport::Smtp(smtp) => {
+                smtp.send(message).await?;
+            }
+            Transport::Directory(dir) => {
+                let path = dir.join(format!("{:08}.eml", email.id));
+                if tokio::fs::try_exists(&path).await? {
+                    // Delivered before, not marked: do not deliver twice.
+                    return Ok(());
+                }
+                let partial = dir.join(format!(".{:08}.eml.partial", email.id));
+                tokio::fs::write(&partial, message.formatted()).await?;
+                tokio::fs::rename(&partial, &path).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Message-ID of outbox email `id` in the database tagged `tag`.
+pub fn message_id(id: i64, tag: &str) -> String {
+    format!("<outbox-{id}.{tag}@cozmic.local>")
+}
+
+/// The wait before attempt `attempts + 1`: exponential from 2 s, factor 2,
+/// capped at 1 hour, full jitter (selfheal's backoff).
+fn retry_delay(attempts: u32) -> Duration {
+    let backoff = Backoff::exponential(Duration::from_secs(2), 2.0, Duration::from_secs(3600))
+        .expect("valid backoff")
+        .with_jitter(Jitter::Full);
+    backoff
+        .delay(attempts, Duration::ZERO, &ThreadRandom)
+        .max(Duration::from_millis(200))
+}

@@ -1,0 +1,888 @@
+//! Pages and routes.
+
+use std::time::Duration;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use selfheal::health::HealKind;
+use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
+use serde::Deserialize;
+use tower_sessions::cookie::Key;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+use crate::config::{FaultHooks, Healing};
+use crate::db::{self, NewEmail, SignupError};
+use crate::lessons::{self, LESSONS};
+use crate::session::{StudentSession, Visitor};
+use crate::upstream::UpstreamError;
+use crate::AppState;
+
+/// The router: pages, the admin dashboard, probes and metrics, with the
+/// session layer and (healing on) selfheal's `HealLayer` around them.
+pub fn app(state: AppState) -> Router {
+    let monitor = state.monitor().clone();
+    let config = state.config();
+    let healing = config.healing;
+
+    let admin_db = state.db().clone();
+    let is_admin_student = move |request: axum::http::Request<()>| {
+        let db = admin_db.clone();
+        async move {
+            let Some(session) = request.extensions().get::<Session>().cloned() else {
+                return false;
+            };
+            let id = match healing {
+                Healing::On => session.get::<i64>("student_id").await.ok().flatten(),
+                Healing::Off => session
+                    .get::<StudentSession>("student")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.student_id),
+            };
+            match id {
+                Some(id) => db.is_admin(id).await,
+                None => false,
+            }
+        }
+    };
+    let guard = match &config.admin_token {
+        Some(token) => AdminGuard::token(token.expose())
+            .expect("validated by Config")
+            .with_secure_cookie(config.secure_cookies)
+            .or_predicate(is_admin_student),
+        None => AdminGuard::predicate(is_admin_student),
+    };
+
+    let sessions = SessionManagerLayer::new(state.inner.store.clone())
+        .with_name("cozmic_session")
+        .with_secure(config.secure_cookies)
+        .with_same_site(SameSite::Lax)
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(14)))
+        .with_signed(Key::from(state.inner.secret.as_bytes()));
+
+    let mut pages = Router::new()
+        .route("/", get(home))
+        .route("/signup", get(signup_form).post(signup))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/dashboard", get(dashboard))
+        .route("/lessons", get(lesson_list))
+        .route("/lessons/{id}", get(lesson))
+        .route("/lessons/{id}/complete", post(complete_lesson))
+        .route("/tutor", get(tutor_page).post(ask_tutor))
+        .route("/premium", get(premium_page))
+        .route("/premium/subscribe", post(subscribe))
+        .fallback(not_found)
+        .with_state(state.clone())
+        .merge(admin_routes(Dashboard::new(monitor.clone(), guard).with_service_name("cozmic")));
+    if config.faults.is_armed() {
+        pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
+    }
+    let pages = pages
+        .layer(sessions)
+        .layer(Extension(healing))
+        .layer(Extension(selfheal::session::CookieName("cozmic_session")));
+    let metrics = selfheal::metrics::Metrics::install().ok();
+    let pages = match healing {
+        Healing::On => {
+            let mut heal = HealLayer::new(monitor.clone());
+            if let Some(metrics) = &metrics {
+                heal = heal.with_metrics(metrics);
+            }
+            pages.layer(heal)
+        }
+        Healing::Off => pages.layer(Extension(monitor.clone())),
+    };
+    let mut router = pages.merge(selfheal::web::probes(monitor.clone()));
+    if let Some(metrics) = &metrics {
+        router = router.merge(metrics.routes(monitor));
+    }
+    router
+}
+
+/// The chaos hook: a request with the panic header panics in the handler
+/// chain (armed hooks only: this layer is not even installed otherwise).
+async fn panic_on_demand(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if request.headers().contains_key(FaultHooks::PANIC_HEADER) {
+        panic!("chaos: panic requested by the fault hook");
+    }
+    next.run(request).await
+}
+
+/// What every page needs for its header.
+struct Chrome {
+    signed_in: bool,
+    theme: String,
+}
+
+impl Chrome {
+    fn of(visitor: &Visitor) -> Self {
+        Self {
+            signed_in: visitor.student_id().is_some(),
+            theme: visitor.data.theme.clone(),
+        }
+    }
+}
+
+/// A handler's failure. Never shows its cause: a 500 is answered (and, with
+/// healing on, replaced by the friendly page and recorded by `HealLayer`).
+#[derive(Debug)]
+enum AppError {
+    Internal(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for AppError {
+    fn from(error: E) -> Self {
+        AppError::Internal(error.into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let AppError::Internal(error) = self;
+        tracing::error!(error = %selfheal::web::redact(&format!("{error:#}")), "request failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+    }
+}
+
+type Page = Result<Response, AppError>;
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = fastrand::u128(..).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_token(value: &str) -> bool {
+    (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+// ---------------------------------------------------------------- home, auth
+
+#[derive(Template, WebTemplate)]
+#[template(path = "home.html")]
+struct HomePage {
+    signed_in: bool,
+    theme: String,
+}
+
+async fn home(visitor: Visitor) -> Response {
+    if visitor.student_id().is_some() {
+        return see_other("/dashboard");
+    }
+    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    HomePage { signed_in, theme }.into_response()
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "signup.html")]
+struct SignupPage {
+    signed_in: bool,
+    theme: String,
+    error: Option<String>,
+    name: String,
+    email: String,
+}
+
+#[derive(Deserialize)]
+struct SignupForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn signup_form(visitor: Visitor) -> Response {
+    if visitor.student_id().is_some() {
+        return see_other("/dashboard");
+    }
+    SignupPage {
+        signed_in: false,
+        theme: visitor.data.theme.clone(),
+        error: None,
+        name: String::new(),
+        email: String::new(),
+    }
+    .into_response()
+}
+
+fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
+    let name = form.name.trim();
+    let email = form.email.trim();
+    if name.is_empty() || name.chars().count() > 60 {
+        return Err("Please enter your name (up to 60 characters).");
+    }
+    let valid_email = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid_email {
+        return Err("Please enter a valid email address, like ada@example.com.");
+    }
+    let length = form.password.chars().count();
+    if !(8..=128).contains(&length) {
+        return Err("Please choose a password of 8 to 128 characters.");
+    }
+    Ok(())
+}
+
+async fn signup(State(state): State<AppState>, mut visitor: Visitor, form: Result<Form<SignupForm>, axum::extract::rejection::FormRejection>) -> Page {
+    let Ok(Form(form)) = form else {
+        return Ok(signup_error(&visitor, "The form could not be read. Please try again.", "", ""));
+    };
+    if let Err(message) = validate_signup(&form) {
+        return Ok(signup_error(&visitor, message, &form.name, &form.email));
+    }
+    let name = form.name.trim().to_owned();
+    let email = form.email.trim().to_ascii_lowercase();
+    let password = form.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
+    let is_admin = state.config().admin_emails.iter().any(|a| *a == email);
+    let welcome = NewEmail {
+        kind: "welcome".to_owned(),
+        subject: "Welcome to CozmicLearning!".to_owned(),
+        body: format!(
+            "Hi {name},\n\nWelcome aboard! Your first lesson is waiting: finish it for your first 10 XP.\n\nSee you among the stars,\nCozmicLearning\n"
+        ),
+    };
+    match state.db().create_student(&email, &name, &hash, is_admin, welcome).await {
+        Ok(id) => {
+            state.mailer().wake();
+            visitor
+                .sign_in(StudentSession {
+                    student_id: Some(id),
+                    name,
+                    ..StudentSession::default()
+                })
+                .await?;
+            Ok(see_other("/dashboard"))
+        }
+        Err(SignupError::EmailTaken) => Ok(signup_error(
+            &visitor,
+            "An account with this email already exists. Log in instead?",
+            &form.name,
+            &form.email,
+        )),
+        Err(SignupError::Db(error)) => Err(error.into()),
+    }
+}
+
+fn signup_error(visitor: &Visitor, message: &str, name: &str, email: &str) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        SignupPage {
+            signed_in: false,
+            theme: visitor.data.theme.clone(),
+            error: Some(message.to_owned()),
+            name: name.chars().take(60).collect(),
+            email: email.chars().take(254).collect(),
+        },
+    )
+        .into_response()
+}
+
+fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+struct LoginPage {
+    signed_in: bool,
+    theme: String,
+    error: Option<String>,
+    email: String,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn login_form(visitor: Visitor) -> Response {
+    if visitor.student_id().is_some() {
+        return see_other("/dashboard");
+    }
+    LoginPage {
+        signed_in: false,
+        theme: visitor.data.theme.clone(),
+        error: None,
+        email: String::new(),
+    }
+    .into_response()
+}
+
+async fn login(State(state): State<AppState>, mut visitor: Visitor, form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>) -> Page {
+    let form = form.map(|Form(f)| f).unwrap_or(LoginForm {
+        email: String::new(),
+        password: String::new(),
+    });
+    let email = form.email.trim().to_ascii_lowercase();
+    let record = if email.is_empty() || email.len() > 254 || form.password.len() > 128 {
+        None
+    } else {
+        state.db().login_record(&email).await?
+    };
+    let password = form.password;
+    let verified = match record {
+        Some((id, name, hash)) => tokio::task::spawn_blocking(move || verify_password(&password, &hash).then_some((id, name))).await?,
+        None => None,
+    };
+    let Some((id, name)) = verified else {
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            LoginPage {
+                signed_in: false,
+                theme: visitor.data.theme.clone(),
+                error: Some("That email and password do not match an account.".to_owned()),
+                email: email.chars().take(254).collect(),
+            },
+        )
+            .into_response());
+    };
+    visitor
+        .sign_in(StudentSession {
+            student_id: Some(id),
+            name,
+            ..StudentSession::default()
+        })
+        .await?;
+    Ok(see_other("/dashboard"))
+}
+
+async fn logout(mut visitor: Visitor) -> Page {
+    visitor.sign_out().await?;
+    Ok(see_other("/"))
+}
+
+/// The signed-in student, or a redirect to the login page.
+async fn signed_in(state: &AppState, visitor: &mut Visitor) -> Result<Result<db::Student, Response>, AppError> {
+    let Some(id) = visitor.student_id() else {
+        return Ok(Err(see_other("/login")));
+    };
+    match state.db().student(id).await? {
+        Some(student) => Ok(Ok(student)),
+        None => {
+            visitor.sign_out().await?;
+            Ok(Err(see_other("/login")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- dashboard, lessons
+
+#[derive(Template, WebTemplate)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    signed_in: bool,
+    theme: String,
+    student: db::Student,
+    level: i64,
+    level_progress: i64,
+    flash: Option<String>,
+    next_lesson: Option<&'static lessons::Lesson>,
+    activity: Vec<ActivityItem>,
+}
+
+struct ActivityItem {
+    points: i64,
+    title: &'static str,
+    when: String,
+}
+
+#[derive(Deserialize)]
+struct DashboardQuery {
+    done: Option<String>,
+}
+
+fn ago(created_at_ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let seconds = ((now - created_at_ms) / 1000).max(0);
+    match seconds {
+        0..60 => "just now".to_owned(),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+async fn dashboard(State(state): State<AppState>, mut visitor: Visitor, query: Result<Query<DashboardQuery>, axum::extract::rejection::QueryRejection>) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let activity = state.db().recent_activity(student.id, 5).await?;
+    let done = state.db().completed_lessons(student.id).await?;
+    let level = db::level(student.xp);
+    // Refresh the session's cached values (only changes are written).
+    visitor.data.name = student.name.clone();
+    visitor.data.xp = student.xp;
+    visitor.data.level = level;
+    visitor.data.streak = student.streak;
+    visitor.save().await?;
+    let flash = query
+        .ok()
+        .and_then(|Query(q)| q.done)
+        .and_then(|id| lessons::find(&id))
+        .map(|lesson| format!("Lesson complete: {} (+{} XP)", lesson.title, db::LESSON_XP));
+    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    Ok(DashboardPage {
+        signed_in,
+        theme,
+        level,
+        level_progress: student.xp % db::XP_PER_LEVEL,
+        flash,
+        next_lesson: LESSONS.iter().find(|l| !done.iter().any(|d| d == l.id)).or(LESSONS.first()),
+        activity: activity
+            .into_iter()
+            .map(|a| ActivityItem {
+                points: a.points,
+                title: lessons::find(&a.lesson_id).map_or("a lesson", |l| l.title),
+                when: ago(a.created_at),
+            })
+            .collect(),
+        student,
+    }
+    .into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "lessons.html")]
+struct LessonsPage {
+    signed_in: bool,
+    theme: String,
+    lessons: Vec<LessonItem>,
+}
+
+struct LessonItem {
+    id: &'static str,
+    title: &'static str,
+    summary: &'static str,
+    done: bool,
+}
+
+async fn lesson_list(State(state): State<AppState>, mut visitor: Visitor) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let done = state.db().completed_lessons(student.id).await?;
+    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    Ok(LessonsPage {
+        signed_in,
+        theme,
+        lessons: LESSONS
+            .iter()
+            .map(|l| LessonItem {
+                id: l.id,
+                title: l.title,
+                summary: l.summary,
+                done: done.iter().any(|d| d == l.id),
+            })
+            .collect(),
+    }
+    .into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "lesson.html")]
+struct LessonPage {
+    signed_in: bool,
+    theme: String,
+    id: &'static str,
+    title: &'static str,
+    body: &'static [&'static str],
+    nonce: String,
+}
+
+async fn lesson(State(state): State<AppState>, mut visitor: Visitor, Path(id): Path<String>) -> Page {
+    if let Err(redirect) = signed_in(&state, &mut visitor).await? {
+        return Ok(redirect);
+    }
+    let Some(lesson) = lessons::find(&id) else {
+        return Ok(message(&visitor, StatusCode::NOT_FOUND, "No such lesson", "That lesson does not exist (any more)."));
+    };
+    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    Ok(LessonPage {
+        signed_in,
+        theme,
+        id: lesson.id,
+        title: lesson.title,
+        body: lesson.body,
+        nonce: random_token(),
+    }
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct CompleteForm {
+    #[serde(default)]
+    nonce: String,
+}
+
+/// The guide's save-progress: +10 XP and a ledger row, once per form.
+async fn complete_lesson(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    Path(id): Path<String>,
+    form: Result<Form<CompleteForm>, axum::extract::rejection::FormRejection>,
+) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let Some(lesson) = lessons::find(&id) else {
+        return Ok(message(&visitor, StatusCode::NOT_FOUND, "No such lesson", "That lesson does not exist (any more)."));
+    };
+    let nonce = form.map(|Form(f)| f.nonce).unwrap_or_default();
+    if !is_token(&nonce) {
+        return Ok(message(
+            &visitor,
+            StatusCode::BAD_REQUEST,
+            "Please try again",
+            "This form has expired. Open the lesson again and press the button once more.",
+        ));
+    }
+    let level_up = |level: i64| NewEmail {
+        kind: "level_up".to_owned(),
+        subject: format!("You reached level {level}!"),
+        body: format!("Congratulations: you reached level {level} on CozmicLearning. Keep the streak going!\n"),
+    };
+    let completion = state.db().complete_lesson(student.id, lesson.id, &nonce, level_up).await?;
+    if completion.applied {
+        state.mailer().wake();
+    }
+    Ok(see_other(&format!("/dashboard?done={}", lesson.id)))
+}
+
+// ---------------------------------------------------------------- tutor
+
+#[derive(Template, WebTemplate)]
+#[template(path = "tutor.html")]
+struct TutorPage {
+    signed_in: bool,
+    theme: String,
+    configured: bool,
+    notice: Option<String>,
+    retry_after: u64,
+    error: Option<String>,
+    asked: String,
+    answer: Option<String>,
+    history: Vec<db::Question>,
+}
+
+impl TutorPage {
+    fn new(visitor: &Visitor, configured: bool, history: Vec<db::Question>) -> Self {
+        let Chrome { signed_in, theme } = Chrome::of(visitor);
+        Self {
+            signed_in,
+            theme,
+            configured,
+            notice: None,
+            retry_after: 0,
+            error: None,
+            asked: String::new(),
+            answer: None,
+            history,
+        }
+    }
+}
+
+async fn tutor_page(State(state): State<AppState>, mut visitor: Visitor) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let history = state.db().recent_questions(student.id, 5).await?;
+    Ok(TutorPage::new(&visitor, state.inner.tutor.is_configured(), history).into_response())
+}
+
+#[derive(Deserialize)]
+struct AskForm {
+    #[serde(default)]
+    question: String,
+}
+
+/// The guide's ask-question: retried through the middleware; when the
+/// provider is still failing, a friendly 503 with Retry-After, and the
+/// question is kept.
+async fn ask_tutor(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    form: Result<Form<AskForm>, axum::extract::rejection::FormRejection>,
+) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let question = form.map(|Form(f)| f.question).unwrap_or_default();
+    let question = question.trim();
+    let tutor = &state.inner.tutor;
+    if question.is_empty() || question.chars().count() > 2000 {
+        let history = state.db().recent_questions(student.id, 5).await?;
+        let mut page = TutorPage::new(&visitor, tutor.is_configured(), history);
+        page.error = Some("Please write a question of up to 2,000 characters.".to_owned());
+        page.asked = question.chars().take(2000).collect();
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
+    }
+    let outcome = tutor.ask(question).await;
+    let (answer, status, unavailable) = match outcome {
+        Ok(answer) => (Some(answer), "answered", None),
+        Err(UpstreamError::NotConfigured) => (None, "unconfigured", None),
+        Err(error) if state.healing() == Healing::Off => return Err(anyhow::anyhow!("AI tutor failed: {error}").into()),
+        Err(UpstreamError::Unavailable { retry_after }) => (None, "unavailable", Some(retry_after)),
+        Err(error) => {
+            state.monitor().record_error("TutorError", "ai:ask", &error);
+            (None, "unavailable", Some(Duration::from_secs(60)))
+        }
+    };
+    state.db().save_question(student.id, question, answer.as_deref(), status).await?;
+    let history = state.db().recent_questions(student.id, 5).await?;
+    let mut page = TutorPage::new(&visitor, tutor.is_configured(), history.into_iter().skip(1).collect());
+    page.asked = question.to_owned();
+    page.answer = answer;
+    match unavailable {
+        None => Ok(page.into_response()),
+        Some(retry_after) => {
+            state.monitor().record_heal(HealKind::FallbackUsed, "ai:ask");
+            let seconds = retry_after.as_secs().max(1);
+            page.notice = Some("The AI tutor is temporarily unavailable.".to_owned());
+            page.retry_after = seconds;
+            Ok(unavailable_response(seconds, page.into_response()))
+        }
+    }
+}
+
+fn unavailable_response(retry_after_secs: u64, page: Response) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    (StatusCode::SERVICE_UNAVAILABLE, Friendly, headers, page).into_response()
+}
+
+// ---------------------------------------------------------------- premium
+
+#[derive(Template, WebTemplate)]
+#[template(path = "premium.html")]
+struct PremiumPage {
+    signed_in: bool,
+    theme: String,
+    configured: bool,
+    premium: bool,
+    purchase: String,
+    notice: Option<String>,
+    success: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PremiumQuery {
+    ok: Option<String>,
+}
+
+async fn premium_page(State(state): State<AppState>, mut visitor: Visitor, query: Result<Query<PremiumQuery>, axum::extract::rejection::QueryRejection>) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    Ok(PremiumPage {
+        signed_in,
+        theme,
+        configured: state.inner.payments.is_configured(),
+        premium: student.premium == 1,
+        purchase: random_token(),
+        notice: None,
+        success: query
+            .ok()
+            .and_then(|Query(q)| q.ok)
+            .filter(|_| student.premium == 1)
+            .map(|_| "Payment received: welcome to Premium!".to_owned()),
+    }
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct SubscribeForm {
+    #[serde(default)]
+    purchase: String,
+}
+
+/// A purchase: one Idempotency-Key per purchase form, so a retry (ours or
+/// the student pressing again) is charged once.
+async fn subscribe(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    form: Result<Form<SubscribeForm>, axum::extract::rejection::FormRejection>,
+) -> Page {
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
+    if student.premium == 1 {
+        return Ok(see_other("/premium?ok=1"));
+    }
+    let payments = &state.inner.payments;
+    if !payments.is_configured() {
+        return Ok(see_other("/premium"));
+    }
+    let purchase = form.map(|Form(f)| f.purchase).unwrap_or_default();
+    if !is_token(&purchase) {
+        return Ok(message(
+            &visitor,
+            StatusCode::BAD_REQUEST,
+            "Please try again",
+            "This form has expired. Open the Premium page again. You have not been charged.",
+        ));
+    }
+    let key = format!("cozmic-premium-{}-{purchase}", student.id);
+    state
+        .db()
+        .begin_payment(student.id, &key, crate::upstream::PREMIUM_PRICE_CENTS)
+        .await?;
+    match payments.charge_premium(student.id, &key).await {
+        Ok(provider_id) => {
+            let email = NewEmail {
+                kind: "premium".to_owned(),
+                subject: "Your CozmicLearning Premium receipt".to_owned(),
+                body: format!("Thank you! Your payment {provider_id} of $9.00 was received and Premium is active.\n"),
+            };
+            state.db().complete_payment(student.id, &key, &provider_id, email).await?;
+            state.mailer().wake();
+            Ok(see_other("/premium?ok=1"))
+        }
+        Err(error) if state.healing() == Healing::Off => Err(anyhow::anyhow!("payment failed: {error}").into()),
+        Err(UpstreamError::Refused(status)) => {
+            state.db().fail_payment(&key).await?;
+            state.monitor().record_error("PaymentRefused", "payments:charge", &format!("HTTP {status}"));
+            Ok(message(
+                &visitor,
+                StatusCode::PAYMENT_REQUIRED,
+                "The payment was declined",
+                "The payment provider declined this payment. You have not been charged.",
+            ))
+        }
+        Err(error) => {
+            // The outcome may be unknown (a timeout after the charge): the
+            // payment stays pending, and the same form retries with the same
+            // key, which the provider answers without charging again.
+            let retry_after = match error {
+                UpstreamError::Unavailable { retry_after } => retry_after.as_secs().max(1),
+                _ => 60,
+            };
+            state.monitor().record_heal(HealKind::FallbackUsed, "payments:charge");
+            let Chrome { signed_in, theme } = Chrome::of(&visitor);
+            let page = PremiumPage {
+                signed_in,
+                theme,
+                configured: true,
+                premium: false,
+                purchase,
+                notice: Some(
+                    "Payments are temporarily unavailable. If you were charged, it counts once: press Subscribe again in a moment and it will not be charged twice."
+                        .to_owned(),
+                ),
+                success: None,
+            };
+            Ok(unavailable_response(retry_after, page.into_response()))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- misc
+
+#[derive(Template, WebTemplate)]
+#[template(path = "message.html")]
+struct MessagePage {
+    signed_in: bool,
+    theme: String,
+    heading: String,
+    message: String,
+}
+
+fn message(visitor: &Visitor, status: StatusCode, heading: &str, text: &str) -> Response {
+    let Chrome { signed_in, theme } = Chrome::of(visitor);
+    (
+        status,
+        MessagePage {
+            signed_in,
+            theme,
+            heading: heading.to_owned(),
+            message: text.to_owned(),
+        },
+    )
+        .into_response()
+}
+
+async fn not_found(visitor: Visitor) -> Response {
+    message(&visitor, StatusCode::NOT_FOUND, "Page not found", "There is nothing at this address.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(name: &str, email: &str, password: &str) -> SignupForm {
+        SignupForm {
+            name: name.into(),
+            email: email.into(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn signup_validation_names_the_problem() {
+        assert!(validate_signup(&form("Ada", "ada@example.com", "correct horse")).is_ok());
+        assert!(validate_signup(&form("", "ada@example.com", "correct horse")).unwrap_err().contains("name"));
+        for bad in ["ada", "ada@", "@example.com", "ada@example", "a da@example.com", "ada@.com"] {
+            assert!(validate_signup(&form("Ada", bad, "correct horse")).unwrap_err().contains("email"), "{bad}");
+        }
+        assert!(validate_signup(&form("Ada", "ada@example.com", "short")).unwrap_err().contains("password"));
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn form_tokens_are_checked() {
+        assert!(is_token(&random_token()));
+        for bad in ["", "short", "has space here", "<script>alert(1)</script>"] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
+}
