@@ -210,17 +210,22 @@ impl Config {
 
     /// [`from_env`](Self::from_env) over any lookup (a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut problems = Vec::new();
 
         if get("COZMIC_PRODUCTION").as_deref() == Some("1") {
             let required = ["SECRET_KEY", "ADMIN_TOKEN", "DATABASE_URL", "SMTP_URL"];
-            if let Err(missing) = selfheal::config::require_from(&required, &get) {
+            if let Err(missing) = selfheal::config::require_from(&required, get) {
                 problems.push(format!("{missing} (COZMIC_PRODUCTION=1)"));
             }
         }
 
-        let mut config = Self::new(get("COZMIC_DATA_DIR").unwrap_or_else(|| "./cozmic-data".into()));
+        let mut config =
+            Self::new(get("COZMIC_DATA_DIR").unwrap_or_else(|| "./cozmic-data".into()));
         if let Some(bind) = get("COZMIC_BIND") {
             match bind.parse() {
                 Ok(addr) => config.bind = addr,
@@ -231,7 +236,10 @@ impl Config {
         }
         config.secure_cookies = !config.bind.ip().is_loopback();
         if let Some(url) = get("DATABASE_URL") {
-            if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+            {
                 config.database_url = Some(Secret::new(url));
             } else {
                 problems.push("DATABASE_URL: must start with sqlite: or postgres://".to_owned());
@@ -277,7 +285,8 @@ impl Config {
             }
         };
         if let Some(api_key) = get("OPENAI_API_KEY") {
-            let base_url = get("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let base_url =
+                get("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into());
             if url_ok("OPENAI_BASE_URL", &base_url, &mut problems) {
                 config.openai = Some(OpenAi {
                     api_key: Secret::new(api_key),
@@ -287,7 +296,8 @@ impl Config {
             }
         }
         if let Some(api_key) = get("STRIPE_API_KEY") {
-            let base_url = get("STRIPE_BASE_URL").unwrap_or_else(|| "https://api.stripe.com".into());
+            let base_url =
+                get("STRIPE_BASE_URL").unwrap_or_else(|| "https://api.stripe.com".into());
             if url_ok("STRIPE_BASE_URL", &base_url, &mut problems) {
                 config.stripe = Some(Stripe {
                     api_key: Secret::new(api_key),
@@ -306,7 +316,9 @@ impl Config {
             if from.parse::<lettre::message::Mailbox>().is_ok() {
                 config.mail_from = from;
             } else {
-                problems.push(format!("COZMIC_MAIL_FROM: {from:?} is not a mailbox like Name <a@b.c>"));
+                problems.push(format!(
+                    "COZMIC_MAIL_FROM: {from:?} is not a mailbox like Name <a@b.c>"
+                ));
             }
         }
         if problems.is_empty() {
@@ -336,7 +348,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -363,17 +378,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.problems.len(), 5, "{error}");
         let text = error.to_string();
-        for name in ["COZMIC_BIND", "DATABASE_URL", "ADMIN_TOKEN", "SECRET_KEY", "OPENAI_BASE_URL"] {
+        for name in [
+            "COZMIC_BIND",
+            "DATABASE_URL",
+            "ADMIN_TOKEN",
+            "SECRET_KEY",
+            "OPENAI_BASE_URL",
+        ] {
             assert!(text.contains(name), "{text}");
         }
-        assert!(!text.contains("hunter2") && !text.contains("tiny-secret") && !text.contains("short\""));
+        assert!(
+            !text.contains("hunter2") && !text.contains("tiny-secret") && !text.contains("short\"")
+        );
     }
 
     #[test]
     fn production_requires_its_variables_by_name() {
-        let error = from(&[("COZMIC_PRODUCTION", "1"), ("ADMIN_TOKEN", "a-long-admin-token-0123")]).unwrap_err();
+        let error = from(&[
+            ("COZMIC_PRODUCTION", "1"),
+            ("ADMIN_TOKEN", "a-long-admin-token-0123"),
+        ])
+        .unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("SECRET_KEY") && text.contains("DATABASE_URL") && text.contains("SMTP_URL"));
+        assert!(
+            text.contains("SECRET_KEY")
+                && text.contains("DATABASE_URL")
+                && text.contains("SMTP_URL")
+        );
         assert!(!text.contains("ADMIN_TOKEN"), "{text}");
     }
 
@@ -386,6 +417,10 @@ mod tests {
         ])
         .unwrap();
         let debug = format!("{config:?}");
-        assert!(!debug.contains("sk-very-secret") && !debug.contains("admin-token") && !debug.contains("pw-secret"));
+        assert!(
+            !debug.contains("sk-very-secret")
+                && !debug.contains("admin-token")
+                && !debug.contains("pw-secret")
+        );
     }
 }

@@ -259,7 +259,9 @@ impl Db {
         on_db!(self, r => sqlx::query("SELECT 1").execute(r.pool()).await.map(|_| ()))
     }
 
-    fn ensure_instance_tag(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    fn ensure_instance_tag(
+        &self,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         // Uniqueness, not secrecy: a random 64-bit tag per database.
         let tag = format!("{:016x}", fastrand::u64(..));
         let this = self.clone();
@@ -288,7 +290,8 @@ impl Db {
         password_hash: &str,
         is_admin: bool,
         welcome: NewEmail,
-    ) -> impl std::future::Future<Output = std::result::Result<i64, SignupError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = std::result::Result<i64, SignupError>> + Send + 'static
+    {
         let (email, name, hash) = (email.to_owned(), name.to_owned(), password_hash.to_owned());
         let admin = i64::from(is_admin);
         let this = self.clone();
@@ -320,7 +323,10 @@ impl Db {
     }
 
     /// The id, name and password hash for a login.
-    pub async fn login_record(&self, email: &str) -> std::result::Result<Option<(i64, String, String)>, sqlx::Error> {
+    pub async fn login_record(
+        &self,
+        email: &str,
+    ) -> std::result::Result<Option<(i64, String, String)>, sqlx::Error> {
         on_db!(self, r => sqlx::query_as("SELECT id, name, password_hash FROM students WHERE email = $1")
             .bind(email)
             .fetch_optional(r.pool())
@@ -391,7 +397,11 @@ impl Db {
     }
 
     /// The last `limit` ledger rows of a student.
-    pub async fn recent_activity(&self, student_id: i64, limit: i64) -> std::result::Result<Vec<Activity>, sqlx::Error> {
+    pub async fn recent_activity(
+        &self,
+        student_id: i64,
+        limit: i64,
+    ) -> std::result::Result<Vec<Activity>, sqlx::Error> {
         on_db!(self, r => sqlx::query_as(
             "SELECT lesson_id, points, created_at FROM xp_ledger WHERE student_id = $1 ORDER BY id DESC LIMIT $2",
         )
@@ -402,7 +412,10 @@ impl Db {
     }
 
     /// The lessons a student has completed at least once.
-    pub async fn completed_lessons(&self, student_id: i64) -> std::result::Result<Vec<String>, sqlx::Error> {
+    pub async fn completed_lessons(
+        &self,
+        student_id: i64,
+    ) -> std::result::Result<Vec<String>, sqlx::Error> {
         on_db!(self, r => sqlx::query_scalar("SELECT DISTINCT lesson_id FROM xp_ledger WHERE student_id = $1")
             .bind(student_id)
             .fetch_all(r.pool())
@@ -418,7 +431,11 @@ impl Db {
         .bind(student_id)
         .fetch_one(r.pool())
         .await)?;
-        Ok(Integrity { xp, ledger_sum, ledger_rows })
+        Ok(Integrity {
+            xp,
+            ledger_sum,
+            ledger_rows,
+        })
     }
 
     /// Every student's id and email.
@@ -427,7 +444,10 @@ impl Db {
     }
 
     /// The ledger's request ids (form nonces) of a student.
-    pub async fn ledger_nonces(&self, student_id: i64) -> std::result::Result<Vec<String>, sqlx::Error> {
+    pub async fn ledger_nonces(
+        &self,
+        student_id: i64,
+    ) -> std::result::Result<Vec<String>, sqlx::Error> {
         on_db!(self, r => sqlx::query_scalar("SELECT request_id FROM xp_ledger WHERE student_id = $1")
             .bind(student_id)
             .fetch_all(r.pool())
@@ -435,8 +455,18 @@ impl Db {
     }
 
     /// Stores a question and its answer (or why there is none).
-    pub fn save_question(&self, student_id: i64, question: &str, answer: Option<&str>, status: &'static str) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let (question, answer, status) = (question.to_owned(), answer.map(str::to_owned), status.to_owned());
+    pub fn save_question(
+        &self,
+        student_id: i64,
+        question: &str,
+        answer: Option<&str>,
+        status: &'static str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (question, answer, status) = (
+            question.to_owned(),
+            answer.map(str::to_owned),
+            status.to_owned(),
+        );
         let this = self.clone();
         async move {
             on_db!(&this, r => r.run("save_question", async move |tx| {
@@ -454,7 +484,11 @@ impl Db {
     }
 
     /// A student's last `limit` questions.
-    pub async fn recent_questions(&self, student_id: i64, limit: i64) -> std::result::Result<Vec<Question>, sqlx::Error> {
+    pub async fn recent_questions(
+        &self,
+        student_id: i64,
+        limit: i64,
+    ) -> std::result::Result<Vec<Question>, sqlx::Error> {
         on_db!(self, r => sqlx::query_as(
             "SELECT question, answer, status FROM questions WHERE student_id = $1 ORDER BY id DESC LIMIT $2",
         )
@@ -465,7 +499,12 @@ impl Db {
     }
 
     /// Records a purchase about to be attempted (once per idempotency key).
-    pub fn begin_payment(&self, student_id: i64, key: &str, amount: i64) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn begin_payment(
+        &self,
+        student_id: i64,
+        key: &str,
+        amount: i64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let key = key.to_owned();
         let this = self.clone();
         async move {
@@ -487,7 +526,13 @@ impl Db {
 
     /// Records a successful purchase: the payment, the premium flag and the
     /// confirmation email, in one transaction.
-    pub fn complete_payment(&self, student_id: i64, key: &str, provider_id: &str, email: NewEmail) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn complete_payment(
+        &self,
+        student_id: i64,
+        key: &str,
+        provider_id: &str,
+        email: NewEmail,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (key, provider_id) = (key.to_owned(), provider_id.to_owned());
         let this = self.clone();
         async move {
@@ -512,7 +557,10 @@ impl Db {
     }
 
     /// Records a purchase that could not be completed.
-    pub fn fail_payment(&self, key: &str) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn fail_payment(
+        &self,
+        key: &str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let key = key.to_owned();
         let this = self.clone();
         async move {
@@ -527,7 +575,10 @@ impl Db {
     }
 
     /// Emails due for an attempt.
-    pub async fn due_emails(&self, limit: i64) -> std::result::Result<Vec<OutboxEmail>, sqlx::Error> {
+    pub async fn due_emails(
+        &self,
+        limit: i64,
+    ) -> std::result::Result<Vec<OutboxEmail>, sqlx::Error> {
         on_db!(self, r => sqlx::query_as(
             "SELECT id, recipient, subject, body, attempts FROM outbox \
              WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
@@ -539,7 +590,10 @@ impl Db {
     }
 
     /// Marks an email sent.
-    pub fn mark_sent(&self, id: i64) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn mark_sent(
+        &self,
+        id: i64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let this = self.clone();
         async move {
             on_db!(&this, r => r.run("outbox_sent", async move |tx| {
@@ -554,7 +608,12 @@ impl Db {
     }
 
     /// Schedules another attempt after `delay`.
-    pub fn mark_retry(&self, id: i64, delay: Duration, error: &str) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn mark_retry(
+        &self,
+        id: i64,
+        delay: Duration,
+        error: &str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let error = error.chars().take(300).collect::<String>();
         let this = self.clone();
         async move {
@@ -571,7 +630,11 @@ impl Db {
     }
 
     /// Gives up on an email.
-    pub fn mark_failed(&self, id: i64, error: &str) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn mark_failed(
+        &self,
+        id: i64,
+        error: &str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let error = error.chars().take(300).collect::<String>();
         let this = self.clone();
         async move {
@@ -611,7 +674,11 @@ impl Db {
     }
 }
 
-fn runner<DB: selfheal::db::Backend>(runner: Runner<DB>, heal: bool, monitor: &Monitor) -> anyhow::Result<Runner<DB>> {
+fn runner<DB: selfheal::db::Backend>(
+    runner: Runner<DB>,
+    heal: bool,
+    monitor: &Monitor,
+) -> anyhow::Result<Runner<DB>> {
     let runner = runner.with_monitor(monitor.clone());
     Ok(if heal {
         runner.with_guard(Guard::new())

@@ -191,11 +191,14 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Run
     let router: Router = app(state.clone());
     let (stop, mut stopped) = watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
     });
     let mut workers = vec![state.mailer().spawn()];
     let store = state.inner.store.clone();

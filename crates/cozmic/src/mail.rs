@@ -145,12 +145,14 @@ impl Mailer {
             Ok(()) => {
                 self.db.mark_sent(email.id).await?;
                 if email.attempts > 0 {
-                    self.monitor.record_heal(selfheal::health::HealKind::RetryRecovered, "email:outbox");
+                    self.monitor
+                        .record_heal(selfheal::health::HealKind::RetryRecovered, "email:outbox");
                 }
             }
             Err(error) => {
                 let message = error.to_string();
-                self.monitor.record_error("EmailDeliveryError", "email:outbox", &message);
+                self.monitor
+                    .record_error("EmailDeliveryError", "email:outbox", &message);
                 let attempts = email.attempts + 1;
                 if self.healing == Healing::Off || attempts >= MAX_ATTEMPTS {
                     tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");

@@ -49,12 +49,27 @@ impl Default for StudentSession {
 
 impl SessionData for StudentSession {
     fn fields(f: &mut Fields<'_, Self>) {
-        f.checked("student_id", |s| &mut s.student_id, "a positive id", |id| id.is_none_or(|id| id > 0));
+        f.checked(
+            "student_id",
+            |s| &mut s.student_id,
+            "a positive id",
+            |id| id.is_none_or(|id| id > 0),
+        );
         f.field("name", |s| &mut s.name);
         f.checked("xp", |s| &mut s.xp, "not negative", |xp| *xp >= 0);
         f.checked("level", |s| &mut s.level, "1 or more", |level| *level >= 1);
-        f.checked("streak", |s| &mut s.streak, "not negative", |streak| *streak >= 0);
-        f.checked("theme", |s| &mut s.theme, "light or dark", |t| t == "light" || t == "dark");
+        f.checked(
+            "streak",
+            |s| &mut s.streak,
+            "not negative",
+            |streak| *streak >= 0,
+        );
+        f.checked(
+            "theme",
+            |s| &mut s.theme,
+            "light or dark",
+            |t| t == "light" || t == "dark",
+        );
     }
 }
 
@@ -90,7 +105,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
-        let healing = parts.extensions.get::<Healing>().copied().unwrap_or_default();
+        let healing = parts
+            .extensions
+            .get::<Healing>()
+            .copied()
+            .unwrap_or_default();
         match healing {
             Healing::On => {
                 let healed = Healed::<StudentSession>::from_request_parts(parts, state)

@@ -6,11 +6,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tower_sessions::SessionStore;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, ExpiredDeletion};
-use tower_sessions::SessionStore;
 use tower_sessions_redis_store::RedisStore;
-use tower_sessions_redis_store::fred::prelude::{ClientLike, Config as RedisConfig, Pool as RedisPool};
+use tower_sessions_redis_store::fred::prelude::{
+    ClientLike, Config as RedisConfig, Pool as RedisPool,
+};
 use tower_sessions_sqlx_store::{PostgresStore, SqliteStore};
 
 use crate::db::Db;
@@ -30,9 +32,12 @@ impl Store {
     /// Opens the store: Redis at `redis_url` if given, else the database.
     pub async fn open(db: &Db, redis_url: Option<&str>) -> anyhow::Result<Self> {
         if let Some(url) = redis_url {
-            let config = RedisConfig::from_url(url).map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?;
+            let config = RedisConfig::from_url(url)
+                .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?;
             let pool = RedisPool::new(config, None, None, None, 4)?;
-            pool.init().await.map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
+            pool.init()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
             return Ok(Store::Redis(RedisStore::new(pool)));
         }
         match db {
@@ -44,7 +49,9 @@ impl Store {
             Db::Postgres(runner) => {
                 // The current schema, so that databases (and test schemas)
                 // sharing a server do not share sessions.
-                let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(runner.pool()).await?;
+                let schema: String = sqlx::query_scalar("SELECT current_schema()")
+                    .fetch_one(runner.pool())
+                    .await?;
                 let store = PostgresStore::new(runner.pool().clone())
                     .with_schema_name(schema)
                     .map_err(|e| anyhow::anyhow!(e))?;
@@ -55,7 +62,10 @@ impl Store {
     }
 
     /// Deletes expired sessions every `period` (Redis expires its own).
-    pub async fn delete_expired_forever(self, period: Duration) -> Result<(), session_store::Error> {
+    pub async fn delete_expired_forever(
+        self,
+        period: Duration,
+    ) -> Result<(), session_store::Error> {
         match self {
             Store::Sqlite(store) => store.continuously_delete_expired(period).await,
             Store::Postgres(store) => store.continuously_delete_expired(period).await,

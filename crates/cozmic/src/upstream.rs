@@ -49,7 +49,11 @@ pub enum UpstreamError {
 /// Builds the HTTP client for one upstream: with healing, selfheal's
 /// middleware with `policy`; without, a bare client (one attempt, the same
 /// per-attempt timeout).
-pub fn client(healing: Healing, policy: UpstreamPolicy, monitor: &Monitor) -> anyhow::Result<ClientWithMiddleware> {
+pub fn client(
+    healing: Healing,
+    policy: UpstreamPolicy,
+    monitor: &Monitor,
+) -> anyhow::Result<ClientWithMiddleware> {
     let http = reqwest::Client::builder()
         .timeout(policy.attempt_timeout)
         .connect_timeout(Duration::from_secs(2))
@@ -81,7 +85,10 @@ fn unavailable(error: &reqwest_middleware::Error) -> UpstreamError {
 }
 
 fn from_status(status: reqwest::StatusCode, retry_after: Option<Duration>) -> UpstreamError {
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+    if status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    {
         UpstreamError::Unavailable {
             retry_after: retry_after.unwrap_or(Duration::from_secs(30)),
         }
@@ -159,7 +166,10 @@ impl Tutor {
         if !status.is_success() {
             return Err(from_status(status, header_retry_after(&response)));
         }
-        let completion: Completion = response.json().await.map_err(|_| UpstreamError::Malformed)?;
+        let completion: Completion = response
+            .json()
+            .await
+            .map_err(|_| UpstreamError::Malformed)?;
         completion
             .choices
             .into_iter()
@@ -201,7 +211,11 @@ impl Payments {
     /// Charges the premium plan for `student_id` as purchase `key` (the same
     /// key every time this purchase is tried, so it is charged at most
     /// once). Returns the provider's payment id.
-    pub async fn charge_premium(&self, student_id: i64, key: &str) -> Result<String, UpstreamError> {
+    pub async fn charge_premium(
+        &self,
+        student_id: i64,
+        key: &str,
+    ) -> Result<String, UpstreamError> {
         let config = self.config.as_ref().ok_or(UpstreamError::NotConfigured)?;
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("amount", &PREMIUM_PRICE_CENTS.to_string())
@@ -214,7 +228,10 @@ impl Payments {
             .post(format!("{}/v1/payment_intents", config.base_url))
             .bearer_auth(config.api_key.expose())
             .header(selfheal::http::IDEMPOTENCY_KEY, key)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(body)
             .with_extension(Dependency::new("stripe"))
             .send()
@@ -224,7 +241,10 @@ impl Payments {
         if !status.is_success() {
             return Err(from_status(status, header_retry_after(&response)));
         }
-        let intent: PaymentIntent = response.json().await.map_err(|_| UpstreamError::Malformed)?;
+        let intent: PaymentIntent = response
+            .json()
+            .await
+            .map_err(|_| UpstreamError::Malformed)?;
         if intent.status == "succeeded" || intent.status == "processing" {
             Ok(intent.id)
         } else {

@@ -16,12 +16,12 @@ use tower_sessions::cookie::Key;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
+use crate::AppState;
 use crate::config::{FaultHooks, Healing};
 use crate::db::{self, NewEmail, SignupError};
 use crate::lessons::{self, LESSONS};
 use crate::session::{StudentSession, Visitor};
 use crate::upstream::UpstreamError;
-use crate::AppState;
 
 /// The router: pages, the admin dashboard, probes and metrics, with the
 /// session layer and (healing on) selfheal's `HealLayer` around them.
@@ -81,7 +81,9 @@ pub fn app(state: AppState) -> Router {
         .route("/premium/subscribe", post(subscribe))
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(admin_routes(Dashboard::new(monitor.clone(), guard).with_service_name("cozmic")));
+        .merge(admin_routes(
+            Dashboard::new(monitor.clone(), guard).with_service_name("cozmic"),
+        ));
     if config.faults.is_armed() {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
@@ -109,7 +111,10 @@ pub fn app(state: AppState) -> Router {
 
 /// The chaos hook: a request with the panic header panics in the handler
 /// chain (armed hooks only: this layer is not even installed otherwise).
-async fn panic_on_demand(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn panic_on_demand(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if request.headers().contains_key(FaultHooks::PANIC_HEADER) {
         panic!("chaos: panic requested by the fault hook");
     }
@@ -167,7 +172,10 @@ fn random_token() -> String {
 }
 
 fn is_token(value: &str) -> bool {
-    (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (8..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 // ---------------------------------------------------------------- home, auth
@@ -229,7 +237,10 @@ fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
     }
     let valid_email = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid_email {
@@ -242,9 +253,18 @@ fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
     Ok(())
 }
 
-async fn signup(State(state): State<AppState>, mut visitor: Visitor, form: Result<Form<SignupForm>, axum::extract::rejection::FormRejection>) -> Page {
+async fn signup(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    form: Result<Form<SignupForm>, axum::extract::rejection::FormRejection>,
+) -> Page {
     let Ok(Form(form)) = form else {
-        return Ok(signup_error(&visitor, "The form could not be read. Please try again.", "", ""));
+        return Ok(signup_error(
+            &visitor,
+            "The form could not be read. Please try again.",
+            "",
+            "",
+        ));
     };
     if let Err(message) = validate_signup(&form) {
         return Ok(signup_error(&visitor, message, &form.name, &form.email));
@@ -253,7 +273,7 @@ async fn signup(State(state): State<AppState>, mut visitor: Visitor, form: Resul
     let email = form.email.trim().to_ascii_lowercase();
     let password = form.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
-    let is_admin = state.config().admin_emails.iter().any(|a| *a == email);
+    let is_admin = state.config().admin_emails.contains(&email);
     let welcome = NewEmail {
         kind: "welcome".to_owned(),
         subject: "Welcome to CozmicLearning!".to_owned(),
@@ -261,7 +281,11 @@ async fn signup(State(state): State<AppState>, mut visitor: Visitor, form: Resul
             "Hi {name},\n\nWelcome aboard! Your first lesson is waiting: finish it for your first 10 XP.\n\nSee you among the stars,\nCozmicLearning\n"
         ),
     };
-    match state.db().create_student(&email, &name, &hash, is_admin, welcome).await {
+    match state
+        .db()
+        .create_student(&email, &name, &hash, is_admin, welcome)
+        .await
+    {
         Ok(id) => {
             state.mailer().wake();
             visitor
@@ -308,7 +332,11 @@ fn hash_password(password: &str) -> anyhow::Result<String> {
 
 fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 #[derive(Template, WebTemplate)]
@@ -341,7 +369,11 @@ async fn login_form(visitor: Visitor) -> Response {
     .into_response()
 }
 
-async fn login(State(state): State<AppState>, mut visitor: Visitor, form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>) -> Page {
+async fn login(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Page {
     let form = form.map(|Form(f)| f).unwrap_or(LoginForm {
         email: String::new(),
         password: String::new(),
@@ -354,7 +386,12 @@ async fn login(State(state): State<AppState>, mut visitor: Visitor, form: Result
     };
     let password = form.password;
     let verified = match record {
-        Some((id, name, hash)) => tokio::task::spawn_blocking(move || verify_password(&password, &hash).then_some((id, name))).await?,
+        Some((id, name, hash)) => {
+            tokio::task::spawn_blocking(move || {
+                verify_password(&password, &hash).then_some((id, name))
+            })
+            .await?
+        }
         None => None,
     };
     let Some((id, name)) = verified else {
@@ -385,7 +422,10 @@ async fn logout(mut visitor: Visitor) -> Page {
 }
 
 /// The signed-in student, or a redirect to the login page.
-async fn signed_in(state: &AppState, visitor: &mut Visitor) -> Result<Result<db::Student, Response>, AppError> {
+async fn signed_in(
+    state: &AppState,
+    visitor: &mut Visitor,
+) -> Result<Result<db::Student, Response>, AppError> {
     let Some(id) = visitor.student_id() else {
         return Ok(Err(see_other("/login")));
     };
@@ -438,7 +478,11 @@ fn ago(created_at_ms: i64) -> String {
     }
 }
 
-async fn dashboard(State(state): State<AppState>, mut visitor: Visitor, query: Result<Query<DashboardQuery>, axum::extract::rejection::QueryRejection>) -> Page {
+async fn dashboard(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    query: Result<Query<DashboardQuery>, axum::extract::rejection::QueryRejection>,
+) -> Page {
     let student = match signed_in(&state, &mut visitor).await? {
         Ok(student) => student,
         Err(redirect) => return Ok(redirect),
@@ -464,7 +508,10 @@ async fn dashboard(State(state): State<AppState>, mut visitor: Visitor, query: R
         level,
         level_progress: student.xp % db::XP_PER_LEVEL,
         flash,
-        next_lesson: LESSONS.iter().find(|l| !done.iter().any(|d| d == l.id)).or(LESSONS.first()),
+        next_lesson: LESSONS
+            .iter()
+            .find(|l| !done.iter().any(|d| d == l.id))
+            .or(LESSONS.first()),
         activity: activity
             .into_iter()
             .map(|a| ActivityItem {
@@ -527,12 +574,21 @@ struct LessonPage {
     nonce: String,
 }
 
-async fn lesson(State(state): State<AppState>, mut visitor: Visitor, Path(id): Path<String>) -> Page {
+async fn lesson(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    Path(id): Path<String>,
+) -> Page {
     if let Err(redirect) = signed_in(&state, &mut visitor).await? {
         return Ok(redirect);
     }
     let Some(lesson) = lessons::find(&id) else {
-        return Ok(message(&visitor, StatusCode::NOT_FOUND, "No such lesson", "That lesson does not exist (any more)."));
+        return Ok(message(
+            &visitor,
+            StatusCode::NOT_FOUND,
+            "No such lesson",
+            "That lesson does not exist (any more).",
+        ));
     };
     let Chrome { signed_in, theme } = Chrome::of(&visitor);
     Ok(LessonPage {
@@ -564,7 +620,12 @@ async fn complete_lesson(
         Err(redirect) => return Ok(redirect),
     };
     let Some(lesson) = lessons::find(&id) else {
-        return Ok(message(&visitor, StatusCode::NOT_FOUND, "No such lesson", "That lesson does not exist (any more)."));
+        return Ok(message(
+            &visitor,
+            StatusCode::NOT_FOUND,
+            "No such lesson",
+            "That lesson does not exist (any more).",
+        ));
     };
     let nonce = form.map(|Form(f)| f.nonce).unwrap_or_default();
     if !is_token(&nonce) {
@@ -578,9 +639,14 @@ async fn complete_lesson(
     let level_up = |level: i64| NewEmail {
         kind: "level_up".to_owned(),
         subject: format!("You reached level {level}!"),
-        body: format!("Congratulations: you reached level {level} on CozmicLearning. Keep the streak going!\n"),
+        body: format!(
+            "Congratulations: you reached level {level} on CozmicLearning. Keep the streak going!\n"
+        ),
     };
-    let completion = state.db().complete_lesson(student.id, lesson.id, &nonce, level_up).await?;
+    let completion = state
+        .db()
+        .complete_lesson(student.id, lesson.id, &nonce, level_up)
+        .await?;
     if completion.applied {
         state.mailer().wake();
     }
@@ -661,22 +727,33 @@ async fn ask_tutor(
     let (answer, status, unavailable) = match outcome {
         Ok(answer) => (Some(answer), "answered", None),
         Err(UpstreamError::NotConfigured) => (None, "unconfigured", None),
-        Err(error) if state.healing() == Healing::Off => return Err(anyhow::anyhow!("AI tutor failed: {error}").into()),
+        Err(error) if state.healing() == Healing::Off => {
+            return Err(anyhow::anyhow!("AI tutor failed: {error}").into());
+        }
         Err(UpstreamError::Unavailable { retry_after }) => (None, "unavailable", Some(retry_after)),
         Err(error) => {
             state.monitor().record_error("TutorError", "ai:ask", &error);
             (None, "unavailable", Some(Duration::from_secs(60)))
         }
     };
-    state.db().save_question(student.id, question, answer.as_deref(), status).await?;
+    state
+        .db()
+        .save_question(student.id, question, answer.as_deref(), status)
+        .await?;
     let history = state.db().recent_questions(student.id, 5).await?;
-    let mut page = TutorPage::new(&visitor, tutor.is_configured(), history.into_iter().skip(1).collect());
+    let mut page = TutorPage::new(
+        &visitor,
+        tutor.is_configured(),
+        history.into_iter().skip(1).collect(),
+    );
     page.asked = question.to_owned();
     page.answer = answer;
     match unavailable {
         None => Ok(page.into_response()),
         Some(retry_after) => {
-            state.monitor().record_heal(HealKind::FallbackUsed, "ai:ask");
+            state
+                .monitor()
+                .record_heal(HealKind::FallbackUsed, "ai:ask");
             let seconds = retry_after.as_secs().max(1);
             page.notice = Some("The AI tutor is temporarily unavailable.".to_owned());
             page.retry_after = seconds;
@@ -710,7 +787,11 @@ struct PremiumQuery {
     ok: Option<String>,
 }
 
-async fn premium_page(State(state): State<AppState>, mut visitor: Visitor, query: Result<Query<PremiumQuery>, axum::extract::rejection::QueryRejection>) -> Page {
+async fn premium_page(
+    State(state): State<AppState>,
+    mut visitor: Visitor,
+    query: Result<Query<PremiumQuery>, axum::extract::rejection::QueryRejection>,
+) -> Page {
     let student = match signed_in(&state, &mut visitor).await? {
         Ok(student) => student,
         Err(redirect) => return Ok(redirect),
@@ -775,16 +856,27 @@ async fn subscribe(
             let email = NewEmail {
                 kind: "premium".to_owned(),
                 subject: "Your CozmicLearning Premium receipt".to_owned(),
-                body: format!("Thank you! Your payment {provider_id} of $9.00 was received and Premium is active.\n"),
+                body: format!(
+                    "Thank you! Your payment {provider_id} of $9.00 was received and Premium is active.\n"
+                ),
             };
-            state.db().complete_payment(student.id, &key, &provider_id, email).await?;
+            state
+                .db()
+                .complete_payment(student.id, &key, &provider_id, email)
+                .await?;
             state.mailer().wake();
             Ok(see_other("/premium?ok=1"))
         }
-        Err(error) if state.healing() == Healing::Off => Err(anyhow::anyhow!("payment failed: {error}").into()),
+        Err(error) if state.healing() == Healing::Off => {
+            Err(anyhow::anyhow!("payment failed: {error}").into())
+        }
         Err(UpstreamError::Refused(status)) => {
             state.db().fail_payment(&key).await?;
-            state.monitor().record_error("PaymentRefused", "payments:charge", &format!("HTTP {status}"));
+            state.monitor().record_error(
+                "PaymentRefused",
+                "payments:charge",
+                &format!("HTTP {status}"),
+            );
             Ok(message(
                 &visitor,
                 StatusCode::PAYMENT_REQUIRED,
@@ -800,7 +892,9 @@ async fn subscribe(
                 UpstreamError::Unavailable { retry_after } => retry_after.as_secs().max(1),
                 _ => 60,
             };
-            state.monitor().record_heal(HealKind::FallbackUsed, "payments:charge");
+            state
+                .monitor()
+                .record_heal(HealKind::FallbackUsed, "payments:charge");
             let Chrome { signed_in, theme } = Chrome::of(&visitor);
             let page = PremiumPage {
                 signed_in,
@@ -845,7 +939,12 @@ fn message(visitor: &Visitor, status: StatusCode, heading: &str, text: &str) -> 
 }
 
 async fn not_found(visitor: Visitor) -> Response {
-    message(&visitor, StatusCode::NOT_FOUND, "Page not found", "There is nothing at this address.")
+    message(
+        &visitor,
+        StatusCode::NOT_FOUND,
+        "Page not found",
+        "There is nothing at this address.",
+    )
 }
 
 #[cfg(test)]
@@ -863,11 +962,31 @@ mod tests {
     #[test]
     fn signup_validation_names_the_problem() {
         assert!(validate_signup(&form("Ada", "ada@example.com", "correct horse")).is_ok());
-        assert!(validate_signup(&form("", "ada@example.com", "correct horse")).unwrap_err().contains("name"));
-        for bad in ["ada", "ada@", "@example.com", "ada@example", "a da@example.com", "ada@.com"] {
-            assert!(validate_signup(&form("Ada", bad, "correct horse")).unwrap_err().contains("email"), "{bad}");
+        assert!(
+            validate_signup(&form("", "ada@example.com", "correct horse"))
+                .unwrap_err()
+                .contains("name")
+        );
+        for bad in [
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "ada@.com",
+        ] {
+            assert!(
+                validate_signup(&form("Ada", bad, "correct horse"))
+                    .unwrap_err()
+                    .contains("email"),
+                "{bad}"
+            );
         }
-        assert!(validate_signup(&form("Ada", "ada@example.com", "short")).unwrap_err().contains("password"));
+        assert!(
+            validate_signup(&form("Ada", "ada@example.com", "short"))
+                .unwrap_err()
+                .contains("password")
+        );
     }
 
     #[test]
