@@ -7,7 +7,9 @@
 //! `Message-ID`): a lost email and a duplicated one are both integrity
 //! failures. When down, the listener is closed (connections are refused) and
 //! every session in progress is cut; when up again it is re-bound on the same
-//! port (SO_REUSEADDR), so the app's configuration never changes.
+//! port (SO_REUSEADDR), so the app's configuration never changes. A client
+//! whose connection sat in the listen backlog at the moment of closing gets a
+//! reset instead of a refusal, as with a real crash.
 //!
 //! Supported: EHLO/HELO, MAIL FROM (with a `SIZE=` check), RCPT TO, DATA with
 //! dot-unstuffing, RSET, NOOP, QUIT; anything else gets 502. No TLS, and
