@@ -715,6 +715,9 @@ impl Table {
     }
 }
 
+/// Reads one number of [`Integrity`].
+type IntegrityField = fn(&Integrity) -> u64;
+
 fn pct(fraction: f64) -> String {
     format!("{:.1}%", fraction * 100.0)
 }
@@ -835,7 +838,7 @@ impl Report {
 
             let mut header = vec!["integrity".to_owned()];
             header.extend(runs.iter().map(|(n, _)| (*n).to_owned()));
-            let fields: [(&str, fn(&Integrity) -> u64); 4] = [
+            let fields: [(&str, IntegrityField); 4] = [
                 ("integrity_violations", |i| i.integrity_violations),
                 ("emails_lost", |i| i.emails_lost),
                 ("emails_duplicated", |i| i.emails_duplicated),
