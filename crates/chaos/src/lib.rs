@@ -1,0 +1,28 @@
+//! chaos: a fault-injection harness for selfheal.
+//!
+//! Why it exists: a self-healing library is only worth what it changes for
+//! users under real faults. chaos runs a web app in-process on loopback,
+//! drives virtual users through it while injecting *real* faults (a held
+//! SQLite write lock, upstream 429/503/stalls/resets through a TCP proxy, an
+//! SMTP server that really goes away, corrupted sessions, panics) and reports
+//! what users saw with healing on and off.
+//!
+//! This crate holds the app-independent infrastructure, as library modules:
+//!
+//! * [`plan`]: the fault plan (TOML).
+//! * [`faults`]: the per-request upstream fault decision shared by proxy and servers.
+//! * [`proxy`]: a TCP fault proxy (reset, stall, latency, storm).
+//! * [`upstream`]: local OpenAI- and Stripe-compatible HTTP servers.
+//! * [`smtp`]: a real SMTP server that can go down and come back on the same port.
+//! * [`report`]: the outcome recorder, summaries, and the text/Markdown, JSON and SVG outputs.
+//! * [`progress`]: progress bars.
+//! * [`cli`]: the command line.
+
+pub mod cli;
+pub mod faults;
+pub mod plan;
+pub mod progress;
+pub mod proxy;
+pub mod report;
+pub mod smtp;
+pub mod upstream;
