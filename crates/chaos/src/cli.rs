@@ -50,6 +50,11 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Also write the headline table and chart into this README, between
+    /// `<!-- chaos:begin -->` and `<!-- chaos:end -->`.
+    #[arg(long)]
+    pub readme: Option<PathBuf>,
 }
 
 /// `--heal`.

@@ -7,7 +7,8 @@
 //! SMTP server that really goes away, corrupted sessions, panics) and reports
 //! what users saw with healing on and off.
 //!
-//! This crate holds the app-independent infrastructure, as library modules:
+//! [`driver`] runs one scenario against cozmic (the reference app); the
+//! rest is app-independent infrastructure:
 //!
 //! * [`plan`]: the fault plan (TOML).
 //! * [`faults`]: the per-request upstream fault decision shared by proxy and servers.
@@ -19,6 +20,7 @@
 //! * [`cli`]: the command line.
 
 pub mod cli;
+pub mod driver;
 pub mod faults;
 pub mod plan;
 pub mod progress;

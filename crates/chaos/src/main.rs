@@ -1,15 +1,35 @@
-//! `chaos`: for now, validates the command line, loads the fault plan and
-//! prints what would run. The driver that starts the app and the virtual
-//! users is added on top of the library modules.
+//! `cargo run --release -p chaos`: inject real faults into cozmic and
+//! report what users saw, healing on vs off, plus the retry storm.
+//!
+//! Writes `report.json`, `report.txt`, `report.md` and `chart.svg` into
+//! `--out` (default `chaos-report/`); with `--readme README.md` it also
+//! replaces the block between `<!-- chaos:begin -->` and
+//! `<!-- chaos:end -->` with the headline table and the chart. Exits with 1
+//! when the healing run broke integrity (lost or doubled progress, lost or
+//! duplicated emails, double charges).
 
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chaos::cli::Cli;
+use chaos::cli::{Cli, RunKind};
+use chaos::driver::{self, RunOptions};
 use chaos::plan::Plan;
+use chaos::progress::Progress;
+use chaos::report::{Recorder, Report, ReportMeta, RunReport, StormReport, StormRun, runs};
 use clap::Parser;
+use cozmic::config::Healing;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHAOS_LOG")
+                // The app logs every fault it heals; the report is the point here.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,selfheal=off,cozmic=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         eprintln!("chaos: {e}");
@@ -25,22 +45,141 @@ fn main() -> ExitCode {
         },
         None => Plan::default(),
     };
+    match run(&cli, plan).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("chaos: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     let seed = cli.seed_or_random();
-    let runs = cli.runs(plan.storm.duration);
-    let total: Duration = runs.iter().map(|r| r.duration).sum();
+    let specs = cli.runs(plan.storm.duration);
+    let total: Duration = specs.iter().map(|r| r.duration).sum();
     println!(
-        "chaos plan: {} virtual users, seed {seed}, output in {}",
+        "chaos: {} users, seed {seed}, {} of runs, database: {}",
         cli.users,
-        cli.out.display()
+        humantime::format_duration(total),
+        if cli.database_url.is_some() { "PostgreSQL/URL" } else { "temporary SQLite" }
     );
-    match &cli.database_url {
-        Some(url) => println!("database: {url}"),
-        None => println!("database: a temporary SQLite file"),
+    let recorder = Recorder::new();
+    let progress = Progress::new(cli.quiet);
+    let mut report = Report {
+        meta: ReportMeta {
+            users: usize::from(cli.users),
+            duration_secs: cli.duration.as_secs_f64(),
+            seed,
+            plan: plan.clone(),
+        },
+        heal_on: None,
+        heal_off: None,
+        storm: None,
+    };
+    let mut storm_with = None;
+    let mut storm_without = None;
+    let mut problems = Vec::new();
+    let began = Instant::now();
+    for spec in &specs {
+        let (healing, storm) = match spec.kind {
+            RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
+            RunKind::Storm { budget } => (Healing::On, Some(budget)),
+        };
+        let outcome = driver::run(
+            RunOptions {
+                name: spec.name,
+                healing,
+                storm,
+                duration: spec.duration,
+                users: usize::from(cli.users),
+                plan: plan.clone(),
+                seed,
+                database_url: cli.database_url.clone(),
+            },
+            &recorder,
+            &progress,
+        )
+        .await?;
+        let summary = recorder.summary(spec.name);
+        match spec.name {
+            runs::HEAL_ON => {
+                problems.extend(outcome.problems.iter().map(|p| format!("heal on: {p}")));
+                report.heal_on = Some(RunReport::new(summary, outcome.integrity));
+            }
+            runs::HEAL_OFF => {
+                problems.extend(outcome.problems.iter().map(|p| format!("heal off (expected): {p}")));
+                report.heal_off = Some(RunReport::new(summary, outcome.integrity));
+            }
+            runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
+            _ => storm_without = Some(StormRun::from_summary(&summary)),
+        }
     }
-    println!("runs ({} in total):", humantime::format_duration(total));
-    for run in &runs {
-        println!("  {run}");
+    if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
+        report.storm = Some(StormReport {
+            with_budget,
+            without_budget,
+        });
     }
-    println!("\nfault plan:\n{plan}");
-    ExitCode::SUCCESS
+    let files = report.write_to(&cli.out)?;
+    println!("\n{}", report.text());
+    print_first_try(&report);
+    if !problems.is_empty() {
+        println!("integrity findings:");
+        for problem in problems.iter().take(30) {
+            println!("  - {problem}");
+        }
+    }
+    println!(
+        "\nwrote {}, {}, {}, {} in {:.0} s",
+        files.json.display(),
+        files.text.display(),
+        files.markdown.display(),
+        files.svg.display(),
+        began.elapsed().as_secs_f64()
+    );
+    if let Some(readme) = &cli.readme {
+        update_readme(readme, &report, &cli.out)?;
+        println!("updated {}", readme.display());
+    }
+    let broken = report.heal_on.as_ref().is_some_and(|r| {
+        r.integrity.integrity_violations + r.integrity.emails_lost + r.integrity.emails_duplicated + r.integrity.payments_duplicated > 0
+    });
+    Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// What users saw on their first try, before pressing again.
+fn print_first_try(report: &Report) {
+    for (name, run) in [("heal on", &report.heal_on), ("heal off", &report.heal_off)] {
+        if let Some(run) = run {
+            let failures = run.counters.get("first_try_failures").copied().unwrap_or(0);
+            let first_try_ok = 1.0 - failures as f64 / run.actions.max(1) as f64;
+            println!(
+                "{name}: {:.2}% of actions succeeded at the first try; {} needed the user to press again",
+                first_try_ok * 100.0,
+                failures
+            );
+        }
+    }
+}
+
+/// Replaces the README block between the chaos markers with the report's
+/// Markdown and a link to the chart.
+fn update_readme(readme: &Path, report: &Report, out: &Path) -> anyhow::Result<()> {
+    const BEGIN: &str = "<!-- chaos:begin -->";
+    const END: &str = "<!-- chaos:end -->";
+    let text = std::fs::read_to_string(readme)?;
+    let (Some(start), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        anyhow::bail!("{} has no {BEGIN} … {END} block", readme.display());
+    };
+    let chart = out.join("chart.svg");
+    let block = format!(
+        "{BEGIN}\n<!-- generated by `cargo run --release -p chaos -- --readme README.md --out {}`; do not edit -->\n\n{}\n![success and p95 latency over time, heal on vs off]({})\n\n{END}",
+        out.display(),
+        report.markdown().trim_end(),
+        chart.display()
+    );
+    let updated = format!("{}{block}{}", &text[..start], &text[end + END.len()..]);
+    std::fs::write(readme, updated)?;
+    Ok(())
 }
