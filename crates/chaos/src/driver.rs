@@ -96,7 +96,11 @@ struct UserProgress {
 }
 
 /// Runs one scenario and records it into `recorder` under `options.name`.
-pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) -> anyhow::Result<RunOutcome> {
+pub async fn run(
+    options: RunOptions,
+    recorder: &Recorder,
+    progress: &Progress,
+) -> anyhow::Result<RunOutcome> {
     let dir = tempfile::tempdir()?;
     let seed = options.seed;
     let plan = &options.plan;
@@ -104,7 +108,11 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
 
     // Upstreams behind fault proxies: one decision-maker per upstream, so a
     // 503 drawn for one is served by that one.
-    let ai_faults = Arc::new(if storm { UpstreamFaults::disabled() } else { UpstreamFaults::new(&plan.upstream, seed) });
+    let ai_faults = Arc::new(if storm {
+        UpstreamFaults::disabled()
+    } else {
+        UpstreamFaults::new(&plan.upstream, seed)
+    });
     let pay_faults = Arc::new(if storm {
         UpstreamFaults::disabled()
     } else {
@@ -127,6 +135,9 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
     config.healing = options.healing;
     config.faults = FaultHooks::armed();
     config.mail_poll = Duration::from_millis(200);
+    // Compressed time: the outbox retries within seconds instead of up to an
+    // hour, so that a run drains in seconds after the SMTP server is back.
+    config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));
     config.smtp_url = Some(Secret::new(format!("smtp://{}", smtp.addr())));
     config.openai = Some(OpenAi {
         api_key: Secret::new("sk-chaos"),
@@ -147,12 +158,22 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
     }
     let app = cozmic::start(config).await?;
     let base = app.url();
-    let sqlite_path: Option<PathBuf> = app.state().db().sqlite().map(|_| dir.path().join("cozmic.db"));
+    let sqlite_path: Option<PathBuf> = app
+        .state()
+        .db()
+        .sqlite()
+        .map(|_| dir.path().join("cozmic.db"));
 
     // The lock holder.
     let stop = Arc::new(AtomicBool::new(false));
     let locker = match (&sqlite_path, plan.sqlite_lock.enabled && !storm) {
-        (Some(path), true) => Some(tokio::spawn(hold_sqlite_lock(path.clone(), plan.clone(), seed, stop.clone(), recorder.counter(options.name, "sqlite_lock_bursts")))),
+        (Some(path), true) => Some(tokio::spawn(hold_sqlite_lock(
+            path.clone(),
+            plan.clone(),
+            seed,
+            stop.clone(),
+            recorder.counter(options.name, "sqlite_lock_bursts"),
+        ))),
         _ => None,
     };
 
@@ -173,7 +194,8 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
             deadline,
             rng: fastrand::Rng::with_seed(seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             panic_probability: if storm { 0.0 } else { plan.panic.probability },
-            corrupt: !storm && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
+            corrupt: !storm
+                && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
             sqlite: app.state().db().sqlite().cloned(),
             postgres: app.state().db().postgres().cloned(),
             storm,
@@ -183,7 +205,10 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
     let bar = progress.run_bar(options.name, options.duration);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        bar.update(started.elapsed().min(options.duration), recorder.live(options.name));
+        bar.update(
+            started.elapsed().min(options.duration),
+            recorder.live(options.name),
+        );
     }
     for task in tasks {
         let _ = task.await;
@@ -197,30 +222,67 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
     // Counters.
     let ai = ai_proxy.stats();
     let pay = pay_proxy.stats();
-    let upstream_calls = if storm { ai.connections + pay.connections } else { ai.requests + pay.requests };
+    let upstream_calls = if storm {
+        ai.connections + pay.connections
+    } else {
+        ai.requests + pay.requests
+    };
     recorder.add(options.name, counters::UPSTREAM_CALLS, upstream_calls);
-    for (kind, count) in crate::faults::FaultKind::ALL.iter().map(|k| (*k, ai_faults.injected().get(*k) + pay_faults.injected().get(*k))) {
+    for (kind, count) in crate::faults::FaultKind::ALL.iter().map(|k| {
+        (
+            *k,
+            ai_faults.injected().get(*k) + pay_faults.injected().get(*k),
+        )
+    }) {
         recorder.add(options.name, &counters::faults_injected(kind.name()), count);
     }
-    recorder.add(options.name, &counters::faults_injected("panic"), shared.panics_requested.load(Ordering::Relaxed));
-    recorder.add(options.name, &counters::faults_injected("session_corrupted"), shared.sessions_corrupted.load(Ordering::Relaxed));
-    recorder.add(options.name, "user_retries", shared.user_retries.load(Ordering::Relaxed));
-    recorder.add(options.name, "first_try_failures", shared.first_try_failures.load(Ordering::Relaxed));
-    recorder.add(options.name, "relogins", shared.relogins.load(Ordering::Relaxed));
+    recorder.add(
+        options.name,
+        &counters::faults_injected("panic"),
+        shared.panics_requested.load(Ordering::Relaxed),
+    );
+    recorder.add(
+        options.name,
+        &counters::faults_injected("session_corrupted"),
+        shared.sessions_corrupted.load(Ordering::Relaxed),
+    );
+    recorder.add(
+        options.name,
+        "user_retries",
+        shared.user_retries.load(Ordering::Relaxed),
+    );
+    recorder.add(
+        options.name,
+        "first_try_failures",
+        shared.first_try_failures.load(Ordering::Relaxed),
+    );
+    recorder.add(
+        options.name,
+        "relogins",
+        shared.relogins.load(Ordering::Relaxed),
+    );
     let report = app.state().monitor().report(Duration::from_secs(3600));
     let heals: u64 = report.heals.values().sum();
     recorder.add(options.name, counters::FAULTS_RECOVERED, heals);
     for (kind, count) in &report.heals {
         recorder.add(options.name, &format!("heals.{}", kind.as_str()), *count);
     }
-    let fired = report.recent_alerts.iter().filter(|a| a.state == selfheal::health::AlertState::Firing).count();
+    let fired = report
+        .recent_alerts
+        .iter()
+        .filter(|a| a.state == selfheal::health::AlertState::Firing)
+        .count();
     recorder.add(options.name, counters::ALERTS_FIRED, fired as u64);
 
     // Drain: SMTP up for good, give the outbox time to empty.
     let mut outcome = RunOutcome::default();
     if let Some(outages) = outages {
         let stats = outages.stop().await?;
-        recorder.add(options.name, &counters::faults_injected("smtp_outage"), stats.outages);
+        recorder.add(
+            options.name,
+            &counters::faults_injected("smtp_outage"),
+            stats.outages,
+        );
     }
     smtp.set_up(true).await?;
     let db = app.state().db().clone();
@@ -249,16 +311,26 @@ pub async fn run(options: RunOptions, recorder: &Recorder, progress: &Progress) 
 /// XP against the ledger for every student, every acknowledged lesson
 /// present once, every committed email delivered exactly once, every
 /// purchase charged at most once.
-async fn check_integrity(db: &cozmic::db::Db, smtp: &SmtpServer, stripe: &StripeServer, shared: &Shared) -> anyhow::Result<RunOutcome> {
+async fn check_integrity(
+    db: &cozmic::db::Db,
+    smtp: &SmtpServer,
+    stripe: &StripeServer,
+    shared: &Shared,
+) -> anyhow::Result<RunOutcome> {
     let mut problems = Vec::new();
     let mut violations = 0_u64;
     let students = db.students().await?;
     let progress = shared.progress.lock().expect("progress").clone();
     for (id, email) in &students {
         let integrity = db.integrity(*id).await?;
-        if integrity.xp != integrity.ledger_sum || integrity.ledger_sum != integrity.ledger_rows * cozmic::db::LESSON_XP {
+        if integrity.xp != integrity.ledger_sum
+            || integrity.ledger_sum != integrity.ledger_rows * cozmic::db::LESSON_XP
+        {
             violations += 1;
-            problems.push(format!("student {id}: XP {} but ledger sum {} over {} rows", integrity.xp, integrity.ledger_sum, integrity.ledger_rows));
+            problems.push(format!(
+                "student {id}: XP {} but ledger sum {} over {} rows",
+                integrity.xp, integrity.ledger_sum, integrity.ledger_rows
+            ));
         }
         let nonces: Vec<String> = db.ledger_nonces(*id).await?;
         let in_ledger: BTreeSet<String> = nonces.iter().cloned().collect();
@@ -273,17 +345,27 @@ async fn check_integrity(db: &cozmic::db::Db, smtp: &SmtpServer, stripe: &Stripe
             }
             for phantom in in_ledger.difference(&user.sent) {
                 violations += 1;
-                problems.push(format!("student {id}: ledger row {phantom} was never sent by the user"));
+                problems.push(format!(
+                    "student {id}: ledger row {phantom} was never sent by the user"
+                ));
             }
         }
     }
     // Emails: every outbox row must have arrived once at the SMTP server.
     let tag = db.instance_tag().await?;
-    let expected: Vec<String> = db.outbox_ids().await?.into_iter().map(|id| cozmic::mail::message_id(id, &tag)).collect();
-    let received: BTreeMap<String, usize> = smtp.message_ids().into_iter().fold(BTreeMap::new(), |mut m, id| {
-        *m.entry(id).or_insert(0) += 1;
-        m
-    });
+    let expected: Vec<String> = db
+        .outbox_ids()
+        .await?
+        .into_iter()
+        .map(|id| cozmic::mail::message_id(id, &tag))
+        .collect();
+    let received: BTreeMap<String, usize> =
+        smtp.message_ids()
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, id| {
+                *m.entry(id).or_insert(0) += 1;
+                m
+            });
     let mut emails_lost = 0;
     let mut emails_duplicated = 0;
     for id in &expected {
@@ -294,17 +376,25 @@ async fn check_integrity(db: &cozmic::db::Db, smtp: &SmtpServer, stripe: &Stripe
         }
     }
     if emails_lost > 0 {
-        problems.push(format!("{emails_lost} of {} emails never arrived", expected.len()));
+        problems.push(format!(
+            "{emails_lost} of {} emails never arrived",
+            expected.len()
+        ));
     }
     if emails_duplicated > 0 {
-        problems.push(format!("{emails_duplicated} extra copies of emails arrived"));
+        problems.push(format!(
+            "{emails_duplicated} extra copies of emails arrived"
+        ));
     }
     // Payments: a student charged more than once.
     let mut payments_duplicated = 0;
     for (student, payments) in stripe.payments_by_student() {
         if payments.len() > 1 {
             payments_duplicated += (payments.len() - 1) as u64;
-            problems.push(format!("student {student} was charged {} times", payments.len()));
+            problems.push(format!(
+                "student {student} was charged {} times",
+                payments.len()
+            ));
         }
     }
     Ok(RunOutcome {
@@ -322,8 +412,16 @@ async fn check_integrity(db: &cozmic::db::Db, smtp: &SmtpServer, stripe: &Stripe
 
 /// Holds the SQLite write lock (`BEGIN IMMEDIATE` on a side connection) in
 /// bursts, for about `held_fraction` of the time.
-async fn hold_sqlite_lock(path: PathBuf, plan: Plan, seed: u64, stop: Arc<AtomicBool>, bursts: report::Counter) -> anyhow::Result<()> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_secs(10));
+async fn hold_sqlite_lock(
+    path: PathBuf,
+    plan: Plan,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    bursts: report::Counter,
+) -> anyhow::Result<()> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(Duration::from_secs(10));
     let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(3));
     let lock = &plan.sqlite_lock;
@@ -402,7 +500,14 @@ impl Seen {
     }
 }
 
-const LESSONS: [&str; 6] = ["light-years", "phases-of-the-moon", "seasons", "black-holes", "exoplanets", "rockets"];
+const LESSONS: [&str; 6] = [
+    "light-years",
+    "phases-of-the-moon",
+    "seasons",
+    "black-holes",
+    "exoplanets",
+    "rockets",
+];
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -471,7 +576,11 @@ impl User {
     }
 
     async fn think(&mut self) {
-        let ms = if self.storm { self.rng.u64(50..150) } else { self.rng.u64(100..400) };
+        let ms = if self.storm {
+            self.rng.u64(50..150)
+        } else {
+            self.rng.u64(100..400)
+        };
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
@@ -484,7 +593,9 @@ impl User {
         let started_at = begin - self.started;
         let mut seen = self.perform(action, http).await;
         if seen != Seen::Ok && !self.storm {
-            self.shared.first_try_failures.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .first_try_failures
+                .fetch_add(1, Ordering::Relaxed);
             self.shared.user_retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(500)).await;
             if seen == Seen::SignedOut || matches!(seen, Seen::Hard(FailureKind::ServerError)) {
@@ -495,11 +606,18 @@ impl User {
                 }
                 self.shared.relogins.fetch_add(1, Ordering::Relaxed);
                 let login = self.log_in(http).await;
-                self.recorder.record(self.run, "login", Instant::now() - self.started, Duration::ZERO, login.outcome());
+                self.recorder.record(
+                    self.run,
+                    "login",
+                    Instant::now() - self.started,
+                    Duration::ZERO,
+                    login.outcome(),
+                );
             }
             seen = self.perform(action, http).await;
         }
-        self.recorder.record(self.run, step, started_at, begin.elapsed(), seen.outcome());
+        self.recorder
+            .record(self.run, step, started_at, begin.elapsed(), seen.outcome());
         seen == Seen::Ok
     }
 
@@ -513,7 +631,10 @@ impl User {
     }
 
     /// Judges a response: `ok` decides success for a 2xx page.
-    async fn judge(response: Result<reqwest::Response, reqwest::Error>, ok: impl Fn(&str) -> bool) -> (Seen, String) {
+    async fn judge(
+        response: Result<reqwest::Response, reqwest::Error>,
+        ok: impl Fn(&str) -> bool,
+    ) -> (Seen, String) {
         let response = match response {
             Ok(r) => r,
             Err(_) => return (Seen::Hard(FailureKind::Connection), String::new()),
@@ -553,15 +674,21 @@ impl User {
             return self.log_in(http).await;
         }
         if seen == Seen::Ok {
-            self.shared.progress.lock().expect("progress").entry(email).or_default();
+            self.shared
+                .progress
+                .lock()
+                .expect("progress")
+                .entry(email)
+                .or_default();
         }
         seen
     }
 
     async fn log_in(&mut self, http: &reqwest::Client) -> Seen {
-        let request = http
-            .post(format!("{}/login", self.base))
-            .form(&[("email", self.email()), ("password", "chaos-password-123".to_owned())]);
+        let request = http.post(format!("{}/login", self.base)).form(&[
+            ("email", self.email()),
+            ("password", "chaos-password-123".to_owned()),
+        ]);
         let (seen, body) = Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await;
         if seen != Seen::Ok && body.contains("do not match") {
             // Never signed up (every try failed): sign up now.
@@ -572,12 +699,20 @@ impl User {
 
     async fn dashboard(&mut self, http: &reqwest::Client) -> Seen {
         let request = self.maybe_panic(http.get(format!("{}/dashboard", self.base)));
-        Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await.0
+        Self::judge(request.send().await, |b| b.contains("id=\"xp\""))
+            .await
+            .0
     }
 
     async fn complete(&mut self, http: &reqwest::Client) -> Seen {
         let lesson = LESSONS[self.rng.usize(..LESSONS.len())];
-        let (seen, page) = Self::judge(http.get(format!("{}/lessons/{lesson}", self.base)).send().await, |b| b.contains("name=\"nonce\"")).await;
+        let (seen, page) = Self::judge(
+            http.get(format!("{}/lessons/{lesson}", self.base))
+                .send()
+                .await,
+            |b| b.contains("name=\"nonce\""),
+        )
+        .await;
         if seen != Seen::Ok {
             return seen;
         }
@@ -585,25 +720,60 @@ impl User {
             return Seen::Hard(FailureKind::Unexpected);
         };
         let email = self.email();
-        self.shared.progress.lock().expect("progress").entry(email.clone()).or_default().sent.insert(nonce.clone());
-        let request = http.post(format!("{}/lessons/{lesson}/complete", self.base)).form(&[("nonce", nonce.as_str())]);
+        self.shared
+            .progress
+            .lock()
+            .expect("progress")
+            .entry(email.clone())
+            .or_default()
+            .sent
+            .insert(nonce.clone());
+        let request = http
+            .post(format!("{}/lessons/{lesson}/complete", self.base))
+            .form(&[("nonce", nonce.as_str())]);
         let request = self.maybe_panic(request);
         let (seen, _) = Self::judge(request.send().await, |b| b.contains("Lesson complete:")).await;
         if seen == Seen::Ok {
-            self.shared.progress.lock().expect("progress").entry(email).or_default().acknowledged.insert(nonce);
+            self.shared
+                .progress
+                .lock()
+                .expect("progress")
+                .entry(email)
+                .or_default()
+                .acknowledged
+                .insert(nonce);
         }
         seen
     }
 
     async fn ask(&mut self, http: &reqwest::Client) -> Seen {
-        let topics = ["light-years", "the Moon", "seasons", "black holes", "exoplanets", "rockets"];
-        let question = format!("Can you explain {}?", topics[self.rng.usize(..topics.len())]);
-        let request = self.maybe_panic(http.post(format!("{}/tutor", self.base)).form(&[("question", question)]));
-        Self::judge(request.send().await, |b| b.contains("id=\"answer\"")).await.0
+        let topics = [
+            "light-years",
+            "the Moon",
+            "seasons",
+            "black holes",
+            "exoplanets",
+            "rockets",
+        ];
+        let question = format!(
+            "Can you explain {}?",
+            topics[self.rng.usize(..topics.len())]
+        );
+        let request = self.maybe_panic(
+            http.post(format!("{}/tutor", self.base))
+                .form(&[("question", question)]),
+        );
+        Self::judge(request.send().await, |b| b.contains("id=\"answer\""))
+            .await
+            .0
     }
 
     async fn subscribe(&mut self, http: &reqwest::Client) -> Seen {
-        let (seen, page) = Self::judge(http.get(format!("{}/premium", self.base)).send().await, |b| b.contains("Premium")).await;
+        let (seen, page) = Self::judge(
+            http.get(format!("{}/premium", self.base)).send().await,
+            |b| b.contains("Premium"),
+        )
+        .await;
         if seen != Seen::Ok {
             return seen;
         }
@@ -613,15 +783,23 @@ impl User {
         let Some(purchase) = form_value(&page, "purchase") else {
             return Seen::Hard(FailureKind::Unexpected);
         };
-        let request = http.post(format!("{}/premium/subscribe", self.base)).form(&[("purchase", purchase.as_str())]);
+        let request = http
+            .post(format!("{}/premium/subscribe", self.base))
+            .form(&[("purchase", purchase.as_str())]);
         let request = self.maybe_panic(request);
-        Self::judge(request.send().await, |b| b.contains("welcome to Premium") || b.contains("You are a premium student")).await.0
+        Self::judge(request.send().await, |b| {
+            b.contains("welcome to Premium") || b.contains("You are a premium student")
+        })
+        .await
+        .0
     }
 
     /// Corrupts this user's session: half the time the cookie (tampered),
     /// half the time the stored record (garbage bytes in the store).
     async fn corrupt_session(&mut self, http: &mut reqwest::Client) {
-        self.shared.sessions_corrupted.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .sessions_corrupted
+            .fetch_add(1, Ordering::Relaxed);
         if self.rng.bool() {
             // A cookie the app did not sign: a fresh browser with a forged one.
             let jar = Arc::new(reqwest::cookie::Jar::default());

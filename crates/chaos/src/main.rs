@@ -26,10 +26,22 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHAOS_LOG")
                 // The app logs every fault it heals; the report is the point here.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,selfheal=off,cozmic=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off,chaos=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
+    // The panics chaos asks for are expected: keep them out of the output
+    // (the report counts them); any other panic is printed as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let requested = info
+            .payload()
+            .downcast_ref::<&str>()
+            .is_some_and(|m| m.starts_with(cozmic::config::FaultHooks::PANIC_MESSAGE));
+        if !requested {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         eprintln!("chaos: {e}");
@@ -62,7 +74,11 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         "chaos: {} users, seed {seed}, {} of runs, database: {}",
         cli.users,
         humantime::format_duration(total),
-        if cli.database_url.is_some() { "PostgreSQL/URL" } else { "temporary SQLite" }
+        if cli.database_url.is_some() {
+            "PostgreSQL/URL"
+        } else {
+            "temporary SQLite"
+        }
     );
     let recorder = Recorder::new();
     let progress = Progress::new(cli.quiet);
@@ -82,6 +98,7 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let began = Instant::now();
     for spec in &specs {
+        let run_began = Instant::now();
         let (healing, storm) = match spec.kind {
             RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
             RunKind::Storm { budget } => (Healing::On, Some(budget)),
@@ -102,13 +119,30 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         )
         .await?;
         let summary = recorder.summary(spec.name);
+        println!(
+            "{:<22} {:>6} actions, {:.2}% ok, {:.0} s (users {} s, start/drain/checks {:.0} s)",
+            spec.name,
+            summary.overall.total,
+            summary.overall.success_rate * 100.0,
+            run_began.elapsed().as_secs_f64(),
+            spec.duration.as_secs(),
+            run_began
+                .elapsed()
+                .saturating_sub(spec.duration)
+                .as_secs_f64()
+        );
         match spec.name {
             runs::HEAL_ON => {
                 problems.extend(outcome.problems.iter().map(|p| format!("heal on: {p}")));
                 report.heal_on = Some(RunReport::new(summary, outcome.integrity));
             }
             runs::HEAL_OFF => {
-                problems.extend(outcome.problems.iter().map(|p| format!("heal off (expected): {p}")));
+                problems.extend(
+                    outcome
+                        .problems
+                        .iter()
+                        .map(|p| format!("heal off (expected): {p}")),
+                );
                 report.heal_off = Some(RunReport::new(summary, outcome.integrity));
             }
             runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
@@ -143,9 +177,17 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         println!("updated {}", readme.display());
     }
     let broken = report.heal_on.as_ref().is_some_and(|r| {
-        r.integrity.integrity_violations + r.integrity.emails_lost + r.integrity.emails_duplicated + r.integrity.payments_duplicated > 0
+        r.integrity.integrity_violations
+            + r.integrity.emails_lost
+            + r.integrity.emails_duplicated
+            + r.integrity.payments_duplicated
+            > 0
     });
-    Ok(if broken { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// What users saw on their first try, before pressing again.

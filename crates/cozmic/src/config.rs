@@ -90,6 +90,9 @@ impl FaultHooks {
     /// armed.
     pub const PANIC_HEADER: &'static str = "x-cozmic-chaos-panic";
 
+    /// The message of the panic the hook raises.
+    pub const PANIC_MESSAGE: &'static str = "chaos: panic requested by the fault hook";
+
     /// Hooks on: a request carrying [`PANIC_HEADER`](Self::PANIC_HEADER)
     /// makes its handler panic. For the chaos harness only.
     pub const fn armed() -> Self {
@@ -164,6 +167,10 @@ pub struct Config {
     pub faults: FaultHooks,
     /// How often the email worker looks for due messages. Default 500 ms.
     pub mail_poll: Duration,
+    /// The wait before retrying a failed email: exponential from `.0`,
+    /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
+    /// (25 attempts span about a day).
+    pub mail_backoff: (Duration, Duration),
 }
 
 /// The configuration is wrong: every problem, in one message.
@@ -195,6 +202,7 @@ impl Config {
             healing: Healing::On,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
+            mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
     }
 

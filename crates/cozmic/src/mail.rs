@@ -82,6 +82,7 @@ pub struct Mailer {
     from: Mailbox,
     healing: Healing,
     poll: Duration,
+    backoff: Backoff,
     wake: Arc<Notify>,
     monitor: Monitor,
 }
@@ -98,6 +99,9 @@ impl Mailer {
                 .map_err(|_| anyhow::anyhow!("COZMIC_MAIL_FROM is not a mailbox"))?,
             healing: config.healing,
             poll: config.mail_poll,
+            backoff: Backoff::exponential(config.mail_backoff.0, 2.0, config.mail_backoff.1)
+                .map_err(|e| anyhow::anyhow!("mail backoff: {e}"))?
+                .with_jitter(Jitter::Full),
             wake: Arc::new(Notify::new()),
             monitor,
         })
@@ -158,7 +162,10 @@ impl Mailer {
                     tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");
                     self.db.mark_failed(email.id, &message).await?;
                 } else {
-                    let delay = retry_delay(attempts as u32);
+                    let delay = self
+                        .backoff
+                        .delay(attempts as u32, Duration::ZERO, &ThreadRandom)
+                        .max(Duration::from_millis(100));
                     tracing::warn!(outbox_id = email.id, attempts, ?delay, error = %message, "email delivery failed; will retry");
                     self.db.mark_retry(email.id, delay, &message).await?;
                 }
@@ -197,15 +204,4 @@ impl Mailer {
 /// The Message-ID of outbox email `id` in the database tagged `tag`.
 pub fn message_id(id: i64, tag: &str) -> String {
     format!("<outbox-{id}.{tag}@cozmic.local>")
-}
-
-/// The wait before attempt `attempts + 1`: exponential from 2 s, factor 2,
-/// capped at 1 hour, full jitter (selfheal's backoff).
-fn retry_delay(attempts: u32) -> Duration {
-    let backoff = Backoff::exponential(Duration::from_secs(2), 2.0, Duration::from_secs(3600))
-        .expect("valid backoff")
-        .with_jitter(Jitter::Full);
-    backoff
-        .delay(attempts, Duration::ZERO, &ThreadRandom)
-        .max(Duration::from_millis(200))
 }

@@ -116,7 +116,7 @@ async fn panic_on_demand(
     next: axum::middleware::Next,
 ) -> Response {
     if request.headers().contains_key(FaultHooks::PANIC_HEADER) {
-        panic!("chaos: panic requested by the fault hook");
+        std::panic::panic_any(FaultHooks::PANIC_MESSAGE);
     }
     next.run(request).await
 }

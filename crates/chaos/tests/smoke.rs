@@ -1,0 +1,78 @@
+//! The CI smoke run (about 10 s): cozmic with healing on under the default
+//! fault plan, 8 users for 8 s, then the integrity checks. Fails on any
+//! integrity violation (lost or doubled progress, a lost or duplicated
+//! email, a double charge), and if the faults did not actually happen.
+
+use std::time::Duration;
+
+use chaos::driver::{self, RunOptions};
+use chaos::plan::Plan;
+use chaos::progress::Progress;
+use chaos::report::{Recorder, counters, runs};
+use cozmic::config::Healing;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_on_under_the_default_plan_keeps_integrity() {
+    let recorder = Recorder::new();
+    let mut plan = Plan::default();
+    // Dense enough to happen several times in 8 s.
+    plan.panic.probability = 0.02;
+    plan.sessions.corrupt_fraction = 0.25;
+    let outcome = driver::run(
+        RunOptions {
+            name: runs::HEAL_ON,
+            healing: Healing::On,
+            storm: None,
+            duration: Duration::from_secs(8),
+            users: 8,
+            plan,
+            seed: 42,
+            database_url: None,
+        },
+        &recorder,
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap();
+    let summary = recorder.summary(runs::HEAL_ON);
+    println!("{summary:#?}\n{outcome:#?}");
+    assert!(
+        outcome.problems.is_empty(),
+        "integrity: {:#?}",
+        outcome.problems
+    );
+    assert_eq!(outcome.integrity.integrity_violations, 0);
+    assert_eq!(outcome.integrity.emails_lost, 0);
+    assert_eq!(outcome.integrity.emails_duplicated, 0);
+    assert_eq!(outcome.integrity.payments_duplicated, 0);
+    assert!(
+        outcome.students >= 8 && outcome.emails_expected >= 8,
+        "{outcome:?}"
+    );
+    assert!(
+        summary.overall.total > 50,
+        "users acted: {}",
+        summary.overall.total
+    );
+    // The faults were real.
+    let injected: u64 = summary
+        .counters
+        .iter()
+        .filter(|(name, _)| name.starts_with("faults_injected"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(injected > 10, "faults injected: {:?}", summary.counters);
+    assert!(
+        summary
+            .counters
+            .get(counters::UPSTREAM_CALLS)
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(
+        summary.overall.success_rate > 0.95,
+        "healing on: {:?}",
+        summary.overall
+    );
+}
