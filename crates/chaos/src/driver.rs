@@ -287,7 +287,15 @@ pub async fn run(
     smtp.set_up(true).await?;
     let db = app.state().db().clone();
     app.state().mailer().wake();
-    let drain_deadline = Instant::now() + Duration::from_secs(if storm { 5 } else { 45 });
+    // Healing on: the outbox keeps retrying, give it time. Healing off: the
+    // naive app has no durable retry (and its worker may have given up), so
+    // what is not sent within a few seconds is lost.
+    let drain = match (storm, options.healing) {
+        (true, _) => 3,
+        (false, Healing::On) => 45,
+        (false, Healing::Off) => 5,
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(drain);
     while Instant::now() < drain_deadline {
         let (waiting, _, _) = db.outbox_counts().await?;
         if waiting == 0 {

@@ -196,8 +196,8 @@ fn tables_cover_every_step_and_section() {
     for word in [
         "heal on: ok",
         "heal off: ok",
-        "90.0%",
-        "66.7%",
+        "90.00%",
+        "66.67%",
         "integrity_violations",
         "emails_lost",
         "emails_duplicated",
@@ -212,7 +212,7 @@ fn tables_cover_every_step_and_section() {
     let md = report.markdown();
     assert!(md.contains("| step | heal on: actions"), "{md}");
     assert!(md.contains("| :--- | ---: |"), "{md}");
-    assert!(md.contains("| buy_course | 100 | 90.0%"), "{md}");
+    assert!(md.contains("| buy_course | 100 | 90.00%"), "{md}");
 }
 
 #[test]

@@ -524,6 +524,20 @@ impl Db {
         }
     }
 
+    /// The idempotency key of the student's latest purchase still pending
+    /// (tried, outcome unknown), so that trying again reuses it.
+    pub async fn pending_payment_key(
+        &self,
+        student_id: i64,
+    ) -> std::result::Result<Option<String>, sqlx::Error> {
+        on_db!(self, r => sqlx::query_scalar(
+            "SELECT idempotency_key FROM payments WHERE student_id = $1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(student_id)
+        .fetch_optional(r.pool())
+        .await)
+    }
+
     /// Records a successful purchase: the payment, the premium flag and the
     /// confirmation email, in one transaction.
     pub fn complete_payment(

@@ -796,13 +796,21 @@ async fn premium_page(
         Ok(student) => student,
         Err(redirect) => return Ok(redirect),
     };
+    // A purchase whose outcome is unknown (the provider timed out, say) is
+    // tried again with the same key: the provider charges it at most once.
+    let pending = state.db().pending_payment_key(student.id).await?;
+    let purchase = pending
+        .as_deref()
+        .and_then(|key| key.strip_prefix(&purchase_prefix(student.id)))
+        .filter(|nonce| is_token(nonce))
+        .map_or_else(random_token, str::to_owned);
     let Chrome { signed_in, theme } = Chrome::of(&visitor);
     Ok(PremiumPage {
         signed_in,
         theme,
         configured: state.inner.payments.is_configured(),
         premium: student.premium == 1,
-        purchase: random_token(),
+        purchase,
         notice: None,
         success: query
             .ok()
@@ -846,7 +854,7 @@ async fn subscribe(
             "This form has expired. Open the Premium page again. You have not been charged.",
         ));
     }
-    let key = format!("cozmic-premium-{}-{purchase}", student.id);
+    let key = format!("{}{purchase}", purchase_prefix(student.id));
     state
         .db()
         .begin_payment(student.id, &key, crate::upstream::PREMIUM_PRICE_CENTS)
@@ -911,6 +919,11 @@ async fn subscribe(
             Ok(unavailable_response(retry_after, page.into_response()))
         }
     }
+}
+
+/// The idempotency key of a purchase is this prefix and the form's nonce.
+fn purchase_prefix(student_id: i64) -> String {
+    format!("cozmic-premium-{student_id}-")
 }
 
 // ---------------------------------------------------------------- misc

@@ -99,6 +99,7 @@ both_backends!(
     admin_pages_need_the_token_or_an_admin_student,
     bad_form_input_is_a_form_error_not_a_500,
     a_purchase_retried_through_503_is_charged_once,
+    a_purchase_whose_outcome_is_unknown_keeps_its_key,
     the_panic_hook_is_off_unless_armed_and_a_panic_is_a_friendly_page,
 );
 
@@ -697,6 +698,64 @@ async fn a_purchase_retried_through_503_is_charged_once(fixture: Fixture) {
     assert!(
         !keys[0].is_empty() && keys[0] == keys[1],
         "one key for both attempts: {keys:?}"
+    );
+    app.shutdown().await;
+}
+
+async fn a_purchase_whose_outcome_is_unknown_keeps_its_key(fixture: Fixture) {
+    // The payment API is down: the purchase stays pending, and the next
+    // visit to the premium page offers the same purchase (same key).
+    let down = Router::new().route(
+        "/v1/payment_intents",
+        post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, down).await });
+    let mut config = fixture.config();
+    config.stripe = Some(Stripe {
+        api_key: Secret::new("sk_test_123"),
+        base_url: format!("http://{addr}"),
+    });
+    config.upstream.max_attempts = 2;
+    let app = cozmic::start(config).await.unwrap();
+    let base = app.url();
+    let client = browser();
+    sign_up(&client, &base, "ada@example.com").await;
+    let page = client
+        .get(format!("{base}/premium"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let purchase = form_value(&page, "purchase");
+    let response = client
+        .post(format!("{base}/premium/subscribe"))
+        .form(&[("purchase", purchase.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("will not be charged twice") && page.contains("data-friendly"),
+        "{page}"
+    );
+    let again = client
+        .get(format!("{base}/premium"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        form_value(&again, "purchase"),
+        purchase,
+        "the pending purchase keeps its key"
     );
     app.shutdown().await;
 }

@@ -276,12 +276,28 @@ impl AdminGuard {
 /// Constant-time: SHA-256 of the presented token, compared with `subtle`.
 /// A body-less copy of the request, for a predicate.
 fn request_of(parts: &Parts) -> Request<()> {
+    copy_request(
+        &parts.method,
+        &parts.uri,
+        parts.version,
+        &parts.headers,
+        &parts.extensions,
+    )
+}
+
+fn copy_request(
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    version: axum::http::Version,
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Request<()> {
     let mut request = Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.version_mut() = version;
+    *request.headers_mut() = headers.clone();
+    *request.extensions_mut() = extensions.clone();
     request
 }
 
@@ -301,13 +317,13 @@ fn either(first: Option<Predicate>, second: Predicate) -> Predicate {
 }
 
 fn clone_request(request: &Request<()>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
+    copy_request(
+        request.method(),
+        request.uri(),
+        request.version(),
+        request.headers(),
+        request.extensions(),
+    )
 }
 
 fn token_matches(digest: &[u8; 32], presented: &str) -> bool {
