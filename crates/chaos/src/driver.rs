@@ -196,6 +196,7 @@ pub async fn run(
             panic_probability: if storm { 0.0 } else { plan.panic.probability },
             corrupt: !storm
                 && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
+            panic_sent: false,
             sqlite: app.state().db().sqlite().cloned(),
             postgres: app.state().db().postgres().cloned(),
             storm,
@@ -461,6 +462,8 @@ struct User {
     rng: fastrand::Rng,
     panic_probability: f64,
     corrupt: bool,
+    /// Whether the last request of the current try asked for a panic.
+    panic_sent: bool,
     sqlite: Option<sqlx::SqlitePool>,
     postgres: Option<sqlx::PgPool>,
     storm: bool,
@@ -574,12 +577,21 @@ impl User {
     }
 
     async fn perform(&mut self, action: Action, http: &reqwest::Client) -> Seen {
-        match action {
+        self.panic_sent = false;
+        let seen = match action {
             Action::SignUp => self.sign_up(http).await,
             Action::Dashboard => self.dashboard(http).await,
             Action::CompleteLesson => self.complete(http).await,
             Action::Tutor => self.ask(http).await,
             Action::Subscribe => self.subscribe(http).await,
+        };
+        match seen {
+            // The connection died under a request that asked for a panic:
+            // the panic escaped to the user.
+            Seen::Hard(FailureKind::Connection) if self.panic_sent => {
+                Seen::Hard(FailureKind::Panic)
+            }
+            seen => seen,
         }
     }
 
@@ -632,6 +644,7 @@ impl User {
     fn maybe_panic(&mut self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if self.panic_probability > 0.0 && self.rng.f64() < self.panic_probability {
             self.shared.panics_requested.fetch_add(1, Ordering::Relaxed);
+            self.panic_sent = true;
             request.header(FaultHooks::PANIC_HEADER, "1")
         } else {
             request

@@ -10,7 +10,7 @@
 //! ledger row" and "a student and their welcome email" are all-or-nothing.
 //!
 //! The two backends share every query (`$1` placeholders work in both); the
-//! [`on_db!`] macro compiles each body once per backend.
+//! `on_db!` macro compiles each body once per backend.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -15,7 +15,7 @@
 //! | "is it healthy?" | `/healthz`, `/readyz`, `/metrics`, the admin dashboard | `selfheal::health`, `selfheal::web` |
 //!
 //! [`app`] builds the router from an [`AppState`]; [`start`] opens
-//! everything from a [`Config`](config::Config) and serves it.
+//! everything from a [`Config`] and serves it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
