@@ -197,6 +197,10 @@ pub async fn run(
             corrupt: !storm
                 && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
             panic_sent: false,
+            retrying: false,
+            pending_lesson: None,
+            jar: Arc::default(),
+            session_table: app.state().sessions().table(),
             sqlite: app.state().db().sqlite().cloned(),
             postgres: app.state().db().postgres().cloned(),
             storm,
@@ -288,22 +292,23 @@ pub async fn run(
     smtp.set_up(true).await?;
     let db = app.state().db().clone();
     app.state().mailer().wake();
-    // Healing on: the outbox keeps retrying, give it time. Healing off: the
-    // naive app has no durable retry (and its worker may have given up), so
-    // what is not sent within a few seconds is lost.
-    let drain = match (storm, options.healing) {
-        (true, _) => 3,
-        (false, Healing::On) => 45,
-        (false, Healing::Off) => 5,
-    };
-    let drain_deadline = Instant::now() + Duration::from_secs(drain);
-    while Instant::now() < drain_deadline {
-        let (waiting, _, _) = db.outbox_counts().await?;
-        if waiting == 0 {
-            break;
-        }
+    // The same rule in both modes: wait until the outbox is empty, or until
+    // it has made no progress for 5 s (a worker that gave up, emails marked
+    // failed), at most 45 s. What is still waiting then counts as lost.
+    let drain_deadline = Instant::now() + Duration::from_secs(if storm { 3 } else { 45 });
+    let mut last = db.outbox_counts().await?;
+    let mut last_change = Instant::now();
+    while Instant::now() < drain_deadline
+        && last.0 > 0
+        && last_change.elapsed() < Duration::from_secs(5)
+    {
         app.state().mailer().wake();
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = db.outbox_counts().await?;
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
     }
     if !storm {
         outcome = check_integrity(&db, &smtp, &stripe, &shared).await?;
@@ -464,6 +469,14 @@ struct User {
     corrupt: bool,
     /// Whether the last request of the current try asked for a panic.
     panic_sent: bool,
+    /// Whether the current try is the user pressing again.
+    retrying: bool,
+    /// The lesson form last sent: pressed again as is.
+    pending_lesson: Option<(&'static str, String)>,
+    /// The browser's cookie jar.
+    jar: Arc<reqwest::cookie::Jar>,
+    /// The session store's table (`None` for Redis).
+    session_table: Option<&'static str>,
     sqlite: Option<sqlx::SqlitePool>,
     postgres: Option<sqlx::PgPool>,
     storm: bool,
@@ -520,13 +533,21 @@ const LESSONS: [&str; 6] = [
     "rockets",
 ];
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
+/// A fresh browser: a cookie jar (kept, to read the session cookie) and a
+/// client on it.
+fn browser() -> (Arc<reqwest::cookie::Jar>, reqwest::Client) {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
         .timeout(Duration::from_secs(30))
         .build()
-        .expect("client")
+        .expect("client");
+    (jar, client)
 }
+
+/// The length of the HMAC-SHA256 signature (base64) that prefixes a signed
+/// cookie's value (the `cookie` crate's format: `base64(mac) + value`).
+const SIGNATURE_LEN: usize = 44;
 
 fn form_value(page: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
@@ -539,8 +560,14 @@ impl User {
         format!("user{}.{}@chaos.test", self.index, self.run)
     }
 
+    fn new_browser(&mut self) -> reqwest::Client {
+        let (jar, client) = browser();
+        self.jar = jar;
+        client
+    }
+
     async fn live(mut self) {
-        let mut http = client();
+        let mut http = self.new_browser();
         // Sign up (a failure is retried by the next action's re-login).
         self.act(Action::SignUp, &mut http).await;
         let mut subscribed = false;
@@ -554,7 +581,7 @@ impl User {
                 && Instant::now() >= at
             {
                 corrupt_at = None;
-                self.corrupt_session(&mut http).await;
+                self.corrupt_session().await;
             }
             if self.storm {
                 self.act(Action::Tutor, &mut http).await;
@@ -622,19 +649,23 @@ impl User {
                 // Lost the session, or the app errors on every request
                 // with this cookie: a fresh browser, signed in again.
                 if matches!(seen, Seen::Hard(_)) {
-                    *http = client();
+                    *http = self.new_browser();
                 }
                 self.shared.relogins.fetch_add(1, Ordering::Relaxed);
+                let login_began = Instant::now();
                 let login = self.log_in(http).await;
                 self.recorder.record(
                     self.run,
                     "login",
-                    Instant::now() - self.started,
-                    Duration::ZERO,
+                    login_began - self.started,
+                    login_began.elapsed(),
                     login.outcome(),
                 );
             }
+            // The same form again (the same lesson nonce, the same purchase).
+            self.retrying = true;
             seen = self.perform(action, http).await;
+            self.retrying = false;
         }
         self.recorder
             .record(self.run, step, started_at, begin.elapsed(), seen.outcome());
@@ -726,20 +757,33 @@ impl User {
     }
 
     async fn complete(&mut self, http: &reqwest::Client) -> Seen {
-        let lesson = LESSONS[self.rng.usize(..LESSONS.len())];
-        let (seen, page) = Self::judge(
-            http.get(format!("{}/lessons/{lesson}", self.base))
-                .send()
-                .await,
-            |b| b.contains("name=\"nonce\""),
-        )
-        .await;
-        if seen != Seen::Ok {
-            return seen;
-        }
-        let Some(nonce) = form_value(&page, "nonce") else {
-            return Seen::Hard(FailureKind::Unexpected);
+        // Pressing again re-sends the same form; a new action opens a lesson.
+        let pending = if self.retrying {
+            self.pending_lesson.clone()
+        } else {
+            None
         };
+        let (lesson, nonce) = match pending {
+            Some(pending) => pending,
+            None => {
+                let lesson = LESSONS[self.rng.usize(..LESSONS.len())];
+                let (seen, page) = Self::judge(
+                    http.get(format!("{}/lessons/{lesson}", self.base))
+                        .send()
+                        .await,
+                    |b| b.contains("name=\"nonce\""),
+                )
+                .await;
+                if seen != Seen::Ok {
+                    return seen;
+                }
+                let Some(nonce) = form_value(&page, "nonce") else {
+                    return Seen::Hard(FailureKind::Unexpected);
+                };
+                (lesson, nonce)
+            }
+        };
+        self.pending_lesson = Some((lesson, nonce.clone()));
         let email = self.email();
         self.shared
             .progress
@@ -815,34 +859,64 @@ impl User {
         .0
     }
 
-    /// Corrupts this user's session: half the time the cookie (tampered),
-    /// half the time the stored record (garbage bytes in the store).
-    async fn corrupt_session(&mut self, http: &mut reqwest::Client) {
-        self.shared
-            .sessions_corrupted
-            .fetch_add(1, Ordering::Relaxed);
+    /// Corrupts this user's session: half the time the cookie (a forged
+    /// value the app did not sign), half the time its stored record (garbage
+    /// bytes in the store's row for this user's session id). Counted only
+    /// when it happened.
+    async fn corrupt_session(&mut self) {
+        let url: reqwest::Url = self.base.parse().expect("base url");
         if self.rng.bool() {
-            // A cookie the app did not sign: a fresh browser with a forged one.
-            let jar = Arc::new(reqwest::cookie::Jar::default());
-            let url: reqwest::Url = self.base.parse().expect("base url");
-            jar.add_cookie_str("cozmic_session=Zm9yZ2VkLXNpZ25hdHVyZS1mb3JnZWQtc2lnbmF0dXJlMDAwMDAwMDAwMDAw; Path=/", &url);
-            *http = reqwest::Client::builder()
-                .cookie_provider(jar)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client");
-        } else {
-            // The newest session rows (this user's among them) become garbage.
-            let sql = "UPDATE tower_sessions SET data = $1 WHERE id IN (SELECT id FROM tower_sessions ORDER BY expiry_date DESC LIMIT 1)";
-            let garbage = vec![0xc1_u8, 0xff, 0x00, 0x42];
-            let result = match (&self.sqlite, &self.postgres) {
-                (Some(pool), _) => sqlx::query(sql).bind(garbage).execute(pool).await.map(drop),
-                (_, Some(pool)) => sqlx::query(sql).bind(garbage).execute(pool).await.map(drop),
-                _ => Ok(()),
-            };
-            if let Err(error) = result {
-                tracing::warn!(%error, "could not corrupt a session row");
+            self.jar.add_cookie_str(
+                "cozmic_session=Zm9yZ2VkLXNpZ25hdHVyZS1mb3JnZWQtc2lnbmF0dXJlMDAwMDAwMDAwMDAw; Path=/",
+                &url,
+            );
+            self.shared
+                .sessions_corrupted
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        use reqwest::cookie::CookieStore;
+        let Some(table) = self.session_table else {
+            return;
+        };
+        let cookies = self.jar.cookies(&url);
+        let id = cookies
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| {
+                h.split("; ")
+                    .find_map(|c| c.strip_prefix("cozmic_session="))
+            })
+            .filter(|v| v.len() > SIGNATURE_LEN && v.is_char_boundary(SIGNATURE_LEN))
+            .map(|v| v[SIGNATURE_LEN..].to_owned());
+        let Some(id) = id else {
+            return;
+        };
+        let sql = format!("UPDATE {table} SET data = $1 WHERE id = $2");
+        let garbage = vec![0xc1_u8, 0xff, 0x00, 0x42];
+        let result = match (&self.sqlite, &self.postgres) {
+            (Some(pool), _) => sqlx::query(&sql)
+                .bind(garbage)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            (_, Some(pool)) => sqlx::query(&sql)
+                .bind(garbage)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            _ => Ok(0),
+        };
+        match result {
+            Ok(1) => {
+                self.shared
+                    .sessions_corrupted
+                    .fetch_add(1, Ordering::Relaxed);
             }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not corrupt a session row"),
         }
     }
 }

@@ -144,9 +144,6 @@ pub struct Config {
     pub secret_key: Option<Secret>,
     /// `ADMIN_TOKEN` (at least 16 characters): opens the admin pages.
     pub admin_token: Option<Secret>,
-    /// `COZMIC_ADMIN_EMAILS`: students signing up with these addresses are
-    /// flagged admin.
-    pub admin_emails: Vec<String>,
     /// The AI tutor's provider; `None` when `OPENAI_API_KEY` is not set.
     pub openai: Option<OpenAi>,
     /// The payment provider; `None` when `STRIPE_API_KEY` is not set.
@@ -192,7 +189,6 @@ impl Config {
             redis_url: None,
             secret_key: None,
             admin_token: None,
-            admin_emails: Vec::new(),
             openai: None,
             stripe: None,
             smtp_url: None,
@@ -276,13 +272,6 @@ impl Config {
                 Ok(_) => config.admin_token = Some(Secret::new(token)),
                 Err(error) => problems.push(format!("ADMIN_TOKEN: {error}")),
             }
-        }
-        if let Some(emails) = get("COZMIC_ADMIN_EMAILS") {
-            config.admin_emails = emails
-                .split(',')
-                .map(|e| e.trim().to_ascii_lowercase())
-                .filter(|e| !e.is_empty())
-                .collect();
         }
         let url_ok = |name: &str, value: &str, problems: &mut Vec<String>| {
             if url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {

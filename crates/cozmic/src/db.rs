@@ -211,11 +211,14 @@ impl Db {
             Db::Postgres(runner(Runner::new(pool), heal, monitor)?)
         } else {
             std::fs::create_dir_all(&config.data_dir)?;
-            let mut options = selfheal::db::sqlite::connect_options(&url)?;
-            if !heal {
-                // The naive app: a locked database is an error at once.
-                options = options.busy_timeout(Duration::ZERO);
-            }
+            let options = if heal {
+                selfheal::db::sqlite::connect_options(&url)?
+            } else {
+                // The naive app: sqlx's defaults (rollback journal, a 5 s
+                // busy timeout), deferred `BEGIN`, no re-runs.
+                url.parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                    .create_if_missing(true)
+            };
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(8)
                 .connect_with(options)
@@ -288,24 +291,21 @@ impl Db {
         email: &str,
         name: &str,
         password_hash: &str,
-        is_admin: bool,
         welcome: NewEmail,
     ) -> impl std::future::Future<Output = std::result::Result<i64, SignupError>> + Send + 'static
     {
         let (email, name, hash) = (email.to_owned(), name.to_owned(), password_hash.to_owned());
-        let admin = i64::from(is_admin);
         let this = self.clone();
         async move {
             let result = on_db!(&this, r => r.run("signup", async move |tx| {
                 let now = now_ms();
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO students (email, name, password_hash, is_admin, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    "INSERT INTO students (email, name, password_hash, created_at) \
+                     VALUES ($1, $2, $3, $4) RETURNING id",
                 )
                 .bind(email.clone())
                 .bind(name.clone())
                 .bind(hash.clone())
-                .bind(admin)
                 .bind(now)
                 .fetch_one(&mut **tx)
                 .await?;
@@ -498,20 +498,28 @@ impl Db {
         .await)
     }
 
-    /// Records a purchase about to be attempted (once per idempotency key).
+    /// Records a purchase about to be attempted and returns the key to use:
+    /// the student's pending purchase's key if there is one (two tabs, a
+    /// double click: one purchase), else `key`. A unique partial index keeps
+    /// one pending purchase per student even under concurrent requests.
     pub fn begin_payment(
         &self,
         student_id: i64,
         key: &str,
         amount: i64,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<String>> + Send + 'static {
         let key = key.to_owned();
         let this = self.clone();
         async move {
             on_db!(&this, r => r.run("begin_payment", async move |tx| {
+                let pending = "SELECT idempotency_key FROM payments WHERE student_id = $1 AND status = 'pending'";
+                let existing: Option<String> = sqlx::query_scalar(pending).bind(student_id).fetch_optional(&mut **tx).await?;
+                if let Some(existing) = existing {
+                    return Ok(existing);
+                }
                 sqlx::query(
                     "INSERT INTO payments (student_id, idempotency_key, amount, status, created_at) \
-                     VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (idempotency_key) DO NOTHING",
+                     VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT DO NOTHING",
                 )
                 .bind(student_id)
                 .bind(key.clone())
@@ -519,7 +527,8 @@ impl Db {
                 .bind(now_ms())
                 .execute(&mut **tx)
                 .await?;
-                Ok(())
+                let current: Option<String> = sqlx::query_scalar(pending).bind(student_id).fetch_optional(&mut **tx).await?;
+                Ok(current.unwrap_or_else(|| key.clone()))
             }).await)
         }
     }
@@ -682,6 +691,28 @@ impl Db {
         on_db!(self, r => sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(r.pool()).await)
     }
 
+    /// Flags (or unflags) the student with this email as an admin; false
+    /// when there is no such student. An operator's action (`cozmic promote`),
+    /// never a web request.
+    pub fn set_admin(
+        &self,
+        email: &str,
+        admin: bool,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+        let email = email.trim().to_ascii_lowercase();
+        let this = self.clone();
+        async move {
+            on_db!(&this, r => r.run("set_admin", async move |tx| {
+                let done = sqlx::query("UPDATE students SET is_admin = $1 WHERE email = $2")
+                    .bind(i64::from(admin))
+                    .bind(email.clone())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }).await)
+        }
+    }
+
     /// Whether the student is flagged admin.
     pub async fn is_admin(&self, student_id: i64) -> bool {
         matches!(self.student(student_id).await, Ok(Some(s)) if s.is_admin == 1)
@@ -697,8 +728,11 @@ fn runner<DB: selfheal::db::Backend>(
     Ok(if heal {
         runner.with_guard(Guard::new())
     } else {
-        // One attempt: a lock conflict is the user's error page.
-        runner.with_policy(Policy::default().with_max_attempts(1)?.without_budget())
+        // One attempt, a plain deferred BEGIN: a lock conflict the busy
+        // timeout does not absorb is the user's error page.
+        runner
+            .with_policy(Policy::default().with_max_attempts(1)?.without_budget())
+            .with_begin("BEGIN")
     })
 }
 

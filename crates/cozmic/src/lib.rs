@@ -117,6 +117,11 @@ impl AppState {
         &self.inner.config
     }
 
+    /// The session store.
+    pub fn sessions(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// The email outbox worker.
     pub fn mailer(&self) -> &Mailer {
         &self.inner.mailer

@@ -14,9 +14,12 @@
 //! the database's instance tag, so a receiver can recognise a repeat; into
 //! the mail directory (no `SMTP_URL`), a message whose file already exists
 //! is not written again, so even a crash between delivery and "mark sent"
-//! does not duplicate it. Over SMTP that window (the server said 250, the
-//! process died before the row was updated) remains, as with every SMTP
-//! client; the stable Message-ID is what lets the receiving side collapse it.
+//! does not duplicate it. A row the database fails to mark right after a
+//! delivery is remembered in memory and marked later, not sent again (the
+//! worker may be restarted meanwhile). Over SMTP one window remains (the
+//! server said 250, then the process died before the row was updated), as
+//! with every SMTP client; the stable Message-ID is what lets the receiving
+//! side collapse it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,6 +87,10 @@ pub struct Mailer {
     poll: Duration,
     backoff: Backoff,
     wake: Arc<Notify>,
+    /// Delivered, but the row could not be marked sent yet (the database
+    /// failed right after the server said 250): marked, never sent again,
+    /// even when the worker is restarted. Lost only if the process dies.
+    unmarked: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
     monitor: Monitor,
 }
 
@@ -103,6 +110,7 @@ impl Mailer {
                 .map_err(|e| anyhow::anyhow!("mail backoff: {e}"))?
                 .with_jitter(Jitter::Full),
             wake: Arc::new(Notify::new()),
+            unmarked: Arc::default(),
             monitor,
         })
     }
@@ -145,9 +153,20 @@ impl Mailer {
 
     /// One attempt at one email; the outcome is written to its row.
     async fn deliver(&self, tag: &str, email: OutboxEmail) -> anyhow::Result<()> {
-        match self.send(tag, &email).await {
+        let heal = self.healing == Healing::On;
+        let delivered = heal && self.unmarked.lock().expect("unmarked").contains(&email.id);
+        let outcome = if delivered {
+            Ok(())
+        } else {
+            self.send(tag, &email).await
+        };
+        match outcome {
             Ok(()) => {
+                if heal {
+                    self.unmarked.lock().expect("unmarked").insert(email.id);
+                }
                 self.db.mark_sent(email.id).await?;
+                self.unmarked.lock().expect("unmarked").remove(&email.id);
                 if email.attempts > 0 {
                     self.monitor
                         .record_heal(selfheal::health::HealKind::RetryRecovered, "email:outbox");

@@ -20,6 +20,24 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {}
+        [command @ ("promote" | "demote"), email] => {
+            return promote(config, email, *command == "promote").await;
+        }
+        _ => {
+            eprintln!(
+                "usage: cozmic                  serve the app\n       cozmic promote EMAIL    make a student an admin\n       cozmic demote EMAIL     take it back"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let running = match cozmic::start(config).await {
         Ok(running) => running,
         Err(error) => {
@@ -63,9 +81,9 @@ async fn main() -> ExitCode {
         "  admin: {}/admin/health ({})",
         running.url(),
         if config.admin_token.is_some() {
-            "ADMIN_TOKEN or an admin student"
+            "ADMIN_TOKEN, or students made admin with `cozmic promote EMAIL`"
         } else {
-            "set ADMIN_TOKEN, or COZMIC_ADMIN_EMAILS"
+            "set ADMIN_TOKEN, or run `cozmic promote EMAIL`"
         }
     );
     println!(
@@ -74,4 +92,35 @@ async fn main() -> ExitCode {
     );
     running.wait_for_signal().await;
     ExitCode::SUCCESS
+}
+
+/// `cozmic promote EMAIL`: flags a student as admin (they then see
+/// `/admin/health` when signed in). An operator's command on the server, on
+/// purpose: no web request can grant it.
+async fn promote(config: cozmic::config::Config, email: &str, admin: bool) -> ExitCode {
+    let result = async {
+        let monitor = selfheal::health::Monitor::builder().global(false).build()?;
+        let db = cozmic::db::Db::open(&config, &monitor).await?;
+        let found = db.set_admin(email, admin).await?;
+        db.close().await;
+        anyhow::Ok(found)
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            println!(
+                "{email} is {}an admin",
+                if admin { "now " } else { "no longer " }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("cozmic: no student signed up with {email}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("cozmic: {}", selfheal::web::redact(&format!("{error:#}")));
+            ExitCode::FAILURE
+        }
+    }
 }

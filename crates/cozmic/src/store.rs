@@ -61,6 +61,18 @@ impl Store {
         }
     }
 
+    /// The SQL table holding the sessions (quoted), for operators and the
+    /// chaos harness; `None` for Redis.
+    pub fn table(&self) -> Option<&'static str> {
+        match self {
+            Store::Sqlite(_) => Some("tower_sessions"),
+            // tower-sessions-sqlx-store's PostgreSQL table, in the schema
+            // given to it (the connection's current schema).
+            Store::Postgres(_) => Some("\"session\""),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// Deletes expired sessions every `period` (Redis expires its own).
     pub async fn delete_expired_forever(
         self,

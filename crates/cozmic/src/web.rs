@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use hmac::Mac;
 use selfheal::health::HealKind;
 use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
 use serde::Deserialize;
@@ -171,6 +172,42 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A lesson form's nonce: 16 random bytes and a MAC binding them to the
+/// student and the lesson (keyed with `SECRET_KEY`), so that a form cannot
+/// be forged for XP, only submitted (once) as served.
+fn lesson_nonce(state: &AppState, student_id: i64, lesson_id: &str) -> String {
+    let random = random_token();
+    let mac = lesson_mac(state, student_id, lesson_id, &random)
+        .finalize()
+        .into_bytes();
+    format!("{random}{}", hex::encode(&mac[..16]))
+}
+
+fn lesson_nonce_is_valid(state: &AppState, student_id: i64, lesson_id: &str, nonce: &str) -> bool {
+    if nonce.len() != 64 || !nonce.is_ascii() {
+        return false;
+    }
+    let (random, tag) = nonce.split_at(32);
+    let Ok(tag) = hex::decode(tag) else {
+        return false;
+    };
+    lesson_mac(state, student_id, lesson_id, random)
+        .verify_truncated_left(&tag)
+        .is_ok()
+}
+
+fn lesson_mac(
+    state: &AppState,
+    student_id: i64,
+    lesson_id: &str,
+    random: &str,
+) -> hmac::Hmac<sha2::Sha256> {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(state.inner.secret.as_bytes())
+        .expect("any key length");
+    mac.update(format!("cozmic lesson\0{student_id}\0{lesson_id}\0{random}").as_bytes());
+    mac
+}
+
 fn is_token(value: &str) -> bool {
     (8..=64).contains(&value.len())
         && value
@@ -242,7 +279,9 @@ fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
         })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        // What the mailer will accept, so the welcome email can be sent.
+        && email.parse::<lettre::Address>().is_ok();
     if !valid_email {
         return Err("Please enter a valid email address, like ada@example.com.");
     }
@@ -273,7 +312,6 @@ async fn signup(
     let email = form.email.trim().to_ascii_lowercase();
     let password = form.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
-    let is_admin = state.config().admin_emails.contains(&email);
     let welcome = NewEmail {
         kind: "welcome".to_owned(),
         subject: "Welcome to CozmicLearning!".to_owned(),
@@ -283,7 +321,7 @@ async fn signup(
     };
     match state
         .db()
-        .create_student(&email, &name, &hash, is_admin, welcome)
+        .create_student(&email, &name, &hash, welcome)
         .await
     {
         Ok(id) => {
@@ -379,7 +417,7 @@ async fn login(
         password: String::new(),
     });
     let email = form.email.trim().to_ascii_lowercase();
-    let record = if email.is_empty() || email.len() > 254 || form.password.len() > 128 {
+    let record = if email.is_empty() || email.len() > 254 || form.password.chars().count() > 128 {
         None
     } else {
         state.db().login_record(&email).await?
@@ -579,9 +617,10 @@ async fn lesson(
     mut visitor: Visitor,
     Path(id): Path<String>,
 ) -> Page {
-    if let Err(redirect) = signed_in(&state, &mut visitor).await? {
-        return Ok(redirect);
-    }
+    let student = match signed_in(&state, &mut visitor).await? {
+        Ok(student) => student,
+        Err(redirect) => return Ok(redirect),
+    };
     let Some(lesson) = lessons::find(&id) else {
         return Ok(message(
             &visitor,
@@ -597,7 +636,7 @@ async fn lesson(
         id: lesson.id,
         title: lesson.title,
         body: lesson.body,
-        nonce: random_token(),
+        nonce: lesson_nonce(&state, student.id, lesson.id),
     }
     .into_response())
 }
@@ -628,7 +667,7 @@ async fn complete_lesson(
         ));
     };
     let nonce = form.map(|Form(f)| f.nonce).unwrap_or_default();
-    if !is_token(&nonce) {
+    if !lesson_nonce_is_valid(&state, student.id, lesson.id, &nonce) {
         return Ok(message(
             &visitor,
             StatusCode::BAD_REQUEST,
@@ -855,10 +894,15 @@ async fn subscribe(
         ));
     }
     let key = format!("{}{purchase}", purchase_prefix(student.id));
-    state
+    // A purchase already pending (another tab, a double click) is this one.
+    let key = state
         .db()
         .begin_payment(student.id, &key, crate::upstream::PREMIUM_PRICE_CENTS)
         .await?;
+    let purchase = key
+        .strip_prefix(&purchase_prefix(student.id))
+        .unwrap_or(&purchase)
+        .to_owned();
     match payments.charge_premium(student.id, &key).await {
         Ok(provider_id) => {
             let email = NewEmail {

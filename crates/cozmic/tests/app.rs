@@ -338,7 +338,9 @@ async fn a_corrupted_session_gives_a_fresh_session_not_an_error(fixture: Fixture
     sign_up(&client, &base, "ada@example.com").await;
 
     // Every stored session record becomes garbage.
-    let garbage = "UPDATE tower_sessions SET data = $1";
+    let table = app.state().sessions().table().unwrap();
+    let garbage = format!("UPDATE {table} SET data = $1");
+    let garbage = garbage.as_str();
     let bytes: Vec<u8> = vec![0xc1, 0xff, 0x00, 0x13, 0x37];
     match (app.state().db().sqlite(), app.state().db().postgres()) {
         (Some(pool), _) => sqlx::query(garbage)
@@ -448,9 +450,7 @@ async fn the_welcome_email_is_delivered_once_across_restarts(fixture: Fixture) {
 }
 
 async fn admin_pages_need_the_token_or_an_admin_student(fixture: Fixture) {
-    let mut config = fixture.config();
-    config.admin_emails = vec!["root@example.com".into()];
-    let app = cozmic::start(config).await.unwrap();
+    let app = cozmic::start(fixture.config()).await.unwrap();
     let base = app.url();
     let anonymous = reqwest::Client::new();
     for path in ["/admin/health", "/admin/health.json"] {
@@ -494,6 +494,30 @@ async fn admin_pages_need_the_token_or_an_admin_student(fixture: Fixture) {
     );
     let admin = browser();
     sign_up(&admin, &base, "root@example.com").await;
+    assert_eq!(
+        admin
+            .get(format!("{base}/admin/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // What `cozmic promote root@example.com` does.
+    assert!(
+        app.state()
+            .db()
+            .set_admin("root@example.com", true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !app.state()
+            .db()
+            .set_admin("nobody@example.com", true)
+            .await
+            .unwrap()
+    );
     let response = admin
         .get(format!("{base}/admin/health"))
         .send()
@@ -520,7 +544,15 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
     let app = cozmic::start(fixture.config()).await.unwrap();
     let base = app.url();
     let client = browser();
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[
+                ("name", "Ada"),
+                ("email", "ada@b@example.com"),
+                ("password", "correct horse"),
+            ],
+            "valid email",
+        ),
         (
             &[
                 ("name", ""),
