@@ -630,44 +630,32 @@ impl Db {
         }
     }
 
-    /// Schedules another attempt after `delay`.
-    pub fn mark_retry(
+    /// Records a failed attempt: another one after `retry_in`, or, with
+    /// `None`, none (the email is given up).
+    pub fn mark_failed_attempt(
         &self,
         id: i64,
-        delay: Duration,
+        retry_in: Option<Duration>,
         error: &str,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let error = error.chars().take(300).collect::<String>();
         let this = self.clone();
         async move {
-            on_db!(&this, r => r.run("outbox_retry", async move |tx| {
-                sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3")
-                    .bind(now_ms() + delay.as_millis() as i64)
-                    .bind(error.clone())
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            }).await)
-        }
-    }
-
-    /// Gives up on an email.
-    pub fn mark_failed(
-        &self,
-        id: i64,
-        error: &str,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let error = error.chars().take(300).collect::<String>();
-        let this = self.clone();
-        async move {
-            on_db!(&this, r => r.run("outbox_failed", async move |tx| {
-                sqlx::query("UPDATE outbox SET attempts = attempts + 1, failed_at = $1, last_error = $2 WHERE id = $3")
-                    .bind(now_ms())
-                    .bind(error.clone())
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
+            on_db!(&this, r => r.run("outbox_failed_attempt", async move |tx| {
+                let now = now_ms();
+                let (next, failed_at) = match retry_in {
+                    Some(delay) => (now + delay.as_millis() as i64, None),
+                    None => (now, Some(now)),
+                };
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, failed_at = $2, last_error = $3 WHERE id = $4",
+                )
+                .bind(next)
+                .bind(failed_at)
+                .bind(error.clone())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
                 Ok(())
             }).await)
         }

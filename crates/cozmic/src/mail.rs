@@ -179,14 +179,18 @@ impl Mailer {
                 let attempts = email.attempts + 1;
                 if self.healing == Healing::Off || attempts >= MAX_ATTEMPTS {
                     tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");
-                    self.db.mark_failed(email.id, &message).await?;
+                    self.db
+                        .mark_failed_attempt(email.id, None, &message)
+                        .await?;
                 } else {
                     let delay = self
                         .backoff
                         .delay(attempts as u32, Duration::ZERO, &ThreadRandom)
                         .max(Duration::from_millis(100));
                     tracing::warn!(outbox_id = email.id, attempts, ?delay, error = %message, "email delivery failed; will retry");
-                    self.db.mark_retry(email.id, delay, &message).await?;
+                    self.db
+                        .mark_failed_attempt(email.id, Some(delay), &message)
+                        .await?;
                 }
             }
         }

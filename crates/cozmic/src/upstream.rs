@@ -97,6 +97,18 @@ fn from_status(status: reqwest::StatusCode, retry_after: Option<Duration>) -> Up
     }
 }
 
+/// The JSON body of a successful answer, or why there is none.
+async fn decode<T: serde::de::DeserializeOwned>(
+    sent: Result<reqwest::Response, reqwest_middleware::Error>,
+) -> Result<T, UpstreamError> {
+    let response = sent.map_err(|e| unavailable(&e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(from_status(status, header_retry_after(&response)));
+    }
+    response.json().await.map_err(|_| UpstreamError::Malformed)
+}
+
 fn header_retry_after(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()
@@ -160,16 +172,8 @@ impl Tutor {
             .with_extension(Idempotency::Idempotent)
             .with_extension(Dependency::new("openai"))
             .send()
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(from_status(status, header_retry_after(&response)));
-        }
-        let completion: Completion = response
-            .json()
-            .await
-            .map_err(|_| UpstreamError::Malformed)?;
+            .await;
+        let completion: Completion = decode(response).await?;
         completion
             .choices
             .into_iter()
@@ -235,16 +239,8 @@ impl Payments {
             .body(body)
             .with_extension(Dependency::new("stripe"))
             .send()
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(from_status(status, header_retry_after(&response)));
-        }
-        let intent: PaymentIntent = response
-            .json()
-            .await
-            .map_err(|_| UpstreamError::Malformed)?;
+            .await;
+        let intent: PaymentIntent = decode(response).await?;
         if intent.status == "succeeded" || intent.status == "processing" {
             Ok(intent.id)
         } else {

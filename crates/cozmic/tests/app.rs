@@ -206,10 +206,44 @@ async fn ai_server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
             }
         }),
     );
+    let addr = serve(app).await;
+    (format!("http://{addr}/v1"), calls)
+}
+
+/// Opens the premium page and submits its purchase form: (the purchase
+/// nonce, the answer).
+async fn subscribe(client: &reqwest::Client, base: &str) -> (String, reqwest::Response) {
+    let page = client
+        .get(format!("{base}/premium"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let purchase = form_value(&page, "purchase");
+    let response = client
+        .post(format!("{base}/premium/subscribe"))
+        .form(&[("purchase", purchase.as_str())])
+        .send()
+        .await
+        .unwrap();
+    (purchase, response)
+}
+
+/// Serves `router` on a free loopback port.
+async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/v1"), calls)
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+fn with_stripe(config: &mut Config, addr: SocketAddr) {
+    config.stripe = Some(Stripe {
+        api_key: Secret::new("sk_test_123"),
+        base_url: format!("http://{addr}"),
+    });
 }
 
 fn with_ai(config: &mut Config, base_url: String) {
@@ -690,33 +724,14 @@ async fn a_purchase_retried_through_503_is_charged_once(fixture: Fixture) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, stripe).await });
+    let addr = serve(stripe).await;
     let mut config = fixture.config();
-    config.stripe = Some(Stripe {
-        api_key: Secret::new("sk_test_123"),
-        base_url: format!("http://{addr}"),
-    });
+    with_stripe(&mut config, addr);
     let app = cozmic::start(config).await.unwrap();
     let base = app.url();
     let client = browser();
     sign_up(&client, &base, "ada@example.com").await;
-    let page = client
-        .get(format!("{base}/premium"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let purchase = form_value(&page, "purchase");
-    let response = client
-        .post(format!("{base}/premium/subscribe"))
-        .form(&[("purchase", purchase.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let (_, response) = subscribe(&client, &base).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response
@@ -741,34 +756,15 @@ async fn a_purchase_whose_outcome_is_unknown_keeps_its_key(fixture: Fixture) {
         "/v1/payment_intents",
         post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, down).await });
+    let addr = serve(down).await;
     let mut config = fixture.config();
-    config.stripe = Some(Stripe {
-        api_key: Secret::new("sk_test_123"),
-        base_url: format!("http://{addr}"),
-    });
+    with_stripe(&mut config, addr);
     config.upstream.max_attempts = 2;
     let app = cozmic::start(config).await.unwrap();
     let base = app.url();
     let client = browser();
     sign_up(&client, &base, "ada@example.com").await;
-    let page = client
-        .get(format!("{base}/premium"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let purchase = form_value(&page, "purchase");
-    let response = client
-        .post(format!("{base}/premium/subscribe"))
-        .form(&[("purchase", purchase.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let (purchase, response) = subscribe(&client, &base).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     let page = response.text().await.unwrap();
