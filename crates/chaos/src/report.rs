@@ -949,16 +949,68 @@ impl Report {
     }
 }
 
-fn draw_chart(svg: &mut String, series: &[(&str, &RunReport)]) -> Result<(), String> {
+fn err(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// One panel of the chart: `value` of every second with actions, one line
+/// per run (a second without actions has no point rather than a zero).
+fn draw_panel<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    y_max: f64,
+    series: &[(&str, &RunReport)],
+    value: impl Fn(&SecondBucket) -> f64,
+) -> Result<(), String> {
     use plotters::prelude::*;
 
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let colors = [RGBColor(0, 114, 178), RGBColor(213, 94, 0)];
     let max_t = series
         .iter()
         .flat_map(|(_, r)| r.timeline.iter().map(|b| b.second + 1))
         .max()
         .unwrap_or(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_t, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since start (s)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, run)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points = run
+            .timeline
+            .iter()
+            .filter(|b| b.actions > 0)
+            .map(|b| (b.second as f64, value(b)));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
+
+fn draw_chart(svg: &mut String, series: &[(&str, &RunReport)]) -> Result<(), String> {
+    use plotters::prelude::*;
+
     let max_p95 = series
         .iter()
         .flat_map(|(_, r)| r.timeline.iter().map(|b| b.p95_ms))
@@ -974,71 +1026,22 @@ fn draw_chart(svg: &mut String, series: &[(&str, &RunReport)]) -> Result<(), Str
         )
         .map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(330);
-
-    let mut chart = ChartBuilder::on(&top)
-        .caption("Success % over time", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_t, 0.0..100.0)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        .y_desc("success %")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (name, run)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points = run
-            .timeline
-            .iter()
-            .map(|b| (b.second as f64, b.success_rate * 100.0));
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("p95 latency over time", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_t, 0.0..max_p95)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        .y_desc("p95 latency (ms)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (name, run)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points = run.timeline.iter().map(|b| (b.second as f64, b.p95_ms));
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_panel(
+        &top,
+        "Success % over time",
+        "success %",
+        100.0,
+        series,
+        |b| b.success_rate * 100.0,
+    )?;
+    draw_panel(
+        &bottom,
+        "p95 latency over time",
+        "p95 latency (ms)",
+        max_p95,
+        series,
+        |b| b.p95_ms,
+    )?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -77,9 +77,11 @@ impl AppState {
                 .key_file(config.data_dir.join("secret_key"))
                 .load_from(|_| None)?,
         };
-        let http = |()| upstream::client(config.healing, config.upstream, &monitor);
-        let tutor = Tutor::new(http(())?, config.openai.clone());
-        let payments = Payments::new(http(())?, config.stripe.clone());
+        // One client: the middleware keeps a budget and a breaker per
+        // dependency (`openai`, `stripe`), and the connection pool is shared.
+        let http = upstream::client(config.healing, config.upstream, &monitor)?;
+        let tutor = Tutor::new(http.clone(), config.openai.clone());
+        let payments = Payments::new(http, config.stripe.clone());
         let mailer = Mailer::new(&config, db.clone(), monitor.clone())?;
         {
             let db = db.clone();

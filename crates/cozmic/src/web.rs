@@ -459,19 +459,32 @@ async fn logout(mut visitor: Visitor) -> Page {
     Ok(see_other("/"))
 }
 
-/// The signed-in student, or a redirect to the login page.
-async fn signed_in(
-    state: &AppState,
-    visitor: &mut Visitor,
-) -> Result<Result<db::Student, Response>, AppError> {
-    let Some(id) = visitor.student_id() else {
-        return Ok(Err(see_other("/login")));
-    };
-    match state.db().student(id).await? {
-        Some(student) => Ok(Ok(student)),
-        None => {
-            visitor.sign_out().await?;
-            Ok(Err(see_other("/login")))
+/// The signed-in student and their session: an extractor that answers
+/// with a redirect to the login page when nobody is signed in (or the
+/// session names a student who no longer exists, whose session it ends).
+struct SignedIn {
+    student: db::Student,
+    visitor: Visitor,
+}
+
+impl axum::extract::FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let mut visitor = Visitor::from_request_parts(parts, state).await?;
+        let Some(id) = visitor.student_id() else {
+            return Err(see_other("/login"));
+        };
+        match state.db().student(id).await {
+            Ok(Some(student)) => Ok(Self { student, visitor }),
+            Ok(None) => match visitor.sign_out().await {
+                Ok(()) => Err(see_other("/login")),
+                Err(error) => Err(AppError::from(error).into_response()),
+            },
+            Err(error) => Err(AppError::from(error).into_response()),
         }
     }
 }
@@ -518,13 +531,12 @@ fn ago(created_at_ms: i64) -> String {
 
 async fn dashboard(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn {
+        student,
+        mut visitor,
+    }: SignedIn,
     query: Result<Query<DashboardQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     let activity = state.db().recent_activity(student.id, 5).await?;
     let done = state.db().completed_lessons(student.id).await?;
     let level = db::level(student.xp);
@@ -578,11 +590,10 @@ struct LessonItem {
     done: bool,
 }
 
-async fn lesson_list(State(state): State<AppState>, mut visitor: Visitor) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
+async fn lesson_list(
+    State(state): State<AppState>,
+    SignedIn { student, visitor }: SignedIn,
+) -> Page {
     let done = state.db().completed_lessons(student.id).await?;
     let Chrome { signed_in, theme } = Chrome::of(&visitor);
     Ok(LessonsPage {
@@ -614,13 +625,9 @@ struct LessonPage {
 
 async fn lesson(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn { student, visitor }: SignedIn,
     Path(id): Path<String>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     let Some(lesson) = lessons::find(&id) else {
         return Ok(message(
             &visitor,
@@ -650,14 +657,10 @@ struct CompleteForm {
 /// The guide's save-progress: +10 XP and a ledger row, once per form.
 async fn complete_lesson(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn { student, visitor }: SignedIn,
     Path(id): Path<String>,
     form: Result<Form<CompleteForm>, axum::extract::rejection::FormRejection>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     let Some(lesson) = lessons::find(&id) else {
         return Ok(message(
             &visitor,
@@ -725,11 +728,10 @@ impl TutorPage {
     }
 }
 
-async fn tutor_page(State(state): State<AppState>, mut visitor: Visitor) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
+async fn tutor_page(
+    State(state): State<AppState>,
+    SignedIn { student, visitor }: SignedIn,
+) -> Page {
     let history = state.db().recent_questions(student.id, 5).await?;
     Ok(TutorPage::new(&visitor, state.inner.tutor.is_configured(), history).into_response())
 }
@@ -745,13 +747,9 @@ struct AskForm {
 /// question is kept.
 async fn ask_tutor(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn { student, visitor }: SignedIn,
     form: Result<Form<AskForm>, axum::extract::rejection::FormRejection>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     let question = form.map(|Form(f)| f.question).unwrap_or_default();
     let question = question.trim();
     let tutor = &state.inner.tutor;
@@ -828,13 +826,9 @@ struct PremiumQuery {
 
 async fn premium_page(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn { student, visitor }: SignedIn,
     query: Result<Query<PremiumQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     // A purchase whose outcome is unknown (the provider timed out, say) is
     // tried again with the same key: the provider charges it at most once.
     let pending = state.db().pending_payment_key(student.id).await?;
@@ -870,13 +864,9 @@ struct SubscribeForm {
 /// the student pressing again) is charged once.
 async fn subscribe(
     State(state): State<AppState>,
-    mut visitor: Visitor,
+    SignedIn { student, visitor }: SignedIn,
     form: Result<Form<SubscribeForm>, axum::extract::rejection::FormRejection>,
 ) -> Page {
-    let student = match signed_in(&state, &mut visitor).await? {
-        Ok(student) => student,
-        Err(redirect) => return Ok(redirect),
-    };
     if student.premium == 1 {
         return Ok(see_other("/premium?ok=1"));
     }

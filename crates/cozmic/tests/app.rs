@@ -147,27 +147,42 @@ fn form_value(page: &str, name: &str) -> String {
     page[start..].split('"').next().unwrap().to_owned()
 }
 
+/// Opens `page_url` and submits its form to `action_url` with the hidden
+/// field `field` as served: (the field's value, the answer).
+async fn submit_form(
+    client: &reqwest::Client,
+    page_url: String,
+    action_url: String,
+    field: &str,
+) -> (String, reqwest::Response) {
+    let value = form_value(&fetch_page(client, &page_url).await, field);
+    let response = client
+        .post(action_url)
+        .form(&[(field, value.as_str())])
+        .send()
+        .await
+        .unwrap();
+    (value, response)
+}
+
+/// The body of the page at `url`.
+async fn fetch_page(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn complete(
     client: &reqwest::Client,
     base: &str,
     lesson: &str,
 ) -> (String, reqwest::Response) {
-    let page = client
-        .get(format!("{base}/lessons/{lesson}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let nonce = form_value(&page, "nonce");
-    let response = client
-        .post(format!("{base}/lessons/{lesson}/complete"))
-        .form(&[("nonce", nonce.as_str())])
-        .send()
-        .await
-        .unwrap();
-    (nonce, response)
+    let lesson_url = format!("{base}/lessons/{lesson}");
+    submit_form(
+        client,
+        lesson_url.clone(),
+        format!("{lesson_url}/complete"),
+        "nonce",
+    )
+    .await
 }
 
 /// Polls `condition` every 20 ms for up to 10 s.
@@ -213,22 +228,13 @@ async fn ai_server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
 /// Opens the premium page and submits its purchase form: (the purchase
 /// nonce, the answer).
 async fn subscribe(client: &reqwest::Client, base: &str) -> (String, reqwest::Response) {
-    let page = client
-        .get(format!("{base}/premium"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let purchase = form_value(&page, "purchase");
-    let response = client
-        .post(format!("{base}/premium/subscribe"))
-        .form(&[("purchase", purchase.as_str())])
-        .send()
-        .await
-        .unwrap();
-    (purchase, response)
+    submit_form(
+        client,
+        format!("{base}/premium"),
+        format!("{base}/premium/subscribe"),
+        "purchase",
+    )
+    .await
 }
 
 /// Serves `router` on a free loopback port.
@@ -350,14 +356,7 @@ async fn the_tutor_down_is_a_friendly_503_and_the_question_is_kept(fixture: Fixt
         "tried three times, no more"
     );
     // The question is kept, and shown with its missing answer.
-    let page = client
-        .get(format!("{}/tutor", app.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = fetch_page(&client, &format!("{}/tutor", app.url())).await;
     assert!(
         page.contains("What is a black hole?") && page.contains("the tutor was unavailable"),
         "{page}"
@@ -676,6 +675,21 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // A forged nonce, and a real one for another lesson: no XP for either.
+    let forged = "0".repeat(64);
+    let for_rockets = form_value(
+        &fetch_page(&client, &format!("{base}/lessons/rockets")).await,
+        "nonce",
+    );
+    for nonce in [forged.as_str(), for_rockets.as_str()] {
+        let response = client
+            .post(format!("{base}/lessons/seasons/complete"))
+            .form(&[("nonce", nonce)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{nonce}");
+    }
     let response = client
         .post(format!("{base}/lessons/no-such/complete"))
         .form(&[("nonce", "abcdefgh12")])
@@ -772,14 +786,7 @@ async fn a_purchase_whose_outcome_is_unknown_keeps_its_key(fixture: Fixture) {
         page.contains("will not be charged twice") && page.contains("data-friendly"),
         "{page}"
     );
-    let again = client
-        .get(format!("{base}/premium"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let again = fetch_page(&client, &format!("{base}/premium")).await;
     assert_eq!(
         form_value(&again, "purchase"),
         purchase,

@@ -77,8 +77,8 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -429,13 +429,7 @@ async fn reset(session: &Session) {
 
 fn cookie_presented(parts: &Parts) -> bool {
     let name = parts.extensions.get::<CookieName>().map_or("id", |c| c.0);
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .any(|pair| pair.trim().split_once('=').is_some_and(|(n, _)| n == name))
+    crate::web::cookie(&parts.headers, name).is_some()
 }
 
 impl<S, T> FromRequestParts<S> for Healed<T>

@@ -355,16 +355,7 @@ fn verify_cookie(key: &[u8; 32], value: &str, now: u64) -> bool {
 }
 
 fn cookie_value(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then_some(value)
-        })
+    super::cookie(&parts.headers, COOKIE)
 }
 
 fn unix_now() -> u64 {

@@ -81,6 +81,19 @@ pub use layer::{HealLayer, HealService};
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
 
+/// The value of the cookie `name` among the request's `Cookie` headers.
+pub(crate) fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, value) = pair.trim().split_once('=')?;
+            (n == name).then_some(value)
+        })
+}
+
 /// Redacts what looks like a credential in text shown to operators: the
 /// password in a URL's user info (`postgres://app:s3cret@db` →
 /// `postgres://app:***@db`) and the value after `password=`, `secret=`,
