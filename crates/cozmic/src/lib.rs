@@ -60,6 +60,8 @@ struct Inner {
     mailer: Mailer,
     config: Config,
     secret: selfheal::config::SecretKey,
+    /// The monitor as an observer, for fallbacks.
+    observer: Arc<selfheal::health::MonitorObserver>,
 }
 
 impl AppState {
@@ -92,6 +94,7 @@ impl AppState {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                observer: Arc::new(monitor.observer()),
                 db,
                 store,
                 monitor,
@@ -127,6 +130,11 @@ impl AppState {
     /// The email outbox worker.
     pub fn mailer(&self) -> &Mailer {
         &self.inner.mailer
+    }
+
+    /// A fallback named `operation`, reported to this app's monitor.
+    fn fallback(&self, operation: &'static str) -> selfheal::fallback::Fallback {
+        selfheal::fallback::Fallback::new(operation).with_observer(self.inner.observer.clone())
     }
 
     fn healing(&self) -> Healing {

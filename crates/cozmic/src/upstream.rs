@@ -46,6 +46,17 @@ pub enum UpstreamError {
     Malformed,
 }
 
+impl UpstreamError {
+    /// When trying again makes sense: the provider's hint when it gave one,
+    /// else a minute.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            UpstreamError::Unavailable { retry_after } => *retry_after,
+            _ => Duration::from_secs(60),
+        }
+    }
+}
+
 /// Builds the HTTP client for one upstream: with healing, selfheal's
 /// middleware with `policy`; without, a bare client (one attempt, the same
 /// per-attempt timeout).
@@ -104,18 +115,12 @@ async fn decode<T: serde::de::DeserializeOwned>(
     let response = sent.map_err(|e| unavailable(&e))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(from_status(status, header_retry_after(&response)));
+        return Err(from_status(
+            status,
+            selfheal::http::hints::from_headers(response.headers(), std::time::SystemTime::now()),
+        ));
     }
     response.json().await.map_err(|_| UpstreamError::Malformed)
-}
-
-fn header_retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 /// The AI tutor's client.

@@ -1,7 +1,5 @@
 //! Pages and routes.
 
-use std::time::Duration;
-
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Form, Path, Query, State};
@@ -10,7 +8,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use hmac::Mac;
-use selfheal::health::HealKind;
 use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
 use serde::Deserialize;
 use tower_sessions::cookie::Key;
@@ -762,16 +759,16 @@ async fn ask_tutor(
     }
     let outcome = tutor.ask(question).await;
     let (answer, status, unavailable) = match outcome {
-        Ok(answer) => (Some(answer), "answered", None),
         Err(UpstreamError::NotConfigured) => (None, "unconfigured", None),
         Err(error) if state.healing() == Healing::Off => {
             return Err(anyhow::anyhow!("AI tutor failed: {error}").into());
         }
-        Err(UpstreamError::Unavailable { retry_after }) => (None, "unavailable", Some(retry_after)),
-        Err(error) => {
-            state.monitor().record_error("TutorError", "ai:ask", &error);
-            (None, "unavailable", Some(Duration::from_secs(60)))
-        }
+        // Still failing after the middleware's retries: the kind answer,
+        // reported like every fallback.
+        outcome => state.fallback("ai:ask").recover(
+            outcome.map(|answer| (Some(answer), "answered", None)),
+            |error| (None, "unavailable", Some(error.retry_after())),
+        ),
     };
     state
         .db()
@@ -788,9 +785,6 @@ async fn ask_tutor(
     match unavailable {
         None => Ok(page.into_response()),
         Some(retry_after) => {
-            state
-                .monitor()
-                .record_heal(HealKind::FallbackUsed, "ai:ask");
             let seconds = retry_after.as_secs().max(1);
             page.notice = Some("The AI tutor is temporarily unavailable.".to_owned());
             page.retry_after = seconds;
@@ -930,13 +924,11 @@ async fn subscribe(
             // The outcome may be unknown (a timeout after the charge): the
             // payment stays pending, and the same form retries with the same
             // key, which the provider answers without charging again.
-            let retry_after = match error {
-                UpstreamError::Unavailable { retry_after } => retry_after.as_secs().max(1),
-                _ => 60,
-            };
-            state
-                .monitor()
-                .record_heal(HealKind::FallbackUsed, "payments:charge");
+            let retry_after = state
+                .fallback("payments:charge")
+                .recover(Err(error), |error: UpstreamError| {
+                    error.retry_after().as_secs().max(1)
+                });
             let Chrome { signed_in, theme } = Chrome::of(&visitor);
             let page = PremiumPage {
                 signed_in,

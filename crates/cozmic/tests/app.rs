@@ -355,6 +355,17 @@ async fn the_tutor_down_is_a_friendly_503_and_the_question_is_kept(fixture: Fixt
         3,
         "tried three times, no more"
     );
+    // The fallback is reported to the app's monitor.
+    let report = app.state().monitor().report(Duration::from_secs(300));
+    assert_eq!(
+        report
+            .heals
+            .get(&selfheal::health::HealKind::FallbackUsed)
+            .copied(),
+        Some(1),
+        "{:?}",
+        report.heals
+    );
     // The question is kept, and shown with its missing answer.
     let page = fetch_page(&client, &format!("{}/tutor", app.url())).await;
     assert!(
