@@ -372,22 +372,9 @@ async fn check_integrity(
         .into_iter()
         .map(|id| cozmic::mail::message_id(id, &tag))
         .collect();
-    let received: BTreeMap<String, usize> =
-        smtp.message_ids()
-            .into_iter()
-            .fold(BTreeMap::new(), |mut m, id| {
-                *m.entry(id).or_insert(0) += 1;
-                m
-            });
-    let mut emails_lost = 0;
-    let mut emails_duplicated = 0;
-    for id in &expected {
-        match received.get(id).copied().unwrap_or(0) {
-            0 => emails_lost += 1,
-            1 => {}
-            n => emails_duplicated += (n - 1) as u64,
-        }
-    }
+    let delivery = smtp.delivery_report();
+    let emails_lost = delivery.missing(expected.iter().map(String::as_str)).len() as u64;
+    let emails_duplicated = delivery.duplicated() as u64;
     if emails_lost > 0 {
         problems.push(format!(
             "{emails_lost} of {} emails never arrived",

@@ -157,7 +157,7 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     }
     let files = report.write_to(&cli.out)?;
     println!("\n{}", report.text());
-    print_first_try(&report);
+    print!("{}", first_try_lines(&report));
     if !problems.is_empty() {
         println!("integrity findings:");
         for problem in problems.iter().take(30) {
@@ -188,11 +188,6 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// What users saw on their first try, before pressing again.
-fn print_first_try(report: &Report) {
-    print!("{}", first_try_lines(report));
 }
 
 /// One line per heal run: actions that succeeded at the first try.

@@ -166,7 +166,8 @@ pub struct Config {
     pub mail_poll: Duration,
     /// The wait before retrying a failed email: exponential from `.0`,
     /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
-    /// (25 attempts span about a day).
+    /// (the 24 waits between 25 attempts add up to at most about 15 hours,
+    /// half that on average with full jitter).
     pub mail_backoff: (Duration, Duration),
 }
 

@@ -9,7 +9,7 @@
 //! | saving progress while SQLite is locked | the whole transaction re-run, a lost commit looked up, not re-applied | [`db::Db`] on `selfheal::db::Runner` with the guard |
 //! | the AI provider fails or rate-limits | retried (it has no side effects), `Retry-After` obeyed, a budget and a breaker; then a kind 503 | [`upstream::Tutor`] on `selfheal::http` |
 //! | the payment API fails mid-purchase | retried with one `Idempotency-Key` per purchase: never charged twice | [`upstream::Payments`] |
-//! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries for a day | [`mail::Mailer`] on `selfheal::supervise` |
+//! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries for up to ~15 hours | [`mail::Mailer`] on `selfheal::supervise` |
 //! | a corrupt or tampered session | repaired field by field, or a fresh session, never a 500 | [`session::Visitor`] on `selfheal::session` |
 //! | a panic or a bug | caught, recorded, a kind page with a request id | `selfheal::web::HealLayer` |
 //! | "is it healthy?" | `/healthz`, `/readyz`, `/metrics`, the admin dashboard | `selfheal::health`, `selfheal::web` |

@@ -35,7 +35,8 @@ use tokio::sync::Notify;
 use crate::config::{Config, Healing};
 use crate::db::{Db, OutboxEmail};
 
-/// Attempts before an email is given up on (about a day of backoff).
+/// Attempts before an email is given up on (with the default backoff, at
+/// most about 15 hours of waiting; see the test below).
 pub const MAX_ATTEMPTS: i64 = 25;
 
 /// Where emails go.
@@ -221,6 +222,26 @@ impl Mailer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented span: the waits before attempts 2..=25 with the
+    /// default backoff and no jitter (the most full jitter can draw).
+    #[test]
+    fn the_default_backoff_spans_about_15_hours_at_most() {
+        let (base, cap) = Config::new(".").mail_backoff;
+        let backoff = Backoff::exponential(base, 2.0, cap)
+            .unwrap()
+            .with_jitter(Jitter::None);
+        let total: Duration = (1..MAX_ATTEMPTS as u32)
+            .map(|attempts| backoff.delay(attempts, Duration::ZERO, &ThreadRandom))
+            .sum();
+        let hours = total.as_secs_f64() / 3600.0;
+        assert!((14.5..15.5).contains(&hours), "{hours:.2} h");
     }
 }
 
