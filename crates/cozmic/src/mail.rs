@@ -225,6 +225,11 @@ impl Mailer {
     }
 }
 
+/// The Message-ID of outbox email `id` in the database tagged `tag`.
+pub fn message_id(id: i64, tag: &str) -> String {
+    format!("<outbox-{id}.{tag}@cozmic.local>")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,9 +248,4 @@ mod tests {
         let hours = total.as_secs_f64() / 3600.0;
         assert!((14.5..15.5).contains(&hours), "{hours:.2} h");
     }
-}
-
-/// The Message-ID of outbox email `id` in the database tagged `tag`.
-pub fn message_id(id: i64, tag: &str) -> String {
-    format!("<outbox-{id}.{tag}@cozmic.local>")
 }
