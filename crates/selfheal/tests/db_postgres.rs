@@ -209,13 +209,8 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
             .with_begin(BEGIN_SERIALIZABLE)
             // Eight writers on one row: the unluckiest transaction loses the
             // race to the other seven several times over (up to ~16 attempts
-            // were seen), more than the default 10 attempts allow.
-            .with_policy(
-                Runner::<sqlx::Postgres>::default_policy()
-                    .with_max_attempts(30)
-                    .unwrap()
-                    .with_observer(retries.clone()),
-            )
+            // were seen); the default policy allows for that.
+            .with_policy(Runner::<sqlx::Postgres>::default_policy().with_observer(retries.clone()))
             .with_monitor(monitor.clone());
         let started = Instant::now();
         let mut tasks = Vec::new();
