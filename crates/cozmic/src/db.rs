@@ -198,7 +198,9 @@ impl Db {
         let db = if url.starts_with("postgres") {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10))
+                // A request waits at most 3 s for a connection while the
+                // server is unreachable, then answers a friendly 503.
+                .acquire_timeout(Duration::from_secs(3))
                 .connect(&url)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;

@@ -9,7 +9,8 @@
 //! | saving progress while SQLite is locked | the whole transaction re-run, a lost commit looked up, not re-applied | [`db::Db`] on `selfheal::db::Runner` with the guard |
 //! | the AI provider fails or rate-limits | retried (it has no side effects), `Retry-After` obeyed, a budget and a breaker; then a kind 503 | [`upstream::Tutor`] on `selfheal::http` |
 //! | the payment API fails mid-purchase | retried with one `Idempotency-Key` per purchase: never charged twice | [`upstream::Payments`] |
-//! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries for up to ~15 hours | [`mail::Mailer`] on `selfheal::supervise` |
+//! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries each email for up to ~15 hours | [`mail::Mailer`] on `selfheal::supervise` |
+//! | the database is down | the outbox worker waits for it (never given up), pages answer a friendly 503 with `Retry-After`, `/readyz` stays up (the database is shared by every instance) | `selfheal::supervise::Supervisor::depends_on`, `selfheal::health` |
 //! | a corrupt or tampered session | repaired field by field, or a fresh session, never a 500 | [`session::Visitor`] on `selfheal::session` |
 //! | a panic or a bug | caught, recorded, a kind page with a request id | `selfheal::web::HealLayer` |
 //! | "is it healthy?" | `/healthz`, `/readyz`, `/metrics`, the admin dashboard | `selfheal::health`, `selfheal::web` |
@@ -31,6 +32,7 @@ pub mod config;
 pub mod db;
 pub mod lessons;
 pub mod mail;
+pub mod password;
 pub mod session;
 pub mod store;
 pub mod upstream;
@@ -43,6 +45,9 @@ use db::Db;
 use mail::Mailer;
 use store::Store;
 use upstream::{Payments, Tutor};
+
+/// The name of the monitor's database check (workers depend on it).
+pub const DATABASE_CHECK: &str = "database";
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone, Debug)]
@@ -58,6 +63,7 @@ struct Inner {
     tutor: Tutor,
     payments: Payments,
     mailer: Mailer,
+    password_work: password::PasswordWork,
     config: Config,
     secret: selfheal::config::SecretKey,
     /// The monitor as an observer, for fallbacks.
@@ -86,8 +92,16 @@ impl AppState {
         let payments = Payments::new(http, config.stripe.clone());
         let mailer = Mailer::new(&config, db.clone(), monitor.clone())?;
         {
+            // Not a readiness check: every instance shares the database, so
+            // its outage would empty the load balancer; pages answer a
+            // friendly 503 meanwhile. It moves the status (critical).
             let db = db.clone();
-            monitor.register_check("database", CheckOptions::default(), move || {
+            let options = CheckOptions {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(3),
+                ..CheckOptions::default()
+            };
+            monitor.register_check(DATABASE_CHECK, options, move || {
                 let db = db.clone();
                 async move { db.ping().await.map_err(|e| e.to_string()) }
             });
@@ -101,6 +115,7 @@ impl AppState {
                 tutor,
                 payments,
                 mailer,
+                password_work: password::PasswordWork::for_this_machine(),
                 config,
                 secret,
             }),
@@ -130,6 +145,11 @@ impl AppState {
     /// The email outbox worker.
     pub fn mailer(&self) -> &Mailer {
         &self.inner.mailer
+    }
+
+    /// The gate in front of password hashing.
+    pub fn password_work(&self) -> &password::PasswordWork {
+        &self.inner.password_work
     }
 
     /// A fallback named `operation`, reported to this app's monitor.
@@ -171,6 +191,8 @@ impl Running {
     /// Stops accepting requests, lets the ones in flight finish (up to 10 s),
     /// stops the workers and closes the database.
     pub async fn shutdown(self) {
+        // `/readyz` fails from now on: load balancers stop sending requests.
+        self.state.monitor().set_draining();
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         for worker in self.workers {
@@ -220,6 +242,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Run
     workers.push(
         Supervisor::new("session-cleanup")
             .with_monitor(state.monitor().clone())
+            .depends_on(DATABASE_CHECK)
             .spawn(move |mut shutdown| {
                 let store = store.clone();
                 async move {

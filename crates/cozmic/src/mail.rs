@@ -121,12 +121,21 @@ impl Mailer {
         self.wake.notify_one();
     }
 
-    /// Starts the worker, supervised: restarted with backoff if it fails,
-    /// reported critical on the monitor if it keeps failing.
+    /// Starts the worker, supervised: restarted with backoff (at most 5 s
+    /// apart) whenever it fails, for as long as the process runs. Failures
+    /// while the `database` check fails are an outage, reported as "waiting
+    /// for 'database'" on the dashboard; the worker is running again within
+    /// 5 s of the database's return, and the emails queued meanwhile go out.
     pub fn spawn(&self) -> SupervisedHandle {
         let mailer = self.clone();
         Supervisor::new("outbox")
+            .with_backoff(
+                Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(5))
+                    .expect("valid backoff")
+                    .with_jitter(Jitter::Full),
+            )
             .with_monitor(self.monitor.clone())
+            .depends_on(crate::DATABASE_CHECK)
             .spawn(move |shutdown| mailer.clone().run(shutdown))
     }
 

@@ -11,7 +11,8 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, ExpiredDeletion};
 use tower_sessions_redis_store::RedisStore;
 use tower_sessions_redis_store::fred::prelude::{
-    ClientLike, Config as RedisConfig, Pool as RedisPool,
+    ClientLike, Config as RedisConfig, ConnectionConfig, PerformanceConfig, Pool as RedisPool,
+    ReconnectPolicy,
 };
 use tower_sessions_sqlx_store::{PostgresStore, SqliteStore};
 
@@ -34,7 +35,26 @@ impl Store {
         if let Some(url) = redis_url {
             let config = RedisConfig::from_url(url)
                 .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?;
-            let pool = RedisPool::new(config, None, None, None, 4)?;
+            // Reconnect forever (without a policy, a client whose Redis went
+            // away once never reconnects), and bound every command: while
+            // Redis is down a request waits at most 2 s, then answers 503.
+            let performance = PerformanceConfig {
+                default_command_timeout: Duration::from_secs(2),
+                ..PerformanceConfig::default()
+            };
+            let connection = ConnectionConfig {
+                connection_timeout: Duration::from_secs(2),
+                internal_command_timeout: Duration::from_secs(2),
+                ..ConnectionConfig::default()
+            };
+            let reconnect = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
+            let pool = RedisPool::new(
+                config,
+                Some(performance),
+                Some(connection),
+                Some(reconnect),
+                4,
+            )?;
             pool.init()
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;

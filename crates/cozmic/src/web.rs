@@ -98,7 +98,9 @@ pub fn app(state: AppState) -> Router {
             }
             pages.layer(heal)
         }
-        Healing::Off => pages.layer(Extension(monitor.clone())),
+        Healing::Off => pages
+            .layer(axum::middleware::map_response(naive_unavailable))
+            .layer(Extension(monitor.clone())),
     };
     let mut router = pages.merge(selfheal::web::probes(monitor.clone()));
     if let Some(metrics) = &metrics {
@@ -134,25 +136,152 @@ impl Chrome {
     }
 }
 
-/// A handler's failure. Never shows its cause: a 500 is answered (and, with
-/// healing on, replaced by the friendly page and recorded by `HealLayer`).
+/// A handler's failure. Never shows its cause.
+///
+/// An infrastructure fault the user can wait out (the database or the
+/// session store unreachable, a write that could not get its lock within
+/// the runner's deadline) is [`AppError::Unavailable`]: a 503 with
+/// `Retry-After` and a page that says so; every write is one transaction,
+/// so nothing was half-written. Anything else is a 500 (with healing on,
+/// replaced by the friendly page and recorded by `HealLayer`).
 #[derive(Debug)]
 enum AppError {
+    Unavailable(Unavailable),
     Internal(anyhow::Error),
+}
+
+/// What is unavailable, for the page's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unavailable {
+    /// The database answers "locked" / "serialization failure" past the
+    /// runner's deadline: busy, not down.
+    DatabaseBusy,
+    /// The database cannot be reached.
+    Database,
+    /// The session store cannot be reached.
+    Sessions,
+    /// Too many password checks at once (the hashing gate is full).
+    PasswordsBusy,
+}
+
+/// `Retry-After` of an [`AppError::Unavailable`] answer.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+impl Unavailable {
+    /// The infrastructure fault in `error`'s chain, if that is what it is.
+    fn of(error: &anyhow::Error) -> Option<Self> {
+        error.chain().find_map(|cause| {
+            if let Some(e) = cause.downcast_ref::<selfheal::db::TxError<sqlx::Error>>() {
+                return Self::of_sqlx(e.inner());
+            }
+            if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+                return Self::of_sqlx(e);
+            }
+            if cause.downcast_ref::<crate::password::Busy>().is_some() {
+                return Some(Self::PasswordsBusy);
+            }
+            if cause
+                .downcast_ref::<selfheal::session::SessionError>()
+                .is_some()
+                || cause
+                    .downcast_ref::<tower_sessions::session::Error>()
+                    .is_some()
+            {
+                return Some(Self::Sessions);
+            }
+            None
+        })
+    }
+
+    fn of_sqlx(error: &sqlx::Error) -> Option<Self> {
+        use selfheal::retry::Verdict;
+        match selfheal::db::classify::verdict(error) {
+            Verdict::Permanent => None,
+            _ => {
+                let kind = selfheal::db::classify::failure_kind(error);
+                let busy = kind.starts_with("sqlite:BUSY")
+                    || kind.starts_with("sqlite:LOCKED")
+                    || ["pg:40001", "pg:40P01", "pg:55P03"].contains(&kind.as_ref());
+                Some(if busy {
+                    Self::DatabaseBusy
+                } else {
+                    Self::Database
+                })
+            }
+        }
+    }
+
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::DatabaseBusy => (
+                "We are busy saving other changes",
+                "Nothing was saved and nothing was lost. Please try again in a few seconds.",
+            ),
+            Self::Database => (
+                "We cannot reach our database right now",
+                "Nothing was lost: your progress is safe. Please try again in a few seconds.",
+            ),
+            Self::Sessions => (
+                "We cannot load your session right now",
+                "You are still signed in. Please try again in a few seconds.",
+            ),
+            Self::PasswordsBusy => (
+                "Lots of people are signing in right now",
+                "Please try again in a few seconds.",
+            ),
+        }
+    }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for AppError {
     fn from(error: E) -> Self {
-        AppError::Internal(error.into())
+        let error = error.into();
+        match Unavailable::of(&error) {
+            Some(what) => {
+                tracing::warn!(error = %selfheal::web::redact(&format!("{error:#}")), ?what, "request answered 503: infrastructure unavailable");
+                AppError::Unavailable(what)
+            }
+            None => AppError::Internal(error),
+        }
     }
 }
 
+/// Marks a 503 answered for an [`AppError::Unavailable`], so that the naive
+/// app (healing off, the chaos baseline) can answer it as it always did.
+#[derive(Clone, Copy, Debug)]
+struct UnavailableAnswer;
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let AppError::Internal(error) = self;
-        tracing::error!(error = %selfheal::web::redact(&format!("{error:#}")), "request failed");
-        (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+        match self {
+            AppError::Unavailable(what) => {
+                let (heading, text) = what.words();
+                let page = MessagePage {
+                    signed_in: false,
+                    theme: "light".to_owned(),
+                    heading: heading.to_owned(),
+                    message: text.to_owned(),
+                };
+                let mut response =
+                    unavailable_response(UNAVAILABLE_RETRY_AFTER_SECS, page.into_response());
+                response.extensions_mut().insert(UnavailableAnswer);
+                response
+            }
+            AppError::Internal(error) => {
+                tracing::error!(error = %selfheal::web::redact(&format!("{error:#}")), "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+            }
+        }
     }
+}
+
+/// Healing off: an infrastructure fault is the plain 500 of an app without
+/// selfheal (the chaos harness' control run).
+async fn naive_unavailable(response: Response) -> Response {
+    if response.extensions().get::<UnavailableAnswer>().is_some() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+    }
+    response
 }
 
 type Page = Result<Response, AppError>;
@@ -308,7 +437,10 @@ async fn signup(
     let name = form.name.trim().to_owned();
     let email = form.email.trim().to_ascii_lowercase();
     let password = form.password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
+    let hash = state
+        .password_work()
+        .run(move || crate::password::hash(&password))
+        .await???;
     let welcome = NewEmail {
         kind: "welcome".to_owned(),
         subject: "Welcome to CozmicLearning!".to_owned(),
@@ -354,24 +486,6 @@ fn signup_error(visitor: &Visitor, message: &str, name: &str, email: &str) -> Re
         },
     )
         .into_response()
-}
-
-fn hash_password(password: &str) -> anyhow::Result<String> {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
-}
-
-fn verify_password(password: &str, hash: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
 }
 
 #[derive(Template, WebTemplate)]
@@ -422,10 +536,10 @@ async fn login(
     let password = form.password;
     let verified = match record {
         Some((id, name, hash)) => {
-            tokio::task::spawn_blocking(move || {
-                verify_password(&password, &hash).then_some((id, name))
-            })
-            .await?
+            state
+                .password_work()
+                .run(move || crate::password::verify(&password, &hash).then_some((id, name)))
+                .await??
         }
         None => None,
     };
@@ -1026,14 +1140,6 @@ mod tests {
                 .unwrap_err()
                 .contains("password")
         );
-    }
-
-    #[test]
-    fn passwords_hash_and_verify() {
-        let hash = hash_password("correct horse").unwrap();
-        assert!(verify_password("correct horse", &hash));
-        assert!(!verify_password("wrong horse", &hash));
-        assert!(!verify_password("correct horse", "not a hash"));
     }
 
     #[test]

@@ -27,8 +27,14 @@
 //!
 //! A store that is *down* (not a record that is corrupt) is not repaired:
 //! deleting sessions because the database blinked would log everyone out.
-//! The extractor then gives the defaults for this request, records a
-//! `SessionStoreError`, and leaves the stored session alone.
+//! Nor are the defaults used in its place: to a signed-in user, a session
+//! with default values *is* a logout (the next page is the login form). So
+//! when a request presents a session whose record cannot be loaded because
+//! the store fails, the extractor records a `SessionStoreError` and rejects
+//! the request with [`SessionUnavailable`]: `503 Service Unavailable` with
+//! `Retry-After`, the stored session untouched. The user presses again a few
+//! seconds later and is still signed in. A request without a session cookie
+//! never reaches the store, so anonymous pages keep working.
 //!
 //! The monitor is found in the request's extensions, where
 //! [`HealLayer`](crate::web::HealLayer) puts it (or add
@@ -258,6 +264,86 @@ pub struct CookieName(pub &'static str);
 #[error("session store error: {0}")]
 pub struct SessionError(#[from] tower_sessions::session::Error);
 
+/// The rejection of [`Healed`] when the request's session cannot be loaded
+/// because the store fails (it is down, or times out): `503 Service
+/// Unavailable` with `Retry-After` (5 s by default), never a session with
+/// default values, which would look like a logout.
+///
+/// [`HealLayer`](crate::web::HealLayer) replaces its plain body with the
+/// friendly "temporarily unavailable" page and records it.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use selfheal::session::SessionUnavailable;
+///
+/// let response = SessionUnavailable::default().into_response();
+/// assert_eq!(response.status(), 503);
+/// assert_eq!(response.headers()["retry-after"], "5");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionUnavailable {
+    /// The `Retry-After` of the answer, in seconds.
+    pub retry_after_secs: u32,
+}
+
+impl Default for SessionUnavailable {
+    fn default() -> Self {
+        Self {
+            retry_after_secs: 5,
+        }
+    }
+}
+
+impl fmt::Display for SessionUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the session store is unavailable")
+    }
+}
+
+impl std::error::Error for SessionUnavailable {}
+
+impl axum::response::IntoResponse for SessionUnavailable {
+    fn into_response(self) -> axum::response::Response {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(self.retry_after_secs),
+                ),
+                (
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static("no-store"),
+                ),
+            ],
+            "Your session cannot be loaded right now. Please try again in a few seconds.",
+        )
+            .into_response()
+    }
+}
+
+/// Why [`Healed`] could not be extracted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HealedRejection {
+    /// The session store fails: `503` with `Retry-After`.
+    Unavailable(SessionUnavailable),
+    /// tower-sessions' `SessionManagerLayer` is missing (a programming
+    /// error): `500`.
+    MissingLayer,
+}
+
+impl axum::response::IntoResponse for HealedRejection {
+    fn into_response(self) -> axum::response::Response {
+        match self {
+            Self::Unavailable(unavailable) => unavailable.into_response(),
+            Self::MissingLayer => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "session layer missing").into_response()
+            }
+        }
+    }
+}
+
 /// The session's typed, repaired contents: an axum extractor.
 ///
 /// Reads like the struct (`Deref`/`DerefMut`); [`save`](Healed::save)
@@ -268,6 +354,7 @@ pub struct Healed<T> {
     data: T,
     session: Session,
     repairs: Vec<Repair>,
+    store_failed: bool,
 }
 
 impl<T: fmt::Debug> fmt::Debug for Healed<T> {
@@ -308,6 +395,14 @@ impl<T: SessionData> Healed<T> {
         &self.repairs
     }
 
+    /// Whether the store failed while this session was loaded (the data is
+    /// then the defaults, not the user's). The extractor rejects such a
+    /// request with [`SessionUnavailable`]; callers of [`Healed::load`]
+    /// should do the same.
+    pub fn store_failed(&self) -> bool {
+        self.store_failed
+    }
+
     /// The underlying tower-sessions session (to cycle its id on login, say).
     pub fn session(&self) -> &Session {
         &self.session
@@ -344,7 +439,7 @@ impl<T: SessionData> Healed<T> {
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(target: "selfheal", %error, "session store unavailable; defaults used for this request");
+                    tracing::warn!(target: "selfheal", %error, "session store unavailable; the stored session is left alone");
                     if let Some(monitor) = monitor {
                         metrics_hook::record_error(monitor, "SessionStoreError", "session", &error);
                     }
@@ -400,6 +495,7 @@ impl<T: SessionData> Healed<T> {
             data,
             session,
             repairs,
+            store_failed: store_down,
         }
     }
 }
@@ -437,17 +533,21 @@ where
     S: Send + Sync,
     T: SessionData,
 {
-    type Rejection = (StatusCode, &'static str);
+    type Rejection = HealedRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let Some(session) = parts.extensions.get::<Session>().cloned() else {
             tracing::error!(target: "selfheal", "Healed<T> needs tower-sessions' SessionManagerLayer");
-            return Err((StatusCode::INTERNAL_SERVER_ERROR, "session layer missing"));
+            return Err(HealedRejection::MissingLayer);
         };
         // A session id parsed from the cookie means a cookie was sent;
         // without one, look at the headers (a cookie that did not verify).
         let presented = session.id().is_some() || cookie_presented(parts);
         let monitor = parts.extensions.get::<Monitor>();
-        Ok(Self::load(session, monitor, presented).await)
+        let healed = Self::load(session, monitor, presented).await;
+        if healed.store_failed {
+            return Err(HealedRejection::Unavailable(SessionUnavailable::default()));
+        }
+        Ok(healed)
     }
 }

@@ -17,25 +17,43 @@
 //! [`Backoff`] with jitter, so a dependency that is down is not hammered and
 //! many workers failing together do not restart together.
 //!
-//! **Restart intensity.** Restarting forever is not healing. A worker that
-//! dies again as soon as it starts has a bug or a broken environment that a
-//! restart cannot fix; restarting it in a loop hides the problem behind a
-//! steady trickle of log lines, burns CPU, connections and rate limits, and
-//! may do damage (a half-sent batch, again and again). So, as in OTP, a
-//! supervisor allows at most `max_restarts` restarts within a sliding window
-//! of time (5 in 60 s by default); one more failure in that window and it
-//! gives up. A worker that fails rarely (once an hour, after a database
-//! failover) is restarted every time, forever.
+//! **Restart intensity, and who is the parent.** Restarting a worker that
+//! dies again as soon as it starts hides a bug behind a steady trickle of
+//! log lines. So, as in OTP, a supervisor allows at most `max_restarts`
+//! restarts within a sliding window of time (5 in 60 s by default). But
+//! Erlang's intensity limit *escalates to a parent supervisor*; a tokio task
+//! has none, and "give up" without a parent means "dead until someone
+//! restarts the process", usually noticed when users ask where their emails
+//! went. So what happens past the limit is an explicit choice, an
+//! [`Escalation`] per worker:
 //!
-//! **Giving up is loud.** A worker that stopped is an outage even if every
-//! HTTP request succeeds: the service is not doing its job. So giving up marks
-//! the [health monitor](crate::health) critical (`/readyz` fails, the
-//! dashboard and alerts say which worker and why) and logs at `ERROR`; the
-//! mark stays until an operator acts: spawns the worker again, or calls
-//! [`Monitor::clear_critical`] with `worker:<name>`. Each failure is recorded
-//! on the monitor as an error (kind `Panic` or the error's type name,
-//! operation `worker:<name>`), each restart as a
-//! [`WorkerRestarted`](crate::health::HealKind::WorkerRestarted) heal.
+//! | escalation | past the intensity limit | for |
+//! |---|---|---|
+//! | [`Escalation::KeepRestarting`] (default) | restarts go on at the backoff's ceiling (30 s by default); the worker is reported *degraded* with its last error until a run lasts [`stable_after`](Supervisor::with_stable_after) | workers whose job must get done eventually: an outbox, a queue consumer |
+//! | [`Escalation::ExitProcess`] | logs at `ERROR` and exits the process with the given code, so that its orchestrator (systemd, Kubernetes) restarts it | workers without which the process is useless, under an orchestrator |
+//! | [`Escalation::Stop`] | stops, marks the monitor critical, [`Exit::GaveUp`] from the handle | a caller that awaits the handle and acts (it is the parent) |
+//!
+//! **A dependency that is down is not a crash.** The intensity limit is a
+//! bug detector: it counts runs that crash *by themselves*. A worker that
+//! fails because the database is unreachable is not buggy, and neither
+//! restarting it less nor giving up on it helps; what helps is to keep
+//! trying, with backoff, until the database is back, and to say so. Name
+//! the monitor's checks a worker needs with [`Supervisor::depends_on`]: after
+//! a failure the supervisor runs them at once, and if one fails, the failure
+//! is a dependency outage: not counted against the intensity, the worker is
+//! reported *degraded* ("waiting for 'database'"), and it is restarted with
+//! capped backoff for as long as the outage lasts. A worker therefore never
+//! silently stops: whatever the escalation, it is running, restarting, or
+//! has escalated to someone.
+//!
+//! **Reported, never latched.** Each failure is recorded on the
+//! [health monitor](crate::health) as an error (kind `Panic` or the error's
+//! type name, operation `worker:<name>`), each restart as a
+//! [`WorkerRestarted`](crate::health::HealKind::WorkerRestarted) heal. A
+//! worker that is struggling sets a *condition* on the monitor (key
+//! `worker:<name>`, degraded, with the reason): the dashboard and
+//! `health.json` show it, `/readyz` does not (readiness means "can serve
+//! now"), and it is cleared as soon as a run has lasted `stable_after`.
 //!
 //! **Clean shutdown.** The factory receives a [`ShutdownSignal`]; a worker
 //! awaits it between units of work and returns. Shutting down a
@@ -68,16 +86,16 @@
 //! let outbox = Supervisor::new("email")
 //!     .with_intensity(5, Duration::from_secs(60))?
 //!     .with_monitor(monitor.clone())
+//!     // Failures while the `database` check fails are an outage, not a bug.
+//!     .depends_on("database")
 //!     .spawn(email_outbox);
 //!
 //! // … serve requests …
 //!
 //! // Runs until Ctrl-C or SIGTERM (then stops the worker cleanly), or until
-//! // the worker stops by itself.
-//! match outbox.shutdown_on(ctrl_c_or_terminate()).await {
-//!     Exit::GaveUp { last_error, .. } => eprintln!("the outbox gave up: {last_error}"),
-//!     exit => println!("outbox: {exit:?}"),
-//! }
+//! // the worker completes (by default it never gives up).
+//! let exit = outbox.shutdown_on(ctrl_c_or_terminate()).await;
+//! assert!(matches!(exit, Exit::ShutDown | Exit::Aborted | Exit::Completed));
 //! # Ok(()) }
 //! ```
 
@@ -95,7 +113,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ConfigError;
-use crate::health::{HealKind, Monitor, truncate};
+use crate::health::{HealKind, Monitor, Status, truncate};
 use crate::observe::short_type_name;
 use crate::retry::{Backoff, Random, ThreadRandom};
 
@@ -117,22 +135,26 @@ const MESSAGE_CHARS: usize = 200;
 /// |---|---|
 /// | backoff between restarts | exponential 100 ms × 2 up to 30 s, full jitter |
 /// | intensity | at most 5 restarts within 60 s |
+/// | past the intensity | [`Escalation::KeepRestarting`]: restarts at the backoff's ceiling, reported degraded |
+/// | dependencies | none (every failure counts against the intensity) |
+/// | stable after | a run of 10 s clears the worker's condition and restarts the backoff |
 /// | grace period on shutdown | 10 s, then the task is aborted |
 /// | monitor | none (failures and restarts are only logged) |
 /// | jitter source | thread-local `fastrand` |
 ///
 /// The backoff grows with consecutive failures (the `n`-th restart in a row
-/// waits `backoff.delay(n - 1)`) and starts over after a run that lasted at
-/// least the intensity window: a worker that ran fine for a minute and then
-/// failed is restarted quickly, as if for the first time.
+/// waits `backoff.delay(n - 1)`) and starts over after a run that lasted
+/// [`stable_after`](Self::with_stable_after): a worker that ran fine for a
+/// while and then failed is restarted quickly, as if for the first time.
 ///
 /// ```
 /// use std::time::Duration;
-/// use selfheal::supervise::{Exit, Supervisor};
+/// use selfheal::supervise::{Escalation, Exit, Supervisor};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), selfheal::ConfigError> {
 /// let worker = Supervisor::new("cache_warmer")
 ///     .with_intensity(3, Duration::from_secs(60))?
+///     .with_escalation(Escalation::Stop)
 ///     .with_grace(Duration::from_secs(5))
 ///     .spawn(|mut shutdown| async move {
 ///         // Real work would loop here; this one just waits to be stopped.
@@ -152,9 +174,35 @@ pub struct Supervisor {
     backoff: Backoff,
     max_restarts: u32,
     within: Duration,
+    escalation: Escalation,
+    depends_on: Vec<Cow<'static, str>>,
+    stable_after: Duration,
     grace: Duration,
     monitor: Option<Monitor>,
     random: Option<Arc<dyn Random>>,
+}
+
+/// What a supervisor does when a worker keeps crashing past its restart
+/// intensity: who its parent is. See the [module docs](self) for the why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Escalation {
+    /// No parent: keep restarting at the backoff's ceiling, and report the
+    /// worker degraded (with its last error) on the monitor until a run
+    /// lasts [`stable_after`](Supervisor::with_stable_after). The default:
+    /// the worker never stops while the process runs.
+    #[default]
+    KeepRestarting,
+    /// The process is the parent: log at `ERROR`, mark the monitor critical
+    /// and exit the process with this code (`std::process::exit`), so that
+    /// its orchestrator restarts it from a clean state. Other tasks get no
+    /// graceful shutdown: choose it for workers without which the process is
+    /// useless.
+    ExitProcess(i32),
+    /// The caller is the parent: stop, mark the monitor critical (until the
+    /// worker is spawned again or the mark is cleared) and end with
+    /// [`Exit::GaveUp`]. Only if something awaits the handle and acts on it.
+    Stop,
 }
 
 impl fmt::Debug for Supervisor {
@@ -164,6 +212,9 @@ impl fmt::Debug for Supervisor {
             .field("backoff", &self.backoff)
             .field("max_restarts", &self.max_restarts)
             .field("within", &self.within)
+            .field("escalation", &self.escalation)
+            .field("depends_on", &self.depends_on)
+            .field("stable_after", &self.stable_after)
             .field("grace", &self.grace)
             .field("monitor", &self.monitor)
             .field("random", &self.random.as_ref().map(|_| "custom"))
@@ -182,6 +233,9 @@ impl Supervisor {
                 .expect("valid default backoff"),
             max_restarts: 5,
             within: Duration::from_secs(60),
+            escalation: Escalation::KeepRestarting,
+            depends_on: Vec::new(),
+            stable_after: Duration::from_secs(10),
             grace: Duration::from_secs(10),
             monitor: None,
             random: None,
@@ -219,6 +273,33 @@ impl Supervisor {
         Ok(self)
     }
 
+    /// What happens past the restart intensity. Default
+    /// [`Escalation::KeepRestarting`].
+    pub const fn with_escalation(mut self, escalation: Escalation) -> Self {
+        self.escalation = escalation;
+        self
+    }
+
+    /// The worker needs the monitor's check `check` (registered with
+    /// [`Monitor::register_check`]): after a failure the supervisor runs it,
+    /// and while it fails, failures are a dependency outage, not a crash:
+    /// they do not count against the intensity, the worker is reported
+    /// degraded ("waiting for '<check>'") and restarted with capped backoff
+    /// until the dependency is back. Call once per dependency. Needs
+    /// [`with_monitor`](Self::with_monitor); a check that does not exist is
+    /// ignored.
+    pub fn depends_on(mut self, check: impl Into<Cow<'static, str>>) -> Self {
+        self.depends_on.push(check.into());
+        self
+    }
+
+    /// A run that lasts this long is healthy again: the worker's condition
+    /// on the monitor is cleared and the backoff starts over. Default 10 s.
+    pub const fn with_stable_after(mut self, stable_after: Duration) -> Self {
+        self.stable_after = stable_after;
+        self
+    }
+
     /// How long a task may keep running after the shutdown signal before it
     /// is aborted. Zero aborts at once.
     pub const fn with_grace(mut self, grace: Duration) -> Self {
@@ -252,7 +333,7 @@ impl Supervisor {
     /// `make_task` itself. A task that returns `Ok(())` is done and is not
     /// restarted ([`Exit::Completed`]).
     ///
-    /// Spawning clears a critical mark left on the monitor by an earlier
+    /// Spawning clears a condition left on the monitor by an earlier
     /// supervisor of the same name: starting it again is the operator's
     /// answer to it.
     ///
@@ -293,7 +374,8 @@ pub enum Exit {
     /// whole grace period, so it was aborted (at its next `.await`).
     Aborted,
     /// The task kept failing: one more restart would have exceeded the
-    /// intensity limit. The monitor is marked critical.
+    /// intensity limit, and the escalation was [`Escalation::Stop`]. The
+    /// monitor is marked critical.
     GaveUp {
         /// Restarts made over the supervisor's whole life.
         restarts: u32,
@@ -509,34 +591,55 @@ where
     let mut restarts: u32 = 0;
     let mut consecutive: u32 = 0;
     let mut previous_delay = Duration::ZERO;
+    // Whether a condition is set on the monitor for this worker.
+    let mut struggling = false;
 
     loop {
         if shutdown.is_shutdown() {
             tracing::info!(target: "selfheal", worker = name, "worker shut down");
             return Exit::ShutDown;
         }
-        let started = Instant::now();
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             make_task(shutdown.clone())
         })) {
             Err(payload) => Err(Failure::panic(payload.as_ref())),
             Ok(task) => {
                 let mut task = tokio::spawn(task);
-                let joined = tokio::select! {
-                    joined = &mut task => joined,
-                    () = shutdown.recv() => {
-                        match tokio::time::timeout(config.grace, &mut task).await {
-                            Ok(joined) => joined,
-                            Err(_) => {
-                                task.abort();
-                                let _ = task.await;
-                                tracing::warn!(
-                                    target: "selfheal",
-                                    worker = name,
-                                    grace_ms = config.grace.as_millis() as u64,
-                                    "worker ignored the shutdown signal for the grace period, aborted"
-                                );
-                                return Exit::Aborted;
+                let stable = tokio::time::sleep(config.stable_after);
+                tokio::pin!(stable);
+                let mut stable_reached = false;
+                let joined = loop {
+                    tokio::select! {
+                        joined = &mut task => break joined,
+                        () = &mut stable, if !stable_reached => {
+                            // Healthy again: the backoff starts over and the
+                            // condition goes.
+                            stable_reached = true;
+                            consecutive = 0;
+                            previous_delay = Duration::ZERO;
+                            if struggling {
+                                struggling = false;
+                                if let Some(monitor) = &config.monitor {
+                                    monitor.clear_condition(&operation);
+                                }
+                                tracing::info!(target: "selfheal", worker = name, "worker is running again");
+                            }
+                        }
+                        () = shutdown.recv() => {
+                            match tokio::time::timeout(config.grace, &mut task).await {
+                                Ok(joined) => break joined,
+                                Err(_) => {
+                                    task.abort();
+                                    let _ = task.await;
+                                    tracing::warn!(
+                                        target: "selfheal",
+                                        worker = name,
+                                        grace_ms = config.grace.as_millis() as u64,
+                                        "worker ignored the shutdown signal for the grace period, aborted"
+                                    );
+                                    clear(&config, &operation, struggling);
+                                    return Exit::Aborted;
+                                }
                             }
                         }
                     }
@@ -556,10 +659,12 @@ where
         let failure = match outcome {
             Ok(()) if stopping => {
                 tracing::info!(target: "selfheal", worker = name, "worker shut down");
+                clear(&config, &operation, struggling);
                 return Exit::ShutDown;
             }
             Ok(()) => {
                 tracing::info!(target: "selfheal", worker = name, "worker completed");
+                clear(&config, &operation, struggling);
                 return Exit::Completed;
             }
             Err(failure) => failure,
@@ -575,62 +680,118 @@ where
                 error.message = %failure.message,
                 "worker failed while shutting down"
             );
+            clear(&config, &operation, struggling);
             return Exit::ShutDown;
         }
 
-        let now = Instant::now();
-        if now.duration_since(started) >= config.within {
-            // It ran well for a whole window: this failure is a fresh one.
-            consecutive = 0;
-            previous_delay = Duration::ZERO;
-        }
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= config.within)
-        {
-            window.pop_front();
-        }
-        if window.len() >= config.max_restarts as usize {
+        let delay = if let Some(dependency) = failing_dependency(&config).await {
+            // An outage, not a crash: not counted; keep trying with backoff.
             let reason = format!(
-                "worker '{name}' gave up after {} restarts in {:?}: {}",
-                window.len(),
-                config.within,
+                "worker '{name}' is waiting for '{dependency}' (failing); last error: {}",
                 failure.message
             );
-            tracing::error!(
+            set_condition(&config, &operation, Status::Degraded, &reason);
+            struggling = true;
+            let delay = config.backoff.delay(consecutive, previous_delay, random);
+            tracing::warn!(
                 target: "selfheal",
                 worker = name,
-                restarts,
+                dependency = %dependency,
+                delay_ms = delay.as_millis() as u64,
                 error.kind = failure.kind,
                 error.message = %failure.message,
-                "{reason}"
+                "worker failed while a dependency is down; restarting"
             );
-            if let Some(monitor) = &config.monitor {
-                monitor.set_critical(operation, reason);
+            delay
+        } else {
+            let now = Instant::now();
+            while window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= config.within)
+            {
+                window.pop_front();
             }
-            return Exit::GaveUp {
-                restarts,
-                last_error: failure.message,
-            };
-        }
-        window.push_back(now);
-
-        let delay = config.backoff.delay(consecutive, previous_delay, random);
+            if window.len() >= config.max_restarts as usize {
+                let reason = format!(
+                    "worker '{name}' failed {} times in {:?}: {}",
+                    window.len() + 1,
+                    config.within,
+                    failure.message
+                );
+                match config.escalation {
+                    Escalation::Stop => {
+                        tracing::error!(
+                            target: "selfheal",
+                            worker = name,
+                            restarts,
+                            error.kind = failure.kind,
+                            error.message = %failure.message,
+                            "{reason}; giving up (escalation: stop)"
+                        );
+                        set_condition(&config, &operation, Status::Critical, &reason);
+                        return Exit::GaveUp {
+                            restarts,
+                            last_error: failure.message,
+                        };
+                    }
+                    Escalation::ExitProcess(code) => {
+                        tracing::error!(
+                            target: "selfheal",
+                            worker = name,
+                            restarts,
+                            exit_code = code,
+                            error.kind = failure.kind,
+                            error.message = %failure.message,
+                            "{reason}; exiting the process so that its orchestrator restarts it"
+                        );
+                        set_condition(&config, &operation, Status::Critical, &reason);
+                        std::process::exit(code);
+                    }
+                    Escalation::KeepRestarting => {
+                        let (_, ceiling) = config.backoff.bounds();
+                        let delay = ceiling / 2 + (ceiling / 2).mul_f64(random.next_f64());
+                        let reason = format!(
+                            "{reason}; restarting every {:?} or so",
+                            ceiling.mul_f64(0.75)
+                        );
+                        tracing::error!(
+                            target: "selfheal",
+                            worker = name,
+                            restarts,
+                            delay_ms = delay.as_millis() as u64,
+                            error.kind = failure.kind,
+                            error.message = %failure.message,
+                            "{reason}"
+                        );
+                        set_condition(&config, &operation, Status::Degraded, &reason);
+                        struggling = true;
+                        window.pop_front();
+                        window.push_back(now);
+                        delay
+                    }
+                }
+            } else {
+                window.push_back(now);
+                let delay = config.backoff.delay(consecutive, previous_delay, random);
+                tracing::warn!(
+                    target: "selfheal",
+                    worker = name,
+                    restart = restarts + 1,
+                    delay_ms = delay.as_millis() as u64,
+                    error.kind = failure.kind,
+                    error.message = %failure.message,
+                    "worker failed, restarting"
+                );
+                delay
+            }
+        };
         consecutive = consecutive.saturating_add(1);
         previous_delay = delay;
-        tracing::warn!(
-            target: "selfheal",
-            worker = name,
-            restart = restarts + 1,
-            delay_ms = delay.as_millis() as u64,
-            error.kind = failure.kind,
-            error.message = %failure.message,
-            "worker failed, restarting"
-        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.recv() => {
                 tracing::info!(target: "selfheal", worker = name, "worker shut down while waiting to restart");
+                clear(&config, &operation, struggling);
                 return Exit::ShutDown;
             }
         }
@@ -638,6 +799,30 @@ where
         if let Some(monitor) = &config.monitor {
             monitor.record_heal(HealKind::WorkerRestarted, &operation);
         }
+    }
+}
+
+/// The first of the worker's dependencies whose check fails when run now.
+async fn failing_dependency(config: &Supervisor) -> Option<&str> {
+    let monitor = config.monitor.as_ref()?;
+    for dependency in &config.depends_on {
+        if monitor.run_check(dependency).await == Some(false) {
+            return Some(dependency);
+        }
+    }
+    None
+}
+
+fn set_condition(config: &Supervisor, operation: &str, status: Status, reason: &str) {
+    if let Some(monitor) = &config.monitor {
+        monitor.set_condition(operation, status, reason);
+    }
+}
+
+/// A worker that stopped cleanly takes its condition with it.
+fn clear(config: &Supervisor, operation: &str, struggling: bool) {
+    if struggling && let Some(monitor) = &config.monitor {
+        monitor.clear_condition(operation);
     }
 }
 

@@ -232,9 +232,24 @@ async fn probes_answer_without_details() {
     let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
+    // A shared dependency's check (the default) moves the status, not
+    // readiness.
     monitor.register_check("db", Default::default(), || async {
         Err("postgres://u:pw@db down".to_owned())
     });
+    monitor.run_checks().await;
+    let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A readiness check does.
+    monitor.register_check(
+        "warm_up",
+        selfheal::health::CheckOptions {
+            readiness: true,
+            ..Default::default()
+        },
+        || async { Err("postgres://u:pw@db down".to_owned()) },
+    );
     monitor.run_checks().await;
     let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -645,6 +660,44 @@ mod store {
             self.inner.delete(id).await
         }
     }
+
+    /// A memory store that fails like an unreachable database while `down`.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct Flaky {
+        pub(crate) inner: MemoryStore,
+        pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> session_store::Result<()> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(session_store::Error::Backend(
+                    "connection refused (os error 111)".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl SessionStore for Flaky {
+        async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+            self.check()?;
+            self.inner.create(record).await
+        }
+        async fn save(&self, record: &Record) -> session_store::Result<()> {
+            self.check()?;
+            self.inner.save(record).await
+        }
+        async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+            self.check()?;
+            self.inner.load(id).await
+        }
+        async fn delete(&self, id: &Id) -> session_store::Result<()> {
+            self.check()?;
+            self.inner.delete(id).await
+        }
+    }
 }
 
 async fn stored_record(
@@ -779,6 +832,55 @@ async fn an_unreadable_record_gives_a_fresh_session_with_a_new_id() {
     );
     let report = monitor.report(Duration::from_secs(900));
     assert_eq!(report.recent_heals[0].operation, "session:record");
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_is_a_503_with_retry_after_never_a_logout() {
+    use std::sync::atomic::Ordering;
+    let monitor = monitor();
+    let store = store::Flaky::default();
+    let id = stored_record(&store, serde_json::json!({"xp": 42, "name": "ada"})).await;
+    let app = session_app(&monitor, store.clone());
+
+    store.down.store(true, Ordering::SeqCst);
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/gain", &format!("id={id}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+    assert!(
+        response.headers().get(header::SET_COOKIE).is_none(),
+        "the cookie is neither replaced nor removed"
+    );
+    let page = body(response).await;
+    assert!(page.contains("Temporarily unavailable"), "{page}");
+    let report = monitor.report(Duration::from_secs(900));
+    assert!(
+        report
+            .fingerprints
+            .iter()
+            .any(|f| f.fingerprint == "SessionStoreError@session"),
+        "{:?}",
+        report.fingerprints
+    );
+
+    // Back: the same cookie still holds the user's session, untouched.
+    store.down.store(false, Ordering::SeqCst);
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/show", &format!("id={id}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    assert_eq!((progress.xp, progress.name.as_str()), (42, "ada"));
+
+    // Without a cookie the store is never asked: anonymous pages work.
+    store.down.store(true, Ordering::SeqCst);
+    let response = app.clone().oneshot(get_req("/show")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 // A real server: cookies go through hyper and tower-cookies as in production.

@@ -19,9 +19,19 @@ pub struct CheckOptions {
     pub interval: Duration,
     /// A probe running longer than this fails. Default 5 s.
     pub timeout: Duration,
-    /// A failing critical check makes the status critical (and `/readyz` fail);
-    /// a non-critical one makes it degraded. Default `true`.
+    /// A failing critical check makes the status critical; a non-critical
+    /// one makes it degraded. Default `true`.
     pub critical: bool,
+    /// Whether `/readyz` waits for this check to pass. Default `false`.
+    ///
+    /// Set it for what taking this instance out of rotation can fix: a local
+    /// resource (a warm-up, a local disk, a sidecar). Leave it off for a
+    /// dependency that every instance shares (the database, an upstream
+    /// API): when it blinks, every instance would fail readiness at once and
+    /// the load balancer would have nowhere to send anyone, where the app
+    /// itself could have answered a friendly 503 and healed when it came
+    /// back. See [`Monitor::is_ready`](super::Monitor::is_ready).
+    pub readiness: bool,
 }
 
 impl Default for CheckOptions {
@@ -30,6 +40,7 @@ impl Default for CheckOptions {
             interval: Duration::from_secs(15),
             timeout: Duration::from_secs(5),
             critical: true,
+            readiness: false,
         }
     }
 }

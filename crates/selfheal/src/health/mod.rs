@@ -444,7 +444,8 @@ impl MonitorBuilder {
             breaker_rejections: AtomicU64::new(0),
             breakers: Mutex::new(BTreeMap::new()),
             checks: Mutex::new(Vec::new()),
-            critical: Mutex::new(BTreeMap::new()),
+            conditions: Mutex::new(BTreeMap::new()),
+            draining: AtomicBool::new(false),
             rules: self.rules,
             cooldown: self.cooldown,
             status: self.status,
@@ -556,7 +557,12 @@ struct Inner {
     breaker_rejections: AtomicU64,
     breakers: Mutex<BTreeMap<String, (BreakerState, u64)>>,
     checks: Mutex<Vec<Arc<Check>>>,
-    critical: Mutex<BTreeMap<String, String>>,
+    /// Conditions set by components (a supervised worker waiting for a
+    /// dependency, say): key → (status, reason).
+    conditions: Mutex<BTreeMap<String, (Status, String)>>,
+    /// Set when the process is shutting down: `/readyz` fails so that load
+    /// balancers stop sending new requests.
+    draining: AtomicBool,
     rules: Vec<AlertRule>,
     cooldown: Duration,
     status: StatusRules,
@@ -752,14 +758,40 @@ impl Monitor {
     }
 
     /// Marks the service critical for `reason` until [`Monitor::clear_critical`]
-    /// is called with the same `key` (a supervisor that gave up uses this).
+    /// is called with the same `key`. Shorthand for
+    /// [`Monitor::set_condition`] with [`Status::Critical`].
     pub fn set_critical(&self, key: impl Into<String>, reason: impl Into<String>) {
-        lock(&self.inner.critical).insert(key.into(), reason.into());
+        self.set_condition(key, Status::Critical, reason);
     }
 
-    /// Clears a mark set by [`Monitor::set_critical`].
+    /// Clears a mark set by [`Monitor::set_critical`] (or any condition of
+    /// that `key`).
     pub fn clear_critical(&self, key: &str) {
-        lock(&self.inner.critical).remove(key);
+        self.clear_condition(key);
+    }
+
+    /// Sets a present condition under `key`: the status is at least `status`
+    /// with `reason` among its reasons until [`Monitor::clear_condition`] is
+    /// called with the same key (setting it again replaces it). A supervised
+    /// worker uses this to say "waiting for the database" while it is, and
+    /// clears it when it runs again.
+    ///
+    /// Conditions move the status on the dashboard, in `health.json` and in
+    /// the metrics, never `/readyz` (see [`Monitor::is_ready`]).
+    pub fn set_condition(&self, key: impl Into<String>, status: Status, reason: impl Into<String>) {
+        lock(&self.inner.conditions).insert(key.into(), (status, reason.into()));
+    }
+
+    /// Clears the condition `key`, if set.
+    pub fn clear_condition(&self, key: &str) {
+        lock(&self.inner.conditions).remove(key);
+    }
+
+    /// Marks this instance as draining (shutting down): [`Monitor::is_ready`]
+    /// answers `false` from now on, so that load balancers stop routing new
+    /// requests here while the ones in flight finish.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
     }
 
     /// The number of fingerprints tracked (not counting [`OTHER`]).
@@ -807,6 +839,20 @@ impl Monitor {
             all &= check.run().await;
         }
         all
+    }
+
+    /// Runs the registered check `name` once, now (its cached result is
+    /// updated). `None` if no check has that name.
+    ///
+    /// A supervisor uses this to ask whether a worker failed because a
+    /// dependency it [`depends_on`](crate::supervise::Supervisor::depends_on)
+    /// is down, rather than because of a bug in the worker.
+    pub async fn run_check(&self, name: &str) -> Option<bool> {
+        let check = lock(&self.inner.checks)
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()?;
+        Some(check.run().await)
     }
 
     fn spawn_tasks(&self) {

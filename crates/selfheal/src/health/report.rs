@@ -357,19 +357,35 @@ impl Monitor {
             }
         }
 
-        for reason in lock(&self.inner.critical).values() {
-            raise(Status::Critical, reason.clone());
+        for (status, reason) in lock(&self.inner.conditions).values() {
+            raise(*status, reason.clone());
         }
         (status, reasons)
     }
 
-    /// Whether the service should receive traffic: every registered check
-    /// has run and passes, and the status is not critical. For `/readyz`.
+    /// Whether this instance can serve now, for `/readyz`: it is not
+    /// [draining](Monitor::set_draining), and every check registered with
+    /// [`CheckOptions::readiness`](super::CheckOptions::readiness) has run
+    /// and passes.
+    ///
+    /// Readiness answers from the present only. Error history, firing alerts
+    /// and conditions (a worker waiting for a dependency) move the
+    /// [status](Monitor::status), shown on the dashboard and in
+    /// `health.json`, never readiness: a load balancer that pulls instances
+    /// for their error history pulls *every* instance when a shared
+    /// dependency blinks, and keeps them out after it is back. The same goes
+    /// for a shared dependency itself (the database every instance uses):
+    /// register its check without `readiness`, and let the app answer its
+    /// own friendly 503 while it is down. An instance is ready again as soon
+    /// as its readiness checks pass again (within one check interval).
     pub fn is_ready(&self) -> bool {
-        let checks_pass = lock(&self.inner.checks)
+        if self.inner.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        lock(&self.inner.checks)
             .iter()
-            .all(|c| c.result().passing == Some(true));
-        checks_pass && self.status() != Status::Critical
+            .filter(|c| c.options.readiness)
+            .all(|c| c.result().passing == Some(true))
     }
 
     /// The results of the registered checks.

@@ -179,20 +179,74 @@ async fn checks_drive_status_and_readiness() {
         },
         || async { Err("redis down".to_owned()) },
     );
-    assert!(!m.is_ready(), "checks have not run yet");
     assert!(!m.run_checks().await);
     assert_eq!(
         m.status(),
         Status::Degraded,
         "the failing check is not critical"
     );
-    assert!(!m.is_ready(), "a failing check fails readiness");
+    assert!(
+        m.is_ready(),
+        "checks without `readiness` move the status, not readiness"
+    );
 
     up.store(false, Ordering::SeqCst);
     m.run_checks().await;
     assert_eq!(m.status(), Status::Critical);
+    assert!(
+        m.is_ready(),
+        "a shared dependency down is not a reason to leave rotation"
+    );
     let checks = m.checks();
     assert_eq!(checks[0].message.as_deref(), Some("connection refused"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_follows_readiness_checks_in_the_present_and_never_latches() {
+    let m = monitor();
+    let up = Arc::new(AtomicBool::new(true));
+    let probe = up.clone();
+    m.register_check(
+        "warm_cache",
+        CheckOptions {
+            readiness: true,
+            ..CheckOptions::default()
+        },
+        move || {
+            let up = probe.load(Ordering::SeqCst);
+            async move { if up { Ok(()) } else { Err("cold".to_owned()) } }
+        },
+    );
+    assert!(!m.is_ready(), "a readiness check that has not run yet");
+    assert!(m.run_check("warm_cache").await.unwrap());
+    assert!(m.is_ready());
+    assert_eq!(m.run_check("no such check").await, None);
+
+    // A storm of errors, a firing critical alert and a critical condition:
+    // the status says so, readiness does not.
+    for _ in 0..50 {
+        m.record_error("OperationalError", "save_progress", &"database is locked");
+    }
+    m.evaluate();
+    m.set_critical("worker:outbox", "worker 'outbox' is failing");
+    assert_eq!(m.status(), Status::Critical);
+    assert!(
+        m.is_ready(),
+        "error history and conditions never fail readiness"
+    );
+
+    up.store(false, Ordering::SeqCst);
+    m.run_checks().await;
+    assert!(!m.is_ready(), "a failing readiness check does");
+    up.store(true, Ordering::SeqCst);
+    m.run_checks().await;
+    assert!(
+        m.is_ready(),
+        "and readiness returns with it, at the next run"
+    );
+
+    m.set_draining();
+    assert!(!m.is_ready(), "a draining instance is not ready");
 }
 
 #[tokio::test(start_paused = true)]

@@ -98,6 +98,7 @@ async fn a_task_that_always_fails_gives_up_at_the_intensity_limit() {
     let handle = Supervisor::new("email")
         .with_intensity(3, secs(60))
         .unwrap()
+        .with_escalation(Escalation::Stop)
         .with_monitor(m.clone())
         .spawn({
             let runs = runs.clone();
@@ -126,7 +127,7 @@ async fn a_task_that_always_fails_gives_up_at_the_intensity_limit() {
     assert_eq!(status, Status::Critical);
     assert_eq!(
         reasons,
-        ["worker 'email' gave up after 3 restarts in 60s: smtp: connection refused"]
+        ["worker 'email' failed 4 times in 60s: smtp: connection refused"]
     );
 
     // Nothing runs any more.
@@ -374,6 +375,7 @@ async fn zero_restarts_gives_up_at_the_first_failure_with_a_truncated_panic_mess
     let handle = Supervisor::new("once")
         .with_intensity(0, secs(60))
         .unwrap()
+        .with_escalation(Escalation::Stop)
         .with_monitor(m.clone())
         .spawn(|_| async { panic_with("x".repeat(500)) });
     let Exit::GaveUp {
@@ -422,6 +424,7 @@ async fn a_non_string_panic_payload_is_described() {
     let handle = Supervisor::new("odd")
         .with_intensity(0, secs(1))
         .unwrap()
+        .with_escalation(Escalation::Stop)
         .spawn(|_| async { panic_with(42_u32) });
     assert_eq!(
         handle.wait().await,
@@ -505,6 +508,7 @@ async fn spawning_again_clears_the_critical_mark_of_a_worker_that_gave_up() {
     let config = Supervisor::new("email")
         .with_intensity(0, secs(60))
         .unwrap()
+        .with_escalation(Escalation::Stop)
         .with_monitor(m.clone());
     let failing = config.clone().spawn(|_| async { Err(SmtpError("down")) });
     assert!(matches!(failing.wait().await, Exit::GaveUp { .. }));
@@ -556,4 +560,150 @@ async fn ctrl_c_or_terminate_resolves_on_sigterm() {
     tokio::time::timeout(secs(10), signal)
         .await
         .expect("SIGTERM resolves the future");
+}
+
+/// The default escalation has no parent to give up to: past the intensity
+/// the worker keeps being restarted at the backoff's ceiling, reported
+/// degraded (never critical, never a readiness failure), and the condition
+/// goes once a run lasts `stable_after`.
+#[tokio::test(start_paused = true)]
+async fn by_default_a_worker_past_its_intensity_keeps_restarting_and_recovers() {
+    let m = monitor();
+    let runs = Arc::new(AtomicU32::new(0));
+    let broken = Arc::new(AtomicBool::new(true));
+    let handle = Supervisor::new("outbox")
+        .with_intensity(3, secs(60))
+        .unwrap()
+        .with_monitor(m.clone())
+        .spawn({
+            let (runs, broken) = (runs.clone(), broken.clone());
+            move |mut shutdown| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let broken = broken.load(Ordering::SeqCst);
+                async move {
+                    if broken {
+                        return Err(SmtpError("bad row"));
+                    }
+                    shutdown.recv().await;
+                    Ok(())
+                }
+            }
+        });
+    // Ten minutes of failing: restarts go on, at most every 30 s or so.
+    run_for(secs(600)).await;
+    assert!(!handle.is_finished(), "never gives up");
+    let runs_after_ten_minutes = runs.load(Ordering::SeqCst);
+    assert!(
+        (4 + 600 / 30..=4 + 600 / 15).contains(&runs_after_ten_minutes),
+        "{runs_after_ten_minutes} runs"
+    );
+    let (status, reasons) = m.status_with_reasons();
+    assert_eq!(status, Status::Degraded);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("worker 'outbox' failed 4 times in 60s: smtp: bad row")),
+        "{reasons:?}"
+    );
+    assert!(
+        m.is_ready(),
+        "a struggling worker is not a readiness failure"
+    );
+
+    // Fixed (the bad row is gone): the next restart runs, and after
+    // `stable_after` (10 s) the condition is cleared.
+    broken.store(false, Ordering::SeqCst);
+    run_for(secs(41)).await;
+    let (status, reasons) = m.status_with_reasons();
+    assert!(
+        !reasons.iter().any(|r| r.contains("worker 'outbox'")),
+        "{reasons:?}"
+    );
+    assert_ne!(status, Status::Critical);
+    assert_eq!(handle.shutdown().await, Exit::ShutDown);
+}
+
+/// Failures while a dependency's check fails are an outage, not a crash:
+/// with an intensity of one restart and the `Stop` escalation, a two-minute
+/// outage still never gives up; the worker says what it waits for, and runs
+/// again within one capped backoff of the dependency's return.
+#[tokio::test(start_paused = true)]
+async fn failures_while_a_dependency_is_down_do_not_count_against_the_intensity() {
+    let m = monitor();
+    let database_up = Arc::new(AtomicBool::new(false));
+    m.register_check("database", crate::health::CheckOptions::default(), {
+        let up = database_up.clone();
+        move || {
+            let up = up.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("connection refused".to_owned())
+                }
+            }
+        }
+    });
+    let backoff = Backoff::exponential(ms(100), 2.0, secs(5)).unwrap();
+    let delivered = Arc::new(AtomicBool::new(false));
+    let handle = Supervisor::new("outbox")
+        .with_intensity(1, secs(60))
+        .unwrap()
+        .with_escalation(Escalation::Stop)
+        .with_backoff(backoff)
+        .with_monitor(m.clone())
+        .depends_on("database")
+        .spawn({
+            let (up, delivered) = (database_up.clone(), delivered.clone());
+            move |mut shutdown| {
+                let (up, delivered) = (up.load(Ordering::SeqCst), delivered.clone());
+                async move {
+                    if !up {
+                        return Err(SmtpError("database unreachable"));
+                    }
+                    delivered.store(true, Ordering::SeqCst);
+                    shutdown.recv().await;
+                    Ok(())
+                }
+            }
+        });
+    run_for(secs(120)).await;
+    assert!(
+        !handle.is_finished(),
+        "an outage never exhausts the intensity"
+    );
+    assert!(
+        errors_for(&m, "SmtpError@worker:outbox") > 20,
+        "kept trying"
+    );
+    let (status, reasons) = m.status_with_reasons();
+    assert_eq!(
+        status,
+        Status::Critical,
+        "the database check itself is critical"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("worker 'outbox' is waiting for 'database'")),
+        "{reasons:?}"
+    );
+
+    database_up.store(true, Ordering::SeqCst);
+    run_for(secs(5)).await;
+    assert!(
+        delivered.load(Ordering::SeqCst),
+        "running within one capped backoff"
+    );
+    run_for(secs(10)).await;
+    m.run_checks().await;
+    let (status, reasons) = m.status_with_reasons();
+    // What is left is the error history (degraded by count), not a condition.
+    assert_eq!(status, Status::Degraded);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].ends_with("errors in the last 15 minutes"),
+        "{reasons:?}"
+    );
+    assert_eq!(handle.shutdown().await, Exit::ShutDown);
 }

@@ -4,9 +4,12 @@
 //! process be restarted?") is yes as long as it serves HTTP at all: a
 //! database outage is no reason to restart the app, and restarting every
 //! instance at once because of one would turn an outage into a bigger one.
-//! Readiness ("should this instance get traffic?") is the monitor's
-//! [`is_ready`](crate::health::Monitor::is_ready): every registered check has
-//! run and passes, and the status is not critical.
+//! Readiness ("can this instance serve now?") is the monitor's
+//! [`is_ready`](crate::health::Monitor::is_ready): the instance is not
+//! draining, and every check registered for readiness has run and passes.
+//! It answers from the present only: never from error history, alerts or a
+//! worker that struggled in the past, so it cannot latch, and a blip of a
+//! dependency that every instance shares does not empty the load balancer.
 //!
 //! Neither needs authentication and neither tells why: the why is on the
 //! admin dashboard.
