@@ -1,0 +1,228 @@
+//! Helpers shared by cozmic's black-box test binaries: a browser-like
+//! client, sign-up, polling, the services the tests need (PostgreSQL and
+//! Redis URLs from the environment, failing in CI when absent), a database
+//! of one's own that can be closed to connections, and a TCP proxy that can
+//! be cut.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses part of it
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A client that keeps cookies and follows no redirects (so that a logout,
+/// a 303 to `/login`, is seen as such).
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Signs up `email` (password `correct horse battery`): the answer.
+pub async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/signup"))
+        .form(&[
+            ("name", "Ada Lovelace"),
+            ("email", email),
+            ("password", "correct horse battery"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls `condition` every 50 ms for up to `limit`; panics naming `what`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+/// The URL in `variable`, or `None` outside CI (the test is then skipped
+/// with a note); in CI (`CI` set) a missing variable fails the test.
+pub fn service_url(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{variable} is not set: in CI this test must run"
+            );
+            eprintln!("{variable} not set: skipped (it fails in CI)");
+            None
+        }
+    }
+}
+
+/// The `.eml` files in `dir` whose text contains `needle`.
+pub fn mails_containing(dir: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(needle))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A PostgreSQL database of the test's own (created on the server of
+/// `SELFHEAL_TEST_POSTGRES_URL`, dropped at the end), so that closing it to
+/// connections touches no other test.
+pub struct OwnDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl OwnDatabase {
+    /// Creates it; `None` when the variable is not set outside CI.
+    pub async fn create() -> Option<Self> {
+        let base = service_url("SELFHEAL_TEST_POSTGRES_URL")?;
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at SELFHEAL_TEST_POSTGRES_URL: {e}"));
+        let name = format!("cozmic_outage_{:016x}", fastrand::u64(..));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path(&name);
+        Some(Self {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// An outage: no new connection is accepted, and every open one is
+    /// terminated (`ALLOW_CONNECTIONS false` + `pg_terminate_backend`).
+    pub async fn close(&self) {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+
+    /// The end of the outage.
+    pub async fn open(&self) {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+
+    /// Drops it (whoever is still connected).
+    pub async fn drop_database(self) {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&self.admin)
+        .await;
+        self.admin.close().await;
+    }
+}
+
+/// A loopback TCP proxy to `upstream` that can be cut: while cut, every
+/// open connection is closed and new ones are closed on arrival, as when
+/// the server behind it is unreachable.
+pub struct CuttableProxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+}
+
+impl CuttableProxy {
+    /// Listens on a free loopback port.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0u64);
+        let (is_cut, generations) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cutting = generations.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cutting.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            cut,
+            generation,
+        }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
