@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::health::{HealKind, Monitor};
+use crate::health::{ClientId, HealKind, Monitor};
 
 /// Records an error on `monitor` (and counts it in metrics).
 pub(crate) fn record_error(
@@ -12,7 +12,19 @@ pub(crate) fn record_error(
     operation: &str,
     message: &dyn fmt::Display,
 ) {
-    monitor.record_error(kind, operation, message);
+    record_error_from(monitor, kind, operation, message, None);
+}
+
+/// Records an error caused while serving `client` (and counts it in
+/// metrics).
+pub(crate) fn record_error_from(
+    monitor: &Monitor,
+    kind: &str,
+    operation: &str,
+    message: &dyn fmt::Display,
+    client: Option<ClientId>,
+) {
+    monitor.record_error_from(kind, operation, message, client);
     #[cfg(feature = "prometheus")]
     crate::metrics::count_error(kind, operation);
 }

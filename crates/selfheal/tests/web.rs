@@ -9,7 +9,7 @@ use axum::extract::Path;
 use axum::http::{Request, Response, StatusCode, header};
 use axum::routing::get;
 use selfheal::config::{self, Instances, SecretKeyOptions};
-use selfheal::health::{HealKind, Monitor, StatusRules};
+use selfheal::health::{HealKind, Monitor, Status, StatusRules};
 use selfheal::metrics::Metrics;
 use selfheal::session::{Fields, Healed, RepairReason, SessionData};
 use selfheal::web::{self, AdminGuard, Dashboard, Friendly, HealLayer};
@@ -219,6 +219,56 @@ async fn load_is_shed_only_when_asked_and_while_critical() {
     // Off by default.
     let response = plain.clone().oneshot(get_req("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// One client's failing requests (its input) are recorded and shown but move
+/// neither the status nor the alerts; three clients' do.
+#[tokio::test]
+async fn one_peer_address_failing_does_not_move_the_status() {
+    let monitor = monitor();
+    let app = Router::new()
+        .route(
+            "/login",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "invalid byte sequence 0x00",
+                )
+            }),
+        )
+        .layer(HealLayer::new(monitor.clone()));
+    let from =
+        |ip: [u8; 4]| {
+            let mut request = get_req("/login");
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from((ip, 40000)),
+            ));
+            request
+        };
+    for _ in 0..50 {
+        let response = app.clone().oneshot(from([203, 0, 113, 9])).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    monitor.evaluate();
+    assert_eq!(
+        monitor.status(),
+        Status::Healthy,
+        "{:?}",
+        monitor.status_with_reasons()
+    );
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.fingerprints[0].count, 50);
+
+    for ip in [[198, 51, 100, 1], [198, 51, 100, 2]] {
+        app.clone().oneshot(from(ip)).await.unwrap();
+    }
+    monitor.evaluate();
+    assert_eq!(
+        monitor.status(),
+        Status::Critical,
+        "{:?}",
+        monitor.status_with_reasons()
+    );
 }
 
 // --- probes -------------------------------------------------------------

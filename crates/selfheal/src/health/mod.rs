@@ -102,10 +102,57 @@ use crate::retry::{Backoff, Policy};
 use alert::{AlertBook, Transition};
 use check::Check;
 use table::Table;
-use window::Ring;
+use window::{Ring, Sketch};
 
 /// The fingerprint every event beyond `max_fingerprints` is counted under.
 pub const OTHER: &str = "other";
+
+/// Who an error happened to: a hash of the client's address (or any stable
+/// key of the caller's: a session, an account), for
+/// [`Monitor::record_error_from`].
+///
+/// **A client's input is not the server's health.** A request whose content
+/// makes the server fail (a byte the database refuses, a value a handler
+/// did not expect) is a bug worth seeing on the dashboard, but if one client
+/// can send thirty of them and turn the status critical or fire the
+/// repeated-error alert, then any anonymous visitor can page the on-call
+/// engineer, and (with shedding on) take the instance out of service. A
+/// real fault of the server hurts many clients. So errors recorded with a
+/// client count for the status and the alert rules only once their
+/// fingerprint was seen from [`min_clients`](MonitorBuilder::min_clients)
+/// distinct clients (3 by default) within the rule's window; until then
+/// they are shown (every count, on the dashboard and in `health.json`) but
+/// do not move anything. Errors without a client (workers, checks, alert
+/// sinks: the server's own work) always count.
+///
+/// Distinct clients are counted in a 32-bit sketch per bucket: no memory
+/// grows with the number of clients, and one client's storm costs one
+/// atomic load per error. An attacker with many addresses is a distributed
+/// attack; rate limiting at the edge is the answer to that.
+///
+/// ```
+/// use selfheal::health::{ClientId, Monitor, Status};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let monitor = Monitor::builder().global(false).build().unwrap();
+/// let attacker = ClientId::of("203.0.113.9");
+/// for _ in 0..50 {
+///     monitor.record_error_from("500", "/login", &"invalid byte sequence", Some(attacker));
+/// }
+/// monitor.evaluate();
+/// assert_eq!(monitor.status(), Status::Healthy, "one client moves nothing");
+/// assert_eq!(monitor.report(std::time::Duration::from_secs(900)).fingerprints[0].count, 50);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    /// The id of `key` (an address, a session id…), hashed.
+    pub fn of(key: impl std::hash::Hash) -> Self {
+        Self(foldhash::quality::FixedState::default().hash_one(key))
+    }
+}
 
 /// Kinds of healing, counted per window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -236,6 +283,7 @@ pub struct MonitorBuilder {
     channel_capacity: usize,
     recent: usize,
     global: bool,
+    min_clients: u32,
     sink_policy: Policy,
 }
 
@@ -286,12 +334,22 @@ impl Default for MonitorBuilder {
             channel_capacity: 64,
             recent: 50,
             global: true,
+            min_clients: 3,
             sink_policy,
         }
     }
 }
 
 impl MonitorBuilder {
+    /// Errors recorded with a [`ClientId`] (by [`HealLayer`](crate::web::HealLayer),
+    /// from the request's address) move the status and fire alerts only once
+    /// their fingerprint was seen from this many distinct clients within the
+    /// rule's window. Default 3; 1 counts every error as before; at most 32.
+    pub fn min_clients(mut self, clients: u32) -> Self {
+        self.min_clients = clients.clamp(1, 32);
+        self
+    }
+
     /// Width of one time bucket. Default 1 minute.
     pub fn bucket_width(mut self, width: Duration) -> Self {
         self.bucket_width = width;
@@ -436,6 +494,9 @@ impl MonitorBuilder {
             other: Fingerprint::new(0, OTHER, "*", "", 0, self.buckets),
             requests: ring(),
             failed_requests: ring(),
+            failed_attributed: ring(),
+            failed_clients: Sketch::new(self.buckets),
+            min_clients: self.min_clients,
             heals: HealKind::ALL.map(|_| ring()),
             recent_heals: Mutex::new(VecDeque::new()),
             recent: self.recent,
@@ -495,6 +556,10 @@ pub(crate) struct Fingerprint {
     key: Box<str>,
     sample: Box<str>,
     ring: Ring,
+    /// The part of `ring` recorded with a client (a request's), and which
+    /// clients: see [`ClientId`].
+    attributed: Ring,
+    clients: Sketch,
     /// Monitor time (ms) of the first and last event.
     first_seen_ms: u64,
     last_seen_ms: AtomicU64,
@@ -521,6 +586,8 @@ impl Fingerprint {
             key,
             sample: sample.into(),
             ring: Ring::new(buckets),
+            attributed: Ring::new(buckets),
+            clients: Sketch::new(buckets),
             first_seen_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
         }
@@ -549,6 +616,10 @@ struct Inner {
     other: Fingerprint,
     requests: Ring,
     failed_requests: Ring,
+    failed_attributed: Ring,
+    failed_clients: Sketch,
+    /// Distinct clients from which errors count: see [`ClientId`].
+    min_clients: u32,
     heals: [Ring; HealKind::ALL.len()],
     recent_heals: Mutex<VecDeque<HealRecord>>,
     recent: usize,
@@ -691,6 +762,23 @@ impl Monitor {
     /// its background task): no lock, no allocation.
     #[inline]
     pub fn record_error(&self, kind: &str, operation: &str, message: &dyn fmt::Display) {
+        self.record_error_from(kind, operation, message, None);
+    }
+
+    /// Records an error caused while serving `client` (see [`ClientId`]):
+    /// counted and shown like any other, but it moves the status and fires
+    /// alerts only once the fingerprint has been seen from
+    /// [`min_clients`](MonitorBuilder::min_clients) distinct clients within
+    /// the rule's window. `None` is [`Monitor::record_error`]: the server's
+    /// own work (a worker, a check), which always counts.
+    #[inline]
+    pub fn record_error_from(
+        &self,
+        kind: &str,
+        operation: &str,
+        message: &dyn fmt::Display,
+        client: Option<ClientId>,
+    ) {
         let now = self.record_now();
         let hash = self.hash(kind, operation);
         let fp = match self.inner.table.get(hash, kind, operation) {
@@ -698,6 +786,10 @@ impl Monitor {
             None => self.insert_fingerprint(hash, kind, operation, message, now),
         };
         fp.ring.add(now.epoch, 1);
+        if let Some(client) = client {
+            fp.attributed.add(now.epoch, 1);
+            fp.clients.add(now.epoch, client.0);
+        }
         fp.touch(now.ms);
     }
 
@@ -750,11 +842,45 @@ impl Monitor {
     /// Records the outcome of one request (for error rates).
     #[inline]
     pub fn record_request(&self, failed: bool) {
+        self.record_request_from(failed, None);
+    }
+
+    /// Records the outcome of one request from `client`: a failure counts
+    /// in the error rate once failures come from
+    /// [`min_clients`](MonitorBuilder::min_clients) distinct clients within
+    /// the rate's window (see [`ClientId`]).
+    #[inline]
+    pub fn record_request_from(&self, failed: bool, client: Option<ClientId>) {
         let now = self.record_now();
         self.inner.requests.add(now.epoch, 1);
         if failed {
             self.inner.failed_requests.add(now.epoch, 1);
+            if let Some(client) = client {
+                self.inner.failed_attributed.add(now.epoch, 1);
+                self.inner.failed_clients.add(now.epoch, client.0);
+            }
         }
+    }
+
+    /// The errors of `fp` over the `span` most recent buckets that count for
+    /// status and alerts: all of them once they come from `min_clients`
+    /// clients, else only those recorded without a client.
+    fn counted(&self, fp: &Fingerprint, epoch: u32, span: u32) -> u64 {
+        let all = fp.ring.sum(epoch, span);
+        if all == 0 || fp.clients.distinct(epoch, span) >= self.inner.min_clients {
+            return all;
+        }
+        all.saturating_sub(fp.attributed.sum(epoch, span))
+    }
+
+    /// Failed requests over the `span` most recent buckets that count for
+    /// status and alerts (as [`Monitor::counted`] for errors).
+    fn counted_failures(&self, epoch: u32, span: u32) -> u64 {
+        let all = self.inner.failed_requests.sum(epoch, span);
+        if all == 0 || self.inner.failed_clients.distinct(epoch, span) >= self.inner.min_clients {
+            return all;
+        }
+        all.saturating_sub(self.inner.failed_attributed.sum(epoch, span))
     }
 
     /// Marks the service critical for `reason` until [`Monitor::clear_critical`]
@@ -905,7 +1031,7 @@ impl Monitor {
                 AlertRule::RepeatedError { threshold, .. } => {
                     let mut changes = Vec::new();
                     self.for_each_fingerprint(|fp| {
-                        let count = fp.ring.sum(now.epoch, span);
+                        let count = self.counted(fp, now.epoch, span);
                         let transition = book.observe(
                             index,
                             Some(fp.key()),
@@ -940,7 +1066,7 @@ impl Monitor {
                     ..
                 } => {
                     let total = self.inner.requests.sum(now.epoch, span);
-                    let failed = self.inner.failed_requests.sum(now.epoch, span);
+                    let failed = self.counted_failures(now.epoch, span);
                     let ratio = if total == 0 {
                         0.0
                     } else {

@@ -205,12 +205,13 @@ impl Monitor {
         (total, by_type)
     }
 
-    /// Total errors within `window`.
-    fn errors_total(&self, window: Duration) -> u64 {
+    /// Errors within `window` that count for the status (see
+    /// [`ClientId`](super::ClientId)).
+    fn errors_counted(&self, window: Duration) -> u64 {
         let now = self.now();
         let span = self.span(window);
         let mut total = 0;
-        self.for_each_fingerprint(|fp| total += fp.ring.sum(now.epoch, span));
+        self.for_each_fingerprint(|fp| total += self.counted(fp, now.epoch, span));
         total
     }
 
@@ -283,7 +284,9 @@ impl Monitor {
 
         let requests = self.requests(rules.rate_window);
         if requests.total >= rules.min_requests {
-            let rate = requests.error_rate;
+            let now = self.now();
+            let failed = self.counted_failures(now.epoch, self.span(rules.rate_window));
+            let rate = failed as f64 / requests.total as f64;
             let window = describe_window(rules.rate_window);
             if rate >= rules.critical_error_ratio {
                 raise(
@@ -304,7 +307,7 @@ impl Monitor {
             }
         }
 
-        let errors = self.errors_total(rules.count_window);
+        let errors = self.errors_counted(rules.count_window);
         let window = describe_window(rules.count_window);
         if rules.critical_errors.is_some_and(|n| errors >= n) {
             raise(

@@ -497,3 +497,68 @@ async fn a_started_monitor_records_on_its_coarse_clock() {
         .unwrap();
     assert_eq!(early.last_seen_secs_ago / 60, 20);
 }
+
+/// A client's input is not the server's health: one client's errors are
+/// shown but move nothing; the same errors from three clients are an
+/// outage; the server's own errors (no client) always count.
+#[tokio::test(start_paused = true)]
+async fn one_clients_errors_are_shown_but_move_neither_status_nor_alerts() {
+    let m = monitor();
+    let attacker = ClientId::of("203.0.113.9");
+    for _ in 0..50 {
+        m.record_error_from("500", "/login", &"invalid byte 0x00", Some(attacker));
+        m.record_request_from(true, Some(attacker));
+    }
+    assert!(firing(&m.evaluate()).is_empty(), "no alert for one client");
+    assert_eq!(m.status(), Status::Healthy, "{:?}", m.status_with_reasons());
+    let report = m.report(minutes(15));
+    assert_eq!(report.fingerprints[0].count, 50, "shown in full");
+    assert_eq!(report.requests.failed, 50);
+
+    // Two more clients: the same fingerprint is now an outage.
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        m.record_error_from(
+            "500",
+            "/login",
+            &"invalid byte 0x00",
+            Some(ClientId::of(client)),
+        );
+        m.record_request_from(true, Some(ClientId::of(client)));
+    }
+    let alerts = m.evaluate();
+    assert_eq!(firing(&alerts).len(), 1, "{alerts:?}");
+    assert_eq!(
+        m.status(),
+        Status::Critical,
+        "{:?}",
+        m.status_with_reasons()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_without_a_client_always_count_and_min_clients_is_configurable() {
+    let m = monitor();
+    for _ in 0..11 {
+        m.record_error("EmailError", "worker:outbox", &"connection refused");
+    }
+    assert_eq!(
+        firing(&m.evaluate()).len(),
+        1,
+        "the server's own errors count"
+    );
+
+    let strict = Monitor::builder()
+        .global(false)
+        .min_clients(1)
+        .build()
+        .unwrap();
+    let client = Some(ClientId::of("203.0.113.9"));
+    for _ in 0..11 {
+        strict.record_error_from("500", "/signup", &"boom", client);
+    }
+    assert_eq!(
+        firing(&strict.evaluate()).len(),
+        1,
+        "min_clients(1): every error counts"
+    );
+}

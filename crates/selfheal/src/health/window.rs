@@ -141,9 +141,87 @@ impl Ring {
     }
 }
 
+/// Which clients were seen, per time bucket: a 32-bit linear-counting
+/// sketch (one bit per client hash) packed with its epoch in one
+/// `AtomicU64`, reset by the compare-exchange that sets a bit, like
+/// [`Ring`]. The popcount of the OR over a window is a lower bound of the
+/// distinct clients in it (two clients may share a bit), exact enough to
+/// tell "one client" from "several".
+///
+/// A client that keeps failing sets a bit that is already set: a load and
+/// no write, so one client's storm costs nothing here.
+#[derive(Debug)]
+pub(crate) struct Sketch {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Sketch {
+    pub(crate) fn new(len: usize) -> Self {
+        Self {
+            slots: (0..len.max(1)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Notes client `hash` in the bucket of `epoch`.
+    #[inline]
+    pub(crate) fn add(&self, epoch: u32, hash: u64) {
+        let bit = 1u32 << (hash % 32);
+        let slot = &self.slots[epoch as usize % self.slots.len()];
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let (tag, bits) = unpack(current);
+            // This epoch's bucket, or a newer one (see `Ring::add`).
+            let next = if tag.wrapping_sub(epoch) < u32::MAX / 2 {
+                if bits & bit != 0 {
+                    return;
+                }
+                pack(tag, bits | bit)
+            } else {
+                pack(epoch, bit)
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// A lower bound of the distinct clients seen in the `span` most recent
+    /// epochs, `now` included (at most 32).
+    pub(crate) fn distinct(&self, now: u32, span: u32) -> u32 {
+        let span = span.min(self.slots.len() as u32);
+        self.slots
+            .iter()
+            .map(|slot| unpack(slot.load(Ordering::Relaxed)))
+            .filter(|(tag, _)| now.wrapping_sub(*tag) < span)
+            .fold(0u32, |acc, (_, bits)| acc | bits)
+            .count_ones()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sketch_counts_distinct_clients_per_window_and_one_client_once() {
+        let s = Sketch::new(4);
+        for _ in 0..1000 {
+            s.add(10, 7);
+        }
+        assert_eq!(s.distinct(10, 4), 1, "one client, however many errors");
+        s.add(10, 8);
+        s.add(11, 9);
+        assert_eq!(s.distinct(11, 4), 3);
+        assert_eq!(s.distinct(11, 1), 1, "only the newest bucket");
+        assert_eq!(s.distinct(20, 4), 0, "aged out");
+        s.add(14, 7);
+        assert_eq!(
+            s.distinct(14, 4),
+            2,
+            "a reused slot starts empty; 11 is still in the window"
+        );
+    }
 
     #[test]
     fn counts_age_out_of_the_window() {

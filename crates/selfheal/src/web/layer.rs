@@ -16,7 +16,54 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::respond::{self, ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder};
-use crate::health::{HealKind, Monitor, Status};
+use crate::health::{ClientId, HealKind, Monitor, Status};
+
+/// How [`HealLayer`] tells a request's client apart, so that failures
+/// caused by one client (its input) do not move the monitor's status or fire
+/// alerts: see [`ClientId`](crate::health::ClientId).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientKey {
+    /// The TCP peer's IP address, from axum's `ConnectInfo<SocketAddr>`
+    /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`).
+    /// Without it, requests have no client and every failure counts. The
+    /// default.
+    PeerAddress,
+    /// The last value of this header, as set by a reverse proxy you trust
+    /// (`x-real-ip`, or the last hop of `x-forwarded-for`): behind a load
+    /// balancer every peer address is the balancer's. Falls back to the
+    /// peer address when the header is absent.
+    Header(axum::http::HeaderName),
+    /// No client: every failure counts for the status (the behaviour before
+    /// client keys).
+    None,
+}
+
+impl ClientKey {
+    fn of<B>(&self, req: &Request<B>) -> Option<ClientId> {
+        let peer = || {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| ClientId::of(info.0.ip()))
+        };
+        match self {
+            Self::PeerAddress => peer(),
+            Self::Header(name) => req
+                .headers()
+                .get_all(name)
+                .iter()
+                .next_back()
+                .map(|value| {
+                    let value = value.as_bytes();
+                    // x-forwarded-for: the last hop is the one our proxy added.
+                    let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
+                    ClientId::of(last.trim_ascii())
+                })
+                .or_else(peer),
+            Self::None => None,
+        }
+    }
+}
 
 /// A tower [`Layer`] for axum that catches panics, records every 5xx and
 /// every request outcome on a [`Monitor`], and answers failures with a
@@ -36,6 +83,7 @@ pub struct HealLayer {
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) monitor: Monitor,
+    client_key: ClientKey,
     timeout: Option<Duration>,
     shed: bool,
     pub(crate) retry_after: Duration,
@@ -61,6 +109,7 @@ impl HealLayer {
         Self {
             shared: Arc::new(Shared {
                 monitor,
+                client_key: ClientKey::PeerAddress,
                 timeout: None,
                 shed: false,
                 retry_after: Duration::from_secs(5),
@@ -74,6 +123,15 @@ impl HealLayer {
 
     fn shared_mut(&mut self) -> &mut Shared {
         Arc::make_mut(&mut self.shared)
+    }
+
+    /// How a request's client is told apart, so that one client's failures
+    /// do not move the monitor's status (see
+    /// [`ClientId`](crate::health::ClientId)). Default
+    /// [`ClientKey::PeerAddress`].
+    pub fn with_client_key(mut self, key: ClientKey) -> Self {
+        self.shared_mut().client_key = key;
+        self
     }
 
     /// Answers `503` with `Retry-After` when a request takes longer than
@@ -167,6 +225,7 @@ where
             wants_json: respond::wants_json(req.headers()),
             request_id: req.headers().get(&respond::X_REQUEST_ID).cloned(),
             start: start_clock(shared),
+            client: shared.client_key.of(&req),
         };
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
@@ -201,6 +260,8 @@ pub(crate) struct RequestContext {
     /// When the request started, when latency is observed (metrics).
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     start: Option<Instant>,
+    /// Who asked: failures are recorded against this client.
+    client: Option<ClientId>,
 }
 
 impl RequestContext {
@@ -220,7 +281,9 @@ impl RequestContext {
 
     #[inline]
     fn observe(&self, status: StatusCode) {
-        self.shared.monitor.record_request(status.is_server_error());
+        self.shared
+            .monitor
+            .record_request_from(status.is_server_error(), self.client);
         #[cfg(feature = "prometheus")]
         if let (Some(metrics), Some(start)) = (&self.shared.metrics, self.start) {
             metrics.observe(status, start.elapsed());
@@ -262,11 +325,12 @@ impl RequestContext {
         let status = response.status();
         let route = self.route();
         let reason = status.canonical_reason().unwrap_or("server error");
-        crate::metrics_hook::record_error(
+        crate::metrics_hook::record_error_from(
             &self.shared.monitor,
             status.as_str(),
             route,
             &format_args!("the handler answered {} {reason}", status.as_str()),
+            self.client,
         );
         let request_id = self.request_id();
         if response.extensions().get::<Friendly>().is_some() {
@@ -315,7 +379,7 @@ impl RequestContext {
             "handler panicked; answered with a friendly 500"
         );
         let monitor = &self.shared.monitor;
-        crate::metrics_hook::record_error(monitor, "Panic", route, &message);
+        crate::metrics_hook::record_error_from(monitor, "Panic", route, &message, self.client);
         crate::metrics_hook::record_heal(monitor, HealKind::PanicCaught, route);
         self.observe(StatusCode::INTERNAL_SERVER_ERROR);
         // A panic payload whose own drop panics would unwind out of here;
@@ -344,11 +408,12 @@ impl RequestContext {
             timeout_ms = timeout.as_millis() as u64,
             "request timed out; answered 503"
         );
-        crate::metrics_hook::record_error(
+        crate::metrics_hook::record_error_from(
             &self.shared.monitor,
             "Timeout",
             route,
             &format_args!("no answer within {timeout:?}"),
+            self.client,
         );
         self.observe(StatusCode::SERVICE_UNAVAILABLE);
         self.answer(

@@ -77,7 +77,7 @@ mod respond;
 
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
-pub use layer::{HealLayer, HealService};
+pub use layer::{ClientKey, HealLayer, HealService};
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
 
