@@ -2,17 +2,16 @@
 //! http://127.0.0.1:8080 with SQLite in `./cozmic-data`, no services and no
 //! keys needed. See the README for the configuration table.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use cozmic::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("COZMIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    // The configuration first (it reads `.env`, which may set the log
+    // variables); its errors go to stderr as they are.
     let config = match cozmic::config::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -20,6 +19,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.log_format);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
@@ -92,6 +92,18 @@ async fn main() -> ExitCode {
     );
     running.wait_for_signal().await;
     ExitCode::SUCCESS
+}
+
+/// Logs to stdout, filtered by `COZMIC_LOG` (default `info`): JSON lines
+/// with `COZMIC_LOG_FORMAT=json`, else text, coloured only on a terminal.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        EnvFilter::try_from_env("COZMIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
 }
 
 /// `cozmic promote EMAIL`: flags a student as admin (they then see
