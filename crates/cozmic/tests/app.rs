@@ -895,6 +895,21 @@ async fn sessions_live_in_redis_when_configured() {
     app.shutdown().await;
 }
 
+/// Posts `fields` as a form to `url`.
+async fn post_form(
+    client: &reqwest::Client,
+    url: String,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client.post(url).form(fields).send().await.unwrap()
+}
+
+/// The `name=value` of a response's `Set-Cookie`.
+fn cookie_pair(response: &reqwest::Response) -> String {
+    let header = response.headers()["set-cookie"].to_str().unwrap();
+    header.split(';').next().unwrap().to_owned()
+}
+
 /// A form post with a raw (possibly invalid) URL-encoded body.
 async fn post_raw(
     client: &reqwest::Client,
@@ -918,37 +933,32 @@ async fn fifty_anonymous_nul_bytes_are_422s_and_the_instance_stays_ready(fixture
     let mut statuses = Vec::new();
     for i in 0..50 {
         let anonymous = browser();
-        let response = match i % 5 {
-            0 | 1 => {
-                anonymous
-                    .post(format!("{base}/login"))
-                    .form(&[
-                        ("email", "ada\0@example.com"),
-                        ("password", "correct horse"),
-                    ])
-                    .send()
-                    .await
-            }
-            2 | 3 => {
-                anonymous
-                    .post(format!("{base}/signup"))
-                    .form(&[
-                        ("name", "Ada\0Lovelace"),
-                        ("email", &format!("nul{i}@example.com")),
-                        ("password", "correct horse"),
-                    ])
-                    .send()
-                    .await
-            }
-            _ => {
-                student
-                    .post(format!("{base}/tutor"))
-                    .form(&[("question", "Why\0 are there seasons?")])
-                    .send()
-                    .await
-            }
-        }
-        .unwrap();
+        let (client, url, fields) = match i % 5 {
+            0 | 1 => (
+                &anonymous,
+                format!("{base}/login"),
+                vec![
+                    ("email", "ada\0@example.com".to_owned()),
+                    ("password", "correct horse".to_owned()),
+                ],
+            ),
+            2 | 3 => (
+                &anonymous,
+                format!("{base}/signup"),
+                vec![
+                    ("name", "Ada\0Lovelace".to_owned()),
+                    ("email", format!("nul{i}@example.com")),
+                    ("password", "correct horse".to_owned()),
+                ],
+            ),
+            _ => (
+                &student,
+                format!("{base}/tutor"),
+                vec![("question", "Why\0 are there seasons?".to_owned())],
+            ),
+        };
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = post_form(client, url, &fields).await;
         let status = response.status();
         let page = response.text().await.unwrap();
         if status == StatusCode::UNPROCESSABLE_ENTITY && i % 5 >= 2 {
@@ -987,29 +997,29 @@ async fn an_nfd_twin_of_an_email_is_the_same_account(fixture: Fixture) {
     sign_up(&browser(), &base, "zo\u{eb}@example.com").await;
     // ... and with e + U+0308 (NFD), in capitals: the same address.
     let twin = browser();
-    let response = twin
-        .post(format!("{base}/signup"))
-        .form(&[
+    let response = post_form(
+        &twin,
+        format!("{base}/signup"),
+        &[
             ("name", "Zoe Twin"),
             ("email", "ZOE\u{308}@example.com"),
             ("password", "correct horse battery"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(response.text().await.unwrap().contains("already exists"));
     assert_eq!(app.state().db().students().await.unwrap().len(), 1);
     // Logging in with the NFD spelling finds the account.
-    let response = twin
-        .post(format!("{base}/login"))
-        .form(&[
+    let response = post_form(
+        &twin,
+        format!("{base}/login"),
+        &[
             ("email", "zoe\u{308}@EXAMPLE.com"),
             ("password", "correct horse battery"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.url().path().ends_with("/dashboard"));
     app.shutdown().await;
@@ -1027,16 +1037,16 @@ async fn names_need_a_visible_character_and_no_control_characters(fixture: Fixtu
         ("\u{202E}ecalevoL adA", "cannot be used", "ecalevoL adA"),
     ];
     for (name, message, kept) in cases {
-        let response = browser()
-            .post(format!("{base}/signup"))
-            .form(&[
+        let response = post_form(
+            &browser(),
+            format!("{base}/signup"),
+            &[
                 ("name", name),
                 ("email", "ada@example.com"),
                 ("password", "correct horse"),
-            ])
-            .send()
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         assert_eq!(
             response.status(),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1156,20 +1166,14 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let response = client
-        .post(format!("{base}/admin/login"))
-        .form(&[("token", "test-admin-token-0123456789")])
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(
+        &client,
+        format!("{base}/admin/login"),
+        &[("token", "test-admin-token-0123456789")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_pair(&response);
     let health = |cookie: Option<String>| {
         let mut request = client.get(format!("{base}/admin/health"));
         if let Some(cookie) = cookie {
@@ -1196,19 +1200,13 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(health(Some(cookie.clone())).await, StatusCode::FORBIDDEN);
     // Signing in again works.
-    let response = client
-        .post(format!("{base}/admin/login"))
-        .form(&[("token", "test-admin-token-0123456789")])
-        .send()
-        .await
-        .unwrap();
-    let fresh = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let response = post_form(
+        &client,
+        format!("{base}/admin/login"),
+        &[("token", "test-admin-token-0123456789")],
+    )
+    .await;
+    let fresh = cookie_pair(&response);
     assert_eq!(health(Some(fresh)).await, StatusCode::OK);
     assert_eq!(health(None).await, StatusCode::FORBIDDEN);
     app.shutdown().await;
@@ -1224,12 +1222,12 @@ async fn a_completed_lesson_shows_completed_and_pays_once(fixture: Fixture) {
     let first = form_value(&fetch_page(&client, &lesson_url).await, "nonce");
     let second = form_value(&fetch_page(&client, &lesson_url).await, "nonce");
     for nonce in [&first, &second, &second] {
-        let response = client
-            .post(format!("{lesson_url}/complete"))
-            .form(&[("nonce", nonce.as_str())])
-            .send()
-            .await
-            .unwrap();
+        let response = post_form(
+            &client,
+            format!("{lesson_url}/complete"),
+            &[("nonce", nonce.as_str())],
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     let page = fetch_page(&client, &lesson_url).await;
@@ -1282,12 +1280,12 @@ async fn the_tutor_without_a_key_says_it_is_not_set_up(fixture: Fixture) {
     let base = app.url();
     let client = browser();
     sign_up(&client, &base, "ada@example.com").await;
-    let response = client
-        .post(format!("{base}/tutor"))
-        .form(&[("question", "Why are there seasons?")])
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(
+        &client,
+        format!("{base}/tutor"),
+        &[("question", "Why are there seasons?")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.text().await.unwrap().contains("not set up"));
     let page = fetch_page(&client, &format!("{base}/tutor")).await;
