@@ -50,8 +50,16 @@ async fn main() -> ExitCode {
     };
     let state = running.state();
     let config = state.config();
-    println!("CozmicLearning is running at {}", running.url());
-    println!(
+    // The banner goes where the logs do not, when they are JSON lines for
+    // a shipper: stdout stays one JSON object per line.
+    let json = config.log_format == LogFormat::Json;
+    macro_rules! banner {
+        ($($arg:tt)*) => {
+            if json { eprintln!($($arg)*) } else { println!($($arg)*) }
+        };
+    }
+    banner!("CozmicLearning is running at {}", running.url());
+    banner!(
         "  database: {}",
         if state.db().sqlite().is_some() {
             "SQLite"
@@ -59,7 +67,7 @@ async fn main() -> ExitCode {
             "PostgreSQL"
         }
     );
-    println!(
+    banner!(
         "  AI tutor: {}   payments: {}   email: {}",
         if config.openai.is_some() {
             "on"
@@ -77,7 +85,7 @@ async fn main() -> ExitCode {
             format!("files in {}", config.mail_dir().display())
         },
     );
-    println!(
+    banner!(
         "  admin: {}/admin/health ({})",
         running.url(),
         if config.admin_token.is_some() {
@@ -86,7 +94,7 @@ async fn main() -> ExitCode {
             "set ADMIN_TOKEN, or run `cozmic promote EMAIL`"
         }
     );
-    println!(
+    banner!(
         "  health: {0}/healthz  {0}/readyz  {0}/metrics",
         running.url()
     );
