@@ -158,6 +158,9 @@ pub struct Completion {
     /// False when this form (nonce) had already been applied, or the
     /// lesson had already been completed (it pays its XP once).
     pub applied: bool,
+    /// True when this very form (nonce) had been applied before: a double
+    /// click or a retry of an action that did succeed.
+    pub same_form: bool,
     /// The XP total after it.
     pub xp: i64,
     /// The streak after it.
@@ -397,7 +400,12 @@ impl Db {
                             .bind(student_id)
                             .fetch_one(&mut **tx)
                             .await?;
-                    return Ok(Completion { applied: false, xp, streak });
+                    let same_form: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM xp_ledger WHERE request_id = $1")
+                            .bind(nonce.clone())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    return Ok(Completion { applied: false, same_form: same_form.is_some(), xp, streak });
                 }
                 let (xp, streak, email): (i64, i64, String) = sqlx::query_as(
                     "UPDATE students SET xp = xp + $1, \
@@ -413,7 +421,7 @@ impl Db {
                 if level(xp) > level(xp - LESSON_XP) {
                     enqueue!(tx, email, level_up(level(xp)), now)?;
                 }
-                Ok(Completion { applied: true, xp, streak })
+                Ok(Completion { applied: true, same_form: false, xp, streak })
             }).await)
         }
     }

@@ -745,8 +745,9 @@ struct CompleteForm {
 }
 
 /// The guide's save-progress: +10 XP and a ledger row, once per form and
-/// once per lesson (a form of a lesson completed since lands on the
-/// lesson, shown completed, with no XP).
+/// once per lesson (another form of a lesson completed since lands on the
+/// lesson, shown completed, with no XP; the same form again, a double click
+/// or a retry, lands where the first did).
 async fn complete_lesson(
     State(state): State<AppState>,
     SignedIn { student, visitor }: SignedIn,
@@ -781,10 +782,12 @@ async fn complete_lesson(
         .db()
         .complete_lesson(student.id, lesson.id, &nonce, level_up)
         .await?;
-    if !completion.applied {
+    if !completion.applied && !completion.same_form {
         return Ok(see_other(&format!("/lessons/{}", lesson.id)));
     }
-    state.mailer().wake();
+    if completion.applied {
+        state.mailer().wake();
+    }
     Ok(see_other(&format!("/dashboard?done={}", lesson.id)))
 }
 
