@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A secret string: `Debug` and `Display` never show it.
@@ -47,6 +47,17 @@ pub enum Healing {
     /// The naive app the guide starts from: one attempt at everything, no
     /// waiting on a locked database, raw errors, emails tried once.
     Off,
+}
+
+/// How the binary writes its logs (`COZMIC_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `text` (the default): human-readable lines, coloured only when the
+    /// output is a terminal (no escape codes in a file or a pipe).
+    #[default]
+    Text,
+    /// `json`: one JSON object per line, for log shippers.
+    Json,
 }
 
 /// How the app calls a flaky upstream (the AI provider, the payment API).
@@ -164,6 +175,8 @@ pub struct Config {
     pub faults: FaultHooks,
     /// How often the email worker looks for due messages. Default 500 ms.
     pub mail_poll: Duration,
+    /// `COZMIC_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
     /// The wait before retrying a failed email: exponential from `.0`,
     /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
@@ -199,6 +212,7 @@ impl Config {
             healing: Healing::On,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
+            log_format: LogFormat::Text,
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
     }
@@ -310,6 +324,13 @@ impl Config {
                 problems.push("SMTP_URL: must start with smtp:// or smtps://".to_owned());
             }
         }
+        match get("COZMIC_LOG_FORMAT").as_deref() {
+            None | Some("text") => {}
+            Some("json") => config.log_format = LogFormat::Json,
+            Some(other) => {
+                problems.push(format!("COZMIC_LOG_FORMAT: {other:?} is not text or json"))
+            }
+        }
         if let Some(from) = get("COZMIC_MAIL_FROM") {
             if from.parse::<lettre::message::Mailbox>().is_ok() {
                 config.mail_from = from;
@@ -340,6 +361,44 @@ impl Config {
     }
 }
 
+/// Creates the directory `path` (and its missing parents) readable by its
+/// owner only (mode 0700 on Unix): the data dir holds the SQLite database
+/// (password hashes, sessions), the key file and the mail. A directory that
+/// exists already is left as it is: its modes are the operator's.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// Creates the empty file `path` readable and writable by its owner only
+/// (mode 0600 on Unix), unless it exists: an existing file keeps its modes.
+/// For the SQLite database, created before SQLite opens it (an empty file
+/// is an empty database; SQLite gives its `-wal` and `-shm` files the
+/// database file's modes).
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +420,35 @@ mod tests {
         assert!(config.openai.is_none() && config.stripe.is_none() && config.smtp_url.is_none());
         assert_eq!(config.healing, Healing::On);
         assert!(!config.faults.is_armed());
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        let json = from(&[("COZMIC_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+        let error = from(&[("COZMIC_LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(error.to_string().contains("COZMIC_LOG_FORMAT"), "{error}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_dirs_and_files_are_created_0700_and_0600_and_existing_ones_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/data");
+        create_private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        let file = data.join("cozmic.db");
+        create_private_file(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        // Existing ones are the operator's: not changed.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        create_private_dir(&data).unwrap();
+        create_private_file(&file).unwrap();
+        assert_eq!((mode(&data), mode(&file)), (0o750, 0o640));
     }
 
     #[test]

@@ -155,8 +155,12 @@ pub struct NewEmail {
 /// What completing a lesson did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
-    /// False when this form (nonce) had already been applied.
+    /// False when this form (nonce) had already been applied, or the
+    /// lesson had already been completed (it pays its XP once).
     pub applied: bool,
+    /// True when this very form (nonce) had been applied before: a double
+    /// click or a retry of an action that did succeed.
+    pub same_form: bool,
     /// The XP total after it.
     pub xp: i64,
     /// The streak after it.
@@ -212,7 +216,7 @@ impl Db {
                 .await?;
             Db::Postgres(runner(Runner::new(pool), heal, monitor)?)
         } else {
-            std::fs::create_dir_all(&config.data_dir)?;
+            crate::config::create_private_dir(&config.data_dir)?;
             let options = if heal {
                 selfheal::db::sqlite::connect_options(&url)?
             } else {
@@ -221,6 +225,12 @@ impl Db {
                 url.parse::<sqlx::sqlite::SqliteConnectOptions>()?
                     .create_if_missing(true)
             };
+            // Password hashes and sessions: a new database file is 0600.
+            let file = options.get_filename();
+            let name = file.to_string_lossy();
+            if !name.is_empty() && !name.starts_with(':') && !name.starts_with("file:") {
+                crate::config::create_private_file(file)?;
+            }
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(8)
                 .connect_with(options)
@@ -346,8 +356,10 @@ impl Db {
     }
 
     /// The guide's save-progress: +10 XP and a ledger row in one transaction
-    /// (and a level-up email when a level is reached). A nonce already in
-    /// the ledger (the same form sent again) changes nothing.
+    /// (and a level-up email when a level is reached). A lesson pays once:
+    /// a lesson already in `lesson_completions` (its primary key decides,
+    /// also between concurrent requests) changes nothing, and neither does a
+    /// nonce already in the ledger (the same form sent again).
     pub fn complete_lesson(
         &self,
         student_id: i64,
@@ -360,7 +372,19 @@ impl Db {
         async move {
             on_db!(&this, r => r.run("save_progress", async move |tx| {
                 let now = now_ms();
-                let inserted: Option<i64> = sqlx::query_scalar(
+                let first: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO lesson_completions (student_id, lesson_id, completed_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING student_id",
+                )
+                .bind(student_id)
+                .bind(lesson_id.clone())
+                .bind(now)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let inserted: Option<i64> = if first.is_none() {
+                    None
+                } else {
+                    sqlx::query_scalar(
                     "INSERT INTO xp_ledger (student_id, lesson_id, points, request_id, created_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 )
@@ -370,14 +394,20 @@ impl Db {
                 .bind(nonce.clone())
                 .bind(now)
                 .fetch_optional(&mut **tx)
-                .await?;
+                .await?
+                };
                 if inserted.is_none() {
                     let (xp, streak): (i64, i64) =
                         sqlx::query_as("SELECT xp, streak FROM students WHERE id = $1")
                             .bind(student_id)
                             .fetch_one(&mut **tx)
                             .await?;
-                    return Ok(Completion { applied: false, xp, streak });
+                    let same_form: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM xp_ledger WHERE request_id = $1")
+                            .bind(nonce.clone())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    return Ok(Completion { applied: false, same_form: same_form.is_some(), xp, streak });
                 }
                 let (xp, streak, email): (i64, i64, String) = sqlx::query_as(
                     "UPDATE students SET xp = xp + $1, \
@@ -393,7 +423,7 @@ impl Db {
                 if level(xp) > level(xp - LESSON_XP) {
                     enqueue!(tx, email, level_up(level(xp)), now)?;
                 }
-                Ok(Completion { applied: true, xp, streak })
+                Ok(Completion { applied: true, same_form: false, xp, streak })
             }).await)
         }
     }
@@ -413,12 +443,12 @@ impl Db {
         .await)
     }
 
-    /// The lessons a student has completed at least once.
+    /// The lessons a student has completed.
     pub async fn completed_lessons(
         &self,
         student_id: i64,
     ) -> std::result::Result<Vec<String>, sqlx::Error> {
-        on_db!(self, r => sqlx::query_scalar("SELECT DISTINCT lesson_id FROM xp_ledger WHERE student_id = $1")
+        on_db!(self, r => sqlx::query_scalar("SELECT lesson_id FROM lesson_completions WHERE student_id = $1")
             .bind(student_id)
             .fetch_all(r.pool())
             .await)
@@ -689,7 +719,7 @@ impl Db {
         email: &str,
         admin: bool,
     ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
-        let email = email.trim().to_ascii_lowercase();
+        let email = crate::input::normalize_email(email);
         let this = self.clone();
         async move {
             on_db!(&this, r => r.run("set_admin", async move |tx| {

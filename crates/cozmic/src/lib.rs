@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 pub mod config;
 pub mod db;
+pub mod input;
 pub mod lessons;
 pub mod mail;
 pub mod password;
@@ -78,6 +79,9 @@ impl AppState {
         let monitor = Monitor::builder().global(false).start()?;
         let db = Db::open(&config, &monitor).await?;
         let store = Store::open(&db, config.redis_url.as_ref().map(|u| u.expose())).await?;
+        if config.secret_key.is_none() {
+            config::create_private_dir(&config.data_dir)?;
+        }
         let secret = match &config.secret_key {
             Some(key) => selfheal::config::SecretKeyOptions::new()
                 .load_from(|_| Some(key.expose().to_owned()))?,

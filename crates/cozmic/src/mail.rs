@@ -71,7 +71,7 @@ impl Transport {
             }
             None => {
                 let dir = config.mail_dir();
-                std::fs::create_dir_all(&dir)?;
+                crate::config::create_private_dir(&dir)?;
                 Ok(Transport::Directory(dir))
             }
         }

@@ -2,17 +2,16 @@
 //! http://127.0.0.1:8080 with SQLite in `./cozmic-data`, no services and no
 //! keys needed. See the README for the configuration table.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use cozmic::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("COZMIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    // The configuration first (it reads `.env`, which may set the log
+    // variables); its errors go to stderr as they are.
     let config = match cozmic::config::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -20,6 +19,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.log_format);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
@@ -50,8 +50,16 @@ async fn main() -> ExitCode {
     };
     let state = running.state();
     let config = state.config();
-    println!("CozmicLearning is running at {}", running.url());
-    println!(
+    // The banner goes where the logs do not, when they are JSON lines for
+    // a shipper: stdout stays one JSON object per line.
+    let json = config.log_format == LogFormat::Json;
+    macro_rules! banner {
+        ($($arg:tt)*) => {
+            if json { eprintln!($($arg)*) } else { println!($($arg)*) }
+        };
+    }
+    banner!("CozmicLearning is running at {}", running.url());
+    banner!(
         "  database: {}",
         if state.db().sqlite().is_some() {
             "SQLite"
@@ -59,7 +67,7 @@ async fn main() -> ExitCode {
             "PostgreSQL"
         }
     );
-    println!(
+    banner!(
         "  AI tutor: {}   payments: {}   email: {}",
         if config.openai.is_some() {
             "on"
@@ -77,7 +85,7 @@ async fn main() -> ExitCode {
             format!("files in {}", config.mail_dir().display())
         },
     );
-    println!(
+    banner!(
         "  admin: {}/admin/health ({})",
         running.url(),
         if config.admin_token.is_some() {
@@ -86,12 +94,24 @@ async fn main() -> ExitCode {
             "set ADMIN_TOKEN, or run `cozmic promote EMAIL`"
         }
     );
-    println!(
+    banner!(
         "  health: {0}/healthz  {0}/readyz  {0}/metrics",
         running.url()
     );
     running.wait_for_signal().await;
     ExitCode::SUCCESS
+}
+
+/// Logs to stdout, filtered by `COZMIC_LOG` (default `info`): JSON lines
+/// with `COZMIC_LOG_FORMAT=json`, else text, coloured only on a terminal.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        EnvFilter::try_from_env("COZMIC_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
 }
 
 /// `cozmic promote EMAIL`: flags a student as admin (they then see

@@ -17,6 +17,7 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 use crate::AppState;
 use crate::config::{FaultHooks, Healing};
 use crate::db::{self, NewEmail, SignupError};
+use crate::input::{self, Problem, StrictForm, Text};
 use crate::lessons::{self, LESSONS};
 use crate::session::{StudentSession, Visitor};
 use crate::upstream::UpstreamError;
@@ -79,9 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/premium/subscribe", post(subscribe))
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(admin_routes(
-            Dashboard::new(monitor.clone(), guard).with_service_name("cozmic"),
-        ));
+        .merge(admin_routes(admin_dashboard(&monitor, guard, config)));
     if config.faults.is_armed() {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
@@ -107,6 +106,24 @@ pub fn app(state: AppState) -> Router {
         router = router.merge(metrics.routes(monitor));
     }
     router
+}
+
+/// The admin dashboard; without `ADMIN_TOKEN`, its 403 page says how to
+/// get in.
+fn admin_dashboard(
+    monitor: &selfheal::health::Monitor,
+    guard: AdminGuard,
+    config: &crate::config::Config,
+) -> Dashboard {
+    let dashboard = Dashboard::new(monitor.clone(), guard).with_service_name("cozmic");
+    if config.admin_token.is_some() {
+        return dashboard;
+    }
+    dashboard.with_access_hint(
+        "No ADMIN_TOKEN is set on this server. To get in, set ADMIN_TOKEN (16 characters or more) \
+         and restart cozmic, or run `cozmic promote EMAIL` on the server to make your student \
+         account an admin, then sign in to cozmic as that student.",
+    )
 }
 
 /// The chaos hook: a request with the panic header panics in the handler
@@ -368,7 +385,7 @@ struct SignupPage {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct SignupForm {
     #[serde(default)]
     name: String,
@@ -392,13 +409,39 @@ async fn signup_form(visitor: Visitor) -> Response {
     .into_response()
 }
 
-fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
-    let name = form.name.trim();
-    let email = form.email.trim();
-    if name.is_empty() || name.chars().count() > 60 {
-        return Err("Please enter your name (up to 60 characters).");
-    }
-    let valid_email = email.len() <= 254
+/// A sign-up that passed the input rules: the name to store and the
+/// normalised email (see [`input`]).
+#[derive(Debug)]
+struct ValidSignup {
+    name: String,
+    email: String,
+}
+
+fn validate_signup(form: &SignupForm) -> Result<ValidSignup, &'static str> {
+    let name = match Text::NAME.check(&form.name) {
+        Ok(name) => name,
+        Err(Problem::Refused) => {
+            return Err(
+                "Your name contains characters that cannot be used (control or text-direction characters); they were removed below.",
+            );
+        }
+        Err(Problem::Invisible) => {
+            return Err("Please enter your name with at least one visible character.");
+        }
+        Err(Problem::Empty | Problem::TooLong { .. }) => {
+            return Err("Please enter your name (up to 60 characters).");
+        }
+    };
+    let email = match Text::EMAIL.check(&form.email) {
+        Ok(email) => input::normalize_email(&email),
+        Err(Problem::Refused) => {
+            return Err(
+                "Your email address contains characters that cannot be used; they were removed below.",
+            );
+        }
+        Err(_) => return Err("Please enter a valid email address, like ada@example.com."),
+    };
+    let valid_email = email.len() <= input::EMAIL_MAX
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')
@@ -412,30 +455,41 @@ fn validate_signup(form: &SignupForm) -> Result<(), &'static str> {
         return Err("Please enter a valid email address, like ada@example.com.");
     }
     let length = form.password.chars().count();
-    if !(8..=128).contains(&length) {
+    if !(input::PASSWORD_MIN..=input::PASSWORD_MAX).contains(&length) {
         return Err("Please choose a password of 8 to 128 characters.");
     }
-    Ok(())
+    if form.password.chars().any(input::is_refused) {
+        return Err("Please choose a password without control characters.");
+    }
+    Ok(ValidSignup { name, email })
 }
 
 async fn signup(
     State(state): State<AppState>,
     mut visitor: Visitor,
-    form: Result<Form<SignupForm>, axum::extract::rejection::FormRejection>,
+    StrictForm { form, error }: StrictForm<SignupForm>,
 ) -> Page {
-    let Ok(Form(form)) = form else {
+    if let Some(error) = error {
         return Ok(signup_error(
             &visitor,
-            "The form could not be read. Please try again.",
-            "",
-            "",
+            error.status(),
+            error.message(),
+            &form.name,
+            &form.email,
         ));
-    };
-    if let Err(message) = validate_signup(&form) {
-        return Ok(signup_error(&visitor, message, &form.name, &form.email));
     }
-    let name = form.name.trim().to_owned();
-    let email = form.email.trim().to_ascii_lowercase();
+    let ValidSignup { name, email } = match validate_signup(&form) {
+        Ok(valid) => valid,
+        Err(message) => {
+            return Ok(signup_error(
+                &visitor,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                message,
+                &form.name,
+                &form.email,
+            ));
+        }
+    };
     let password = form.password;
     let hash = state
         .password_work()
@@ -466,6 +520,7 @@ async fn signup(
         }
         Err(SignupError::EmailTaken) => Ok(signup_error(
             &visitor,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "An account with this email already exists. Log in instead?",
             &form.name,
             &form.email,
@@ -474,15 +529,23 @@ async fn signup(
     }
 }
 
-fn signup_error(visitor: &Visitor, message: &str, name: &str, email: &str) -> Response {
+/// The sign-up form again, with `message` and what was typed (minus the
+/// characters the input rules refuse).
+fn signup_error(
+    visitor: &Visitor,
+    status: StatusCode,
+    message: &str,
+    name: &str,
+    email: &str,
+) -> Response {
     (
-        StatusCode::UNPROCESSABLE_ENTITY,
+        status,
         SignupPage {
             signed_in: false,
             theme: visitor.data.theme.clone(),
             error: Some(message.to_owned()),
-            name: name.chars().take(60).collect(),
-            email: email.chars().take(254).collect(),
+            name: Text::NAME.keep(name),
+            email: Text::EMAIL.keep(email),
         },
     )
         .into_response()
@@ -497,7 +560,7 @@ struct LoginPage {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct LoginForm {
     #[serde(default)]
     email: String,
@@ -521,13 +584,35 @@ async fn login_form(visitor: Visitor) -> Response {
 async fn login(
     State(state): State<AppState>,
     mut visitor: Visitor,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+    StrictForm { form, error }: StrictForm<LoginForm>,
 ) -> Page {
-    let form = form.map(|Form(f)| f).unwrap_or(LoginForm {
-        email: String::new(),
-        password: String::new(),
-    });
-    let email = form.email.trim().to_ascii_lowercase();
+    let refuse = |status: StatusCode, message: &str, email: &str| {
+        (
+            status,
+            LoginPage {
+                signed_in: false,
+                theme: visitor.data.theme.clone(),
+                error: Some(message.to_owned()),
+                email: Text::EMAIL.keep(email),
+            },
+        )
+            .into_response()
+    };
+    if let Some(error) = error {
+        return Ok(refuse(error.status(), error.message(), &form.email));
+    }
+    let email = match Text::EMAIL.check(&form.email) {
+        Ok(email) => input::normalize_email(&email),
+        Err(Problem::Refused) => {
+            return Ok(refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Your email address contains characters that cannot be used; they were removed below.",
+                &form.email,
+            ));
+        }
+        // Empty or too long: no account has it.
+        Err(_) => String::new(),
+    };
     let record = if email.is_empty() || email.len() > 254 || form.password.chars().count() > 128 {
         None
     } else {
@@ -544,16 +629,11 @@ async fn login(
         None => None,
     };
     let Some((id, name)) = verified else {
-        return Ok((
+        return Ok(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
-            LoginPage {
-                signed_in: false,
-                theme: visitor.data.theme.clone(),
-                error: Some("That email and password do not match an account.".to_owned()),
-                email: email.chars().take(254).collect(),
-            },
-        )
-            .into_response());
+            "That email and password do not match an account.",
+            &email,
+        ));
     };
     visitor
         .sign_in(StudentSession {
@@ -731,6 +811,8 @@ struct LessonPage {
     id: &'static str,
     title: &'static str,
     body: &'static [&'static str],
+    /// Completed already: no form (a lesson pays its XP once).
+    completed: bool,
     nonce: String,
 }
 
@@ -747,6 +829,12 @@ async fn lesson(
             "That lesson does not exist (any more).",
         ));
     };
+    let completed = state
+        .db()
+        .completed_lessons(student.id)
+        .await?
+        .iter()
+        .any(|done| done == lesson.id);
     let Chrome { signed_in, theme } = Chrome::of(&visitor);
     Ok(LessonPage {
         signed_in,
@@ -754,7 +842,12 @@ async fn lesson(
         id: lesson.id,
         title: lesson.title,
         body: lesson.body,
-        nonce: lesson_nonce(&state, student.id, lesson.id),
+        completed,
+        nonce: if completed {
+            String::new()
+        } else {
+            lesson_nonce(&state, student.id, lesson.id)
+        },
     }
     .into_response())
 }
@@ -765,7 +858,10 @@ struct CompleteForm {
     nonce: String,
 }
 
-/// The guide's save-progress: +10 XP and a ledger row, once per form.
+/// The guide's save-progress: +10 XP and a ledger row, once per form and
+/// once per lesson (another form of a lesson completed since lands on the
+/// lesson, shown completed, with no XP; the same form again, a double click
+/// or a retry, lands where the first did).
 async fn complete_lesson(
     State(state): State<AppState>,
     SignedIn { student, visitor }: SignedIn,
@@ -800,6 +896,9 @@ async fn complete_lesson(
         .db()
         .complete_lesson(student.id, lesson.id, &nonce, level_up)
         .await?;
+    if !completion.applied && !completion.same_form {
+        return Ok(see_other(&format!("/lessons/{}", lesson.id)));
+    }
     if completion.applied {
         state.mailer().wake();
     }
@@ -847,7 +946,7 @@ async fn tutor_page(
     Ok(TutorPage::new(&visitor, state.inner.tutor.is_configured(), history).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct AskForm {
     #[serde(default)]
     question: String,
@@ -859,18 +958,32 @@ struct AskForm {
 async fn ask_tutor(
     State(state): State<AppState>,
     SignedIn { student, visitor }: SignedIn,
-    form: Result<Form<AskForm>, axum::extract::rejection::FormRejection>,
+    StrictForm { form, error }: StrictForm<AskForm>,
 ) -> Page {
-    let question = form.map(|Form(f)| f.question).unwrap_or_default();
-    let question = question.trim();
     let tutor = &state.inner.tutor;
-    if question.is_empty() || question.chars().count() > 2000 {
-        let history = state.db().recent_questions(student.id, 5).await?;
-        let mut page = TutorPage::new(&visitor, tutor.is_configured(), history);
-        page.error = Some("Please write a question of up to 2,000 characters.".to_owned());
-        page.asked = question.chars().take(2000).collect();
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
-    }
+    let checked = match error {
+        Some(error) => Err((error.status(), error.message())),
+        None => Text::QUESTION.check(&form.question).map_err(|problem| {
+            let message = match problem {
+                Problem::Refused => {
+                    "Your question contains control characters that cannot be used; they were removed below."
+                }
+                _ => "Please write a question of up to 2,000 characters.",
+            };
+            (StatusCode::UNPROCESSABLE_ENTITY, message)
+        }),
+    };
+    let question = match checked {
+        Ok(question) => question,
+        Err((status, message)) => {
+            let history = state.db().recent_questions(student.id, 5).await?;
+            let mut page = TutorPage::new(&visitor, tutor.is_configured(), history);
+            page.error = Some(message.to_owned());
+            page.asked = Text::QUESTION.keep(&form.question);
+            return Ok((status, page).into_response());
+        }
+    };
+    let question = question.as_str();
     let outcome = tutor.ask(question).await;
     let (answer, status, unavailable) = match outcome {
         Err(UpstreamError::NotConfigured) => (None, "unconfigured", None),

@@ -101,6 +101,16 @@ both_backends!(
     a_purchase_retried_through_503_is_charged_once,
     a_purchase_whose_outcome_is_unknown_keeps_its_key,
     the_panic_hook_is_off_unless_armed_and_a_panic_is_a_friendly_page,
+    fifty_anonymous_nul_bytes_are_422s_and_the_instance_stays_ready,
+    an_nfd_twin_of_an_email_is_the_same_account,
+    names_need_a_visible_character_and_no_control_characters,
+    an_invalid_utf8_body_is_a_422_not_a_replacement_character,
+    malformed_admin_login_bodies_get_the_login_page,
+    an_admin_cookie_replayed_after_logout_is_refused,
+    a_completed_lesson_shows_completed_and_pays_once,
+    the_data_dir_is_0700_and_the_database_file_0600,
+    the_tutor_without_a_key_says_it_is_not_set_up,
+    the_admin_page_without_a_token_says_how_to_get_in,
 );
 
 fn browser() -> reqwest::Client {
@@ -882,5 +892,438 @@ async fn sessions_live_in_redis_when_configured() {
         response.url()
     );
     assert!(response.text().await.unwrap().contains("Hi Ada Lovelace!"));
+    app.shutdown().await;
+}
+
+/// Posts `fields` as a form to `url`.
+async fn post_form(
+    client: &reqwest::Client,
+    url: String,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client.post(url).form(fields).send().await.unwrap()
+}
+
+/// The `name=value` of a response's `Set-Cookie`.
+fn cookie_pair(response: &reqwest::Response) -> String {
+    let header = response.headers()["set-cookie"].to_str().unwrap();
+    header.split(';').next().unwrap().to_owned()
+}
+
+/// A form post with a raw (possibly invalid) URL-encoded body.
+async fn post_raw(
+    client: &reqwest::Client,
+    url: String,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn fifty_anonymous_nul_bytes_are_422s_and_the_instance_stays_ready(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let student = browser();
+    sign_up(&student, &base, "ada@example.com").await;
+    let mut statuses = Vec::new();
+    for i in 0..50 {
+        let anonymous = browser();
+        let (client, url, fields) = match i % 5 {
+            0 | 1 => (
+                &anonymous,
+                format!("{base}/login"),
+                vec![
+                    ("email", "ada\0@example.com".to_owned()),
+                    ("password", "correct horse".to_owned()),
+                ],
+            ),
+            2 | 3 => (
+                &anonymous,
+                format!("{base}/signup"),
+                vec![
+                    ("name", "Ada\0Lovelace".to_owned()),
+                    ("email", format!("nul{i}@example.com")),
+                    ("password", "correct horse".to_owned()),
+                ],
+            ),
+            _ => (
+                &student,
+                format!("{base}/tutor"),
+                vec![("question", "Why\0 are there seasons?".to_owned())],
+            ),
+        };
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = post_form(client, url, &fields).await;
+        let status = response.status();
+        let page = response.text().await.unwrap();
+        if status == StatusCode::UNPROCESSABLE_ENTITY && i % 5 >= 2 {
+            assert!(page.contains("cannot be used"), "{page}");
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNPROCESSABLE_ENTITY),
+        "every NUL is a 422: {statuses:?}"
+    );
+    // Nothing was written, and the instance is still in rotation.
+    assert_eq!(app.state().db().students().await.unwrap().len(), 1);
+    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
+    assert!(
+        app.state()
+            .db()
+            .recent_questions(id, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let report = app.state().monitor().report(Duration::from_secs(300));
+    assert_eq!(report.total_errors, 0, "{:?}", report.errors_by_type);
+    app.shutdown().await;
+}
+
+async fn an_nfd_twin_of_an_email_is_the_same_account(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    // "zoë" with a precomposed ë (NFC) ...
+    sign_up(&browser(), &base, "zo\u{eb}@example.com").await;
+    // ... and with e + U+0308 (NFD), in capitals: the same address.
+    let twin = browser();
+    let response = post_form(
+        &twin,
+        format!("{base}/signup"),
+        &[
+            ("name", "Zoe Twin"),
+            ("email", "ZOE\u{308}@example.com"),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(response.text().await.unwrap().contains("already exists"));
+    assert_eq!(app.state().db().students().await.unwrap().len(), 1);
+    // Logging in with the NFD spelling finds the account.
+    let response = post_form(
+        &twin,
+        format!("{base}/login"),
+        &[
+            ("email", "zoe\u{308}@EXAMPLE.com"),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.url().path().ends_with("/dashboard"));
+    app.shutdown().await;
+}
+
+async fn names_need_a_visible_character_and_no_control_characters(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let cases = [
+        ("\u{200B}\u{200B}", "visible character", "\u{200B}\u{200B}"),
+        ("\u{202E}\u{200B}", "cannot be used", "\u{200B}"),
+        ("Ada\u{1b}[31m", "cannot be used", "Ada[31m"),
+        ("Ada\u{7}", "cannot be used", "Ada"),
+        ("Ada\r\nLovelace", "cannot be used", "AdaLovelace"),
+        ("\u{202E}ecalevoL adA", "cannot be used", "ecalevoL adA"),
+    ];
+    for (name, message, kept) in cases {
+        let response = post_form(
+            &browser(),
+            format!("{base}/signup"),
+            &[
+                ("name", name),
+                ("email", "ada@example.com"),
+                ("password", "correct horse"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{name:?}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(page.contains(message), "{name:?}: {page}");
+        assert!(
+            page.contains(&format!("name=\"name\" value=\"{kept}\"")),
+            "{name:?} shown back as {kept:?}: {page}"
+        );
+        assert!(
+            page.contains("value=\"ada@example.com\""),
+            "the email is kept"
+        );
+    }
+    assert!(app.state().db().students().await.unwrap().is_empty());
+    app.shutdown().await;
+}
+
+async fn an_invalid_utf8_body_is_a_422_not_a_replacement_character(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let client = browser();
+    let response = post_raw(
+        &client,
+        format!("{base}/signup"),
+        "name=Ad%FFa&email=ada%40example.com&password=correct+horse",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("invalid UTF-8"), "{page}");
+    assert!(
+        page.contains("value=\"Ada\"") && !page.contains('\u{FFFD}'),
+        "{page}"
+    );
+    let raw: &'static [u8] = b"email=ada\xff%40example.com&password=correct+horse";
+    let response = post_raw(&client, format!("{base}/login"), raw).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(response.text().await.unwrap().contains("invalid UTF-8"));
+    assert!(app.state().db().students().await.unwrap().is_empty());
+
+    sign_up(&client, &base, "ada@example.com").await;
+    let response = post_raw(&client, format!("{base}/tutor"), "question=Why%C3%28%3F").await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("invalid UTF-8"), "{page}");
+    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
+    assert!(
+        app.state()
+            .db()
+            .recent_questions(id, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.shutdown().await;
+}
+
+async fn malformed_admin_login_bodies_get_the_login_page(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let url = format!("{}/admin/login", app.url());
+    let client = reqwest::Client::new();
+    let cases: Vec<(Option<&str>, Vec<u8>, StatusCode)> = vec![
+        (
+            None,
+            b"token=x".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            Some("application/json"),
+            br#"{"token":"x"}"#.to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            b"nothing=here".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            b"token=%FF%00\xfe".to_vec(),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (content_type, body, status) in cases {
+        let mut request = client.post(&url).body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{content_type:?} {body:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8",
+            "{content_type:?} {body:?}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains("<h1>Admin</h1>") && page.contains("name=\"token\""),
+            "{content_type:?} {body:?}: {page}"
+        );
+    }
+    app.shutdown().await;
+}
+
+async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = post_form(
+        &client,
+        format!("{base}/admin/login"),
+        &[("token", "test-admin-token-0123456789")],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = cookie_pair(&response);
+    let health = |cookie: Option<String>| {
+        let mut request = client.get(format!("{base}/admin/health"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(health(Some(cookie.clone())).await, StatusCode::OK);
+    // An anonymous logout revokes nothing.
+    let response = client
+        .post(format!("{base}/admin/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(health(Some(cookie.clone())).await, StatusCode::OK);
+    // The admin's logout does: the same cookie, replayed, is refused.
+    let response = client
+        .post(format!("{base}/admin/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(health(Some(cookie.clone())).await, StatusCode::FORBIDDEN);
+    // Signing in again works.
+    let response = post_form(
+        &client,
+        format!("{base}/admin/login"),
+        &[("token", "test-admin-token-0123456789")],
+    )
+    .await;
+    let fresh = cookie_pair(&response);
+    assert_eq!(health(Some(fresh)).await, StatusCode::OK);
+    assert_eq!(health(None).await, StatusCode::FORBIDDEN);
+    app.shutdown().await;
+}
+
+async fn a_completed_lesson_shows_completed_and_pays_once(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let client = browser();
+    sign_up(&client, &base, "ada@example.com").await;
+    let lesson_url = format!("{base}/lessons/seasons");
+    // Two tabs opened before the lesson was completed, and one after.
+    let first = form_value(&fetch_page(&client, &lesson_url).await, "nonce");
+    let second = form_value(&fetch_page(&client, &lesson_url).await, "nonce");
+    for nonce in [&first, &second, &second] {
+        let response = post_form(
+            &client,
+            format!("{lesson_url}/complete"),
+            &[("nonce", nonce.as_str())],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let page = fetch_page(&client, &lesson_url).await;
+    assert!(page.contains("Completed."), "{page}");
+    assert!(!page.contains("name=\"nonce\""), "no form to pay again");
+    let db = app.state().db();
+    let (id, _) = db.students().await.unwrap()[0].clone();
+    let integrity = db.integrity(id).await.unwrap();
+    assert_eq!(
+        (integrity.xp, integrity.ledger_sum, integrity.ledger_rows),
+        (10, 10, 1),
+        "one lesson, 10 XP"
+    );
+    // Another lesson still pays.
+    let (_, response) = complete(&client, &base, "rockets").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(db.integrity(id).await.unwrap().xp, 20);
+    app.shutdown().await;
+}
+
+async fn the_data_dir_is_0700_and_the_database_file_0600(fixture: Fixture) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let mut config = fixture.config();
+    let data = fixture.dir.path().join("new").join("data");
+    config.data_dir = data.clone();
+    let app = cozmic::start(config).await.unwrap();
+    sign_up(&browser(), &app.url(), "ada@example.com").await;
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    assert_eq!(mode(&data.join("mail")), 0o700, "the mail dir");
+    assert_eq!(mode(&data.join("secret_key")), 0o600, "the key file");
+    if app.state().db().sqlite().is_some() {
+        assert_eq!(mode(&data.join("cozmic.db")), 0o600, "the database");
+        let wal = data.join("cozmic.db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600, "its WAL");
+        }
+    }
+    app.shutdown().await;
+}
+
+async fn the_tutor_without_a_key_says_it_is_not_set_up(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let client = browser();
+    sign_up(&client, &base, "ada@example.com").await;
+    let response = post_form(
+        &client,
+        format!("{base}/tutor"),
+        &[("question", "Why are there seasons?")],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("not set up"));
+    let page = fetch_page(&client, &format!("{base}/tutor")).await;
+    assert!(
+        page.contains("Why are there seasons?")
+            && page.contains("No answer: the AI tutor is not set up on this server.")
+            && !page.contains("the tutor was unavailable"),
+        "{page}"
+    );
+    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
+    let questions = app.state().db().recent_questions(id, 5).await.unwrap();
+    assert_eq!(questions[0].status, "unconfigured");
+    app.shutdown().await;
+}
+
+async fn the_admin_page_without_a_token_says_how_to_get_in(fixture: Fixture) {
+    let mut config = fixture.config();
+    config.admin_token = None;
+    let app = cozmic::start(config).await.unwrap();
+    let response = reqwest::get(format!("{}/admin/health", app.url()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("ADMIN_TOKEN") && page.contains("cozmic promote EMAIL"),
+        "{page}"
+    );
+    app.shutdown().await;
+
+    // With a token, no such hint (the login form is the way in).
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let page = reqwest::get(format!("{}/admin/health", app.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("No ADMIN_TOKEN"), "{page}");
     app.shutdown().await;
 }

@@ -411,6 +411,85 @@ async fn the_login_form_sets_an_http_only_cookie_that_opens_the_dashboard() {
 }
 
 #[tokio::test]
+async fn every_malformed_login_body_gets_the_login_page() {
+    let app = admin(&monitor());
+    let cases: [(Option<&str>, &str, StatusCode); 4] = [
+        (None, "token=x", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            Some("text/plain"),
+            "token=x",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "other=1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "token=%FF",
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (content_type, form, status) in cases {
+        let mut request = Request::post("/admin/login");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(form)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{content_type:?} {form}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(body(response).await.contains("name=\"token\""), "{form}");
+    }
+}
+
+#[tokio::test]
+async fn logout_revokes_the_cookie_on_the_server_and_only_an_admin_can() {
+    let app = admin(&monitor());
+    let login = Request::post("/admin/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={TOKEN}")))
+        .unwrap();
+    let response = app.clone().oneshot(login).await.unwrap();
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let status = |request: Request<Body>| {
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap().status() }
+    };
+    let logout = |cookie: Option<&str>| {
+        let mut request = Request::post("/admin/logout");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    assert_eq!(
+        status(with_cookie("/admin/health", &pair)).await,
+        StatusCode::OK
+    );
+    assert_eq!(status(logout(None)).await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        status(with_cookie("/admin/health", &pair)).await,
+        StatusCode::OK,
+        "an anonymous logout revokes nothing"
+    );
+    assert_eq!(status(logout(Some(&pair))).await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        status(with_cookie("/admin/health", &pair)).await,
+        StatusCode::FORBIDDEN,
+        "the cookie replayed after its logout"
+    );
+}
+
+#[tokio::test]
 async fn a_predicate_guard_decides_with_the_request() {
     let monitor = monitor();
     let guard = AdminGuard::predicate(|request: Request<()>| async move {

@@ -15,9 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use axum::Router;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -30,13 +31,14 @@ use crate::health::{Monitor, Report, Status};
 
 /// The dashboard's settings: the monitor it shows and the guard in front.
 ///
-/// Defaults: refresh every 30 s, service name `"service"`.
+/// Defaults: refresh every 30 s, service name `"service"`, no access hint.
 #[derive(Clone, Debug)]
 pub struct Dashboard {
     monitor: Monitor,
     guard: AdminGuard,
     refresh: Duration,
     service: String,
+    hint: Option<String>,
 }
 
 impl Dashboard {
@@ -47,6 +49,7 @@ impl Dashboard {
             guard,
             refresh: Duration::from_secs(30),
             service: "service".to_owned(),
+            hint: None,
         }
     }
 
@@ -61,6 +64,28 @@ impl Dashboard {
         self.service = name.into();
         self
     }
+
+    /// A sentence shown to those the guard turns away (and on the login
+    /// form): how an operator gets in, e.g. "Set ADMIN_TOKEN and restart".
+    /// Plain text (escaped); say how, never a secret. Default: none.
+    pub fn with_access_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The sign-in page with `message`, answered with `status`.
+    fn login_page(&self, status: StatusCode, message: &'static str) -> Response {
+        let page = LoginPage {
+            has_login: self.guard.has_login(),
+            message,
+            hint: self.hint.as_deref(),
+        };
+        secured(
+            status,
+            "text/html; charset=utf-8",
+            page.render().unwrap_or_default(),
+        )
+    }
 }
 
 /// The admin routes:
@@ -70,7 +95,7 @@ impl Dashboard {
 /// | `GET /admin/health[?window=15m\|1h]` | the dashboard (HTML) |
 /// | `GET /admin/health.json[?window=15m\|1h]` | `application/health+json` |
 /// | `GET /admin/login`, `POST /admin/login` | the login form of a token guard (sets the admin cookie) |
-/// | `POST /admin/logout` | removes the admin cookie |
+/// | `POST /admin/logout` | removes the admin cookie and revokes every one issued before (see [`AdminGuard`]) |
 ///
 /// Every route but the login form answers `403` to non-admins. Merge these
 /// routes outside your [`HealLayer`](super::HealLayer) (they are not users'
@@ -123,15 +148,12 @@ impl FromRequestParts<Dashboard> for Admin {
                 body.to_string(),
             ));
         }
-        let page = LoginPage {
-            has_login: dashboard.guard.has_login(),
-            message: "Admins only. Sign in to see this page.",
+        let message = if dashboard.guard.has_login() {
+            "Admins only. Sign in to see this page."
+        } else {
+            "Admins only."
         };
-        Err(secured(
-            StatusCode::FORBIDDEN,
-            "text/html; charset=utf-8",
-            page.render().unwrap_or_default(),
-        ))
+        Err(dashboard.login_page(StatusCode::FORBIDDEN, message))
     }
 }
 
@@ -199,15 +221,7 @@ async fn login_form(State(dashboard): State<Dashboard>) -> Response {
     if !dashboard.guard.has_login() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let page = LoginPage {
-        has_login: true,
-        message: "Enter the admin token.",
-    };
-    secured(
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        page.render().unwrap_or_default(),
-    )
+    dashboard.login_page(StatusCode::OK, "Enter the admin token.")
 }
 
 #[derive(Deserialize)]
@@ -215,7 +229,24 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(dashboard): State<Dashboard>, Form(form): Form<LoginForm>) -> Response {
+/// A sign-in. Every body that is not a form with a `token` field (no or
+/// another content type, a missing field, too large) gets the sign-in page
+/// with a sentence and the status axum's rejection carries (415, 422, 413),
+/// never axum's plain-text message.
+async fn login(
+    State(dashboard): State<Dashboard>,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => {
+            tracing::warn!(target: "selfheal", status = %rejection.status(), "admin login with an unreadable form");
+            return dashboard.login_page(
+                rejection.status(),
+                "The sign-in form could not be read. Enter the admin token and press Sign in.",
+            );
+        }
+    };
     match dashboard.guard.login(form.token.trim()) {
         Some(cookie) => {
             let mut response =
@@ -228,33 +259,26 @@ async fn login(State(dashboard): State<Dashboard>, Form(form): Form<LoginForm>) 
         }
         None => {
             tracing::warn!(target: "selfheal", "admin login with a wrong token");
-            let page = LoginPage {
-                has_login: dashboard.guard.has_login(),
-                message: "That token is not right.",
-            };
-            secured(
-                StatusCode::FORBIDDEN,
-                "text/html; charset=utf-8",
-                page.render().unwrap_or_default(),
-            )
+            dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.")
         }
     }
 }
 
-async fn logout(State(dashboard): State<Dashboard>) -> Response {
+async fn logout(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Response {
     let mut response =
         (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/login")]).into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, dashboard.guard.logout());
+        .insert(header::SET_COOKIE, dashboard.guard.logout(&headers));
     response
 }
 
 #[derive(Template)]
 #[template(path = "selfheal/login.html")]
-struct LoginPage {
+struct LoginPage<'a> {
     has_login: bool,
     message: &'static str,
+    hint: Option<&'a str>,
 }
 
 /// A row of a two-column table.

@@ -4,10 +4,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Request, header};
+use axum::http::{HeaderMap, HeaderValue, Request, header};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -30,9 +31,30 @@ pub(crate) const COOKIE: &str = "selfheal_admin";
 /// cookie: `HttpOnly` (no script can read it), `SameSite=Strict` (no other
 /// site can make the browser send it), `Path=/admin`, `Secure` (unless
 /// [`with_secure_cookie(false)`](AdminGuard::with_secure_cookie), for plain
-/// HTTP in development), valid for 12 hours by default. The cookie holds an
-/// expiry and an HMAC-SHA256 of it keyed with a key derived from the token,
-/// never the token itself; changing the token signs everyone out.
+/// HTTP in development), valid for 12 hours by default. The cookie holds its
+/// issue time, its expiry and an HMAC-SHA256 of both keyed with a key
+/// derived from the token, never the token itself; changing the token signs
+/// everyone out.
+///
+/// ## Logging out revokes, on the server
+///
+/// The cookie is stateless, so deleting it in the browser alone would leave
+/// a copied cookie (a shared machine, a proxy log, a stolen backup) valid
+/// until it expires. `POST /admin/logout` therefore also moves the guard's
+/// **revocation epoch** to now: every cookie issued before it is refused
+/// from then on. The cookie names no one, so a logout signs out *every*
+/// admin browser signed in before it, not only the one that pressed the
+/// button; they sign in again with the token. Only a request carrying a
+/// valid admin cookie moves the epoch (and the cookie is `SameSite=Strict`,
+/// so no other site can make a browser do it): an anonymous POST cannot sign
+/// admins out.
+///
+/// The epoch is held by this guard (its clones share it), in memory: a
+/// state no database outage can take away, and the reason for two limits.
+/// With **several instances**, the others keep accepting an old cookie until
+/// it expires ([`with_login_ttl`](AdminGuard::with_login_ttl); keep it short
+/// there) or the token changes; and a **restart** forgets the epoch. Rotating
+/// `ADMIN_TOKEN` revokes everywhere at once.
 ///
 /// A `?token=` query parameter is deliberately **not** accepted: URLs end up
 /// in access logs, proxy logs, browser history and `Referer` headers, and a
@@ -62,6 +84,9 @@ enum Kind {
         cookie_key: [u8; 32],
         secure_cookie: bool,
         ttl: Duration,
+        /// Cookies issued at or before this (Unix ms) are refused: moved
+        /// by a logout. Shared by the guard's clones.
+        revoked_before: Arc<AtomicU64>,
         /// Also admins: those the app's rule allows (see `or_predicate`).
         also: Option<Predicate>,
     },
@@ -121,6 +146,7 @@ impl AdminGuard {
                 cookie_key: derive.finalize().into(),
                 secure_cookie: true,
                 ttl: Duration::from_secs(12 * 3600),
+                revoked_before: Arc::new(AtomicU64::new(0)),
                 also: None,
             },
         })
@@ -177,12 +203,14 @@ impl AdminGuard {
                 cookie_key,
                 secure_cookie,
                 ttl,
+                revoked_before,
                 also,
             } => Kind::Token {
                 digest,
                 cookie_key,
                 secure_cookie,
                 ttl,
+                revoked_before,
                 also: Some(either(also, allow)),
             },
             Kind::Predicate(first) => Kind::Predicate(either(Some(first), allow)),
@@ -215,12 +243,7 @@ impl AdminGuard {
     /// Whether the request comes from an admin.
     pub(crate) async fn allows(&self, parts: &Parts) -> bool {
         match &self.kind {
-            Kind::Token {
-                digest,
-                cookie_key,
-                also,
-                ..
-            } => {
+            Kind::Token { digest, also, .. } => {
                 let bearer = parts
                     .headers
                     .get(header::AUTHORIZATION)
@@ -228,8 +251,7 @@ impl AdminGuard {
                     .and_then(|v| v.strip_prefix("Bearer "));
                 let by_token = match bearer {
                     Some(presented) => token_matches(digest, presented),
-                    None => cookie_value(parts)
-                        .is_some_and(|value| verify_cookie(cookie_key, value, unix_now())),
+                    None => self.cookie_is_valid(&parts.headers),
                 };
                 match also {
                     Some(allow) if !by_token => allow(request_of(parts)).await,
@@ -255,21 +277,50 @@ impl AdminGuard {
         if !token_matches(digest, presented) {
             return None;
         }
-        let expiry = unix_now() + ttl.as_secs();
+        let issued = unix_now_ms();
+        let expiry = issued / 1000 + ttl.as_secs();
         let value = format!(
-            "{COOKIE}={expiry}.{}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
-            hex(&sign(cookie_key, expiry)),
+            "{COOKIE}={issued}.{expiry}.{}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            hex(&sign(cookie_key, issued, expiry)),
             ttl.as_secs(),
             if *secure_cookie { "; Secure" } else { "" }
         );
         HeaderValue::from_str(&value).ok()
     }
 
-    /// The `Set-Cookie` that signs out.
-    pub(crate) fn logout(&self) -> HeaderValue {
+    /// The `Set-Cookie` that signs out. When the request carries a valid
+    /// admin cookie, every cookie issued until now is revoked (see the
+    /// type's docs); an anonymous request revokes nothing.
+    pub(crate) fn logout(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Kind::Token { revoked_before, .. } = &self.kind
+            && self.cookie_is_valid(headers)
+        {
+            revoked_before.fetch_max(unix_now_ms(), Ordering::SeqCst);
+        }
         HeaderValue::from_static(
             "selfheal_admin=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict",
         )
+    }
+
+    /// Whether `headers` carry an admin cookie that verifies, has not
+    /// expired and was issued after the last logout.
+    fn cookie_is_valid(&self, headers: &HeaderMap) -> bool {
+        let Kind::Token {
+            cookie_key,
+            revoked_before,
+            ..
+        } = &self.kind
+        else {
+            return false;
+        };
+        super::cookie(headers, COOKIE).is_some_and(|value| {
+            verify_cookie(
+                cookie_key,
+                value,
+                unix_now(),
+                revoked_before.load(Ordering::SeqCst),
+            )
+        })
     }
 }
 
@@ -331,37 +382,41 @@ fn token_matches(digest: &[u8; 32], presented: &str) -> bool {
     presented.ct_eq(digest).into()
 }
 
-fn sign(key: &[u8; 32], expiry: u64) -> [u8; 32] {
+/// The cookie's MAC over its issue time (Unix ms) and expiry (Unix s).
+fn sign(key: &[u8; 32], issued_ms: u64, expiry: u64) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(b"v1.");
-    mac.update(expiry.to_string().as_bytes());
+    mac.update(format!("v2.{issued_ms}.{expiry}").as_bytes());
     mac.finalize().into_bytes().into()
 }
 
-fn verify_cookie(key: &[u8; 32], value: &str, now: u64) -> bool {
-    let Some((expiry, tag)) = value.split_once('.') else {
+/// `issued.expiry.tag`: the tag verifies, `expiry` is after `now` (Unix
+/// s), and `issued` is after `revoked_before` (Unix ms).
+fn verify_cookie(key: &[u8; 32], value: &str, now: u64, revoked_before: u64) -> bool {
+    let mut fields = value.splitn(3, '.');
+    let (Some(issued), Some(expiry), Some(tag)) = (fields.next(), fields.next(), fields.next())
+    else {
         return false;
     };
-    let Ok(expiry) = expiry.parse::<u64>() else {
+    let (Ok(issued), Ok(expiry)) = (issued.parse::<u64>(), expiry.parse::<u64>()) else {
         return false;
     };
-    if expiry <= now || tag.len() != 64 {
+    if expiry <= now || issued <= revoked_before || tag.len() != 64 {
         return false;
     }
     let Some(tag) = unhex(tag) else {
         return false;
     };
-    sign(key, expiry).ct_eq(&tag).into()
-}
-
-fn cookie_value(parts: &Parts) -> Option<&str> {
-    super::cookie(&parts.headers, COOKIE)
+    sign(key, issued, expiry).ct_eq(&tag).into()
 }
 
 fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -384,14 +439,26 @@ mod tests {
     #[test]
     fn cookies_verify_until_they_expire_and_only_with_their_key() {
         let key = [7u8; 32];
-        let value = format!("1000.{}", hex(&sign(&key, 1000)));
-        assert!(verify_cookie(&key, &value, 999));
-        assert!(!verify_cookie(&key, &value, 1000));
-        assert!(!verify_cookie(&[8u8; 32], &value, 999));
-        let forged = format!("2000.{}", hex(&sign(&key, 1000)));
-        assert!(!verify_cookie(&key, &forged, 999));
-        assert!(!verify_cookie(&key, "garbage", 0));
-        assert!(!verify_cookie(&key, "5.zz", 0));
+        let value = format!("500000.1000.{}", hex(&sign(&key, 500_000, 1000)));
+        assert!(verify_cookie(&key, &value, 999, 0));
+        assert!(!verify_cookie(&key, &value, 1000, 0));
+        assert!(!verify_cookie(&[8u8; 32], &value, 999, 0));
+        let forged = format!("500000.2000.{}", hex(&sign(&key, 500_000, 1000)));
+        assert!(!verify_cookie(&key, &forged, 999, 0));
+        let reissued = format!("600000.1000.{}", hex(&sign(&key, 500_000, 1000)));
+        assert!(!verify_cookie(&key, &reissued, 999, 0));
+        assert!(!verify_cookie(&key, "garbage", 0, 0));
+        assert!(!verify_cookie(&key, "5.zz", 0, 0));
+        assert!(!verify_cookie(&key, "1.5.zz", 0, 0));
+    }
+
+    #[test]
+    fn cookies_issued_before_a_logout_are_revoked() {
+        let key = [7u8; 32];
+        let value = format!("500000.1000.{}", hex(&sign(&key, 500_000, 1000)));
+        assert!(verify_cookie(&key, &value, 999, 499_999));
+        assert!(!verify_cookie(&key, &value, 999, 500_000));
+        assert!(!verify_cookie(&key, &value, 999, 700_000));
     }
 
     #[test]
