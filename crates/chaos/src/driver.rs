@@ -199,6 +199,8 @@ pub async fn run(
             panic_sent: false,
             retrying: false,
             pending_lesson: None,
+            done: Vec::new(),
+            generation: 0,
             jar: Arc::default(),
             session_table: app.state().sessions().table(),
             sqlite: app.state().db().sqlite().cloned(),
@@ -459,6 +461,11 @@ struct User {
     retrying: bool,
     /// The lesson form last sent: pressed again as is.
     pending_lesson: Option<(&'static str, String)>,
+    /// The lessons this student has completed (a lesson pays once).
+    done: Vec<&'static str>,
+    /// Which student this user is now: when one has completed every lesson,
+    /// the next one signs up (a new visitor, a fresh browser).
+    generation: u32,
     /// The browser's cookie jar.
     jar: Arc<reqwest::cookie::Jar>,
     /// The session store's table (`None` for Redis).
@@ -543,7 +550,10 @@ fn form_value(page: &str, name: &str) -> Option<String> {
 
 impl User {
     fn email(&self) -> String {
-        format!("user{}.{}@chaos.test", self.index, self.run)
+        format!(
+            "user{}.{}.{}@chaos.test",
+            self.index, self.generation, self.run
+        )
     }
 
     fn new_browser(&mut self) -> reqwest::Client {
@@ -572,6 +582,17 @@ impl User {
             if self.storm {
                 self.act(Action::Tutor, &mut http).await;
             } else {
+                if self.done.len() == LESSONS.len() {
+                    // Every lesson completed (each pays once): the next
+                    // student arrives.
+                    self.generation += 1;
+                    self.done.clear();
+                    self.pending_lesson = None;
+                    subscribed = false;
+                    http = self.new_browser();
+                    self.act(Action::SignUp, &mut http).await;
+                    self.think().await;
+                }
                 self.act(Action::Dashboard, &mut http).await;
                 self.think().await;
                 self.act(Action::CompleteLesson, &mut http).await;
@@ -752,7 +773,15 @@ impl User {
         let (lesson, nonce) = match pending {
             Some(pending) => pending,
             None => {
-                let lesson = LESSONS[self.rng.usize(..LESSONS.len())];
+                let left: Vec<&'static str> = LESSONS
+                    .iter()
+                    .copied()
+                    .filter(|l| !self.done.contains(l))
+                    .collect();
+                // (Never empty: the journey moves to the next student first.)
+                let Some(&lesson) = left.get(self.rng.usize(..left.len().max(1))) else {
+                    return Seen::Ok;
+                };
                 let (seen, page) = Self::judge(
                     http.get(format!("{}/lessons/{lesson}", self.base))
                         .send()
@@ -766,6 +795,7 @@ impl User {
                 // A lesson pays once: one completed already is read again,
                 // with no form to send.
                 if !page.contains("name=\"nonce\"") {
+                    self.done.push(lesson);
                     return Seen::Ok;
                 }
                 let Some(nonce) = form_value(&page, "nonce") else {
@@ -790,6 +820,9 @@ impl User {
         let request = self.maybe_panic(request);
         let (seen, _) = Self::judge(request.send().await, |b| b.contains("Lesson complete:")).await;
         if seen == Seen::Ok {
+            if !self.done.contains(&lesson) {
+                self.done.push(lesson);
+            }
             self.shared
                 .progress
                 .lock()
