@@ -15,12 +15,15 @@
 //! - `db` (feature `sqlx`): database transactions re-run whole on lock
 //!   conflicts and serialization failures, an idempotency guard for commits
 //!   with an unknown outcome, and schema healing at start-up.
-//! - [`supervise`]: background tasks restarted with backoff when they fail,
-//!   given up on (and reported critical) when they keep failing, stopped
+//! - [`supervise`]: background tasks restarted with backoff when they fail;
+//!   past a restart intensity they keep restarting (reported degraded), exit
+//!   the process for its orchestrator, or stop, as chosen per worker; a
+//!   dependency that is down is waited for, not counted as a crash; stopped
 //!   cleanly on a signal.
 //! - [`health`]: the monitor every heal and error is reported to, its status,
 //!   alert rules and alert sinks (log; webhook with the `webhook` feature;
-//!   email with the `email` feature).
+//!   email with the `email` feature); readiness from the present only; one
+//!   client's failures (its input) never move the status.
 //! - `tls` (feature `tls`, enabled by `webhook`, `email` and `reqwest`): installs rustls's
 //!   ring crypto provider once per process.
 //! - `http` (feature `reqwest`): a `reqwest_middleware::Middleware` that

@@ -230,7 +230,12 @@ impl fmt::Display for HealKind {
 /// | errors over `count_window` (15 min) | ≥ 50 | off |
 /// | a circuit breaker open | yes | |
 /// | a failing registered check | non-critical check | critical check |
-/// | a firing `Critical` alert, a supervisor that gave up | | yes |
+/// | a condition ([`Monitor::set_condition`]: a worker waiting for a dependency or crashing past its intensity) | its status | its status |
+/// | a firing `Critical` alert | | yes |
+///
+/// Errors recorded with a [`ClientId`] count here only once their
+/// fingerprint was seen from [`min_clients`](MonitorBuilder::min_clients)
+/// clients. None of this is readiness ([`Monitor::is_ready`]).
 ///
 /// Rates are the primary signal (they scale with traffic); the absolute count
 /// catches services that record no requests; the minimum request count keeps
