@@ -284,7 +284,7 @@ impl Supervisor {
     /// [`Monitor::register_check`]): after a failure the supervisor runs it,
     /// and while it fails, failures are a dependency outage, not a crash:
     /// they do not count against the intensity, the worker is reported
-    /// degraded ("waiting for '<check>'") and restarted with capped backoff
+    /// degraded ("waiting for 'database'", say) and restarted with capped backoff
     /// until the dependency is back. Call once per dependency. Needs
     /// [`with_monitor`](Self::with_monitor); a check that does not exist is
     /// ignored.
