@@ -261,7 +261,7 @@ mod tests {
                 work.run(move || {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(200));
                     running.fetch_sub(1, Ordering::SeqCst);
                 })
                 .await
