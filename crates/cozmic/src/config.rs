@@ -177,6 +177,11 @@ pub struct Config {
     pub mail_poll: Duration,
     /// `COZMIC_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// `COZMIC_CLIENT_IP_HEADER`: the header a trusted reverse proxy puts
+    /// the client's address in (`x-forwarded-for`: its last hop; or
+    /// `x-real-ip`). `None` (the default): the TCP peer's address. Tells
+    /// clients apart so that one client's failures do not move the status.
+    pub client_ip_header: Option<String>,
     /// The wait before retrying a failed email: exponential from `.0`,
     /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
@@ -213,6 +218,7 @@ impl Config {
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
             log_format: LogFormat::Text,
+            client_ip_header: None,
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
     }
@@ -322,6 +328,14 @@ impl Config {
                 config.smtp_url = Some(Secret::new(url));
             } else {
                 problems.push("SMTP_URL: must start with smtp:// or smtps://".to_owned());
+            }
+        }
+        if let Some(header) = get("COZMIC_CLIENT_IP_HEADER") {
+            match axum::http::HeaderName::from_bytes(header.trim().as_bytes()) {
+                Ok(name) => config.client_ip_header = Some(name.as_str().to_owned()),
+                Err(_) => problems.push(format!(
+                    "COZMIC_CLIENT_IP_HEADER: {header:?} is not a header name"
+                )),
             }
         }
         match get("COZMIC_LOG_FORMAT").as_deref() {

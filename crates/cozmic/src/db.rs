@@ -205,7 +205,9 @@ impl Db {
                 // A request waits at most 3 s for a connection while the
                 // server is unreachable, then answers a friendly 503.
                 .acquire_timeout(Duration::from_secs(3))
-                .connect(&url)
+                // lock_timeout 3 s, statement_timeout 10 s: a table lock
+                // held by a migration is a friendly 503, not a hang.
+                .connect_with(selfheal::db::postgres::connect_options(&url)?)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
             Startup::new(&pool)

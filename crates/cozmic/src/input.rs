@@ -33,10 +33,12 @@
 //! - **A visible character** ([`is_visible`]) is required where a field asks
 //!   for one (a name): a letter, digit, punctuation or symbol, not a space,
 //!   a mark alone, a format character or a blank such as U+3164.
-//! - **Emails** ([`normalize_email`]) are NFC-normalised and lower-cased
+//! - **Emails** ([`normalize_email`]) are NFKC-normalised and lower-cased
 //!   before they are checked, stored or looked up, so that `Zoë` typed with
-//!   a precomposed `ë` and with `e` + U+0308 is one address, and so is
-//!   `ADA@example.com` and `ada@example.com`.
+//!   a precomposed `ë` and with `e` + U+0308 is one address, and so are
+//!   `ADA@example.com`, `ada@example.com` and a fullwidth `ａda@example.com`;
+//!   every character of an address must be visible (no U+200B, joiners or
+//!   direction marks).
 //! - **Invalid UTF-8** in a form body is refused, never turned into U+FFFD
 //!   (axum's `Form` decodes lossily): [`StrictForm`] decodes the body itself.
 
@@ -219,9 +221,10 @@ pub fn is_visible(c: char) -> bool {
 }
 
 /// An email address as it is stored and looked up: trimmed,
-/// NFC-normalised and lower-cased.
+/// NFKC-normalised (compatibility forms folded, so a fullwidth `ｔwin@` is
+/// `twin@`, and NFD twins are one) and lower-cased.
 pub fn normalize_email(value: &str) -> String {
-    value.trim().nfc().collect::<String>().to_lowercase()
+    value.trim().nfkc().collect::<String>().to_lowercase()
 }
 
 /// Why a form body could not be read.
@@ -435,7 +438,11 @@ mod tests {
     }
 
     #[test]
-    fn emails_are_nfc_and_lower_case() {
+    fn emails_are_nfkc_and_lower_case() {
+        assert_eq!(
+            normalize_email("\u{ff54}win@example.com"),
+            "twin@example.com"
+        );
         let composed = "Zo\u{eb}@Example.com";
         let decomposed = "Zoe\u{308}@example.COM";
         assert_eq!(normalize_email(composed), normalize_email(decomposed));

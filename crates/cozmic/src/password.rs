@@ -42,6 +42,7 @@ pub struct PasswordWork {
     queue: SyncSender<Job>,
     threads: usize,
     max_waiting: usize,
+    done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PasswordWork {
@@ -69,7 +70,13 @@ impl PasswordWork {
             queue,
             threads,
             max_waiting,
+            done: Arc::default(),
         }
+    }
+
+    /// Jobs run to completion so far (hashes and verifications).
+    pub fn completed(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hashes that may run at once.
@@ -91,12 +98,15 @@ impl PasswordWork {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let done = self.done.clone();
         let job: Job = Box::new(move || {
             // The requester gave up waiting: skip the expensive part.
             if tx.is_closed() {
                 return;
             }
-            let _ = tx.send(work());
+            let value = work();
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = tx.send(value);
         });
         match self.queue.try_send(job) {
             Ok(()) => {}
@@ -179,6 +189,16 @@ pub fn hash(password: &str) -> anyhow::Result<String> {
         hash: Some(output),
     };
     Ok(phc.to_string())
+}
+
+/// A hash of a random password, made once: what a login for an unknown
+/// email is checked against, so that it costs what a wrong password costs.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let random = format!("{:032x}", fastrand::u128(..));
+        hash(&random).unwrap_or_default()
+    })
 }
 
 /// Whether `password` matches the PHC string `hash` (an argon2 hash; the

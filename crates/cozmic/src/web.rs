@@ -92,6 +92,11 @@ pub fn app(state: AppState) -> Router {
     let pages = match healing {
         Healing::On => {
             let mut heal = HealLayer::new(monitor.clone());
+            if let Some(header) = &config.client_ip_header {
+                let name = axum::http::HeaderName::from_bytes(header.as_bytes())
+                    .expect("validated by Config");
+                heal = heal.with_client_key(selfheal::web::ClientKey::Header(name));
+            }
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
@@ -218,7 +223,7 @@ impl Unavailable {
                 let kind = selfheal::db::classify::failure_kind(error);
                 let busy = kind.starts_with("sqlite:BUSY")
                     || kind.starts_with("sqlite:LOCKED")
-                    || ["pg:40001", "pg:40P01", "pg:55P03"].contains(&kind.as_ref());
+                    || ["pg:40001", "pg:40P01", "pg:55P03", "pg:57014"].contains(&kind.as_ref());
                 Some(if busy {
                     Self::DatabaseBusy
                 } else {
@@ -239,8 +244,8 @@ impl Unavailable {
                 "Nothing was lost: your progress is safe. Please try again in a few seconds.",
             ),
             Self::Sessions => (
-                "We cannot load your session right now",
-                "You are still signed in. Please try again in a few seconds.",
+                "We cannot reach our session store right now",
+                "If you were signed in, you still are. Please try again in a few seconds.",
             ),
             Self::PasswordsBusy => (
                 "Lots of people are signing in right now",
@@ -449,6 +454,9 @@ fn validate_signup(form: &SignupForm) -> Result<ValidSignup, &'static str> {
                 && !domain.ends_with('.')
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        // No invisible characters (U+200B, joiners, direction marks): an
+        // address that looks like another must not be another account.
+        && email.chars().all(input::is_visible)
         // What the mailer will accept, so the welcome email can be sent.
         && email.parse::<lettre::Address>().is_ok();
     if !valid_email {
@@ -491,10 +499,13 @@ async fn signup(
         }
     };
     let password = form.password;
-    let hash = state
-        .password_work()
-        .run(move || crate::password::hash(&password))
-        .await???;
+    let hash = {
+        let password = password.clone();
+        state
+            .password_work()
+            .run(move || crate::password::hash(&password))
+            .await???
+    };
     let welcome = NewEmail {
         kind: "welcome".to_owned(),
         subject: "Welcome to CozmicLearning!".to_owned(),
@@ -518,13 +529,39 @@ async fn signup(
                 .await?;
             Ok(see_other("/dashboard"))
         }
-        Err(SignupError::EmailTaken) => Ok(signup_error(
-            &visitor,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "An account with this email already exists. Log in instead?",
-            &form.name,
-            &form.email,
-        )),
+        Err(SignupError::EmailTaken) => {
+            // The same form sent again after its answer was lost (the
+            // session store failed after the account was made, a timeout):
+            // the right password signs in, as the first answer would have.
+            let same = match state.db().login_record(&email).await? {
+                Some((id, name, hash)) => {
+                    state
+                        .password_work()
+                        .run(move || {
+                            crate::password::verify(&password, &hash).then_some((id, name))
+                        })
+                        .await??
+                }
+                None => None,
+            };
+            if let Some((id, name)) = same {
+                visitor
+                    .sign_in(StudentSession {
+                        student_id: Some(id),
+                        name,
+                        ..StudentSession::default()
+                    })
+                    .await?;
+                return Ok(see_other("/dashboard"));
+            }
+            Ok(signup_error(
+                &visitor,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "An account with this email already exists. Log in instead?",
+                &form.name,
+                &form.email,
+            ))
+        }
         Err(SignupError::Db(error)) => Err(error.into()),
     }
 }
@@ -626,7 +663,18 @@ async fn login(
                 .run(move || crate::password::verify(&password, &hash).then_some((id, name)))
                 .await??
         }
-        None => None,
+        // An unknown email costs the same hash as a wrong password, through
+        // the same gate: neither its timing nor a busy answer under load
+        // tells which addresses have accounts.
+        None => {
+            state
+                .password_work()
+                .run(move || {
+                    crate::password::verify(&password, crate::password::dummy_hash());
+                    None
+                })
+                .await??
+        }
     };
     let Some((id, name)) = verified else {
         return Ok(refuse(

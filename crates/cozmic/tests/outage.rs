@@ -313,3 +313,85 @@ async fn redis_unreachable_for_10_s_is_a_friendly_503_not_a_logout() {
     .await;
     app.shutdown().await;
 }
+
+/// A migration (or an administrator's open transaction) holds
+/// `ACCESS EXCLUSIVE` on a table for 20 s: requests that touch it answer a
+/// friendly 503 within the lock timeout and the runner's deadline instead
+/// of hanging until the lock goes (and exhausting the pool meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_table_lock_held_20_s_is_a_friendly_503_not_a_hang() {
+    use sqlx::Connection;
+    let Some(database) = OwnDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.database_url = Some(Secret::new(database.url()));
+    let app = cozmic::start(config).await.unwrap();
+    let base = app.url();
+    let ada = no_redirects();
+    assert_eq!(
+        sign_up(&ada, &base, "ada@example.com").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let lesson = get(&ada, format!("{base}/lessons/seasons"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let marker = "name=\"nonce\" value=\"";
+    let start = lesson.find(marker).expect("a nonce") + marker.len();
+    let nonce = lesson[start..].split('"').next().unwrap().to_owned();
+
+    let mut holder = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE students IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let held = Instant::now();
+
+    let asked = Instant::now();
+    assert_friendly_503(get(&ada, format!("{base}/dashboard")).await, "dashboard").await;
+    let read_took = asked.elapsed();
+    let asked = Instant::now();
+    let completion = ada
+        .post(format!("{base}/lessons/seasons/complete"))
+        .form(&[("nonce", nonce.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let write_took = asked.elapsed();
+    assert_friendly_503(completion, "lesson completion").await;
+    assert!(
+        held.elapsed() < Duration::from_secs(20),
+        "answered while locked"
+    );
+    eprintln!(
+        "PostgreSQL table lock: a read answered 503 in {read_took:?}, a write in {write_took:?}"
+    );
+    assert!(read_took < Duration::from_secs(8), "{read_took:?}");
+
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(held.elapsed())).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    assert_eq!(get(&ada, format!("{base}/dashboard")).await.status(), 200);
+    let again = ada
+        .post(format!("{base}/lessons/seasons/complete"))
+        .form(&[("nonce", nonce.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    let student = app
+        .state()
+        .db()
+        .login_record("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    let integrity = app.state().db().integrity(student.0).await.unwrap();
+    assert_eq!((integrity.xp, integrity.ledger_rows), (10, 1));
+    app.shutdown().await;
+    database.drop_database().await;
+}

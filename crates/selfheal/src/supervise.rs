@@ -48,7 +48,8 @@
 //!
 //! **Reported, never latched.** Each failure is recorded on the
 //! [health monitor](crate::health) as an error (kind `Panic` or the error's
-//! type name, operation `worker:<name>`), each restart as a
+//! type name, operation `worker:<name>`; during a dependency outage only the
+//! first, the rest are the same outage), each restart as a
 //! [`WorkerRestarted`](crate::health::HealKind::WorkerRestarted) heal. A
 //! worker that is struggling sets a *condition* on the monitor (key
 //! `worker:<name>`, degraded, with the reason): the dashboard and
@@ -593,6 +594,8 @@ where
     let mut previous_delay = Duration::ZERO;
     // Whether a condition is set on the monitor for this worker.
     let mut struggling = false;
+    // Whether the last failure came while a dependency was down.
+    let mut waiting = false;
 
     loop {
         if shutdown.is_shutdown() {
@@ -615,6 +618,7 @@ where
                             // Healthy again: the backoff starts over and the
                             // condition goes.
                             stable_reached = true;
+                            waiting = false;
                             consecutive = 0;
                             previous_delay = Duration::ZERO;
                             if struggling {
@@ -669,10 +673,10 @@ where
             }
             Err(failure) => failure,
         };
-        if let Some(monitor) = &config.monitor {
-            monitor.record_error(failure.kind, &operation, &failure.message);
-        }
         if stopping {
+            if let Some(monitor) = &config.monitor {
+                monitor.record_error(failure.kind, &operation, &failure.message);
+            }
             tracing::warn!(
                 target: "selfheal",
                 worker = name,
@@ -684,7 +688,18 @@ where
             return Exit::ShutDown;
         }
 
-        let delay = if let Some(dependency) = failing_dependency(&config).await {
+        let dependency = failing_dependency(&config).await;
+        // A failure while already waiting for a dependency is the same
+        // outage again: the condition says so, and recording it on every
+        // restart would turn one outage into a repeated-error alert that
+        // outlives it by an hour.
+        if !(waiting && dependency.is_some())
+            && let Some(monitor) = &config.monitor
+        {
+            monitor.record_error(failure.kind, &operation, &failure.message);
+        }
+        waiting = dependency.is_some();
+        let delay = if let Some(dependency) = dependency {
             // An outage, not a crash: not counted; keep trying with backoff.
             let reason = format!(
                 "worker '{name}' is waiting for '{dependency}' (failing); last error: {}",

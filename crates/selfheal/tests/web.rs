@@ -1205,3 +1205,44 @@ async fn a_critical_health_json_is_503_and_survives_a_heal_layer_around_it() {
     assert_eq!(login.status(), StatusCode::OK);
     assert!(body(login).await.contains("type=\"password\""));
 }
+
+/// Behind a proxy every peer is the proxy: the client is the header's last
+/// hop, and an IPv6 client is its /64 (a new address per request is still
+/// one client).
+#[tokio::test]
+async fn the_client_is_the_trusted_header_and_an_ipv6_prefix() {
+    let monitor = monitor();
+    let app = Router::new()
+        .route(
+            "/login",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .layer(
+            HealLayer::new(monitor.clone()).with_client_key(web::ClientKey::Header(
+                header::HeaderName::from_static("x-forwarded-for"),
+            )),
+        );
+    for n in 0..30u16 {
+        let request = Request::get("/login")
+            .header("x-forwarded-for", format!("10.0.0.1, 2001:db8:1:2::{n:x}"))
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+    monitor.evaluate();
+    assert_eq!(
+        monitor.status(),
+        Status::Healthy,
+        "one /64 behind the proxy: {:?}",
+        monitor.status_with_reasons()
+    );
+    for hop in ["192.0.2.1", "192.0.2.2"] {
+        let request = Request::get("/login")
+            .header("x-forwarded-for", format!("10.0.0.1, {hop}"))
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+    monitor.evaluate();
+    assert_eq!(monitor.status(), Status::Critical);
+}

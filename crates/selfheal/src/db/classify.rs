@@ -11,7 +11,7 @@
 //! | SQLite `BUSY` (5) and its extended codes (`BUSY_RECOVERY` 261, `BUSY_SNAPSHOT` 517, `BUSY_TIMEOUT` 773) | transient | `sqlite:BUSY`, `sqlite:BUSY_SNAPSHOT`, … |
 //! | SQLite `LOCKED` (6), `LOCKED_SHAREDCACHE` (262), `LOCKED_VTAB` (518) | transient | `sqlite:LOCKED`, … |
 //! | SQLite `PROTOCOL` (15: a WAL locking race) | transient | `sqlite:PROTOCOL` |
-//! | PostgreSQL `40001` serialization failure, `40P01` deadlock, `55P03` lock not available, `40003` statement completion unknown | transient | `pg:40001`, … |
+//! | PostgreSQL `40001` serialization failure, `40P01` deadlock, `55P03` lock not available (`lock_timeout`), `57014` query canceled (`statement_timeout`), `40003` statement completion unknown | transient | `pg:40001`, … |
 //! | PostgreSQL class `08` (connection exception), `57P01`/`57P02`/`57P03` (server shutting down or starting, `pg_terminate_backend`), `53300` too many connections, `55000` object not in prerequisite state (what a database closed to connections answers at connect: `ALLOW_CONNECTIONS false` during maintenance) | transient | `pg:57P01`, … |
 //! | an I/O error that is connection-level (reset, aborted, broken pipe, unexpected EOF, timed out…) | transient | `io:ConnectionReset`, … |
 //! | [`sqlx::Error::PoolTimedOut`] | transient | `pool:timeout` |
@@ -226,9 +226,8 @@ fn sqlite_verdict(code: i32) -> Verdict {
 /// Transient PostgreSQL SQLSTATEs: see the module table.
 fn pg_verdict(code: &str) -> Verdict {
     match code {
-        "40001" | "40P01" | "55P03" | "40003" | "57P01" | "57P02" | "57P03" | "53300" | "55000" => {
-            Verdict::Transient
-        }
+        "40001" | "40P01" | "55P03" | "40003" | "57P01" | "57P02" | "57P03" | "53300" | "55000"
+        | "57014" => Verdict::Transient,
         _ if code.starts_with("08") => Verdict::Transient,
         _ => Verdict::Permanent,
     }

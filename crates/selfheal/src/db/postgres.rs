@@ -11,9 +11,52 @@
 //!
 //! Tables are looked up in `current_schema()` (the first schema of the
 //! `search_path`).
+//!
+//! # Bounded waits
+//!
+//! A PostgreSQL session waits for a lock as long as it is held, and a
+//! statement runs as long as it runs: a migration that takes
+//! `ACCESS EXCLUSIVE` on a table, a `VACUUM FULL`, an administrator's open
+//! transaction, and every request that touches the table hangs behind it,
+//! holding a pool connection, until the pool is exhausted and the whole app
+//! is down for one lock. [`connect_options`] sets `lock_timeout` (3 s) and
+//! `statement_timeout` (10 s) on every connection: a lock that is not
+//! granted in time fails with `55P03`, a statement that runs too long with
+//! `57014`, both transient for the runner, which re-runs the transaction
+//! until its deadline and then gives up with an error the app answers as
+//! "busy, try again" (503 with `Retry-After`).
+
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, Pool, Postgres, Row};
+
+/// `lock_timeout` set by [`connect_options`].
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `statement_timeout` set by [`connect_options`].
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection options for `url` with selfheal's bounded waits
+/// ([`LOCK_TIMEOUT`], [`STATEMENT_TIMEOUT`]; see the [module docs](self)).
+/// Settings given in the URL's `options` parameter come first and are kept
+/// unless they set the same variables.
+///
+/// ```
+/// let options = selfheal::db::postgres::connect_options("postgres://app@db/app").unwrap();
+/// # let _ = options;
+/// ```
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(options.options([
+        ("lock_timeout", format!("{}ms", LOCK_TIMEOUT.as_millis())),
+        (
+            "statement_timeout",
+            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+        ),
+    ]))
+}
 
 use super::schema::{LiveColumn, LiveIndex, LiveTable};
 use super::sealed::Sealed;

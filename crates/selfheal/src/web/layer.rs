@@ -24,7 +24,7 @@ use crate::health::{ClientId, HealKind, Monitor, Status};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientKey {
-    /// The TCP peer's IP address, from axum's `ConnectInfo<SocketAddr>`
+    /// The TCP peer's IP address (an IPv6 address's /64), from axum's `ConnectInfo<SocketAddr>`
     /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`).
     /// Without it, requests have no client and every failure counts. The
     /// default.
@@ -44,7 +44,7 @@ impl ClientKey {
         let peer = || {
             req.extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| ClientId::of(info.0.ip()))
+                .map(|info| ClientId::of(network(info.0.ip())))
         };
         match self {
             Self::PeerAddress => peer(),
@@ -57,11 +57,34 @@ impl ClientKey {
                     let value = value.as_bytes();
                     // x-forwarded-for: the last hop is the one our proxy added.
                     let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
-                    ClientId::of(last.trim_ascii())
+                    let last = last.trim_ascii();
+                    match std::str::from_utf8(last)
+                        .ok()
+                        .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                    {
+                        Some(ip) => ClientId::of(network(ip)),
+                        None => ClientId::of(last),
+                    }
                 })
                 .or_else(peer),
             Self::None => None,
         }
+    }
+}
+
+/// The network a client address stands for: an IPv4 address itself, an
+/// IPv6 address's /64 (one subscriber's prefix: an attacker holds a whole
+/// /64 and can draw a new address for every request).
+fn network(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V4(v4),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
