@@ -520,39 +520,14 @@ async fn signup(
     {
         Ok(id) => {
             state.mailer().wake();
-            visitor
-                .sign_in(StudentSession {
-                    student_id: Some(id),
-                    name,
-                    ..StudentSession::default()
-                })
-                .await?;
-            Ok(see_other("/dashboard"))
+            sign_in(&mut visitor, id, name).await
         }
         Err(SignupError::EmailTaken) => {
             // The same form sent again after its answer was lost (the
             // session store failed after the account was made, a timeout):
             // the right password signs in, as the first answer would have.
-            let same = match state.db().login_record(&email).await? {
-                Some((id, name, hash)) => {
-                    state
-                        .password_work()
-                        .run(move || {
-                            crate::password::verify(&password, &hash).then_some((id, name))
-                        })
-                        .await??
-                }
-                None => None,
-            };
-            if let Some((id, name)) = same {
-                visitor
-                    .sign_in(StudentSession {
-                        student_id: Some(id),
-                        name,
-                        ..StudentSession::default()
-                    })
-                    .await?;
-                return Ok(see_other("/dashboard"));
+            if let Some((id, name)) = check_password(&state, &email, password).await? {
+                return sign_in(&mut visitor, id, name).await;
             }
             Ok(signup_error(
                 &visitor,
@@ -650,31 +625,10 @@ async fn login(
         // Empty or too long: no account has it.
         Err(_) => String::new(),
     };
-    let record = if email.is_empty() || email.len() > 254 || form.password.chars().count() > 128 {
+    let verified = if email.is_empty() || email.len() > 254 || form.password.chars().count() > 128 {
         None
     } else {
-        state.db().login_record(&email).await?
-    };
-    let password = form.password;
-    let verified = match record {
-        Some((id, name, hash)) => {
-            state
-                .password_work()
-                .run(move || crate::password::verify(&password, &hash).then_some((id, name)))
-                .await??
-        }
-        // An unknown email costs the same hash as a wrong password, through
-        // the same gate: neither its timing nor a busy answer under load
-        // tells which addresses have accounts.
-        None => {
-            state
-                .password_work()
-                .run(move || {
-                    crate::password::verify(&password, crate::password::dummy_hash());
-                    None
-                })
-                .await??
-        }
+        check_password(&state, &email, form.password).await?
     };
     let Some((id, name)) = verified else {
         return Ok(refuse(
@@ -683,6 +637,35 @@ async fn login(
             &email,
         ));
     };
+    sign_in(&mut visitor, id, name).await
+}
+
+/// The student whose email and password these are, checked on the hashing
+/// gate. An unknown email costs the same verification as a wrong password:
+/// neither its timing nor a busy answer under load tells which addresses
+/// have accounts.
+async fn check_password(
+    state: &AppState,
+    email: &str,
+    password: String,
+) -> Result<Option<(i64, String)>, AppError> {
+    let record = state.db().login_record(email).await?;
+    Ok(state
+        .password_work()
+        .run(move || match record {
+            Some((id, name, hash)) => {
+                crate::password::verify(&password, &hash).then_some((id, name))
+            }
+            None => {
+                crate::password::verify(&password, crate::password::dummy_hash());
+                None
+            }
+        })
+        .await??)
+}
+
+/// Signs student `id` in (a new session id) and goes to the dashboard.
+async fn sign_in(visitor: &mut Visitor, id: i64, name: String) -> Page {
     visitor
         .sign_in(StudentSession {
             student_id: Some(id),

@@ -42,6 +42,18 @@ async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
     client.get(url).send().await.unwrap()
 }
 
+/// The nonce of the "seasons" lesson form, as served to `client`.
+async fn lesson_nonce(client: &reqwest::Client, base: &str) -> String {
+    let page = get(client, format!("{base}/lessons/seasons"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let marker = "name=\"nonce\" value=\"";
+    let start = page.find(marker).expect("a nonce in the lesson form") + marker.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
 async fn postgres_outage(outage: Duration) {
     let Some(database) = OwnDatabase::create().await else {
         return;
@@ -177,16 +189,7 @@ async fn a_sqlite_write_lock_held_15_s_is_a_friendly_503_and_nothing_half_writte
         sign_up(&ada, &base, "ada@example.com").await.status(),
         StatusCode::SEE_OTHER
     );
-    let lesson = get(&ada, format!("{base}/lessons/seasons"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let nonce = {
-        let marker = "name=\"nonce\" value=\"";
-        let start = lesson.find(marker).expect("a nonce in the lesson form") + marker.len();
-        lesson[start..].split('"').next().unwrap().to_owned()
-    };
+    let nonce = lesson_nonce(&ada, &base).await;
 
     // Another process's connection (a backup, a migration) holds the write
     // lock for 15 s, past the runner's 10 s deadline.
@@ -334,14 +337,7 @@ async fn a_postgres_table_lock_held_20_s_is_a_friendly_503_not_a_hang() {
         sign_up(&ada, &base, "ada@example.com").await.status(),
         StatusCode::SEE_OTHER
     );
-    let lesson = get(&ada, format!("{base}/lessons/seasons"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let marker = "name=\"nonce\" value=\"";
-    let start = lesson.find(marker).expect("a nonce") + marker.len();
-    let nonce = lesson[start..].split('"').next().unwrap().to_owned();
+    let nonce = lesson_nonce(&ada, &base).await;
 
     let mut holder = sqlx::PgConnection::connect(database.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
