@@ -299,6 +299,40 @@ impl Db {
         on_db!(self, r => sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'").fetch_one(r.pool()).await)
     }
 
+    /// The admin cookies' revocation epoch (Unix ms) every instance shares:
+    /// cookies issued at or before it are refused. 0 when no admin ever
+    /// logged out.
+    pub async fn admin_revoked_before(&self) -> std::result::Result<u64, sqlx::Error> {
+        let value: Option<String> = on_db!(self, r => sqlx::query_scalar("SELECT value FROM meta WHERE key = 'admin_revoked_before'").fetch_optional(r.pool()).await)?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Moves the shared revocation epoch forward to `epoch_ms` (never back).
+    pub fn record_admin_revocation(
+        &self,
+        epoch_ms: u64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            on_db!(&this, r => r.run("admin_revocation", async move |tx| {
+                let current: Option<String> = sqlx::query_scalar(
+                    "SELECT value FROM meta WHERE key = 'admin_revoked_before'",
+                )
+                .fetch_optional(&mut **tx)
+                .await?;
+                let current = current.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('admin_revoked_before', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(current.max(epoch_ms).to_string())
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }).await)
+        }
+    }
+
     /// Creates a student and their welcome email, in one transaction.
     pub fn create_student(
         &self,

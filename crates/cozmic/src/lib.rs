@@ -65,6 +65,8 @@ struct Inner {
     payments: Payments,
     mailer: Mailer,
     password_work: password::PasswordWork,
+    /// Its revocation epoch is shared with the database (see `open`).
+    admin_guard: selfheal::web::AdminGuard,
     config: Config,
     secret: selfheal::config::SecretKey,
     /// The monitor as an observer, for fallbacks.
@@ -110,6 +112,19 @@ impl AppState {
                 async move { db.ping().await.map_err(|e| e.to_string()) }
             });
         }
+        // Admin logouts outlive restarts and reach every instance: the
+        // epoch is read at start, written on each logout, and synced by a
+        // worker (see `serve`).
+        let db_for_hook = db.clone();
+        let admin_guard = web::admin_guard(&config, &db).on_revoke(move |epoch| {
+            let db = db_for_hook.clone();
+            tokio::spawn(async move {
+                if let Err(error) = db.record_admin_revocation(epoch).await {
+                    tracing::warn!(%error, "admin logout not persisted; other instances keep old cookies until the next logout or expiry");
+                }
+            });
+        });
+        admin_guard.revoke_before(db.admin_revoked_before().await?);
         Ok(Self {
             inner: Arc::new(Inner {
                 observer: Arc::new(monitor.observer()),
@@ -120,6 +135,7 @@ impl AppState {
                 payments,
                 mailer,
                 password_work: password::PasswordWork::for_this_machine(),
+                admin_guard,
                 config,
                 secret,
             }),
@@ -253,6 +269,26 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Run
                     tokio::select! {
                         () = shutdown.recv() => Ok(()),
                         result = store.delete_expired_forever(Duration::from_secs(600)) => result,
+                    }
+                }
+            }),
+    );
+    let (db, guard) = (state.db().clone(), state.inner.admin_guard.clone());
+    workers.push(
+        Supervisor::new("admin-revocations")
+            .with_monitor(state.monitor().clone())
+            .depends_on(DATABASE_CHECK)
+            .spawn(move |mut shutdown| {
+                let (db, guard) = (db.clone(), guard.clone());
+                async move {
+                    // Another instance's admin logout reaches this one within
+                    // a few seconds.
+                    loop {
+                        guard.revoke_before(db.admin_revoked_before().await?);
+                        tokio::select! {
+                            () = shutdown.recv() => return Ok::<(), sqlx::Error>(()),
+                            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
                     }
                 }
             }),

@@ -29,35 +29,7 @@ pub fn app(state: AppState) -> Router {
     let config = state.config();
     let healing = config.healing;
 
-    let admin_db = state.db().clone();
-    let is_admin_student = move |request: axum::http::Request<()>| {
-        let db = admin_db.clone();
-        async move {
-            let Some(session) = request.extensions().get::<Session>().cloned() else {
-                return false;
-            };
-            let id = match healing {
-                Healing::On => session.get::<i64>("student_id").await.ok().flatten(),
-                Healing::Off => session
-                    .get::<StudentSession>("student")
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.student_id),
-            };
-            match id {
-                Some(id) => db.is_admin(id).await,
-                None => false,
-            }
-        }
-    };
-    let guard = match &config.admin_token {
-        Some(token) => AdminGuard::token(token.expose())
-            .expect("validated by Config")
-            .with_secure_cookie(config.secure_cookies)
-            .or_predicate(is_admin_student),
-        None => AdminGuard::predicate(is_admin_student),
-    };
+    let guard = state.inner.admin_guard.clone();
 
     let sessions = SessionManagerLayer::new(state.inner.store.clone())
         .with_name("cozmic_session")
@@ -129,6 +101,41 @@ fn admin_dashboard(
          and restart cozmic, or run `cozmic promote EMAIL` on the server to make your student \
          account an admin, then sign in to cozmic as that student.",
     )
+}
+
+/// The admin guard for `config`: `ADMIN_TOKEN` (bearer or login form), or
+/// students made admin with `cozmic promote`.
+pub(crate) fn admin_guard(config: &crate::config::Config, db: &crate::db::Db) -> AdminGuard {
+    let healing = config.healing;
+    let admin_db = db.clone();
+    let is_admin_student = move |request: axum::http::Request<()>| {
+        let db = admin_db.clone();
+        async move {
+            let Some(session) = request.extensions().get::<Session>().cloned() else {
+                return false;
+            };
+            let id = match healing {
+                Healing::On => session.get::<i64>("student_id").await.ok().flatten(),
+                Healing::Off => session
+                    .get::<StudentSession>("student")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.student_id),
+            };
+            match id {
+                Some(id) => db.is_admin(id).await,
+                None => false,
+            }
+        }
+    };
+    match &config.admin_token {
+        Some(token) => AdminGuard::token(token.expose())
+            .expect("validated by Config")
+            .with_secure_cookie(config.secure_cookies)
+            .or_predicate(is_admin_student),
+        None => AdminGuard::predicate(is_admin_student),
+    }
 }
 
 /// The chaos hook: a request with the panic header panics in the handler

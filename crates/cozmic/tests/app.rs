@@ -1283,6 +1283,15 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
         async move { request.send().await.unwrap().status() }
     };
     assert_eq!(health(Some(cookie.clone())).await, StatusCode::OK);
+    // A second instance on the same database accepts the same cookie.
+    let other = cozmic::start(fixture.config()).await.unwrap();
+    let on_other = |cookie: String| {
+        let request = client
+            .get(format!("{}/admin/health", other.url()))
+            .header("cookie", cookie);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(on_other(cookie.clone()).await, StatusCode::OK);
     // An anonymous logout revokes nothing.
     let response = client
         .post(format!("{base}/admin/logout"))
@@ -1300,6 +1309,35 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(health(Some(cookie.clone())).await, StatusCode::FORBIDDEN);
+    // The logout reaches the other instance through the database (synced
+    // every 5 s), and an instance started later (a restart) at once.
+    let mut refused = false;
+    for _ in 0..100 {
+        if on_other(cookie.clone()).await == StatusCode::FORBIDDEN {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "the other instance still accepts the revoked cookie"
+    );
+    other.shutdown().await;
+    let restarted = cozmic::start(fixture.config()).await.unwrap();
+    let status = client
+        .get(format!("{}/admin/health", restarted.url()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a restart remembers the logout"
+    );
+    restarted.shutdown().await;
     // Signing in again works.
     let response = post_form(
         &client,

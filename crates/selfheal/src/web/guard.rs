@@ -50,11 +50,15 @@ pub(crate) const COOKIE: &str = "selfheal_admin";
 /// admins out.
 ///
 /// The epoch is held by this guard (its clones share it), in memory: a
-/// state no database outage can take away, and the reason for two limits.
-/// With **several instances**, the others keep accepting an old cookie until
-/// it expires ([`with_login_ttl`](AdminGuard::with_login_ttl); keep it short
-/// there) or the token changes; and a **restart** forgets the epoch. Rotating
-/// `ADMIN_TOKEN` revokes everywhere at once.
+/// state no database outage can take away. To keep it across restarts and
+/// share it between instances, persist it where the app keeps its state:
+/// [`on_revoke`](AdminGuard::on_revoke) hears each new epoch (write it
+/// down), and [`revoke_before`](AdminGuard::revoke_before) takes one read
+/// back (at start, and every few seconds from the shared database: another
+/// instance's logout then reaches this one). Without that, a restart forgets
+/// the epoch and other instances accept an old cookie until it expires
+/// ([`with_login_ttl`](AdminGuard::with_login_ttl)). Rotating `ADMIN_TOKEN`
+/// revokes everywhere at once.
 ///
 /// A `?token=` query parameter is deliberately **not** accepted: URLs end up
 /// in access logs, proxy logs, browser history and `Referer` headers, and a
@@ -87,6 +91,8 @@ enum Kind {
         /// Cookies issued at or before this (Unix ms) are refused: moved
         /// by a logout. Shared by the guard's clones.
         revoked_before: Arc<AtomicU64>,
+        /// Hears each epoch a logout sets (to persist or share it).
+        on_revoke: Option<Arc<dyn Fn(u64) + Send + Sync>>,
         /// Also admins: those the app's rule allows (see `or_predicate`).
         also: Option<Predicate>,
     },
@@ -147,6 +153,7 @@ impl AdminGuard {
                 secure_cookie: true,
                 ttl: Duration::from_secs(12 * 3600),
                 revoked_before: Arc::new(AtomicU64::new(0)),
+                on_revoke: None,
                 also: None,
             },
         })
@@ -204,6 +211,7 @@ impl AdminGuard {
                 secure_cookie,
                 ttl,
                 revoked_before,
+                on_revoke,
                 also,
             } => Kind::Token {
                 digest,
@@ -211,6 +219,7 @@ impl AdminGuard {
                 secure_cookie,
                 ttl,
                 revoked_before,
+                on_revoke,
                 also: Some(either(also, allow)),
             },
             Kind::Predicate(first) => Kind::Predicate(either(Some(first), allow)),
@@ -288,14 +297,50 @@ impl AdminGuard {
         HeaderValue::from_str(&value).ok()
     }
 
+    /// The revocation epoch (Unix ms): admin cookies issued at or before
+    /// it are refused. `None` for a predicate-only guard.
+    pub fn revoked_before(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Token { revoked_before, .. } => Some(revoked_before.load(Ordering::SeqCst)),
+            Kind::Predicate(_) => None,
+        }
+    }
+
+    /// Moves the revocation epoch forward to `epoch_ms` (never back): one
+    /// persisted earlier, or set by another instance's logout. See the
+    /// type's docs.
+    pub fn revoke_before(&self, epoch_ms: u64) {
+        if let Kind::Token { revoked_before, .. } = &self.kind {
+            revoked_before.fetch_max(epoch_ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Calls `hook` with the new epoch after each logout that revokes, to
+    /// persist it or share it with other instances (it runs on the request's
+    /// task: hand slow work to a task of your own).
+    pub fn on_revoke(mut self, hook: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        if let Kind::Token { on_revoke, .. } = &mut self.kind {
+            *on_revoke = Some(Arc::new(hook));
+        }
+        self
+    }
+
     /// The `Set-Cookie` that signs out. When the request carries a valid
     /// admin cookie, every cookie issued until now is revoked (see the
     /// type's docs); an anonymous request revokes nothing.
     pub(crate) fn logout(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Kind::Token { revoked_before, .. } = &self.kind
+        if let Kind::Token {
+            revoked_before,
+            on_revoke,
+            ..
+        } = &self.kind
             && self.cookie_is_valid(headers)
         {
-            revoked_before.fetch_max(unix_now_ms(), Ordering::SeqCst);
+            let now = unix_now_ms();
+            revoked_before.fetch_max(now, Ordering::SeqCst);
+            if let Some(hook) = on_revoke {
+                hook(now);
+            }
         }
         HeaderValue::from_static(
             "selfheal_admin=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict",
@@ -459,6 +504,44 @@ mod tests {
         assert!(verify_cookie(&key, &value, 999, 499_999));
         assert!(!verify_cookie(&key, &value, 999, 500_000));
         assert!(!verify_cookie(&key, &value, 999, 700_000));
+    }
+
+    #[test]
+    fn a_logout_is_heard_and_an_epoch_from_elsewhere_only_moves_forward() {
+        let heard = Arc::new(AtomicU64::new(0));
+        let guard = AdminGuard::token("a-long-random-admin-token-0123")
+            .unwrap()
+            .on_revoke({
+                let heard = heard.clone();
+                move |epoch| heard.store(epoch, Ordering::SeqCst)
+            });
+        let clone = guard.clone();
+        guard.revoke_before(1_000);
+        assert_eq!(clone.revoked_before(), Some(1_000), "clones share it");
+        guard.revoke_before(500);
+        assert_eq!(guard.revoked_before(), Some(1_000), "never back");
+
+        let mut headers = HeaderMap::new();
+        let cookie = guard.login("a-long-random-admin-token-0123").unwrap();
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        headers.insert(
+            axum::http::header::COOKIE,
+            HeaderValue::from_str(&pair).unwrap(),
+        );
+        guard.logout(&headers);
+        let epoch = heard.load(Ordering::SeqCst);
+        assert!(epoch > 1_000, "the hook heard the new epoch");
+        assert_eq!(guard.revoked_before(), Some(epoch));
+        assert_eq!(
+            AdminGuard::predicate(|_| async { true }).revoked_before(),
+            None
+        );
     }
 
     #[test]
