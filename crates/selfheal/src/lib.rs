@@ -58,6 +58,7 @@ pub mod metrics;
 #[cfg(feature = "axum")]
 mod metrics_hook;
 pub mod observe;
+pub mod redact;
 pub mod retry;
 #[cfg(feature = "sessions")]
 pub mod session;

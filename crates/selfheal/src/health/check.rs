@@ -106,7 +106,9 @@ impl Check {
         let passing = outcome.is_ok();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.passing = Some(passing);
-        last.message = outcome.err().map(|m| super::truncate(&m, 200));
+        last.message = outcome
+            .err()
+            .map(|m| super::truncate(&crate::redact::redact(&m), 200));
         last.took_ms = Some(started.elapsed().as_millis() as u64);
         last.checked_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

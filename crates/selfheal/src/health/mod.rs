@@ -759,8 +759,9 @@ impl Monitor {
 
     /// Records an error: `kind` is a short stable name (an error type, a
     /// status code), `operation` where it happened (a route template, a
-    /// dependency), `message` one human-readable sample (kept, truncated, for
-    /// the first occurrence of the fingerprint only).
+    /// dependency), `message` one human-readable sample (kept, truncated and
+    /// [redacted](crate::redact), for the first occurrence of the
+    /// fingerprint only).
     ///
     /// For a known fingerprint this is a hash, a lock-free map lookup and one
     /// compare-exchange (plus a clock read when the monitor was built without
@@ -815,7 +816,7 @@ impl Monitor {
                 hash,
                 &truncate(kind, 100),
                 &truncate(operation, 200),
-                &truncate(&message.to_string(), 200),
+                &truncate(&crate::redact::redact(&message.to_string()), 200),
                 now.ms,
                 self.inner.buckets as usize,
             )
@@ -837,7 +838,7 @@ impl Monitor {
         if self.inner.recent > 0 {
             recent.push_back(HealRecord {
                 kind,
-                operation: truncate(operation, 200),
+                operation: truncate(&crate::redact::redact(operation), 200),
                 at_ms: now.ms,
                 ago_secs: 0,
             });
@@ -910,7 +911,8 @@ impl Monitor {
     /// Conditions move the status on the dashboard, in `health.json` and in
     /// the metrics, never `/readyz` (see [`Monitor::is_ready`]).
     pub fn set_condition(&self, key: impl Into<String>, status: Status, reason: impl Into<String>) {
-        lock(&self.inner.conditions).insert(key.into(), (status, reason.into()));
+        let reason = crate::redact::redact(&reason.into());
+        lock(&self.inner.conditions).insert(key.into(), (status, reason));
     }
 
     /// Clears the condition `key`, if set.

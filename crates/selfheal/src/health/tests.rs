@@ -562,3 +562,30 @@ async fn errors_without_a_client_always_count_and_min_clients_is_configurable() 
         "min_clients(1): every error counts"
     );
 }
+
+/// Secrets are redacted where text enters the monitor, so the public,
+/// serializable report never carries one, whoever reads it.
+#[tokio::test(start_paused = true)]
+async fn the_report_never_carries_a_password_quoted_by_an_error() {
+    let m = monitor();
+    m.record_error(
+        "PoolTimedOut",
+        "db",
+        &"cannot connect to postgres://app:s3cret@db:5432/main",
+    );
+    m.set_condition(
+        "worker:outbox",
+        Status::Degraded,
+        "waiting for smtp://mailer:hunter2@smtp.example.com (token=abc123)",
+    );
+    m.register_check("database", CheckOptions::default(), || async {
+        Err("postgres://app:s3cret@db refused; password=s3cret".to_owned())
+    });
+    m.run_checks().await;
+    m.record_heal(HealKind::RetryRecovered, "http:api key=abc123");
+    let json = serde_json::to_string(&m.report(minutes(15))).unwrap();
+    for secret in ["s3cret", "hunter2", "abc123"] {
+        assert!(!json.contains(secret), "{secret} in {json}");
+    }
+    assert!(json.contains("postgres://app:***@db:5432/main"), "{json}");
+}

@@ -7,9 +7,9 @@
 //! itself (a meta refresh: no JavaScript at all, and the page's
 //! Content-Security-Policy forbids scripts outright, so even an escaping bug
 //! could not run one). Every user-influenced text (error samples, operation
-//! names, check messages) is escaped by askama and passed through
-//! [`redact`](super::redact), so a database URL quoted in an error does not
-//! show its password.
+//! names, check messages) is escaped by askama, and was
+//! [redacted](crate::redact) when it entered the monitor, so a database URL
+//! quoted in an error does not show its password.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 
 use super::Friendly;
 use super::guard::AdminGuard;
-use super::redact;
 use crate::health::{Monitor, Report, Status};
 
 /// The dashboard's settings: the monitor it shows and the guard in front.
@@ -387,7 +386,7 @@ impl HealthPage {
             service: dashboard.service.clone(),
             refresh_secs: dashboard.refresh.as_secs().max(1),
             status: report.status.as_str(),
-            reasons: report.reasons.iter().map(|r| redact(r)).collect(),
+            reasons: report.reasons.clone(),
             window_key,
             time_window: report.time_window.clone(),
             total_errors: report.total_errors,
@@ -409,7 +408,7 @@ impl HealthPage {
                     fingerprint: fp.fingerprint.clone(),
                     count: fp.count,
                     last_seen: ago(fp.last_seen_secs_ago),
-                    sample: redact(&fp.sample),
+                    sample: fp.sample.clone(),
                 })
                 .collect(),
             chart_width: (bars.len() as u32 * bar_width).max(bar_width),
@@ -434,7 +433,7 @@ impl HealthPage {
                 .iter()
                 .map(|h| HealRow {
                     kind: h.kind.as_str(),
-                    operation: redact(&h.operation),
+                    operation: h.operation.clone(),
                     ago: ago(h.ago_secs),
                 })
                 .collect(),
@@ -464,7 +463,7 @@ impl HealthPage {
                         None => "pending",
                     },
                     critical: c.critical,
-                    message: c.message.as_deref().map(redact).unwrap_or_default(),
+                    message: c.message.clone().unwrap_or_default(),
                     took: c.took_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
                 })
                 .collect(),
@@ -487,7 +486,7 @@ impl HealthPage {
                         crate::health::AlertState::Resolved => "resolved",
                     },
                     fingerprint: a.fingerprint.clone().unwrap_or_default(),
-                    summary: redact(&a.summary),
+                    summary: a.summary.clone(),
                     at: rfc3339(unix_secs(a.at)),
                 })
                 .collect(),
@@ -616,7 +615,7 @@ pub fn health_json(report: &Report, service: &str) -> Value {
                     "observedUnit": "errors",
                     "status": "warn",
                     "time": now,
-                    "output": redact(&fp.sample),
+                    "output": fp.sample,
                 })
             })
             .collect(),
@@ -636,7 +635,7 @@ pub fn health_json(report: &Report, service: &str) -> Value {
             "time": check.checked_at.map_or_else(|| now.clone(), rfc3339),
         });
         if let Some(message) = &check.message {
-            entry["output"] = Value::String(redact(message));
+            entry["output"] = Value::String(message.clone());
         }
         put(format!("{}:responseTime", check.name), vec![entry]);
     }
@@ -676,12 +675,12 @@ pub fn health_json(report: &Report, service: &str) -> Value {
         "status": overall,
         "serviceId": service,
         "description": format!("health of {service}, {}", report.time_window.to_lowercase()),
-        "notes": report.reasons.iter().map(|r| redact(r)).collect::<Vec<_>>(),
+        "notes": report.reasons,
         "checks": Value::Object(checks),
         "links": {"about": "/admin/health"},
     });
     if report.status != Status::Healthy {
-        doc["output"] = Value::String(redact(&report.reasons.join("; ")));
+        doc["output"] = Value::String(report.reasons.join("; "));
     }
     doc
 }
