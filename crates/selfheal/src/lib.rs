@@ -55,8 +55,6 @@ pub mod health;
 pub mod http;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
-#[cfg(feature = "axum")]
-mod metrics_hook;
 pub mod observe;
 pub mod redact;
 pub mod retry;

@@ -11,16 +11,22 @@
 //! |---|---|---|
 //! | `selfheal_http_requests_total{outcome="ok"\|"client_error"\|"server_error"}` | counter | [`HealLayer::with_metrics`](crate::web::HealLayer::with_metrics) |
 //! | `selfheal_http_request_duration_seconds` | histogram | the same |
-//! | `selfheal_errors_total{kind, operation}` | counter | the `HealLayer`, session repairs, and the [observer hook](crate::observe) (gave up, fallback used) |
-//! | `selfheal_heals_total{kind}` | counter | the same, plus retry recoveries and breaker transitions |
-//! | `selfheal_retries_total{operation}` | counter | the observer hook |
-//! | `selfheal_gave_up_total{operation, reason}` | counter | the observer hook |
-//! | `selfheal_breaker_state{breaker}` | gauge, 0 closed, 1 half-open, 2 open | the observer hook and the monitor |
+//! | `selfheal_errors_total{kind, operation}` | counter | every error the [`Monitor`] records, whoever reported it |
+//! | `selfheal_heals_total{kind}` | counter | every heal the monitor records, of every [`HealKind`] |
+//! | `selfheal_retries_total{operation}` | counter | retry events the monitor receives |
+//! | `selfheal_gave_up_total{operation, reason}` | counter | give-up events the monitor receives |
+//! | `selfheal_breaker_state{breaker}` | gauge, 0 closed, 1 half-open, 2 open | breaker events, and the monitor at scrape time |
 //! | `selfheal_status` | gauge, 0 healthy, 1 degraded, 2 critical | the monitor, at scrape time |
 //! | `selfheal_ready` | gauge, 0 or 1 | the monitor, at scrape time |
 //! | `selfheal_fingerprint_errors{fingerprint}` | gauge: errors within the monitor's horizon | the monitor, at scrape time |
 //! | `selfheal_check_passing{check}` | gauge, 0 or 1 | the monitor, at scrape time |
 //! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total` | counter | the monitor, at scrape time |
+//!
+//! **One channel.** The metrics do not collect on their own: they are the
+//! monitor's [listener](Monitor::set_listener) ([`Metrics::routes`] and
+//! [`Metrics::listen_to`] set it), so every error and heal is counted exactly
+//! when, and only if, the monitor records it. `/metrics` and the dashboard
+//! cannot disagree.
 //!
 //! **No lock on the hot path.** The request counters and the latency histogram
 //! are plain atomics owned by [`Metrics`] and rendered next to the exporter's
@@ -59,7 +65,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::ConfigError;
 use crate::health::{HealKind, Monitor, Status};
-use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
+use crate::observe::{BreakerState, Event, Observer};
 
 const LATENCY: &str = "selfheal_http_request_duration_seconds";
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -219,7 +225,9 @@ impl Metrics {
         *last = now;
     }
 
-    /// A router with `GET /metrics` (Prometheus text format, version 0.0.4).
+    /// A router with `GET /metrics` (Prometheus text format, version 0.0.4),
+    /// listening to `monitor` (see [`Metrics::listen_to`]) unless it has a
+    /// listener already.
     ///
     /// Mount it where your scraper reaches it; it shows fingerprints
     /// (error kinds and route templates), no messages and no secrets, but it
@@ -229,6 +237,9 @@ impl Metrics {
     where
         S: Clone + Send + Sync + 'static,
     {
+        if !monitor.has_listener() {
+            self.listen_to(&monitor);
+        }
         let metrics = self.clone();
         Router::new().route(
             "/metrics",
@@ -247,17 +258,18 @@ impl Metrics {
         )
     }
 
-    /// An observer that counts selfheal's events in metrics, then hands them
-    /// to `next` (usually [`Monitor::observer`]).
-    pub fn observer(&self, next: Arc<dyn Observer>) -> MetricsObserver {
-        MetricsObserver { next }
+    /// Makes these metrics `monitor`'s [listener](Monitor::set_listener):
+    /// every error and heal it records, and the retry, give-up and breaker
+    /// events it receives, are counted. `false` when the monitor already has
+    /// another listener (combine them with [`Fanout`](crate::observe::Fanout)
+    /// and [`Metrics::listener`]). [`Metrics::routes`] calls this.
+    pub fn listen_to(&self, monitor: &Monitor) -> bool {
+        monitor.set_listener(Arc::new(self.listener()))
     }
 
-    /// Installs, as the process-wide observer, one that counts events in
-    /// metrics and feeds `monitor` (use instead of the monitor's own
-    /// `global(true)`).
-    pub fn observe_globally(&self, monitor: &Monitor) {
-        crate::observe::set_global(Arc::new(self.observer(Arc::new(monitor.observer()))));
+    /// The listener [`Metrics::listen_to`] installs, to combine with others.
+    pub fn listener(&self) -> MetricsListener {
+        MetricsListener { _private: () }
     }
 }
 
@@ -344,7 +356,7 @@ impl HttpMetrics {
 }
 
 /// Counts an error in `selfheal_errors_total`.
-pub(crate) fn count_error(kind: &str, operation: &str) {
+fn count_error(kind: &str, operation: &str) {
     metrics::counter!(
         "selfheal_errors_total",
         "kind" => kind.to_owned(),
@@ -354,35 +366,33 @@ pub(crate) fn count_error(kind: &str, operation: &str) {
 }
 
 /// Counts a heal in `selfheal_heals_total`.
-pub(crate) fn count_heal(kind: HealKind) {
+fn count_heal(kind: HealKind) {
     metrics::counter!("selfheal_heals_total", "kind" => kind.as_str()).increment(1);
 }
 
-/// Counts selfheal's [events](Event) in metrics, then passes them on.
-/// Made by [`Metrics::observer`].
-pub struct MetricsObserver {
-    next: Arc<dyn Observer>,
+/// Counts what a [`Monitor`] records and receives in metrics: its
+/// [listener](Monitor::set_listener), made by [`Metrics::listener`].
+pub struct MetricsListener {
+    _private: (),
 }
 
-impl fmt::Debug for MetricsObserver {
+impl fmt::Debug for MetricsListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsObserver").finish_non_exhaustive()
+        f.debug_struct("MetricsListener").finish_non_exhaustive()
     }
 }
 
-impl Observer for MetricsObserver {
+impl Observer for MetricsListener {
     fn on_event(&self, event: &Event<'_>) {
         match *event {
+            Event::Error { operation, failure } => count_error(failure.kind, operation),
+            Event::Heal { kind, .. } => count_heal(kind),
             Event::Retry { operation, .. } => {
                 metrics::counter!("selfheal_retries_total", "operation" => operation.to_owned())
                     .increment(1);
             }
-            Event::Recovered { .. } => count_heal(HealKind::RetryRecovered),
             Event::GaveUp {
-                operation,
-                reason,
-                failure,
-                ..
+                operation, reason, ..
             } => {
                 metrics::counter!(
                     "selfheal_gave_up_total",
@@ -390,13 +400,6 @@ impl Observer for MetricsObserver {
                     "reason" => reason.as_str()
                 )
                 .increment(1);
-                if reason != GiveUpReason::Permanent {
-                    count_error(failure.kind, operation);
-                }
-            }
-            Event::FallbackUsed { operation, failure } => {
-                count_error(failure.kind, operation);
-                count_heal(HealKind::FallbackUsed);
             }
             Event::BreakerTransition { breaker, to, .. } => {
                 let value = match to {
@@ -406,14 +409,11 @@ impl Observer for MetricsObserver {
                 };
                 metrics::gauge!("selfheal_breaker_state", "breaker" => breaker.to_owned())
                     .set(value);
-                match to {
-                    BreakerState::Open => count_heal(HealKind::BreakerOpened),
-                    BreakerState::Closed => count_heal(HealKind::BreakerClosed),
-                    BreakerState::HalfOpen => {}
-                }
             }
+            // Recoveries and fallbacks reach the listener as the heals and
+            // errors the monitor records for them; rejections are read at
+            // scrape time.
             _ => {}
         }
-        self.next.on_event(event);
     }
 }

@@ -153,6 +153,71 @@ impl fmt::Display for BreakerState {
     }
 }
 
+/// Kinds of healing, counted per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HealKind {
+    /// An operation succeeded after retrying.
+    RetryRecovered,
+    /// A fallback value replaced a failure.
+    FallbackUsed,
+    /// Session data was missing or corrupt and was repaired.
+    SessionRepaired,
+    /// A panic was caught and answered with a friendly error.
+    PanicCaught,
+    /// A circuit breaker opened (stopped calling a failing dependency).
+    BreakerOpened,
+    /// A circuit breaker closed again (the dependency recovered).
+    BreakerClosed,
+    /// A database transaction was re-run after a transient failure.
+    TransactionRerun,
+    /// A supervised background task was restarted.
+    WorkerRestarted,
+    /// The database schema was repaired at start-up.
+    SchemaRepaired,
+}
+
+impl HealKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [HealKind; 9] = [
+        Self::RetryRecovered,
+        Self::FallbackUsed,
+        Self::SessionRepaired,
+        Self::PanicCaught,
+        Self::BreakerOpened,
+        Self::BreakerClosed,
+        Self::TransactionRerun,
+        Self::WorkerRestarted,
+        Self::SchemaRepaired,
+    ];
+
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RetryRecovered => "retry_recovered",
+            Self::FallbackUsed => "fallback_used",
+            Self::SessionRepaired => "session_repaired",
+            Self::PanicCaught => "panic_caught",
+            Self::BreakerOpened => "breaker_opened",
+            Self::BreakerClosed => "breaker_closed",
+            Self::TransactionRerun => "transaction_rerun",
+            Self::WorkerRestarted => "worker_restarted",
+            Self::SchemaRepaired => "schema_repaired",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for HealKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something a selfheal component did to heal (or failed to).
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -212,6 +277,27 @@ pub enum Event<'a> {
         breaker: &'a str,
         /// How long until the breaker lets a probe through.
         retry_in: Duration,
+    },
+    /// An error was recorded (a 5xx or a panic answered by the web layer, a
+    /// worker that failed, a transaction given up on, an alert that could
+    /// not be delivered…). The health monitor records these and passes each
+    /// one it records to its listener, so the metrics count exactly what the
+    /// dashboard shows.
+    Error {
+        /// Where it happened (a route template, `worker:<name>`, a dependency).
+        operation: &'a str,
+        /// What happened.
+        failure: Failure<'a>,
+    },
+    /// Something healed: a session repaired, a panic caught, a worker
+    /// restarted, a transaction re-run, a schema repaired… (retry recoveries,
+    /// fallbacks and breaker transitions are their own events, which the
+    /// monitor turns into heals of their kind).
+    Heal {
+        /// Which kind.
+        kind: HealKind,
+        /// Where.
+        operation: &'a str,
     },
 }
 
@@ -412,6 +498,49 @@ fn trace_event(event: &Event<'_>) {
             retry_in_ms = retry_in.as_millis() as u64,
             "circuit breaker open, call rejected"
         ),
+        // Recorded errors and heals are logged by the component that reports
+        // them, with its own context.
+        Event::Error { .. } | Event::Heal { .. } => {}
+    }
+}
+
+/// Hands every event to each of several observers, in order: to give the
+/// monitor more than one [listener](crate::health::Monitor::set_listener),
+/// or a policy more than one observer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use selfheal::observe::{Event, Fanout, Observer};
+///
+/// let log = |event: &Event<'_>| println!("{event:?}");
+/// let count = |_: &Event<'_>| {};
+/// let both: Arc<dyn Observer> = Arc::new(Fanout::new(vec![Arc::new(log), Arc::new(count)]));
+/// # let _ = both;
+/// ```
+pub struct Fanout {
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+impl Fanout {
+    /// Every event goes to each of `observers`, in this order.
+    pub fn new(observers: Vec<Arc<dyn Observer>>) -> Self {
+        Self { observers }
+    }
+}
+
+impl fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fanout")
+            .field("observers", &self.observers.len())
+            .finish()
+    }
+}
+
+impl Observer for Fanout {
+    fn on_event(&self, event: &Event<'_>) {
+        for observer in &self.observers {
+            observer.on_event(event);
+        }
     }
 }
 

@@ -92,7 +92,6 @@ use tower_sessions::Session;
 use tower_sessions::session_store;
 
 use crate::health::{HealKind, Monitor};
-use crate::metrics_hook;
 
 /// A session's typed contents: a struct with defaults ([`Default`]) whose
 /// fields are listed, each under its own session key, by [`fields`](Self::fields).
@@ -441,7 +440,7 @@ impl<T: SessionData> Healed<T> {
                 Err(error) => {
                     tracing::warn!(target: "selfheal", %error, "session store unavailable; the stored session is left alone");
                     if let Some(monitor) = monitor {
-                        metrics_hook::record_error(monitor, "SessionStoreError", "session", &error);
+                        monitor.record_error("SessionStoreError", "session", &error);
                     }
                     store_down = true;
                     break;
@@ -488,7 +487,7 @@ impl<T: SessionData> Healed<T> {
             );
             if let Some(monitor) = monitor {
                 let operation = format!("session:{}", repair.field);
-                metrics_hook::record_heal(monitor, HealKind::SessionRepaired, &operation);
+                monitor.record_heal(HealKind::SessionRepaired, &operation);
             }
         }
         Self {

@@ -707,6 +707,115 @@ async fn metrics_render_as_prometheus_text() {
     }
 }
 
+/// One channel: whatever the monitor records, whoever reports it (the web
+/// layer, a supervised worker, the retry engine's events, a fallback, a
+/// component calling the monitor directly), `/metrics` counts; every kind of
+/// heal included. The dashboard and `/metrics` cannot disagree.
+#[tokio::test]
+async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records() {
+    use selfheal::fallback::Fallback;
+    use selfheal::retry::{Backoff, Policy};
+    use selfheal::supervise::Supervisor;
+
+    let monitor = monitor();
+    let metrics = Metrics::install().unwrap();
+    let app = Router::new()
+        .route(
+            "/channel/fail",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route("/channel/boom/{id}", get(boom))
+        .layer(HealLayer::new(monitor.clone()).with_metrics(&metrics))
+        .merge(metrics.routes(monitor.clone()));
+    // The web layer: a 5xx and a panic.
+    app.clone().oneshot(get_req("/channel/fail")).await.unwrap();
+    app.clone()
+        .oneshot(get_req("/channel/boom/1"))
+        .await
+        .unwrap();
+    // A supervised worker that fails once (an error and a restart).
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = Supervisor::new("channel-worker")
+        .with_monitor(monitor.clone())
+        .with_backoff(Backoff::constant(Duration::from_millis(1)))
+        .spawn(move |mut shutdown| {
+            let first = !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if first {
+                    return Err("channel worker broke");
+                }
+                shutdown.recv().await;
+                Ok(())
+            }
+        });
+    // The retry engine's events, through the monitor's observer.
+    let observer: std::sync::Arc<dyn selfheal::observe::Observer> =
+        std::sync::Arc::new(monitor.observer());
+    let policy = Policy::default()
+        .with_max_attempts(2)
+        .unwrap()
+        .with_backoff(Backoff::constant(Duration::from_millis(1)))
+        .without_budget()
+        .with_observer(observer.clone());
+    let _ = policy
+        .retry_named("channel_retry", || async {
+            Err::<(), _>(std::io::Error::other("down"))
+        })
+        .await;
+    // A fallback, and a component reporting to the monitor directly.
+    let _: Vec<u8> = Fallback::new("channel_fallback")
+        .with_observer(observer)
+        .or_default(async { Err::<Vec<u8>, _>(std::io::Error::other("gone")) })
+        .await;
+    monitor.record_error("AlertSinkError", "alert_sink:channel", &"refused");
+    // Every kind of heal, as the db runner, the schema healer and the
+    // others record them.
+    for kind in HealKind::ALL {
+        monitor.record_heal(kind, "channel");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    worker.shutdown().await;
+
+    let text = body(app.clone().oneshot(get_req("/metrics")).await.unwrap()).await;
+    let has = |metric: &str, labels: &[&str]| {
+        text.lines().any(|line| {
+            line.starts_with(&format!("{metric}{{")) && labels.iter().all(|l| line.contains(l))
+        })
+    };
+    for kind in HealKind::ALL {
+        let label = format!("kind=\"{}\"", kind.as_str());
+        assert!(
+            has("selfheal_heals_total", &[&label]),
+            "{label} missing in\n{text}"
+        );
+    }
+    for (kind, operation) in [
+        ("500", "/channel/fail"),
+        ("Panic", "/channel/boom/{id}"),
+        ("str", "worker:channel-worker"),
+        ("Error", "channel_retry"),
+        ("Error", "channel_fallback"),
+        ("AlertSinkError", "alert_sink:channel"),
+    ] {
+        let (kind, operation) = (
+            format!("kind=\"{kind}\""),
+            format!("operation=\"{operation}\""),
+        );
+        assert!(
+            has("selfheal_errors_total", &[&kind, &operation]),
+            "{kind} {operation} missing in\n{text}"
+        );
+    }
+    assert!(
+        has("selfheal_retries_total", &["operation=\"channel_retry\""]),
+        "{text}"
+    );
+    assert!(
+        has("selfheal_gave_up_total", &["operation=\"channel_retry\""]),
+        "{text}"
+    );
+}
+
 // --- sessions -------------------------------------------------------------
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]

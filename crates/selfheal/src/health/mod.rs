@@ -82,7 +82,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -97,7 +96,8 @@ pub use report::{
 pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
 
 use crate::ConfigError;
-use crate::observe::{self, BreakerState, Event, GiveUpReason, Observer};
+pub use crate::observe::HealKind;
+use crate::observe::{self, BreakerState, Event, Failure, GiveUpReason, Observer};
 use crate::retry::{Backoff, Policy};
 use alert::{AlertBook, Transition};
 use check::Check;
@@ -151,71 +151,6 @@ impl ClientId {
     /// The id of `key` (an address, a session id…), hashed.
     pub fn of(key: impl std::hash::Hash) -> Self {
         Self(foldhash::quality::FixedState::default().hash_one(key))
-    }
-}
-
-/// Kinds of healing, counted per window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HealKind {
-    /// An operation succeeded after retrying.
-    RetryRecovered,
-    /// A fallback value replaced a failure.
-    FallbackUsed,
-    /// Session data was missing or corrupt and was repaired.
-    SessionRepaired,
-    /// A panic was caught and answered with a friendly error.
-    PanicCaught,
-    /// A circuit breaker opened (stopped calling a failing dependency).
-    BreakerOpened,
-    /// A circuit breaker closed again (the dependency recovered).
-    BreakerClosed,
-    /// A database transaction was re-run after a transient failure.
-    TransactionRerun,
-    /// A supervised background task was restarted.
-    WorkerRestarted,
-    /// The database schema was repaired at start-up.
-    SchemaRepaired,
-}
-
-impl HealKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [HealKind; 9] = [
-        Self::RetryRecovered,
-        Self::FallbackUsed,
-        Self::SessionRepaired,
-        Self::PanicCaught,
-        Self::BreakerOpened,
-        Self::BreakerClosed,
-        Self::TransactionRerun,
-        Self::WorkerRestarted,
-        Self::SchemaRepaired,
-    ];
-
-    /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::RetryRecovered => "retry_recovered",
-            Self::FallbackUsed => "fallback_used",
-            Self::SessionRepaired => "session_repaired",
-            Self::PanicCaught => "panic_caught",
-            Self::BreakerOpened => "breaker_opened",
-            Self::BreakerClosed => "breaker_closed",
-            Self::TransactionRerun => "transaction_rerun",
-            Self::WorkerRestarted => "worker_restarted",
-            Self::SchemaRepaired => "schema_repaired",
-        }
-    }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for HealKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -512,6 +447,7 @@ impl MonitorBuilder {
             checks: Mutex::new(Vec::new()),
             conditions: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
+            listener: std::sync::OnceLock::new(),
             rules: self.rules,
             cooldown: self.cooldown,
             status: self.status,
@@ -639,6 +575,9 @@ struct Inner {
     /// Set when the process is shutting down: `/readyz` fails so that load
     /// balancers stop sending new requests.
     draining: AtomicBool,
+    /// Hears every error and heal recorded, and every observer event
+    /// received: the metrics, a store (see [`Monitor::set_listener`]).
+    listener: std::sync::OnceLock<Arc<dyn Observer>>,
     rules: Vec<AlertRule>,
     cooldown: Duration,
     status: StatusRules,
@@ -797,6 +736,30 @@ impl Monitor {
             fp.clients.add(now.epoch, client.0);
         }
         fp.touch(now.ms);
+        if let Some(listener) = self.inner.listener.get() {
+            listener.on_event(&Event::Error {
+                operation,
+                failure: Failure { kind, message },
+            });
+        }
+    }
+
+    /// Sets the monitor's listener: it hears every error and heal the
+    /// monitor records (whoever reported it: a component calling
+    /// [`Monitor::record_error`], an [`Event`] through the observer hook)
+    /// and every other observer event the monitor receives, so that what it
+    /// counts (Prometheus, a store) is exactly what the dashboard shows.
+    /// [`Metrics::routes`](crate::metrics::Metrics::routes) sets itself.
+    ///
+    /// One listener per monitor (combine several with
+    /// [`Fanout`](crate::observe::Fanout)); `false` if one was set already.
+    pub fn set_listener(&self, listener: Arc<dyn Observer>) -> bool {
+        self.inner.listener.set(listener).is_ok()
+    }
+
+    /// Whether a listener is set.
+    pub fn has_listener(&self) -> bool {
+        self.inner.listener.get().is_some()
     }
 
     /// The slow path of [`Monitor::record_error`]: a new fingerprint, or
@@ -831,6 +794,9 @@ impl Monitor {
     pub fn record_heal(&self, kind: HealKind, operation: &str) {
         let now = self.record_now();
         self.inner.heals[kind.index()].add(now.epoch, 1);
+        if let Some(listener) = self.inner.listener.get() {
+            listener.on_event(&Event::Heal { kind, operation });
+        }
         let mut recent = lock(&self.inner.recent_heals);
         if recent.len() >= self.inner.recent {
             recent.pop_front();
@@ -1236,6 +1202,18 @@ impl Observer for MonitorObserver {
     fn on_event(&self, event: &Event<'_>) {
         let m = &self.monitor;
         match *event {
+            // Recorded, and passed on to the listener by the recording.
+            Event::Error { operation, failure } => {
+                m.record_error(failure.kind, operation, failure.message);
+                return;
+            }
+            Event::Heal { kind, operation } => {
+                m.record_heal(kind, operation);
+                return;
+            }
+            _ => {}
+        }
+        match *event {
             Event::Retry { .. } => {
                 m.inner.retries.fetch_add(1, Ordering::Relaxed);
             }
@@ -1277,6 +1255,13 @@ impl Observer for MonitorObserver {
             Event::BreakerRejected { .. } => {
                 m.inner.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             }
+            _ => {}
+        }
+        // The event itself (retries, give-ups, breaker states) for the
+        // listener; the errors and heals it caused reached it as they were
+        // recorded above.
+        if let Some(listener) = m.inner.listener.get() {
+            listener.on_event(event);
         }
     }
 }

@@ -348,8 +348,7 @@ impl RequestContext {
         let status = response.status();
         let route = self.route();
         let reason = status.canonical_reason().unwrap_or("server error");
-        crate::metrics_hook::record_error_from(
-            &self.shared.monitor,
+        self.shared.monitor.record_error_from(
             status.as_str(),
             route,
             &format_args!("the handler answered {} {reason}", status.as_str()),
@@ -402,8 +401,8 @@ impl RequestContext {
             "handler panicked; answered with a friendly 500"
         );
         let monitor = &self.shared.monitor;
-        crate::metrics_hook::record_error_from(monitor, "Panic", route, &message, self.client);
-        crate::metrics_hook::record_heal(monitor, HealKind::PanicCaught, route);
+        monitor.record_error_from("Panic", route, &message, self.client);
+        monitor.record_heal(HealKind::PanicCaught, route);
         self.observe(StatusCode::INTERNAL_SERVER_ERROR);
         // A panic payload whose own drop panics would unwind out of here;
         // forget such payloads rather than risk it (a few bytes, rare).
@@ -431,8 +430,7 @@ impl RequestContext {
             timeout_ms = timeout.as_millis() as u64,
             "request timed out; answered 503"
         );
-        crate::metrics_hook::record_error_from(
-            &self.shared.monitor,
+        self.shared.monitor.record_error_from(
             "Timeout",
             route,
             &format_args!("no answer within {timeout:?}"),
