@@ -153,6 +153,29 @@ fn main() {
     let base_2 = throughput(2, base_n / 2, &|| {
         baseline.record(black_box("OperationalError"), black_box("save_progress"))
     });
+    // The same monitor setup with a listener (the metrics, a store): every
+    // record also hands an `Event::Error` to it. A counting listener, the
+    // cheapest real one.
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listened = {
+        let _entered = runtime.enter();
+        Monitor::builder().global(false).start().unwrap()
+    };
+    listened.set_listener(std::sync::Arc::new({
+        let heard = heard.clone();
+        move |_: &selfheal::observe::Event<'_>| {
+            heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    listened.record_error("OperationalError", "save_progress", &"database is locked");
+    let listened_1 = throughput(1, n, &|| {
+        listened.record_error(
+            black_box("OperationalError"),
+            black_box("save_progress"),
+            &"locked",
+        )
+    });
     let req_1 = throughput(1, n, &|| monitor.record_request(black_box(false)));
     // The floor under every record: one read of tokio's clock.
     let clock_1 = throughput(1, n, &|| {
@@ -223,6 +246,12 @@ fn main() {
         m_ev(ours_2),
         m_ev(base_2),
         ours_2 / base_2
+    );
+    println!(
+        "| record, existing fingerprint, 1 thread, with a listener (the one channel) | {} | {} | {:.2}x of no listener |",
+        m_ev(listened_1),
+        m_ev(base_1),
+        listened_1 / ours_1
     );
     println!("| record_request, 1 thread | {} | n/a | |", m_ev(req_1));
     println!(

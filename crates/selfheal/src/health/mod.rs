@@ -501,6 +501,9 @@ pub(crate) struct Fingerprint {
     /// clients: see [`ClientId`].
     attributed: Ring,
     clients: Sketch,
+    /// Whether any error was ever recorded with a client: when not, the
+    /// status rules skip the two scans above.
+    has_clients: AtomicBool,
     /// Monitor time (ms) of the first and last event.
     first_seen_ms: u64,
     last_seen_ms: AtomicU64,
@@ -529,6 +532,7 @@ impl Fingerprint {
             ring: Ring::new(buckets),
             attributed: Ring::new(buckets),
             clients: Sketch::new(buckets),
+            has_clients: AtomicBool::new(false),
             first_seen_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
         }
@@ -734,6 +738,9 @@ impl Monitor {
         if let Some(client) = client {
             fp.attributed.add(now.epoch, 1);
             fp.clients.add(now.epoch, client.0);
+            if !fp.has_clients.load(Ordering::Relaxed) {
+                fp.has_clients.store(true, Ordering::Relaxed);
+            }
         }
         fp.touch(now.ms);
         if let Some(listener) = self.inner.listener.get() {
@@ -839,7 +846,10 @@ impl Monitor {
     /// clients, else only those recorded without a client.
     fn counted(&self, fp: &Fingerprint, epoch: u32, span: u32) -> u64 {
         let all = fp.ring.sum(epoch, span);
-        if all == 0 || fp.clients.distinct(epoch, span) >= self.inner.min_clients {
+        if all == 0
+            || !fp.has_clients.load(Ordering::Relaxed)
+            || fp.clients.distinct(epoch, span) >= self.inner.min_clients
+        {
             return all;
         }
         all.saturating_sub(fp.attributed.sum(epoch, span))
