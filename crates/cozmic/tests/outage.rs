@@ -76,24 +76,22 @@ async fn postgres_outage(outage: Duration) {
 
     database.close().await;
     let started = Instant::now();
-    // A write during the outage: re-run until the runner's deadline, then
-    // a friendly 503 (and nothing written).
+    // Writes during the outage (sent alongside the probes below): re-run
+    // until the runner's deadline, then a friendly 503, nothing written.
     let grace = no_redirects();
-    assert_friendly_503(
-        sign_up(&grace, &base, "grace@example.com").await,
-        "sign-up during the outage",
-    )
-    .await;
-    assert_friendly_503(
-        no_redirects()
-            .post(format!("{base}/login"))
-            .form(&[("email", "ada@example.com"), ("password", "x")])
-            .send()
-            .await
-            .unwrap(),
-        "login during the outage",
-    )
-    .await;
+    let writes = {
+        let (grace, base) = (grace.clone(), base.clone());
+        tokio::spawn(async move {
+            let signup = sign_up(&grace, &base, "grace@example.com").await;
+            let login = no_redirects()
+                .post(format!("{base}/login"))
+                .form(&[("email", "ada@example.com"), ("password", "x")])
+                .send()
+                .await
+                .unwrap();
+            (signup, login)
+        })
+    };
     let mut probes = 0;
     while started.elapsed() < outage {
         // Still signed in: a 503 (not a 303 to /login, not a 500).
@@ -107,6 +105,9 @@ async fn postgres_outage(outage: Duration) {
         probes += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let (signup, login) = writes.await.unwrap();
+    assert_friendly_503(signup, "sign-up during the outage").await;
+    assert_friendly_503(login, "login during the outage").await;
     assert!(probes >= 3, "{probes} probes during the outage");
     let errors = app.state().monitor().report(Duration::from_secs(900));
     assert!(
