@@ -1,0 +1,396 @@
+//! Pages and routes.
+//!
+//! This module holds the router ([`app`]), the admin guard, the handlers'
+//! error type ([`AppError`]: a friendly 503 for an infrastructure fault, a
+//! 500 otherwise) and the helpers every page uses; the pages live by area:
+//! `auth` (home, sign-up, login, logout, the signed-in extractor),
+//! `lessons` (dashboard, lesson list, a lesson and its completion), `tutor`
+//! and `premium`.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
+use tower_sessions::cookie::Key;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+use crate::AppState;
+use crate::config::{FaultHooks, Healing};
+use crate::session::{StudentSession, Visitor};
+
+mod auth;
+mod lessons;
+mod premium;
+mod tutor;
+
+use auth::{home, login, login_form, logout, signup, signup_form};
+use lessons::{complete_lesson, dashboard, lesson, lesson_list};
+use premium::{premium_page, subscribe};
+use tutor::{ask_tutor, tutor_page};
+
+/// The router: pages, the admin dashboard, probes and metrics, with the
+/// session layer and (healing on) selfheal's `HealLayer` around them.
+pub fn app(state: AppState) -> Router {
+    let monitor = state.monitor().clone();
+    let config = state.config();
+    let healing = config.healing;
+
+    let guard = state.inner.admin_guard.clone();
+
+    let sessions = SessionManagerLayer::new(state.inner.store.clone())
+        .with_name("cozmic_session")
+        .with_secure(config.secure_cookies)
+        .with_same_site(SameSite::Lax)
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(14)))
+        .with_signed(Key::from(state.inner.secret.as_bytes()));
+
+    let mut pages = Router::new()
+        .route("/", get(home))
+        .route("/signup", get(signup_form).post(signup))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/dashboard", get(dashboard))
+        .route("/lessons", get(lesson_list))
+        .route("/lessons/{id}", get(lesson))
+        .route("/lessons/{id}/complete", post(complete_lesson))
+        .route("/tutor", get(tutor_page).post(ask_tutor))
+        .route("/premium", get(premium_page))
+        .route("/premium/subscribe", post(subscribe))
+        .fallback(not_found)
+        .with_state(state.clone())
+        .merge(admin_routes(admin_dashboard(&monitor, guard, config)));
+    if config.faults.is_armed() {
+        pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
+    }
+    let pages = pages
+        .layer(sessions)
+        .layer(Extension(healing))
+        .layer(Extension(selfheal::session::CookieName("cozmic_session")));
+    let metrics = selfheal::metrics::Metrics::install().ok();
+    let pages = match healing {
+        Healing::On => {
+            let mut heal = HealLayer::new(monitor.clone());
+            if let Some(header) = &config.client_ip_header {
+                let name = axum::http::HeaderName::from_bytes(header.as_bytes())
+                    .expect("validated by Config");
+                heal = heal.with_client_key(selfheal::web::ClientKey::Header(name));
+            }
+            if let Some(metrics) = &metrics {
+                heal = heal.with_metrics(metrics);
+            }
+            pages.layer(heal)
+        }
+        Healing::Off => pages
+            .layer(axum::middleware::map_response(naive_unavailable))
+            .layer(Extension(monitor.clone())),
+    };
+    let mut router = pages.merge(selfheal::web::probes(monitor.clone()));
+    if let Some(metrics) = &metrics {
+        router = router.merge(metrics.routes(monitor));
+    }
+    router
+}
+
+/// The admin dashboard; without `ADMIN_TOKEN`, its 403 page says how to
+/// get in.
+fn admin_dashboard(
+    monitor: &selfheal::health::Monitor,
+    guard: AdminGuard,
+    config: &crate::config::Config,
+) -> Dashboard {
+    let dashboard = Dashboard::new(monitor.clone(), guard).with_service_name("cozmic");
+    if config.admin_token.is_some() {
+        return dashboard;
+    }
+    dashboard.with_access_hint(
+        "No ADMIN_TOKEN is set on this server. To get in, set ADMIN_TOKEN (16 characters or more) \
+         and restart cozmic, or run `cozmic promote EMAIL` on the server to make your student \
+         account an admin, then sign in to cozmic as that student.",
+    )
+}
+
+/// The admin guard for `config`: `ADMIN_TOKEN` (bearer or login form), or
+/// students made admin with `cozmic promote`.
+pub(crate) fn admin_guard(config: &crate::config::Config, db: &crate::db::Db) -> AdminGuard {
+    let healing = config.healing;
+    let admin_db = db.clone();
+    let is_admin_student = move |request: axum::http::Request<()>| {
+        let db = admin_db.clone();
+        async move {
+            let Some(session) = request.extensions().get::<Session>().cloned() else {
+                return false;
+            };
+            let id = match healing {
+                Healing::On => session.get::<i64>("student_id").await.ok().flatten(),
+                Healing::Off => session
+                    .get::<StudentSession>("student")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.student_id),
+            };
+            match id {
+                Some(id) => db.is_admin(id).await,
+                None => false,
+            }
+        }
+    };
+    match &config.admin_token {
+        Some(token) => AdminGuard::token(token.expose())
+            .expect("validated by Config")
+            .with_secure_cookie(config.secure_cookies)
+            .or_predicate(is_admin_student),
+        None => AdminGuard::predicate(is_admin_student),
+    }
+}
+
+/// The chaos hook: a request with the panic header panics in the handler
+/// chain (armed hooks only: this layer is not even installed otherwise).
+async fn panic_on_demand(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.headers().contains_key(FaultHooks::PANIC_HEADER) {
+        std::panic::panic_any(FaultHooks::PANIC_MESSAGE);
+    }
+    next.run(request).await
+}
+
+/// What every page needs for its header.
+struct Chrome {
+    signed_in: bool,
+    theme: String,
+}
+
+impl Chrome {
+    fn of(visitor: &Visitor) -> Self {
+        Self {
+            signed_in: visitor.student_id().is_some(),
+            theme: visitor.data.theme.clone(),
+        }
+    }
+}
+
+/// A handler's failure. Never shows its cause.
+///
+/// An infrastructure fault the user can wait out (the database or the
+/// session store unreachable, a write that could not get its lock within
+/// the runner's deadline) is [`AppError::Unavailable`]: a 503 with
+/// `Retry-After` and a page that says so; every write is one transaction,
+/// so nothing was half-written. Anything else is a 500 (with healing on,
+/// replaced by the friendly page and recorded by `HealLayer`).
+#[derive(Debug)]
+enum AppError {
+    Unavailable(Unavailable),
+    Internal(anyhow::Error),
+}
+
+/// What is unavailable, for the page's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unavailable {
+    /// The database answers "locked" / "serialization failure" past the
+    /// runner's deadline: busy, not down.
+    DatabaseBusy,
+    /// The database cannot be reached.
+    Database,
+    /// The session store cannot be reached.
+    Sessions,
+    /// Too many password checks at once (the hashing gate is full).
+    PasswordsBusy,
+}
+
+/// `Retry-After` of an [`AppError::Unavailable`] answer.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+impl Unavailable {
+    /// The infrastructure fault in `error`'s chain, if that is what it is.
+    fn of(error: &anyhow::Error) -> Option<Self> {
+        error.chain().find_map(|cause| {
+            if let Some(e) = cause.downcast_ref::<selfheal::db::TxError<sqlx::Error>>() {
+                return Self::of_sqlx(e.inner());
+            }
+            if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+                return Self::of_sqlx(e);
+            }
+            if cause.downcast_ref::<crate::password::Busy>().is_some() {
+                return Some(Self::PasswordsBusy);
+            }
+            if cause
+                .downcast_ref::<selfheal::session::SessionError>()
+                .is_some()
+                || cause
+                    .downcast_ref::<tower_sessions::session::Error>()
+                    .is_some()
+            {
+                return Some(Self::Sessions);
+            }
+            None
+        })
+    }
+
+    fn of_sqlx(error: &sqlx::Error) -> Option<Self> {
+        use selfheal::retry::Verdict;
+        match selfheal::db::classify::verdict(error) {
+            Verdict::Permanent => None,
+            _ => {
+                let kind = selfheal::db::classify::failure_kind(error);
+                let busy = kind.starts_with("sqlite:BUSY")
+                    || kind.starts_with("sqlite:LOCKED")
+                    || ["pg:40001", "pg:40P01", "pg:55P03", "pg:57014"].contains(&kind.as_ref());
+                Some(if busy {
+                    Self::DatabaseBusy
+                } else {
+                    Self::Database
+                })
+            }
+        }
+    }
+
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::DatabaseBusy => (
+                "We are busy saving other changes",
+                "Nothing was saved and nothing was lost. Please try again in a few seconds.",
+            ),
+            Self::Database => (
+                "We cannot reach our database right now",
+                "Nothing was lost: your progress is safe. Please try again in a few seconds.",
+            ),
+            Self::Sessions => (
+                "We cannot reach our session store right now",
+                "If you were signed in, you still are. Please try again in a few seconds.",
+            ),
+            Self::PasswordsBusy => (
+                "Lots of people are signing in right now",
+                "Please try again in a few seconds.",
+            ),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for AppError {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        match Unavailable::of(&error) {
+            Some(what) => {
+                tracing::warn!(error = %selfheal::web::redact(&format!("{error:#}")), ?what, "request answered 503: infrastructure unavailable");
+                AppError::Unavailable(what)
+            }
+            None => AppError::Internal(error),
+        }
+    }
+}
+
+/// Marks a 503 answered for an [`AppError::Unavailable`], so that the naive
+/// app (healing off, the chaos baseline) can answer it as it always did.
+#[derive(Clone, Copy, Debug)]
+struct UnavailableAnswer;
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::Unavailable(what) => {
+                let (heading, text) = what.words();
+                let page = MessagePage {
+                    signed_in: false,
+                    theme: "light".to_owned(),
+                    heading: heading.to_owned(),
+                    message: text.to_owned(),
+                };
+                let mut response =
+                    unavailable_response(UNAVAILABLE_RETRY_AFTER_SECS, page.into_response());
+                response.extensions_mut().insert(UnavailableAnswer);
+                response
+            }
+            AppError::Internal(error) => {
+                tracing::error!(error = %selfheal::web::redact(&format!("{error:#}")), "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+            }
+        }
+    }
+}
+
+/// Healing off: an infrastructure fault is the plain 500 of an app without
+/// selfheal (the chaos harness' control run).
+async fn naive_unavailable(response: Response) -> Response {
+    if response.extensions().get::<UnavailableAnswer>().is_some() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+    }
+    response
+}
+
+type Page = Result<Response, AppError>;
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = fastrand::u128(..).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_token(value: &str) -> bool {
+    (8..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn unavailable_response(retry_after_secs: u64, page: Response) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    (StatusCode::SERVICE_UNAVAILABLE, Friendly, headers, page).into_response()
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "message.html")]
+struct MessagePage {
+    signed_in: bool,
+    theme: String,
+    heading: String,
+    message: String,
+}
+
+fn message(visitor: &Visitor, status: StatusCode, heading: &str, text: &str) -> Response {
+    let Chrome { signed_in, theme } = Chrome::of(visitor);
+    (
+        status,
+        MessagePage {
+            signed_in,
+            theme,
+            heading: heading.to_owned(),
+            message: text.to_owned(),
+        },
+    )
+        .into_response()
+}
+
+async fn not_found(visitor: Visitor) -> Response {
+    message(
+        &visitor,
+        StatusCode::NOT_FOUND,
+        "Page not found",
+        "There is nothing at this address.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_tokens_are_checked() {
+        assert!(is_token(&random_token()));
+        for bad in ["", "short", "has space here", "<script>alert(1)</script>"] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
+}
