@@ -16,7 +16,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe};
+use support::{form_value, no_redirects};
 use tempfile::TempDir;
+
+mod support;
 
 /// A fresh database: a temp dir (SQLite, mail, key file) and, for
 /// PostgreSQL, a schema of its own.
@@ -191,40 +194,14 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
-    let response = client
-        .post(format!("{base}/signup"))
-        .form(&[
-            ("name", "Ada Lovelace"),
-            ("email", email),
-            ("password", "correct horse battery"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = support::sign_up(client, base, email).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
         "sign-up lands on the dashboard"
     );
     response
-}
-
-fn form_value(page: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in the page"))
-        + marker.len();
-    page[start..].split('"').next().unwrap().to_owned()
 }
 
 /// Opens `page_url` and submits its form to `action_url` with the hidden
@@ -265,19 +242,13 @@ async fn complete(
     .await
 }
 
-/// Polls `condition` every 20 ms for up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
+/// Polls `condition` for up to 10 s.
+async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    for _ in 0..500 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    support::eventually(what, Duration::from_secs(10), condition).await;
 }
 
 /// A local OpenAI-compatible server answering with `statuses` in turn

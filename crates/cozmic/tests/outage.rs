@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use cozmic::config::{Config, Secret};
-use support::{CuttableProxy, OwnDatabase, eventually, mails_containing, no_redirects, sign_up};
+use support::{
+    CuttableProxy, OwnDatabase, eventually, form_value, mails_containing, no_redirects, sign_up,
+};
 
 fn config(dir: &std::path::Path) -> Config {
     selfheal::tls::install_default_crypto_provider();
@@ -42,6 +44,28 @@ async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
     client.get(url).send().await.unwrap()
 }
 
+/// Submits the "seasons" lesson form with `nonce`.
+async fn complete(client: &reqwest::Client, base: &str, nonce: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/lessons/seasons/complete"))
+        .form(&[("nonce", nonce)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The XP and ledger of the student signed up as `email`.
+async fn progress_of(app: &cozmic::Running, email: &str) -> cozmic::db::Integrity {
+    let (id, _, _) = app
+        .state()
+        .db()
+        .login_record(email)
+        .await
+        .unwrap()
+        .expect("a student");
+    app.state().db().integrity(id).await.unwrap()
+}
+
 /// The nonce of the "seasons" lesson form, as served to `client`.
 async fn lesson_nonce(client: &reqwest::Client, base: &str) -> String {
     let page = get(client, format!("{base}/lessons/seasons"))
@@ -49,9 +73,7 @@ async fn lesson_nonce(client: &reqwest::Client, base: &str) -> String {
         .text()
         .await
         .unwrap();
-    let marker = "name=\"nonce\" value=\"";
-    let start = page.find(marker).expect("a nonce in the lesson form") + marker.len();
-    page[start..].split('"').next().unwrap().to_owned()
+    form_value(&page, "nonce")
 }
 
 async fn postgres_outage(outage: Duration) {
@@ -211,19 +233,9 @@ async fn a_sqlite_write_lock_held_15_s_is_a_friendly_503_and_nothing_half_writte
         sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     });
 
-    let complete = |nonce: String| {
-        let (ada, base) = (ada.clone(), base.clone());
-        async move {
-            ada.post(format!("{base}/lessons/seasons/complete"))
-                .form(&[("nonce", nonce)])
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     let grace = no_redirects();
     let (completion, signup) = tokio::join!(
-        complete(nonce.clone()),
+        complete(&ada, &base, &nonce),
         sign_up(&grace, &base, "grace@example.com")
     );
     assert!(
@@ -242,14 +254,7 @@ async fn a_sqlite_write_lock_held_15_s_is_a_friendly_503_and_nothing_half_writte
     assert_friendly_503(signup, "sign-up while locked").await;
     // Reads still work (WAL), and nothing was half-written.
     assert_eq!(get(&ada, format!("{base}/dashboard")).await.status(), 200);
-    let student = app
-        .state()
-        .db()
-        .login_record("ada@example.com")
-        .await
-        .unwrap()
-        .unwrap();
-    let integrity = app.state().db().integrity(student.0).await.unwrap();
+    let integrity = progress_of(&app, "ada@example.com").await;
     assert_eq!((integrity.xp, integrity.ledger_rows), (0, 0));
     assert!(
         app.state()
@@ -263,8 +268,11 @@ async fn a_sqlite_write_lock_held_15_s_is_a_friendly_503_and_nothing_half_writte
 
     release.await.unwrap();
     // Pressed again, the same form applies once.
-    assert_eq!(complete(nonce).await.status(), StatusCode::SEE_OTHER);
-    let integrity = app.state().db().integrity(student.0).await.unwrap();
+    assert_eq!(
+        complete(&ada, &base, &nonce).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let integrity = progress_of(&app, "ada@example.com").await;
     assert_eq!((integrity.xp, integrity.ledger_rows), (10, 1));
     app.shutdown().await;
 }
@@ -355,12 +363,7 @@ async fn a_postgres_table_lock_held_20_s_is_a_friendly_503_not_a_hang() {
     assert_friendly_503(get(&ada, format!("{base}/dashboard")).await, "dashboard").await;
     let read_took = asked.elapsed();
     let asked = Instant::now();
-    let completion = ada
-        .post(format!("{base}/lessons/seasons/complete"))
-        .form(&[("nonce", nonce.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let completion = complete(&ada, &base, &nonce).await;
     let write_took = asked.elapsed();
     assert_friendly_503(completion, "lesson completion").await;
     assert!(
@@ -376,21 +379,9 @@ async fn a_postgres_table_lock_held_20_s_is_a_friendly_503_not_a_hang() {
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     assert_eq!(get(&ada, format!("{base}/dashboard")).await.status(), 200);
-    let again = ada
-        .post(format!("{base}/lessons/seasons/complete"))
-        .form(&[("nonce", nonce.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let again = complete(&ada, &base, &nonce).await;
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
-    let student = app
-        .state()
-        .db()
-        .login_record("ada@example.com")
-        .await
-        .unwrap()
-        .unwrap();
-    let integrity = app.state().db().integrity(student.0).await.unwrap();
+    let integrity = progress_of(&app, "ada@example.com").await;
     assert_eq!((integrity.xp, integrity.ledger_rows), (10, 1));
     app.shutdown().await;
     database.drop_database().await;

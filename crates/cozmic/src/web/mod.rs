@@ -236,17 +236,8 @@ impl Unavailable {
         use selfheal::retry::Verdict;
         match selfheal::db::classify::verdict(error) {
             Verdict::Permanent => None,
-            _ => {
-                let kind = selfheal::db::classify::failure_kind(error);
-                let busy = kind.starts_with("sqlite:BUSY")
-                    || kind.starts_with("sqlite:LOCKED")
-                    || ["pg:40001", "pg:40P01", "pg:55P03", "pg:57014"].contains(&kind.as_ref());
-                Some(if busy {
-                    Self::DatabaseBusy
-                } else {
-                    Self::Database
-                })
-            }
+            _ if selfheal::db::classify::is_contention(error) => Some(Self::DatabaseBusy),
+            _ => Some(Self::Database),
         }
     }
 

@@ -40,6 +40,16 @@ pub async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwe
         .unwrap()
 }
 
+/// The value of the form field `name` in `page`.
+pub fn form_value(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in the page"))
+        + marker.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
 /// Polls `condition` every 50 ms for up to `limit`; panics naming `what`.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut condition: F)
 where

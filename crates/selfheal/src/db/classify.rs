@@ -96,6 +96,27 @@ pub fn verdict(error: &sqlx::Error) -> Verdict {
     }
 }
 
+/// Whether `error` is contention rather than unavailability: the database
+/// answered, but a lock or a conflicting transaction stood in the way
+/// (SQLite `BUSY`/`LOCKED` and their extended codes; PostgreSQL `40001`,
+/// `40P01`, `55P03` `lock_timeout`, `57014` `statement_timeout`). An app
+/// tells its users "busy, try again" for these and "cannot reach the
+/// database" for the other transient errors.
+///
+/// ```
+/// assert!(!selfheal::db::classify::is_contention(&sqlx::Error::PoolTimedOut));
+/// ```
+pub fn is_contention(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+        matches!(pg.code(), "40001" | "40P01" | "55P03" | "57014")
+    } else {
+        sqlite_code(db.as_ref()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
+}
+
 /// A short, stable name for a database error, for logs and fingerprints:
 /// `sqlite:BUSY`, `pg:40001`, `io:ConnectionReset`, `pool:timeout`…
 pub fn failure_kind(error: &sqlx::Error) -> Cow<'static, str> {

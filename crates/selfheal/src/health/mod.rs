@@ -102,7 +102,7 @@ use crate::retry::{Backoff, Policy};
 use alert::{AlertBook, Transition};
 use check::Check;
 use table::Table;
-use window::{Ring, Sketch};
+use window::{ByClient, Ring};
 
 /// The fingerprint every event beyond `max_fingerprints` is counted under.
 pub const OTHER: &str = "other";
@@ -434,8 +434,7 @@ impl MonitorBuilder {
             other: Fingerprint::new(0, OTHER, "*", "", 0, self.buckets),
             requests: ring(),
             failed_requests: ring(),
-            failed_attributed: ring(),
-            failed_clients: Sketch::new(self.buckets),
+            failed_by_client: ByClient::new(self.buckets),
             min_clients: self.min_clients,
             heals: HealKind::ALL.map(|_| ring()),
             recent_heals: Mutex::new(VecDeque::new()),
@@ -499,11 +498,7 @@ pub(crate) struct Fingerprint {
     ring: Ring,
     /// The part of `ring` recorded with a client (a request's), and which
     /// clients: see [`ClientId`].
-    attributed: Ring,
-    clients: Sketch,
-    /// Whether any error was ever recorded with a client: when not, the
-    /// status rules skip the two scans above.
-    has_clients: AtomicBool,
+    by_client: ByClient,
     /// Monitor time (ms) of the first and last event.
     first_seen_ms: u64,
     last_seen_ms: AtomicU64,
@@ -530,9 +525,7 @@ impl Fingerprint {
             key,
             sample: sample.into(),
             ring: Ring::new(buckets),
-            attributed: Ring::new(buckets),
-            clients: Sketch::new(buckets),
-            has_clients: AtomicBool::new(false),
+            by_client: ByClient::new(buckets),
             first_seen_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
         }
@@ -561,8 +554,7 @@ struct Inner {
     other: Fingerprint,
     requests: Ring,
     failed_requests: Ring,
-    failed_attributed: Ring,
-    failed_clients: Sketch,
+    failed_by_client: ByClient,
     /// Distinct clients from which errors count: see [`ClientId`].
     min_clients: u32,
     heals: [Ring; HealKind::ALL.len()],
@@ -736,11 +728,7 @@ impl Monitor {
         };
         fp.ring.add(now.epoch, 1);
         if let Some(client) = client {
-            fp.attributed.add(now.epoch, 1);
-            fp.clients.add(now.epoch, client.0);
-            if !fp.has_clients.load(Ordering::Relaxed) {
-                fp.has_clients.store(true, Ordering::Relaxed);
-            }
+            fp.by_client.add(now.epoch, client.0);
         }
         fp.touch(now.ms);
         if let Some(listener) = self.inner.listener.get() {
@@ -835,34 +823,26 @@ impl Monitor {
         if failed {
             self.inner.failed_requests.add(now.epoch, 1);
             if let Some(client) = client {
-                self.inner.failed_attributed.add(now.epoch, 1);
-                self.inner.failed_clients.add(now.epoch, client.0);
+                self.inner.failed_by_client.add(now.epoch, client.0);
             }
         }
     }
 
     /// The errors of `fp` over the `span` most recent buckets that count for
-    /// status and alerts: all of them once they come from `min_clients`
-    /// clients, else only those recorded without a client.
+    /// status and alerts (see [`ClientId`]).
     fn counted(&self, fp: &Fingerprint, epoch: u32, span: u32) -> u64 {
         let all = fp.ring.sum(epoch, span);
-        if all == 0
-            || !fp.has_clients.load(Ordering::Relaxed)
-            || fp.clients.distinct(epoch, span) >= self.inner.min_clients
-        {
-            return all;
-        }
-        all.saturating_sub(fp.attributed.sum(epoch, span))
+        fp.by_client
+            .counted(all, epoch, span, self.inner.min_clients)
     }
 
     /// Failed requests over the `span` most recent buckets that count for
-    /// status and alerts (as [`Monitor::counted`] for errors).
+    /// status and alerts.
     fn counted_failures(&self, epoch: u32, span: u32) -> u64 {
         let all = self.inner.failed_requests.sum(epoch, span);
-        if all == 0 || self.inner.failed_clients.distinct(epoch, span) >= self.inner.min_clients {
-            return all;
-        }
-        all.saturating_sub(self.inner.failed_attributed.sum(epoch, span))
+        self.inner
+            .failed_by_client
+            .counted(all, epoch, span, self.inner.min_clients)
     }
 
     /// Marks the service critical for `reason` until [`Monitor::clear_critical`]

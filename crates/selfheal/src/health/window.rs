@@ -199,6 +199,50 @@ impl Sketch {
     }
 }
 
+/// The part of a count recorded with a client, and which clients: what
+/// decides whether a count moves the status (see `ClientId`).
+#[derive(Debug)]
+pub(crate) struct ByClient {
+    attributed: Ring,
+    clients: Sketch,
+    /// Whether anything was ever recorded with a client: when not, reads
+    /// skip both scans.
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl ByClient {
+    pub(crate) fn new(len: usize) -> Self {
+        Self {
+            attributed: Ring::new(len),
+            clients: Sketch::new(len),
+            any: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// One event from client `hash` in the bucket of `epoch`.
+    #[inline]
+    pub(crate) fn add(&self, epoch: u32, hash: u64) {
+        self.attributed.add(epoch, 1);
+        self.clients.add(epoch, hash);
+        if !self.any.load(Ordering::Relaxed) {
+            self.any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Of `all` events over the `span` most recent epochs, those that count:
+    /// all of them once they came from `min_clients` distinct clients, else
+    /// only those recorded without a client.
+    pub(crate) fn counted(&self, all: u64, now: u32, span: u32, min_clients: u32) -> u64 {
+        if all == 0
+            || !self.any.load(Ordering::Relaxed)
+            || self.clients.distinct(now, span) >= min_clients
+        {
+            return all;
+        }
+        all.saturating_sub(self.attributed.sum(now, span))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,34 +40,54 @@ pub enum ClientKey {
 }
 
 impl ClientKey {
-    fn of<B>(&self, req: &Request<B>) -> Option<ClientId> {
+    /// What the request says about its client, kept as it is (an address,
+    /// a header value's bytes): hashed into a [`ClientId`] only when the
+    /// request fails, so a request that succeeds pays an extension lookup
+    /// and nothing else.
+    fn capture<B>(&self, req: &Request<B>) -> Client {
         let peer = || {
             req.extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| ClientId::of(network(info.0.ip())))
+                .map(|info| info.0.ip())
         };
         match self {
-            Self::PeerAddress => peer(),
-            Self::Header(name) => req
-                .headers()
-                .get_all(name)
-                .iter()
-                .next_back()
-                .map(|value| {
-                    let value = value.as_bytes();
-                    // x-forwarded-for: the last hop is the one our proxy added.
-                    let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
-                    let last = last.trim_ascii();
+            Self::PeerAddress => Client::Peer(peer()),
+            Self::Header(name) => match req.headers().get_all(name).iter().next_back() {
+                Some(value) => Client::Forwarded(value.clone()),
+                None => Client::Peer(peer()),
+            },
+            Self::None => Client::Peer(None),
+        }
+    }
+}
+
+/// A request's client as captured by [`ClientKey::capture`].
+#[derive(Clone, Debug)]
+pub(crate) enum Client {
+    Peer(Option<std::net::IpAddr>),
+    Forwarded(HeaderValue),
+}
+
+impl Client {
+    /// The client's id (on the failure path only).
+    fn id(&self) -> Option<ClientId> {
+        match self {
+            Self::Peer(ip) => ip.map(|ip| ClientId::of(network(ip))),
+            Self::Forwarded(value) => {
+                let value = value.as_bytes();
+                // x-forwarded-for: the last hop is the one our proxy added.
+                let last = value.rsplit(|b| *b == b',').next().unwrap_or(value);
+                let last = last.trim_ascii();
+                Some(
                     match std::str::from_utf8(last)
                         .ok()
                         .and_then(|s| s.parse::<std::net::IpAddr>().ok())
                     {
                         Some(ip) => ClientId::of(network(ip)),
                         None => ClientId::of(last),
-                    }
-                })
-                .or_else(peer),
-            Self::None => None,
+                    },
+                )
+            }
         }
     }
 }
@@ -248,7 +268,7 @@ where
             wants_json: respond::wants_json(req.headers()),
             request_id: req.headers().get(&respond::X_REQUEST_ID).cloned(),
             start: start_clock(shared),
-            client: shared.client_key.of(&req),
+            client: shared.client_key.capture(&req),
         };
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
@@ -284,7 +304,7 @@ pub(crate) struct RequestContext {
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     start: Option<Instant>,
     /// Who asked: failures are recorded against this client.
-    client: Option<ClientId>,
+    client: Client,
 }
 
 impl RequestContext {
@@ -304,9 +324,10 @@ impl RequestContext {
 
     #[inline]
     fn observe(&self, status: StatusCode) {
+        let failed = status.is_server_error();
         self.shared
             .monitor
-            .record_request_from(status.is_server_error(), self.client);
+            .record_request_from(failed, failed.then(|| self.client.id()).flatten());
         #[cfg(feature = "prometheus")]
         if let (Some(metrics), Some(start)) = (&self.shared.metrics, self.start) {
             metrics.observe(status, start.elapsed());
@@ -352,7 +373,7 @@ impl RequestContext {
             status.as_str(),
             route,
             &format_args!("the handler answered {} {reason}", status.as_str()),
-            self.client,
+            self.client.id(),
         );
         let request_id = self.request_id();
         if response.extensions().get::<Friendly>().is_some() {
@@ -401,7 +422,7 @@ impl RequestContext {
             "handler panicked; answered with a friendly 500"
         );
         let monitor = &self.shared.monitor;
-        monitor.record_error_from("Panic", route, &message, self.client);
+        monitor.record_error_from("Panic", route, &message, self.client.id());
         monitor.record_heal(HealKind::PanicCaught, route);
         self.observe(StatusCode::INTERNAL_SERVER_ERROR);
         // A panic payload whose own drop panics would unwind out of here;
@@ -434,7 +455,7 @@ impl RequestContext {
             "Timeout",
             route,
             &format_args!("no answer within {timeout:?}"),
-            self.client,
+            self.client.id(),
         );
         self.observe(StatusCode::SERVICE_UNAVAILABLE);
         self.answer(
