@@ -69,8 +69,9 @@ struct Inner {
     admin_guard: selfheal::web::AdminGuard,
     config: Config,
     secret: selfheal::config::SecretKey,
-    /// The monitor as an observer, for fallbacks.
-    observer: Arc<selfheal::health::MonitorObserver>,
+    /// The monitor, shared as an observer for fallbacks (one allocation
+    /// for the app's life, not one per fallback).
+    observer: Arc<Monitor>,
 }
 
 impl AppState {
@@ -127,7 +128,7 @@ impl AppState {
         admin_guard.revoke_before(db.admin_revoked_before().await?);
         Ok(Self {
             inner: Arc::new(Inner {
-                observer: Arc::new(monitor.observer()),
+                observer: Arc::new(monitor.clone()),
                 db,
                 store,
                 monitor,
@@ -150,6 +151,13 @@ impl AppState {
     /// The health monitor every heal and error is reported to.
     pub fn monitor(&self) -> &Monitor {
         &self.inner.monitor
+    }
+
+    /// Reports `event` to the monitor, through selfheal's one channel
+    /// ([`selfheal::observe::emit`]): logged, recorded, and counted in
+    /// `/metrics`.
+    pub fn report(&self, event: &selfheal::observe::Event<'_>) {
+        selfheal::observe::emit(Some(&self.inner.monitor), event);
     }
 
     /// The configuration.

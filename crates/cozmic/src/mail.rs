@@ -28,6 +28,7 @@ use std::time::Duration;
 use lettre::message::{Mailbox, Message, header::ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use selfheal::health::Monitor;
+use selfheal::observe::{self, Event, Failure, HealKind};
 use selfheal::retry::{Backoff, Jitter, ThreadRandom};
 use selfheal::supervise::{ShutdownSignal, SupervisedHandle, Supervisor};
 use tokio::sync::Notify;
@@ -178,14 +179,28 @@ impl Mailer {
                 self.db.mark_sent(email.id).await?;
                 self.unmarked.lock().expect("unmarked").remove(&email.id);
                 if email.attempts > 0 {
-                    self.monitor
-                        .record_heal(selfheal::health::HealKind::RetryRecovered, "email:outbox");
+                    observe::emit(
+                        Some(&self.monitor),
+                        &Event::Heal {
+                            kind: HealKind::RetryRecovered,
+                            operation: "email:outbox",
+                        },
+                    );
                 }
             }
             Err(error) => {
                 let message = error.to_string();
-                self.monitor
-                    .record_error("EmailDeliveryError", "email:outbox", &message);
+                observe::emit(
+                    Some(&self.monitor),
+                    &Event::Error {
+                        operation: "email:outbox",
+                        failure: Failure {
+                            kind: "EmailDeliveryError",
+                            message: &message,
+                        },
+                        client: None,
+                    },
+                );
                 let attempts = email.attempts + 1;
                 if self.healing == Healing::Off || attempts >= MAX_ATTEMPTS {
                     tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");

@@ -13,7 +13,6 @@
 //! healing cannot help, the caller gets [`UpstreamError::Unavailable`] with
 //! the time to wait, and the page says so kindly.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -76,7 +75,7 @@ pub fn client(
             .with_attempt_timeout(policy.attempt_timeout)
             .with_deadline(policy.deadline)
             .with_max_delay(Duration::from_secs(5))
-            .with_observer(Arc::new(monitor.observer()));
+            .with_observer(monitor.observer());
         if !policy.budget {
             middleware = middleware.without_budget();
         }

@@ -67,4 +67,5 @@ pub mod tls;
 pub mod web;
 
 mod error;
+mod sync;
 pub use error::ConfigError;

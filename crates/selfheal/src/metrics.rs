@@ -214,11 +214,7 @@ impl Metrics {
             };
             metrics::gauge!("selfheal_check_passing", "check" => check.name.clone()).set(passing);
         }
-        let mut last = self
-            .inner
-            .last_gauges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.inner.last_gauges);
         for (name, label) in last.difference(&now) {
             metrics::gauge!(*name, "fingerprint" => label.clone()).set(0.0);
         }
@@ -385,7 +381,9 @@ impl fmt::Debug for MetricsListener {
 impl Observer for MetricsListener {
     fn on_event(&self, event: &Event<'_>) {
         match *event {
-            Event::Error { operation, failure } => count_error(failure.kind, operation),
+            Event::Error {
+                operation, failure, ..
+            } => count_error(failure.kind, operation),
             Event::Heal { kind, .. } => count_heal(kind),
             Event::Retry { operation, .. } => {
                 metrics::counter!("selfheal_retries_total", "operation" => operation.to_owned())

@@ -114,8 +114,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ConfigError;
-use crate::health::{HealKind, Monitor, Status, truncate};
-use crate::observe::short_type_name;
+use crate::health::{Monitor, Status, truncate};
+use crate::observe::{self, Event, HealKind, Observer, short_type_name};
 use crate::retry::{Backoff, Random, ThreadRandom};
 
 /// The largest `max_restarts` [`Supervisor::with_intensity`] accepts: the
@@ -140,7 +140,7 @@ const MESSAGE_CHARS: usize = 200;
 /// | dependencies | none (every failure counts against the intensity) |
 /// | stable after | a run of 10 s clears the worker's condition and restarts the backoff |
 /// | grace period on shutdown | 10 s, then the task is aborted |
-/// | monitor | none (failures and restarts are only logged) |
+/// | monitor | none: failures and restarts go to the global observer (the monitor, once started); no conditions, no dependency checks |
 /// | jitter source | thread-local `fastrand` |
 ///
 /// The backoff grows with consecutive failures (the `n`-th restart in a row
@@ -674,9 +674,7 @@ where
             Err(failure) => failure,
         };
         if stopping {
-            if let Some(monitor) = &config.monitor {
-                monitor.record_error(failure.kind, &operation, &failure.message);
-            }
+            report_failure(&config, &operation, &failure);
             tracing::warn!(
                 target: "selfheal",
                 worker = name,
@@ -693,10 +691,8 @@ where
         // outage again: the condition says so, and recording it on every
         // restart would turn one outage into a repeated-error alert that
         // outlives it by an hour.
-        if !(waiting && dependency.is_some())
-            && let Some(monitor) = &config.monitor
-        {
-            monitor.record_error(failure.kind, &operation, &failure.message);
+        if !(waiting && dependency.is_some()) {
+            report_failure(&config, &operation, &failure);
         }
         waiting = dependency.is_some();
         let delay = if let Some(dependency) = dependency {
@@ -811,10 +807,35 @@ where
             }
         }
         restarts = restarts.saturating_add(1);
-        if let Some(monitor) = &config.monitor {
-            monitor.record_heal(HealKind::WorkerRestarted, &operation);
-        }
+        observe::emit(
+            reporter(&config),
+            &Event::Heal {
+                kind: HealKind::WorkerRestarted,
+                operation: &operation,
+            },
+        );
     }
+}
+
+/// Where the worker's failures and restarts are reported: its monitor, or
+/// the global observer when it has none.
+fn reporter(config: &Supervisor) -> Option<&dyn Observer> {
+    config.monitor.as_ref().map(|m| m as &dyn Observer)
+}
+
+/// Reports a failed run as an error of `worker:<name>`.
+fn report_failure(config: &Supervisor, operation: &str, failure: &Failure) {
+    observe::emit(
+        reporter(config),
+        &Event::Error {
+            operation,
+            failure: observe::Failure {
+                kind: failure.kind,
+                message: &failure.message,
+            },
+            client: None,
+        },
+    );
 }
 
 /// The first of the worker's dependencies whose check fails when run now.

@@ -20,7 +20,7 @@ use selfheal::db::postgres::BEGIN_SERIALIZABLE;
 use selfheal::db::schema::{self, Column, Drift, Index, Schema, Startup, Table};
 use selfheal::db::{self, Guard, Runner, TxStep};
 use selfheal::health::{HealKind, Monitor};
-use selfheal::observe::{Event, Observer};
+use selfheal::observe::{Event, Fanout, Observer};
 use selfheal::retry::{Backoff, Budget, Policy};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -210,8 +210,11 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
             // Eight writers on one row: the unluckiest transaction loses the
             // race to the other seven several times over (up to ~16 attempts
             // were seen); the default policy allows for that.
-            .with_policy(Runner::<sqlx::Postgres>::default_policy().with_observer(retries.clone()))
-            .with_monitor(monitor.clone());
+            .with_policy(Runner::<sqlx::Postgres>::default_policy())
+            .with_observer(Arc::new(Fanout::new(vec![
+                retries.clone(),
+                monitor.observer(),
+            ])));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..TASKS {
@@ -676,7 +679,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
         let guarded = Runner::new(pool.clone())
             .with_guard(Guard::default())
             .with_policy(fast())
-            .with_monitor(monitor.clone());
+            .with_observer(monitor.observer());
         proxy.arm();
         let mut runs = 0;
         let value = guarded
@@ -866,7 +869,7 @@ async fn a_commit_still_in_flight_when_the_guard_looks_is_caught_by_its_row() {
                 Runner::<sqlx::Postgres>::default_policy()
                     .with_backoff(Backoff::constant(Duration::from_millis(1))),
             )
-            .with_monitor(monitor.clone());
+            .with_observer(monitor.observer());
         proxy.arm_delayed(Duration::from_millis(500));
         let runs = AtomicU32::new(0);
         let value = guarded

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use selfheal::db::schema::{self, Column, Drift, Index, Schema, Startup, StartupError, Table};
 use selfheal::db::{self, Guard, Runner, TxStep};
 use selfheal::health::{HealKind, Monitor};
-use selfheal::observe::{Event, Observer};
+use selfheal::observe::{Event, Fanout, Observer};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, SqliteConnection};
 
@@ -170,8 +170,11 @@ async fn runner_keeps_contended_increments_exact() {
         let retries = Arc::new(Retries::default());
         let monitor = Monitor::builder().global(false).build().unwrap();
         let runner = Runner::new(pool.clone())
-            .with_policy(Runner::<sqlx::Sqlite>::default_policy().with_observer(retries.clone()))
-            .with_monitor(monitor.clone());
+            .with_policy(Runner::<sqlx::Sqlite>::default_policy())
+            .with_observer(Arc::new(Fanout::new(vec![
+                retries.clone(),
+                monitor.observer(),
+            ])));
         let stop = Arc::new(AtomicBool::new(false));
         let holder = spawn_lock_holder(db.options(BUSY_TIMEOUT), HOLD, REST, stop.clone());
 
@@ -703,7 +706,7 @@ async fn a_give_up_is_recorded_under_its_code_and_operation() {
                     .with_max_attempts(3)
                     .unwrap(),
             )
-            .with_monitor(monitor.clone());
+            .with_observer(monitor.observer());
         let error = runner
             .run("save_progress", async |tx| {
                 sqlx::query("UPDATE counter SET value = value + 1")

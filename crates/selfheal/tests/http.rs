@@ -976,7 +976,7 @@ async fn failures_reach_the_health_monitor_with_per_dependency_fingerprints() {
     let refused = refused_port().await;
     let client = client(
         ResilientMiddleware::builder()
-            .with_observer(Arc::new(monitor.observer()))
+            .with_observer(monitor.observer())
             .with_backoff(Backoff::immediate())
             .build()
             .unwrap(),

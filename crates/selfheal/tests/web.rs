@@ -749,8 +749,7 @@ async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records(
             }
         });
     // The retry engine's events, through the monitor's observer.
-    let observer: std::sync::Arc<dyn selfheal::observe::Observer> =
-        std::sync::Arc::new(monitor.observer());
+    let observer = monitor.observer();
     let policy = Policy::default()
         .with_max_attempts(2)
         .unwrap()

@@ -185,7 +185,7 @@ fn runner<DB: selfheal::db::Backend>(
     heal: bool,
     monitor: &Monitor,
 ) -> anyhow::Result<Runner<DB>> {
-    let runner = runner.with_monitor(monitor.clone());
+    let runner = runner.with_observer(monitor.observer());
     Ok(if heal {
         runner.with_guard(Guard::new())
     } else {

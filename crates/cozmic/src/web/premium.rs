@@ -5,6 +5,7 @@ use askama_web::WebTemplate;
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use selfheal::observe::{Event, Failure};
 use serde::Deserialize;
 
 use super::auth::SignedIn;
@@ -121,11 +122,14 @@ pub(super) async fn subscribe(
         }
         Err(UpstreamError::Refused(status)) => {
             state.db().fail_payment(&key).await?;
-            state.monitor().record_error(
-                "PaymentRefused",
-                "payments:charge",
-                &format!("HTTP {status}"),
-            );
+            state.report(&Event::Error {
+                operation: "payments:charge",
+                failure: Failure {
+                    kind: "PaymentRefused",
+                    message: &format_args!("HTTP {status}"),
+                },
+                client: None,
+            });
             Ok(message(
                 &visitor,
                 StatusCode::PAYMENT_REQUIRED,

@@ -892,7 +892,7 @@ impl Inner {
         self.state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)?;
         observe::emit(
-            self.observer.as_ref(),
+            self.observer.as_deref(),
             &Event::BreakerTransition {
                 breaker: &self.name,
                 from: word::state(from),
@@ -904,7 +904,7 @@ impl Inner {
 
     fn reject(&self, state: BreakerState, retry_in: Duration) -> Open {
         observe::emit(
-            self.observer.as_ref(),
+            self.observer.as_deref(),
             &Event::BreakerRejected {
                 breaker: &self.name,
                 retry_in,

@@ -12,8 +12,7 @@ use sqlx::{Pool, Transaction};
 use super::classify::{self, AsSqlx};
 use super::guard::Guard;
 use super::{Backend, unix_ms};
-use crate::health::{HealKind, Monitor};
-use crate::observe::{Event, GiveUpReason, Observer};
+use crate::observe::{self, Event, Failure, GiveUpReason, HealKind, Observer};
 use crate::retry::{Backoff, Budget, Classify, Policy, Verdict};
 
 /// Runs database transactions that heal: a transient failure at any step
@@ -32,13 +31,12 @@ use crate::retry::{Backoff, Budget, Classify, Policy, Verdict};
 /// | begin statement | SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `BEGIN` (set an isolation level with [`Runner::with_begin`]) |
 /// | idempotency guard | off ([`Runner::with_guard`]) |
 /// | re-run after an ambiguous commit without the guard | no ([`Runner::assume_idempotent`]) |
-/// | monitor | none: events go to the policy's observer (the global one by default) |
+/// | observer | the policy's: none, so events go to the global observer (the monitor, once started) |
 pub struct Runner<DB: Backend> {
     pool: Pool<DB>,
     policy: Policy<TxClassify>,
     begin: Option<Cow<'static, str>>,
     guard: Option<Arc<GuardState>>,
-    monitor: Option<Monitor>,
 }
 
 impl<DB: Backend> Clone for Runner<DB> {
@@ -48,7 +46,6 @@ impl<DB: Backend> Clone for Runner<DB> {
             policy: self.policy.clone(),
             begin: self.begin.clone(),
             guard: self.guard.clone(),
-            monitor: self.monitor.clone(),
         }
     }
 }
@@ -60,7 +57,6 @@ impl<DB: Backend> fmt::Debug for Runner<DB> {
             .field("policy", &self.policy)
             .field("begin", &self.begin)
             .field("guard", &self.guard.as_ref().map(|g| &g.config))
-            .field("monitor", &self.monitor.is_some())
             .finish()
     }
 }
@@ -304,7 +300,6 @@ impl<DB: Backend> Runner<DB> {
             }),
             begin: DB::default_begin().map(Cow::Borrowed),
             guard: None,
-            monitor: None,
         }
     }
 
@@ -348,9 +343,6 @@ impl<DB: Backend> Runner<DB> {
     /// ([`classify`](super::classify)).
     pub fn with_policy<C>(mut self, policy: Policy<C>) -> Self {
         self.policy = policy.with_classifier(*self.policy.classifier());
-        if let Some(monitor) = self.monitor.take() {
-            self = self.with_monitor(monitor);
-        }
         self
     }
 
@@ -389,18 +381,15 @@ impl<DB: Backend> Runner<DB> {
         self
     }
 
-    /// Reports to `monitor`: every re-run is a
-    /// [`HealKind::TransactionRerun`], an ambiguous commit the runner could
-    /// not resolve is an error (`commit_unknown`), and the engine's events
-    /// (retries, recoveries, give-ups) go to this monitor (and to the
-    /// policy's own observer, if it has one) instead of the global observer.
-    pub fn with_monitor(mut self, monitor: Monitor) -> Self {
-        let observer: Arc<dyn Observer> = match self.policy.observer() {
-            Some(existing) => Arc::new(Both(existing.clone(), Arc::new(monitor.observer()))),
-            None => Arc::new(monitor.observer()),
-        };
+    /// Reports to `observer` (a [`Monitor`](crate::health::Monitor)'s
+    /// [`observer`](crate::health::Monitor::observer), say) instead of the
+    /// global observer: the engine's events (retries, recoveries, give-ups),
+    /// every re-run as a [`HealKind::TransactionRerun`] heal, and an
+    /// ambiguous commit the runner could not resolve as a `commit_unknown`
+    /// error. Shorthand for setting the observer of the runner's policy; to
+    /// report to several, pass a [`Fanout`](crate::observe::Fanout).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.policy = self.policy.with_observer(observer);
-        self.monitor = Some(monitor);
         self
     }
 
@@ -473,18 +462,20 @@ impl<DB: Backend> Runner<DB> {
         F: AsyncFnMut(&mut Transaction<'_, DB>) -> Result<T, E>,
         E: From<sqlx::Error> + AsSqlx + fmt::Display,
     {
-        let state = tokio::sync::Mutex::new(State {
+        let state = State {
             body,
             attempt: 0,
             id: self.guard.as_ref().map(|_| new_operation_id()),
             unknown: false,
             pending: Vec::new(),
-        });
-        let outcome = self
+        };
+        let (mut state, outcome) = self
             .policy
-            .retry_named(operation, || self.attempt(&state, operation))
+            .retry_with(operation, state, |mut state| async move {
+                let outcome = self.attempt(&mut state, operation).await;
+                (state, outcome)
+            })
             .await;
-        let mut state = state.into_inner();
         let failure = match outcome {
             Ok(value) => return Ok(value),
             Err(failure) => failure,
@@ -508,9 +499,17 @@ impl<DB: Backend> Runner<DB> {
                 attempts,
                 "transaction gave up after a commit with an unknown outcome: it may have been applied"
             );
-            if let Some(monitor) = &self.monitor {
-                monitor.record_error("commit_unknown", operation, &error);
-            }
+            observe::emit(
+                self.policy.observer().map(|o| &**o),
+                &Event::Error {
+                    operation,
+                    failure: Failure {
+                        kind: "commit_unknown",
+                        message: &error,
+                    },
+                    client: None,
+                },
+            );
         }
         Err(TxError {
             error,
@@ -525,21 +524,23 @@ impl<DB: Backend> Runner<DB> {
     /// body, write the guard row, commit.
     async fn attempt<F, T, E>(
         &self,
-        state: &tokio::sync::Mutex<State<F, T>>,
+        state: &mut State<F, T>,
         operation: &str,
     ) -> Result<T, Attempt<E>>
     where
         F: AsyncFnMut(&mut Transaction<'_, DB>) -> Result<T, E>,
         E: From<sqlx::Error>,
     {
-        let mut state = state.lock().await;
-        let state = &mut *state;
         state.attempt += 1;
         let attempt = state.attempt;
-        if attempt > 1
-            && let Some(monitor) = &self.monitor
-        {
-            monitor.record_heal(HealKind::TransactionRerun, operation);
+        if attempt > 1 {
+            observe::emit(
+                self.policy.observer().map(|o| &**o),
+                &Event::Heal {
+                    kind: HealKind::TransactionRerun,
+                    operation,
+                },
+            );
         }
         let fail = |error: sqlx::Error, step| Attempt::new(E::from(error), step);
 
@@ -646,16 +647,6 @@ impl<DB: Backend> Runner<DB> {
                 ),
             }
         });
-    }
-}
-
-/// Two observers.
-struct Both(Arc<dyn Observer>, Arc<dyn Observer>);
-
-impl Observer for Both {
-    fn on_event(&self, event: &Event<'_>) {
-        self.0.on_event(event);
-        self.1.on_event(event);
     }
 }
 

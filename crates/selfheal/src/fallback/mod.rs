@@ -127,7 +127,7 @@ impl Fallback {
 
     pub(crate) fn report(&self, kind: &str, message: &dyn fmt::Display) {
         observe::emit(
-            self.observer.as_ref(),
+            self.observer.as_deref(),
             &Event::FallbackUsed {
                 operation: &self.name,
                 failure: Failure { kind, message },

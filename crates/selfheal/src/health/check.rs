@@ -104,7 +104,7 @@ impl Check {
             Err(_) => Err(format!("timed out after {:?}", self.options.timeout)),
         };
         let passing = outcome.is_ok();
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last);
         last.passing = Some(passing);
         last.message = outcome
             .err()
@@ -118,6 +118,6 @@ impl Check {
     }
 
     pub(crate) fn result(&self) -> CheckResult {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::lock(&self.last).clone()
     }
 }

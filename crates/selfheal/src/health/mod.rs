@@ -67,6 +67,7 @@ mod alert;
 mod check;
 #[cfg(feature = "email")]
 mod email;
+mod observer;
 mod report;
 mod table;
 #[cfg(feature = "webhook")]
@@ -96,8 +97,8 @@ pub use report::{
 pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
 
 use crate::ConfigError;
-pub use crate::observe::HealKind;
-use crate::observe::{self, BreakerState, Event, Failure, GiveUpReason, Observer};
+use crate::observe::{self, BreakerState, Event, Failure, Observer};
+pub use crate::observe::{ClientId, HealKind};
 use crate::retry::{Backoff, Policy};
 use alert::{AlertBook, Transition};
 use check::Check;
@@ -106,53 +107,6 @@ use window::{ByClient, Ring};
 
 /// The fingerprint every event beyond `max_fingerprints` is counted under.
 pub const OTHER: &str = "other";
-
-/// Who an error happened to: a hash of the client's address (or any stable
-/// key of the caller's: a session, an account), for
-/// [`Monitor::record_error_from`].
-///
-/// **A client's input is not the server's health.** A request whose content
-/// makes the server fail (a byte the database refuses, a value a handler
-/// did not expect) is a bug worth seeing on the dashboard, but if one client
-/// can send thirty of them and turn the status critical or fire the
-/// repeated-error alert, then any anonymous visitor can page the on-call
-/// engineer, and (with shedding on) take the instance out of service. A
-/// real fault of the server hurts many clients. So errors recorded with a
-/// client count for the status and the alert rules only once their
-/// fingerprint was seen from [`min_clients`](MonitorBuilder::min_clients)
-/// distinct clients (3 by default) within the rule's window; until then
-/// they are shown (every count, on the dashboard and in `health.json`) but
-/// do not move anything. Errors without a client (workers, checks, alert
-/// sinks: the server's own work) always count.
-///
-/// Distinct clients are counted in a 32-bit sketch per bucket: no memory
-/// grows with the number of clients, and one client's storm costs one
-/// atomic load per error. An attacker with many addresses is a distributed
-/// attack; rate limiting at the edge is the answer to that.
-///
-/// ```
-/// use selfheal::health::{ClientId, Monitor, Status};
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let monitor = Monitor::builder().global(false).build().unwrap();
-/// let attacker = ClientId::of("203.0.113.9");
-/// for _ in 0..50 {
-///     monitor.record_error_from("500", "/login", &"invalid byte sequence", Some(attacker));
-/// }
-/// monitor.evaluate();
-/// assert_eq!(monitor.status(), Status::Healthy, "one client moves nothing");
-/// assert_eq!(monitor.report(std::time::Duration::from_secs(900)).fingerprints[0].count, 50);
-/// # }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientId(u64);
-
-impl ClientId {
-    /// The id of `key` (an address, a session id…), hashed.
-    pub fn of(key: impl std::hash::Hash) -> Self {
-        Self(foldhash::quality::FixedState::default().hash_one(key))
-    }
-}
 
 /// The rules that turn counts into a [`Status`]. Evaluated on every read
 /// (status, summary, report, `/readyz`), never on the record path.
@@ -480,7 +434,7 @@ impl MonitorBuilder {
         let monitor = self.build()?;
         monitor.spawn_tasks();
         if global {
-            observe::set_global(Arc::new(monitor.observer()));
+            observe::set_global(monitor.observer());
         }
         Ok(monitor)
     }
@@ -601,9 +555,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// The health monitor. Cheap to clone; clones share everything. See the
 /// [module docs](self).
@@ -735,6 +687,7 @@ impl Monitor {
             listener.on_event(&Event::Error {
                 operation,
                 failure: Failure { kind, message },
+                client,
             });
         }
     }
@@ -888,12 +841,12 @@ impl Monitor {
         self.inner.table.len()
     }
 
-    /// An [`Observer`] feeding this monitor, to attach to a policy or breaker
-    /// (or to install globally; [`MonitorBuilder::start`] does).
-    pub fn observer(&self) -> MonitorObserver {
-        MonitorObserver {
-            monitor: self.clone(),
-        }
+    /// This monitor as a shared [`Observer`], to attach to a policy, a
+    /// breaker or a runner (or to install globally; [`MonitorBuilder::start`]
+    /// does). The monitor is an observer itself: `Some(&monitor)` can be
+    /// passed to [`observe::emit`] directly.
+    pub fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(self.clone())
     }
 
     /// Registers a check: `probe` runs every `options.interval` (bounded by
@@ -1167,92 +1120,6 @@ async fn deliver_alerts(inner: Weak<Inner>, mut rx: mpsc::Receiver<Alert>) {
         }
         drop(monitor);
         while deliveries.join_next().await.is_some() {}
-    }
-}
-
-/// Feeds a [`Monitor`] from selfheal's [observer hook](crate::observe).
-///
-/// What each event becomes:
-///
-/// | event | recorded as |
-/// |---|---|
-/// | `Retry` | a retry count (not an error: the call may still recover) |
-/// | `Recovered` | a `retry_recovered` heal |
-/// | `GaveUp` on a transient failure | an error (kind, operation); a budget refusal is counted too |
-/// | `GaveUp` on a permanent failure | nothing: it is the operation's answer, and the caller decides whether it is an error |
-/// | `FallbackUsed` | an error and a `fallback_used` heal |
-/// | `BreakerTransition` | the breaker's state; `breaker_opened` / `breaker_closed` heals |
-/// | `BreakerRejected` | a rejection count |
-#[derive(Clone, Debug)]
-pub struct MonitorObserver {
-    monitor: Monitor,
-}
-
-impl Observer for MonitorObserver {
-    fn on_event(&self, event: &Event<'_>) {
-        let m = &self.monitor;
-        match *event {
-            // Recorded, and passed on to the listener by the recording.
-            Event::Error { operation, failure } => {
-                m.record_error(failure.kind, operation, failure.message);
-                return;
-            }
-            Event::Heal { kind, operation } => {
-                m.record_heal(kind, operation);
-                return;
-            }
-            _ => {}
-        }
-        match *event {
-            Event::Retry { .. } => {
-                m.inner.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Recovered { operation, .. } => {
-                m.record_heal(HealKind::RetryRecovered, operation)
-            }
-            Event::GaveUp {
-                reason: GiveUpReason::Permanent,
-                ..
-            } => {}
-            Event::GaveUp {
-                operation,
-                reason,
-                failure,
-                ..
-            } => {
-                if reason == GiveUpReason::Budget {
-                    m.inner.budget_refusals.fetch_add(1, Ordering::Relaxed);
-                }
-                m.record_error(failure.kind, operation, failure.message);
-            }
-            Event::FallbackUsed { operation, failure } => {
-                m.record_error(failure.kind, operation, failure.message);
-                m.record_heal(HealKind::FallbackUsed, operation);
-            }
-            Event::BreakerTransition { breaker, to, .. } => {
-                {
-                    let mut breakers = lock(&m.inner.breakers);
-                    if breakers.len() < 256 || breakers.contains_key(breaker) {
-                        breakers.insert(breaker.to_owned(), (to, m.now().ms));
-                    }
-                }
-                match to {
-                    BreakerState::Open => m.record_heal(HealKind::BreakerOpened, breaker),
-                    BreakerState::Closed => m.record_heal(HealKind::BreakerClosed, breaker),
-                    BreakerState::HalfOpen => {}
-                }
-            }
-            Event::BreakerRejected { .. } => {
-                m.inner.breaker_rejections.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        // The event itself (retries, give-ups, breaker states) for the
-        // listener; the errors and heals it caused reached it as they were
-        // recorded above.
-        if let Some(listener) = m.inner.listener.get() {
-            listener.on_event(event);
-        }
     }
 }
 

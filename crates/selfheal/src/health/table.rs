@@ -69,7 +69,7 @@ impl Table {
         if self.len.load(Ordering::Relaxed) >= self.max {
             return self.get(hash, kind, operation);
         }
-        let _guard = self.insert.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = crate::sync::lock(&self.insert);
         match self.probe(hash, kind, operation) {
             Ok(fp) => Some(fp),
             Err(_) if self.len.load(Ordering::Relaxed) >= self.max => None,

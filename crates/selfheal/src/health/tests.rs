@@ -348,7 +348,7 @@ async fn the_observer_hook_feeds_the_monitor() {
     let m = monitor();
     let policy = Policy::default()
         .with_backoff(Backoff::immediate())
-        .with_observer(Arc::new(m.observer()));
+        .with_observer(m.observer());
     let mut n = 0;
     policy
         .retry_named("send_email", || {
@@ -363,7 +363,7 @@ async fn the_observer_hook_feeds_the_monitor() {
         })
         .await;
     crate::fallback::Fallback::new("courses")
-        .with_observer(Arc::new(m.observer()))
+        .with_observer(m.observer())
         .or_default(async { Err::<Vec<u8>, _>("db gone") })
         .await;
 

@@ -348,7 +348,7 @@ impl Inner {
                     self.bound_attempt(&mut request, &run, policy.deadline());
                     next.clone().run(request, extensions)
                 };
-                let mut outcome = if traced {
+                let outcome = if traced {
                     sent.instrument(span.clone()).await
                 } else {
                     sent.await
@@ -357,51 +357,49 @@ impl Inner {
                 // any wait; the engine's events belong to the call's span.
                 let wait = {
                     let _entered = span.enter();
-                    run.attempts += 1;
-                    let verdict = policy.verdict(&outcome);
-                    pass.record(is_breaker_failure(verdict, &outcome));
-                    let Some(verdict) = verdict else {
-                        policy.on_success(&run, &dep.operation);
-                        break outcome;
-                    };
-                    if let Err(error) = &mut outcome {
-                        redact(error);
-                    }
-                    if verdict.is_retryable() {
-                        let nothing_sent = matches!(
-                            &outcome,
-                            Err(e) if ErrorClass::of(e) == ErrorClass::Connect
-                        );
-                        // A stream body cannot be sent again; an unkeyed
-                        // POST that may have reached the server must not be.
-                        if keep.is_none() || (replay == Replay::IfNothingSent && !nothing_sent) {
-                            run.no_more_attempts();
-                        }
-                    }
-                    let elapsed = run.started.map(|t| t.elapsed());
-                    match policy.on_failure(&mut run, &outcome, verdict, elapsed, &dep.operation) {
-                        // Unreachable without a copy: the engine was told
-                        // that no attempt may follow.
-                        Step::Retry(_) if keep.is_none() => break outcome,
-                        // Dropping the outcome frees the connection.
+                    let step = policy.after_attempt_with(
+                        &mut run,
+                        outcome,
+                        &dep.operation,
+                        |run, outcome, verdict| {
+                            pass.record(is_breaker_failure(verdict, outcome));
+                            let Some(verdict) = verdict else { return };
+                            if let Err(error) = outcome {
+                                redact(error);
+                            }
+                            let nothing_sent = matches!(
+                                &*outcome,
+                                Err(e) if ErrorClass::of(e) == ErrorClass::Connect
+                            );
+                            // A stream body cannot be sent again; an unkeyed
+                            // POST that may have reached the server must not be.
+                            if verdict.is_retryable()
+                                && (keep.is_none()
+                                    || (replay == Replay::IfNothingSent && !nothing_sent))
+                            {
+                                run.no_more_attempts();
+                            }
+                        },
+                    );
+                    match step {
+                        // Dropping the outcome freed the connection. The
+                        // engine plans a retry only while a copy was kept.
                         Step::Retry(delay) => delay,
                         Step::GiveUp {
+                            outcome: Ok(response),
                             reason: GiveUpReason::Deadline,
                             hint: Some(hint),
                         } => {
-                            break match outcome {
-                                Ok(response) => Err(reqwest_middleware::Error::middleware(
-                                    Unavailable::beyond_deadline(
-                                        Arc::clone(&dep.name),
-                                        hint,
-                                        response.status(),
-                                        run.attempts,
-                                    ),
-                                )),
-                                Err(error) => Err(error),
-                            };
+                            break Err(reqwest_middleware::Error::middleware(
+                                Unavailable::beyond_deadline(
+                                    Arc::clone(&dep.name),
+                                    hint,
+                                    response.status(),
+                                    run.attempts,
+                                ),
+                            ));
                         }
-                        Step::GiveUp { .. } => break outcome,
+                        Step::Done(outcome) | Step::GiveUp { outcome, .. } => break outcome,
                     }
                 };
                 if !wait.is_zero() {

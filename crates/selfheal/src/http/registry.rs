@@ -193,8 +193,9 @@ impl fmt::Debug for Registry {
     }
 }
 
+#[inline]
 fn read(map: &RwLock<Map>) -> std::sync::RwLockReadGuard<'_, Map> {
-    map.read().unwrap_or_else(|p| p.into_inner())
+    crate::sync::read(map)
 }
 
 impl Registry {
@@ -224,7 +225,7 @@ impl Registry {
 
     #[cold]
     fn insert(&self, key: &str, port: Option<u16>) -> Arc<Dep> {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::write(&self.map);
         let count: usize = map.values().map(Vec::len).sum();
         if let Some(dep) = map
             .get(key)

@@ -64,10 +64,7 @@ impl SeededRandom {
 
 impl Random for SeededRandom {
     fn next_f64(&self) -> f64 {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .f64()
+        crate::sync::lock(&self.0).f64()
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Classify, Next, Policy, RetryError, Run};
+use super::{Classify, Policy, Run, Step};
 
 /// Applies a [`Policy`] to every request of a tower service: the same engine
 /// as [`Policy::retry`], for services whose requests can be cloned.
@@ -149,11 +149,11 @@ where
                     let policy = &**this.policy;
                     match policy.after_attempt(this.run, outcome, policy.name()) {
                         // Giving up returns the last response or error as it is.
-                        Next::Done(result) => {
-                            return Poll::Ready(result.map_err(RetryError::into_inner));
+                        Step::Done(outcome) | Step::GiveUp { outcome, .. } => {
+                            return Poll::Ready(outcome);
                         }
-                        Next::Wait(delay) if delay.is_zero() => this.state.set(State::Readying),
-                        Next::Wait(delay) => this.state.set(State::Sleeping {
+                        Step::Retry(delay) if delay.is_zero() => this.state.set(State::Readying),
+                        Step::Retry(delay) => this.state.set(State::Sleeping {
                             sleep: tokio::time::sleep(delay),
                         }),
                     }

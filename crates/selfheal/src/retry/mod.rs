@@ -134,16 +134,46 @@ impl<C: fmt::Debug> fmt::Debug for Policy<C> {
     }
 }
 
-/// What the engine does after a failed attempt.
+/// What the engine decided after one attempt: the one decision every driver
+/// (async, blocking, tower, context-carrying, the HTTP middleware) acts on.
+///
+/// `O` is what the decision carries: the attempt's outcome for a driver
+/// (`Step<Result<T, E>>`), nothing inside the engine's own planning
+/// (`Step<()>`). A retry carries no outcome: it is dropped before the wait,
+/// which frees what it holds (a connection, a response body).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Wait this long, then try again.
+pub(crate) enum Step<O> {
+    /// A success (the classifier's word): return it.
+    Done(O),
+    /// Wait this long (a zero wait must not touch the timer), then try again.
     Retry(Duration),
-    /// Stop; `hint` is the server's last retry-after hint, if any.
+    /// Stop and return the last outcome.
     GiveUp {
+        /// The last outcome.
+        outcome: O,
+        /// Why the engine stopped.
         reason: GiveUpReason,
+        /// The server's last retry-after hint, if any.
         hint: Option<Duration>,
     },
+}
+
+impl<T, E> Step<Result<T, E>> {
+    /// The caller's result: a success as it is, a give-up with its failure
+    /// wrapped in a [`RetryError`] (a response the classifier refused is
+    /// returned as it is: the caller reads its status).
+    #[inline]
+    pub(crate) fn into_result(self, attempts: u32) -> Option<Result<T, RetryError<E>>> {
+        match self {
+            Step::Done(outcome) => Some(outcome.map_err(|_| unreachable!("a success is Ok"))),
+            Step::Retry(_) => None,
+            Step::GiveUp {
+                outcome,
+                reason,
+                hint,
+            } => Some(outcome.map_err(|e| RetryError::new(e, reason, attempts, hint))),
+        }
+    }
 }
 
 /// The state of one logical call, shared by every driver (async, blocking,
@@ -203,14 +233,6 @@ impl Elapsed for std::time::Instant {
     fn elapsed(&self) -> Duration {
         std::time::Instant::elapsed(self)
     }
-}
-
-/// What a driver does after one attempt.
-pub(crate) enum Next<T, E> {
-    /// Return this.
-    Done(Result<T, RetryError<E>>),
-    /// Wait this long (a zero wait must not touch the timer), then try again.
-    Wait(Duration),
 }
 
 impl<C> Policy<C> {
@@ -338,15 +360,36 @@ impl<C> Policy<C> {
         run: &mut Run<I>,
         outcome: Result<T, E>,
         operation: &str,
-    ) -> Next<T, E>
+    ) -> Step<Result<T, E>>
+    where
+        C: Classify<T, E>,
+        E: fmt::Display,
+    {
+        self.after_attempt_with(run, outcome, operation, |_, _, _| {})
+    }
+
+    /// [`Policy::after_attempt`] with a hook that sees the classified
+    /// outcome before the engine decides: the HTTP middleware records it on
+    /// its breaker, redacts an error's URL, and caps the attempts of a
+    /// request that must not be repeated ([`Run::no_more_attempts`]).
+    #[inline(always)]
+    pub(crate) fn after_attempt_with<I: Elapsed, T, E>(
+        &self,
+        run: &mut Run<I>,
+        mut outcome: Result<T, E>,
+        operation: &str,
+        hook: impl FnOnce(&mut Run<I>, &mut Result<T, E>, Option<Verdict>),
+    ) -> Step<Result<T, E>>
     where
         C: Classify<T, E>,
         E: fmt::Display,
     {
         run.attempts += 1;
-        let Some(verdict) = self.verdict(&outcome) else {
+        let verdict = self.verdict(&outcome);
+        hook(run, &mut outcome, verdict);
+        let Some(verdict) = verdict else {
             self.on_success(run, operation);
-            return Next::Done(outcome.map_err(|_| unreachable!("a verdict-less outcome is Ok")));
+            return Step::Done(outcome);
         };
         self.after_failure(run, outcome, verdict, operation)
     }
@@ -359,23 +402,26 @@ impl<C> Policy<C> {
         outcome: Result<T, E>,
         verdict: Verdict,
         operation: &str,
-    ) -> Next<T, E>
+    ) -> Step<Result<T, E>>
     where
         C: Classify<T, E>,
         E: fmt::Display,
     {
         let elapsed = run.started.as_ref().map(Elapsed::elapsed);
         match self.on_failure(run, &outcome, verdict, elapsed, operation) {
-            Step::Retry(delay) => Next::Wait(delay),
-            Step::GiveUp { reason, hint } => {
-                Next::Done(outcome.map_err(|e| RetryError::new(e, reason, run.attempts, hint)))
-            }
+            Step::Done(()) => unreachable!("a failure is never done"),
+            Step::Retry(delay) => Step::Retry(delay),
+            Step::GiveUp { reason, hint, .. } => Step::GiveUp {
+                outcome,
+                reason,
+                hint,
+            },
         }
     }
 
     /// Classifies an outcome: `None` when it is a success to return.
     #[inline]
-    pub(crate) fn verdict<T, E>(&self, outcome: &Result<T, E>) -> Option<Verdict>
+    fn verdict<T, E>(&self, outcome: &Result<T, E>) -> Option<Verdict>
     where
         C: Classify<T, E>,
     {
@@ -387,13 +433,13 @@ impl<C> Policy<C> {
 
     /// Records a success; reports a recovery when it took more than one attempt.
     #[inline]
-    pub(crate) fn on_success<I>(&self, run: &Run<I>, operation: &str) {
+    fn on_success<I>(&self, run: &Run<I>, operation: &str) {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
         if run.attempts > 1 {
             observe::emit(
-                self.observer.as_ref(),
+                self.observer.as_deref(),
                 &Event::Recovered {
                     operation,
                     attempts: run.attempts,
@@ -414,7 +460,7 @@ impl<C> Policy<C> {
         verdict: Verdict,
         elapsed: Option<Duration>,
         operation: &str,
-    ) -> Step
+    ) -> Step<()>
     where
         C: Classify<T, E>,
         E: fmt::Display,
@@ -442,16 +488,18 @@ impl<C> Policy<C> {
                 reason,
                 failure,
             },
+            Step::Done(()) => unreachable!("the plan never answers done"),
         };
-        observe::emit(self.observer.as_ref(), &event);
+        observe::emit(self.observer.as_deref(), &event);
         step
     }
 
     /// The decision itself, without reporting.
-    fn plan<I>(&self, run: &mut Run<I>, verdict: Verdict, elapsed: Option<Duration>) -> Step {
+    fn plan<I>(&self, run: &mut Run<I>, verdict: Verdict, elapsed: Option<Duration>) -> Step<()> {
         let hint = match verdict {
             Verdict::Permanent => {
                 return Step::GiveUp {
+                    outcome: (),
                     reason: GiveUpReason::Permanent,
                     hint: None,
                 };
@@ -461,7 +509,11 @@ impl<C> Policy<C> {
         };
         // Every transient failure costs a token, retried or not (gRPC A6).
         let budget_allows = self.budget.as_ref().is_none_or(|b| b.withdraw());
-        let give_up = |reason| Step::GiveUp { reason, hint };
+        let give_up = |reason| Step::GiveUp {
+            outcome: (),
+            reason,
+            hint,
+        };
         if run.attempts >= self.max_attempts.min(run.attempt_cap) {
             return give_up(GiveUpReason::MaxAttempts);
         }
@@ -541,15 +593,72 @@ impl<C> Policy<C> {
         loop {
             let outcome = op().await;
             match self.after_attempt(&mut run, outcome, self.op_name(operation)) {
-                Next::Done(result) => return result,
-                Next::Wait(delay) if delay.is_zero() => {}
+                Step::Retry(delay) if delay.is_zero() => {}
                 // Boxed: a `Sleep` held inline makes this future's drop glue
                 // too big to inline, and the out-of-line drop keeps the whole
                 // state machine in memory even when the first attempt
                 // succeeds. One allocation per real wait (which lasts at least
                 // a timer tick, 1 ms) is noise; the success path then costs
                 // nothing extra.
-                Next::Wait(delay) => Box::pin(tokio::time::sleep(delay)).await,
+                Step::Retry(delay) => Box::pin(tokio::time::sleep(delay)).await,
+                done => return done.into_result(run.attempts).expect("not a retry"),
+            }
+        }
+    }
+
+    /// [`Policy::retry_named`] for an operation that carries state from one
+    /// attempt to the next: `op` takes the context by value and hands it
+    /// back with the attempt's outcome, and the call returns the context
+    /// with the result (the pattern of backon's `retry_with_context`). No
+    /// lock, no `Rc<RefCell<…>>`: an attempt owns the state while it runs.
+    ///
+    /// `op` is a closure returning a future (not an async closure): the
+    /// future then borrows only what the closure captured, and stays `Send`
+    /// where an async closure would trip rust-lang/rust#138207.
+    ///
+    /// The db runner uses it to keep an operation id and the values of
+    /// attempts whose commit outcome is still unknown.
+    ///
+    /// ```
+    /// use selfheal::retry::Policy;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let policy = Policy::default();
+    /// // The context counts the attempts; the second one succeeds.
+    /// let (tries, result) = policy
+    ///     .retry_with("count", 0_u32, |tries| async move {
+    ///         let tries = tries + 1;
+    ///         (tries, if tries < 2 { Err("flaky") } else { Ok(tries) })
+    ///     })
+    ///     .await;
+    /// assert_eq!((tries, result.unwrap()), (2, 2));
+    /// # }
+    /// ```
+    pub async fn retry_with<X, F, Fut, T, E>(
+        &self,
+        operation: &str,
+        mut context: X,
+        mut op: F,
+    ) -> (X, Result<T, RetryError<E>>)
+    where
+        F: FnMut(X) -> Fut,
+        Fut: Future<Output = (X, Result<T, E>)>,
+        C: Classify<T, E>,
+        E: fmt::Display,
+    {
+        let mut run = Run::new(self.deadline.map(|_| tokio::time::Instant::now()));
+        loop {
+            let (back, outcome) = op(context).await;
+            context = back;
+            match self.after_attempt(&mut run, outcome, operation) {
+                Step::Retry(delay) if delay.is_zero() => {}
+                Step::Retry(delay) => Box::pin(tokio::time::sleep(delay)).await,
+                done => {
+                    return (
+                        context,
+                        done.into_result(run.attempts).expect("not a retry"),
+                    );
+                }
             }
         }
     }
@@ -586,9 +695,9 @@ impl<C> Policy<C> {
         let mut run = Run::new(self.deadline.map(|_| std::time::Instant::now()));
         loop {
             match self.after_attempt(&mut run, op(), operation) {
-                Next::Done(result) => return result,
-                Next::Wait(delay) if delay.is_zero() => {}
-                Next::Wait(delay) => std::thread::sleep(delay),
+                Step::Retry(delay) if delay.is_zero() => {}
+                Step::Retry(delay) => std::thread::sleep(delay),
+                done => return done.into_result(run.attempts).expect("not a retry"),
             }
         }
     }

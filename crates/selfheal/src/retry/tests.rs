@@ -456,6 +456,7 @@ fn a_run_told_no_more_attempts_gives_up_with_max_attempts_and_reports_it() {
     assert_eq!(
         step,
         Step::GiveUp {
+            outcome: (),
             reason: GiveUpReason::MaxAttempts,
             hint: None
         }

@@ -16,7 +16,8 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::respond::{self, ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder};
-use crate::health::{ClientId, HealKind, Monitor, Status};
+use crate::health::{ClientId, Monitor, Status};
+use crate::observe::{self, Event, Failure, HealKind};
 
 /// How [`HealLayer`] tells a request's client apart, so that failures
 /// caused by one client (its input) do not move the monitor's status or fire
@@ -369,11 +370,10 @@ impl RequestContext {
         let status = response.status();
         let route = self.route();
         let reason = status.canonical_reason().unwrap_or("server error");
-        self.shared.monitor.record_error_from(
+        self.report_error(
             status.as_str(),
             route,
             &format_args!("the handler answered {} {reason}", status.as_str()),
-            self.client.id(),
         );
         let request_id = self.request_id();
         if response.extensions().get::<Friendly>().is_some() {
@@ -403,6 +403,18 @@ impl RequestContext {
         )
     }
 
+    /// Reports an error of this request (with its client) to the monitor.
+    fn report_error(&self, kind: &str, route: &str, message: &dyn std::fmt::Display) {
+        observe::emit(
+            Some(&self.shared.monitor),
+            &Event::Error {
+                operation: route,
+                failure: Failure { kind, message },
+                client: self.client.id(),
+            },
+        );
+    }
+
     /// The handler panicked.
     #[cold]
     #[inline(never)]
@@ -421,9 +433,14 @@ impl RequestContext {
             panic = message,
             "handler panicked; answered with a friendly 500"
         );
-        let monitor = &self.shared.monitor;
-        monitor.record_error_from("Panic", route, &message, self.client.id());
-        monitor.record_heal(HealKind::PanicCaught, route);
+        self.report_error("Panic", route, &message);
+        observe::emit(
+            Some(&self.shared.monitor),
+            &Event::Heal {
+                kind: HealKind::PanicCaught,
+                operation: route,
+            },
+        );
         self.observe(StatusCode::INTERNAL_SERVER_ERROR);
         // A panic payload whose own drop panics would unwind out of here;
         // forget such payloads rather than risk it (a few bytes, rare).
@@ -451,11 +468,10 @@ impl RequestContext {
             timeout_ms = timeout.as_millis() as u64,
             "request timed out; answered 503"
         );
-        self.shared.monitor.record_error_from(
+        self.report_error(
             "Timeout",
             route,
             &format_args!("no answer within {timeout:?}"),
-            self.client.id(),
         );
         self.observe(StatusCode::SERVICE_UNAVAILABLE);
         self.answer(

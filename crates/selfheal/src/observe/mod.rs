@@ -41,7 +41,12 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+
+mod event;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use event::{BreakerState, ClientId, Event, Failure, GiveUpReason, HealKind};
 
 /// Receives every [`Event`] of the components it is attached to.
 ///
@@ -65,242 +70,6 @@ where
     }
 }
 
-/// A failure, as reported in an [`Event`].
-///
-/// `kind` is a short, stable, low-cardinality name (an error type such as
-/// `"Error"`, or a classifier's label such as `"503"`): together with the
-/// operation name it forms the fingerprint the health monitor groups by.
-/// `message` is the human-readable error; it may contain user data and must not
-/// be used as a grouping key.
-#[derive(Clone, Copy)]
-pub struct Failure<'a> {
-    /// Stable, low-cardinality name of the failure (an error type or a label).
-    pub kind: &'a str,
-    /// The failure's message (its `Display`).
-    pub message: &'a dyn fmt::Display,
-}
-
-impl fmt::Debug for Failure<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Failure")
-            .field("kind", &self.kind)
-            .field("message", &format_args!("{}", self.message))
-            .finish()
-    }
-}
-
-/// Why the retry engine stopped trying.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GiveUpReason {
-    /// The classifier said the failure is permanent: retrying cannot help.
-    Permanent,
-    /// The maximum number of attempts was reached.
-    MaxAttempts,
-    /// The next wait (a backoff delay or a server's hint) would cross the deadline.
-    Deadline,
-    /// The dependency's retry budget is spent: retrying now would feed a retry storm.
-    Budget,
-}
-
-impl GiveUpReason {
-    /// A short lowercase name, for logs and metrics labels.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Permanent => "permanent",
-            Self::MaxAttempts => "max_attempts",
-            Self::Deadline => "deadline",
-            Self::Budget => "budget",
-        }
-    }
-}
-
-impl fmt::Display for GiveUpReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Permanent => "the error is permanent",
-            Self::MaxAttempts => "the maximum number of attempts was reached",
-            Self::Deadline => "the next wait would cross the deadline",
-            Self::Budget => "the retry budget is exhausted",
-        })
-    }
-}
-
-/// The state of a circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BreakerState {
-    /// Calls flow; outcomes are recorded.
-    Closed,
-    /// Calls fail fast until the break duration has passed.
-    Open,
-    /// A limited number of probe calls are let through to test the dependency.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// A short lowercase name, for logs and metrics labels.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
-
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Kinds of healing, counted per window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HealKind {
-    /// An operation succeeded after retrying.
-    RetryRecovered,
-    /// A fallback value replaced a failure.
-    FallbackUsed,
-    /// Session data was missing or corrupt and was repaired.
-    SessionRepaired,
-    /// A panic was caught and answered with a friendly error.
-    PanicCaught,
-    /// A circuit breaker opened (stopped calling a failing dependency).
-    BreakerOpened,
-    /// A circuit breaker closed again (the dependency recovered).
-    BreakerClosed,
-    /// A database transaction was re-run after a transient failure.
-    TransactionRerun,
-    /// A supervised background task was restarted.
-    WorkerRestarted,
-    /// The database schema was repaired at start-up.
-    SchemaRepaired,
-}
-
-impl HealKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [HealKind; 9] = [
-        Self::RetryRecovered,
-        Self::FallbackUsed,
-        Self::SessionRepaired,
-        Self::PanicCaught,
-        Self::BreakerOpened,
-        Self::BreakerClosed,
-        Self::TransactionRerun,
-        Self::WorkerRestarted,
-        Self::SchemaRepaired,
-    ];
-
-    /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::RetryRecovered => "retry_recovered",
-            Self::FallbackUsed => "fallback_used",
-            Self::SessionRepaired => "session_repaired",
-            Self::PanicCaught => "panic_caught",
-            Self::BreakerOpened => "breaker_opened",
-            Self::BreakerClosed => "breaker_closed",
-            Self::TransactionRerun => "transaction_rerun",
-            Self::WorkerRestarted => "worker_restarted",
-            Self::SchemaRepaired => "schema_repaired",
-        }
-    }
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for HealKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Something a selfheal component did to heal (or failed to).
-#[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
-pub enum Event<'a> {
-    /// An attempt failed with a transient failure and will be retried after `delay`.
-    Retry {
-        /// The operation's name.
-        operation: &'a str,
-        /// The attempt that failed (1 for the first).
-        attempt: u32,
-        /// How long the engine waits before the next attempt.
-        delay: Duration,
-        /// The failure of this attempt.
-        failure: Failure<'a>,
-    },
-    /// The operation succeeded after at least one retry.
-    Recovered {
-        /// The operation's name.
-        operation: &'a str,
-        /// Attempts made, including the successful one.
-        attempts: u32,
-        /// Total time spent waiting between attempts (backoff and server
-        /// hints; not the attempts themselves, so that recording a recovery
-        /// needs no clock read).
-        waited: Duration,
-    },
-    /// The engine stopped retrying and returned the last failure.
-    GaveUp {
-        /// The operation's name.
-        operation: &'a str,
-        /// Attempts made.
-        attempts: u32,
-        /// Why the engine stopped.
-        reason: GiveUpReason,
-        /// The last failure.
-        failure: Failure<'a>,
-    },
-    /// An operation failed and a fallback value was returned instead.
-    FallbackUsed {
-        /// The operation's name.
-        operation: &'a str,
-        /// The failure that was replaced by the fallback.
-        failure: Failure<'a>,
-    },
-    /// A circuit breaker changed state.
-    BreakerTransition {
-        /// The breaker's name (usually the dependency).
-        breaker: &'a str,
-        /// The previous state.
-        from: BreakerState,
-        /// The new state.
-        to: BreakerState,
-    },
-    /// A call was refused because the breaker is open (or its half-open probes are taken).
-    BreakerRejected {
-        /// The breaker's name.
-        breaker: &'a str,
-        /// How long until the breaker lets a probe through.
-        retry_in: Duration,
-    },
-    /// An error was recorded (a 5xx or a panic answered by the web layer, a
-    /// worker that failed, a transaction given up on, an alert that could
-    /// not be delivered…). The health monitor records these and passes each
-    /// one it records to its listener, so the metrics count exactly what the
-    /// dashboard shows.
-    Error {
-        /// Where it happened (a route template, `worker:<name>`, a dependency).
-        operation: &'a str,
-        /// What happened.
-        failure: Failure<'a>,
-    },
-    /// Something healed: a session repaired, a panic caught, a worker
-    /// restarted, a transaction re-run, a schema repaired… (retry recoveries,
-    /// fallbacks and breaker transitions are their own events, which the
-    /// monitor turns into heals of their kind).
-    Heal {
-        /// Which kind.
-        kind: HealKind,
-        /// Where.
-        operation: &'a str,
-    },
-}
-
 type Shared = Arc<dyn Observer>;
 
 static GLOBAL: RwLock<Option<Shared>> = RwLock::new(None);
@@ -321,9 +90,7 @@ thread_local! {
 /// Components without an observer of their own report here. Returns the
 /// previous observer, if any.
 pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
-    let mut slot = GLOBAL
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = crate::sync::write(&GLOBAL);
     let previous = slot.replace(observer);
     GENERATION.fetch_add(1, Ordering::Release);
     previous
@@ -331,9 +98,7 @@ pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
 
 /// Removes the process-wide observer, returning it.
 pub fn clear_global() -> Option<Arc<dyn Observer>> {
-    let mut slot = GLOBAL
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = crate::sync::write(&GLOBAL);
     let previous = slot.take();
     GENERATION.fetch_add(1, Ordering::Release);
     previous
@@ -353,7 +118,7 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 /// finer (the least verbose level used here), an event costs one relaxed load
 /// and the observer's call, nothing else.
 #[inline]
-pub fn emit(local: Option<&Arc<dyn Observer>>, event: &Event<'_>) {
+pub fn emit(local: Option<&dyn Observer>, event: &Event<'_>) {
     // The same check every `tracing` macro starts with, once for all of them.
     if tracing::level_filters::STATIC_MAX_LEVEL >= tracing::level_filters::LevelFilter::WARN
         && tracing::level_filters::LevelFilter::current()
@@ -377,17 +142,13 @@ fn emit_global(event: &Event<'_>) {
         if cache.borrow().0 != generation {
             match cache.try_borrow_mut() {
                 Ok(mut cache) => {
-                    let slot = GLOBAL
-                        .read()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let slot = crate::sync::read(&GLOBAL);
                     *cache = (generation, slot.clone());
                 }
                 // An observer replaced the global observer from inside its
                 // own callback: read the slot directly this once.
                 Err(_) => {
-                    let slot = GLOBAL
-                        .read()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let slot = crate::sync::read(&GLOBAL);
                     if let Some(observer) = slot.as_ref() {
                         observer.on_event(event);
                     }
@@ -580,6 +341,7 @@ pub fn short_type_name<T: ?Sized>() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn short_type_names() {

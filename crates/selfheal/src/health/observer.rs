@@ -1,0 +1,99 @@
+//! The monitor as an [`Observer`]: how each event of the
+//! [observer hook](crate::observe) is recorded.
+//!
+//! This is the one channel into the monitor: every component (the retry
+//! engine, fallbacks, breakers, the db runner, the web layer, sessions,
+//! supervised workers, schema healing) reports through
+//! [`observe::emit`](crate::observe::emit), and the monitor passes what it
+//! records on to its [listener](Monitor::set_listener) (the Prometheus
+//! metrics), so that the dashboard and `/metrics` can never disagree.
+//!
+//! What each event becomes:
+//!
+//! | event | recorded as |
+//! |---|---|
+//! | `Retry` | a retry count (not an error: the call may still recover) |
+//! | `Recovered` | a `retry_recovered` heal |
+//! | `GaveUp` on a transient failure | an error (kind, operation); a budget refusal is counted too |
+//! | `GaveUp` on a permanent failure | nothing: it is the operation's answer, and the caller decides whether it is an error |
+//! | `FallbackUsed` | an error and a `fallback_used` heal |
+//! | `BreakerTransition` | the breaker's state; `breaker_opened` / `breaker_closed` heals |
+//! | `BreakerRejected` | a rejection count |
+//! | `Error`, `Heal` | recorded as they are (an error with its client, if any) |
+
+use std::sync::atomic::Ordering;
+
+use super::{HealKind, Monitor, lock};
+use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
+
+impl Observer for Monitor {
+    fn on_event(&self, event: &Event<'_>) {
+        let m = self;
+        match *event {
+            // Recorded, and passed on to the listener by the recording.
+            Event::Error {
+                operation,
+                failure,
+                client,
+            } => {
+                m.record_error_from(failure.kind, operation, failure.message, client);
+                return;
+            }
+            Event::Heal { kind, operation } => {
+                m.record_heal(kind, operation);
+                return;
+            }
+            _ => {}
+        }
+        match *event {
+            Event::Retry { .. } => {
+                m.inner.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Recovered { operation, .. } => {
+                m.record_heal(HealKind::RetryRecovered, operation)
+            }
+            Event::GaveUp {
+                reason: GiveUpReason::Permanent,
+                ..
+            } => {}
+            Event::GaveUp {
+                operation,
+                reason,
+                failure,
+                ..
+            } => {
+                if reason == GiveUpReason::Budget {
+                    m.inner.budget_refusals.fetch_add(1, Ordering::Relaxed);
+                }
+                m.record_error(failure.kind, operation, failure.message);
+            }
+            Event::FallbackUsed { operation, failure } => {
+                m.record_error(failure.kind, operation, failure.message);
+                m.record_heal(HealKind::FallbackUsed, operation);
+            }
+            Event::BreakerTransition { breaker, to, .. } => {
+                {
+                    let mut breakers = lock(&m.inner.breakers);
+                    if breakers.len() < 256 || breakers.contains_key(breaker) {
+                        breakers.insert(breaker.to_owned(), (to, m.now().ms));
+                    }
+                }
+                match to {
+                    BreakerState::Open => m.record_heal(HealKind::BreakerOpened, breaker),
+                    BreakerState::Closed => m.record_heal(HealKind::BreakerClosed, breaker),
+                    BreakerState::HalfOpen => {}
+                }
+            }
+            Event::BreakerRejected { .. } => {
+                m.inner.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        // The event itself (retries, give-ups, breaker states) for the
+        // listener; the errors and heals it caused reached it as they were
+        // recorded above.
+        if let Some(listener) = m.inner.listener.get() {
+            listener.on_event(event);
+        }
+    }
+}
