@@ -12,11 +12,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chaos::cli::{Cli, RunKind};
-use chaos::driver::{self, RunOptions};
+use chaos::cli::{Cli, RunKind, RunSpec};
+use chaos::driver::{self, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
-use chaos::report::{Recorder, Report, ReportMeta, RunReport, StormReport, StormRun, runs};
+use chaos::report::{
+    Recorder, Report, ReportMeta, RunReport, RunSummary, StormReport, StormRun, runs,
+};
 use clap::Parser;
 use cozmic::config::Healing;
 
@@ -80,81 +82,8 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
             "temporary SQLite"
         }
     );
-    let recorder = Recorder::new();
-    let progress = Progress::new(cli.quiet);
-    let mut report = Report {
-        meta: ReportMeta {
-            users: usize::from(cli.users),
-            duration_secs: cli.duration.as_secs_f64(),
-            seed,
-            plan: plan.clone(),
-        },
-        heal_on: None,
-        heal_off: None,
-        storm: None,
-    };
-    let mut storm_with = None;
-    let mut storm_without = None;
-    let mut problems = Vec::new();
     let began = Instant::now();
-    for spec in &specs {
-        let run_began = Instant::now();
-        let (healing, storm) = match spec.kind {
-            RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
-            RunKind::Storm { budget } => (Healing::On, Some(budget)),
-        };
-        let outcome = driver::run(
-            RunOptions {
-                name: spec.name,
-                healing,
-                storm,
-                duration: spec.duration,
-                users: usize::from(cli.users),
-                plan: plan.clone(),
-                seed,
-                database_url: cli.database_url.clone(),
-            },
-            &recorder,
-            &progress,
-        )
-        .await?;
-        let summary = recorder.summary(spec.name);
-        println!(
-            "{:<22} {:>6} actions, {:.2}% ok, {:.0} s (users {} s, start/drain/checks {:.0} s)",
-            spec.name,
-            summary.overall.total,
-            summary.overall.success_rate * 100.0,
-            run_began.elapsed().as_secs_f64(),
-            spec.duration.as_secs(),
-            run_began
-                .elapsed()
-                .saturating_sub(spec.duration)
-                .as_secs_f64()
-        );
-        match spec.name {
-            runs::HEAL_ON => {
-                problems.extend(outcome.problems.iter().map(|p| format!("heal on: {p}")));
-                report.heal_on = Some(RunReport::new(summary, outcome.integrity));
-            }
-            runs::HEAL_OFF => {
-                problems.extend(
-                    outcome
-                        .problems
-                        .iter()
-                        .map(|p| format!("heal off (expected): {p}")),
-                );
-                report.heal_off = Some(RunReport::new(summary, outcome.integrity));
-            }
-            runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
-            _ => storm_without = Some(StormRun::from_summary(&summary)),
-        }
-    }
-    if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
-        report.storm = Some(StormReport {
-            with_budget,
-            without_budget,
-        });
-    }
+    let (report, problems) = run_all(cli, &plan, seed, &specs).await?;
     let files = report.write_to(&cli.out)?;
     println!("\n{}", report.text());
     print!("{}", first_try_lines(&report));
@@ -188,6 +117,104 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs every spec in turn and gathers the report, with the integrity
+/// findings of the heal runs.
+async fn run_all(
+    cli: &Cli,
+    plan: &Plan,
+    seed: u64,
+    specs: &[RunSpec],
+) -> anyhow::Result<(Report, Vec<String>)> {
+    let recorder = Recorder::new();
+    let progress = Progress::new(cli.quiet);
+    let mut report = Report {
+        meta: ReportMeta {
+            users: usize::from(cli.users),
+            duration_secs: cli.duration.as_secs_f64(),
+            seed,
+            plan: plan.clone(),
+        },
+        heal_on: None,
+        heal_off: None,
+        storm: None,
+    };
+    let mut storm_with = None;
+    let mut storm_without = None;
+    let mut problems = Vec::new();
+    for spec in specs {
+        let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
+        match spec.name {
+            runs::HEAL_ON => {
+                problems.extend(outcome.problems.iter().map(|p| format!("heal on: {p}")));
+                report.heal_on = Some(RunReport::new(summary, outcome.integrity));
+            }
+            runs::HEAL_OFF => {
+                problems.extend(
+                    outcome
+                        .problems
+                        .iter()
+                        .map(|p| format!("heal off (expected): {p}")),
+                );
+                report.heal_off = Some(RunReport::new(summary, outcome.integrity));
+            }
+            runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
+            _ => storm_without = Some(StormRun::from_summary(&summary)),
+        }
+    }
+    if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
+        report.storm = Some(StormReport {
+            with_budget,
+            without_budget,
+        });
+    }
+    Ok((report, problems))
+}
+
+/// Runs one spec, prints its one-line summary and returns what it measured.
+async fn run_one(
+    cli: &Cli,
+    plan: &Plan,
+    seed: u64,
+    spec: &RunSpec,
+    recorder: &Recorder,
+    progress: &Progress,
+) -> anyhow::Result<(RunOutcome, RunSummary)> {
+    let run_began = Instant::now();
+    let (healing, storm) = match spec.kind {
+        RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
+        RunKind::Storm { budget } => (Healing::On, Some(budget)),
+    };
+    let outcome = driver::run(
+        RunOptions {
+            name: spec.name,
+            healing,
+            storm,
+            duration: spec.duration,
+            users: usize::from(cli.users),
+            plan: plan.clone(),
+            seed,
+            database_url: cli.database_url.clone(),
+        },
+        recorder,
+        progress,
+    )
+    .await?;
+    let summary = recorder.summary(spec.name);
+    println!(
+        "{:<22} {:>6} actions, {:.2}% ok, {:.0} s (users {} s, start/drain/checks {:.0} s)",
+        spec.name,
+        summary.overall.total,
+        summary.overall.success_rate * 100.0,
+        run_began.elapsed().as_secs_f64(),
+        spec.duration.as_secs(),
+        run_began
+            .elapsed()
+            .saturating_sub(spec.duration)
+            .as_secs_f64()
+    );
+    Ok((outcome, summary))
 }
 
 /// One line per heal run: actions that succeeded at the first try.

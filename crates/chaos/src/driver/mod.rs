@@ -1,0 +1,194 @@
+//! The driver: starts cozmic in-process with its fault hooks armed, points
+//! it at faulty upstreams and a flaky SMTP server, holds the SQLite write
+//! lock in bursts, corrupts sessions, and lets virtual users live through
+//! it; then drains the outbox and checks integrity.
+//!
+//! Why in-process and over real sockets: the faults must be real (a real
+//! `database is locked`, a real TCP reset, a real SMTP refusal) and the users
+//! must see what a browser sees (status codes, redirects, pages), so the
+//! app is the real binary's router on a loopback port, and the users are
+//! HTTP clients with cookie jars.
+//!
+//! How an action is judged (the same in both modes):
+//! - **success**: the page the user asked for (the dashboard with its XP,
+//!   the tutor's answer, the premium receipt…);
+//! - **degraded**: a friendly answer instead (the app's own "temporarily
+//!   unavailable" page, selfheal's error page with a request id, or the login
+//!   page after a session had to be reset);
+//! - **hard failure**: a 5xx without a friendly page, a connection error or
+//!   reset, a wrong page.
+//!
+//! A user who gets anything but success presses again once (after a short
+//! pause; with the same form, so nothing is applied twice): the recorded
+//! outcome is the final one, and the first-try numbers are kept as counters
+//! (`first_try_failures`, `user_retries`) so that nothing is hidden.
+//!
+//! The parts: this file holds the run itself, a short sequence of steps over
+//! a `World` (`world`: everything a run sets up, the upstream servers behind
+//! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
+//! user's journey and how it judges what it saw; `integrity` checks, once
+//! the outbox has drained, that nothing was lost or applied twice.
+
+mod integrity;
+mod lock;
+mod user;
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cozmic::config::Healing;
+use tokio::task::JoinHandle;
+
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::report::{Integrity, Recorder, counters};
+use lock::LockHolder;
+use world::World;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run name (one of [`report::runs`](crate::report::runs)).
+    pub name: &'static str,
+    /// Healing on or off.
+    pub healing: Healing,
+    /// Storm: the upstreams completely down, users only ask the tutor;
+    /// `Some(budget)` says whether the retry budget is on.
+    pub storm: Option<bool>,
+    /// How long users act.
+    pub duration: Duration,
+    /// Concurrent virtual users.
+    pub users: usize,
+    /// The fault plan.
+    pub plan: Plan,
+    /// RNG seed.
+    pub seed: u64,
+    /// A database URL for the app (PostgreSQL); a temporary SQLite file when
+    /// `None`.
+    pub database_url: Option<String>,
+}
+
+/// What a run measured besides the recorder's samples.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutcome {
+    /// Integrity after the run drained.
+    pub integrity: Integrity,
+    /// One line per integrity problem found (empty when all is well).
+    pub problems: Vec<String>,
+    /// Emails the app committed to send.
+    pub emails_expected: u64,
+    /// Students at the end.
+    pub students: u64,
+}
+
+/// Counters shared by the users of one run.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Per student email: nonces the user saw acknowledged, and every nonce sent.
+    progress: Mutex<BTreeMap<String, UserProgress>>,
+    user_retries: AtomicU64,
+    first_try_failures: AtomicU64,
+    panics_requested: AtomicU64,
+    sessions_corrupted: AtomicU64,
+    relogins: AtomicU64,
+}
+
+/// What one student sent and saw acknowledged.
+#[derive(Debug, Default, Clone)]
+struct UserProgress {
+    /// Lesson nonces the app confirmed.
+    acknowledged: BTreeSet<String>,
+    /// Every lesson nonce sent.
+    sent: BTreeSet<String>,
+}
+
+impl RunOptions {
+    /// Whether this is a storm run (upstreams down, no other faults).
+    fn is_storm(&self) -> bool {
+        self.storm.is_some()
+    }
+}
+
+impl Shared {
+    /// Updates what the student `email` sent and saw acknowledged (an empty
+    /// record on first use).
+    fn update_progress(&self, email: String, update: impl FnOnce(&mut UserProgress)) {
+        update(
+            self.progress
+                .lock()
+                .expect("progress")
+                .entry(email)
+                .or_default(),
+        );
+    }
+
+    /// Adds the users' own counters to `run`'s.
+    fn record(&self, run: &str, recorder: &Recorder) {
+        let counts = [
+            (counters::faults_injected("panic"), &self.panics_requested),
+            (
+                counters::faults_injected("session_corrupted"),
+                &self.sessions_corrupted,
+            ),
+            ("user_retries".to_owned(), &self.user_retries),
+            ("first_try_failures".to_owned(), &self.first_try_failures),
+            ("relogins".to_owned(), &self.relogins),
+        ];
+        for (name, count) in counts {
+            recorder.add(run, &name, count.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Runs one scenario and records it into `recorder` under `options.name`.
+pub async fn run(
+    options: RunOptions,
+    recorder: &Recorder,
+    progress: &Progress,
+) -> anyhow::Result<RunOutcome> {
+    let mut world = World::start(&options).await?;
+    let locker = LockHolder::start(&world, &options, recorder);
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let users = user::spawn(&options, &world, recorder, &shared, started);
+    watch(&options, recorder, progress, started, users).await?;
+    locker.stop().await?;
+    world.record_counters(&options, recorder);
+    shared.record(options.name, recorder);
+    world.record_health(options.name, recorder);
+    world.drain(&options, recorder).await?;
+    let outcome = if options.is_storm() {
+        RunOutcome::default()
+    } else {
+        integrity::check(&world, &shared).await?
+    };
+    world.shutdown().await;
+    Ok(outcome)
+}
+
+/// Shows the run's progress until its deadline, then waits for every user.
+async fn watch(
+    options: &RunOptions,
+    recorder: &Recorder,
+    progress: &Progress,
+    started: Instant,
+    users: Vec<JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let deadline = started + options.duration;
+    let bar = progress.run_bar(options.name, options.duration);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        bar.update(
+            started.elapsed().min(options.duration),
+            recorder.live(options.name),
+        );
+    }
+    for user in users {
+        user.await?;
+    }
+    bar.finish(recorder.live(options.name));
+    Ok(())
+}

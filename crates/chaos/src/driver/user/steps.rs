@@ -1,0 +1,180 @@
+//! What each action of the journey sends and what it expects back: the
+//! signup and login forms, the dashboard, a lesson's completion form (with
+//! its nonce), the tutor's question, the Premium purchase.
+//!
+//! Apart from the journey because these know the app's pages (paths, form
+//! fields, the markers that say a page is the one asked for), while the
+//! journey only knows actions and outcomes.
+
+use super::{LESSONS, Seen, User};
+use crate::report::FailureKind;
+
+/// The value of the form field `name` in `page`.
+fn form_value(page: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker)? + marker.len();
+    page[start..].split('"').next().map(str::to_owned)
+}
+
+impl User {
+    pub(super) async fn sign_up(&mut self, http: &reqwest::Client) -> Seen {
+        let email = self.email();
+        let request = http.post(format!("{}/signup", self.base)).form(&[
+            ("name", format!("Chaos User {}", self.index)),
+            ("email", email.clone()),
+            ("password", "chaos-password-123".to_owned()),
+        ]);
+        let request = self.maybe_panic(request);
+        let (seen, body) = Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await;
+        if seen == Seen::Hard(FailureKind::Unexpected) && body.contains("already exists") {
+            // An earlier try did sign up (its answer was lost): log in.
+            return self.log_in(http).await;
+        }
+        if seen == Seen::Ok {
+            // Known from now on, with no progress yet.
+            self.shared.update_progress(email, |_| {});
+        }
+        seen
+    }
+
+    pub(super) async fn log_in(&mut self, http: &reqwest::Client) -> Seen {
+        let request = http.post(format!("{}/login", self.base)).form(&[
+            ("email", self.email()),
+            ("password", "chaos-password-123".to_owned()),
+        ]);
+        let (seen, body) = Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await;
+        if seen != Seen::Ok && body.contains("do not match") {
+            // Never signed up (every try failed): sign up now.
+            return Box::pin(self.sign_up(http)).await;
+        }
+        seen
+    }
+
+    pub(super) async fn dashboard(&mut self, http: &reqwest::Client) -> Seen {
+        let request = self.maybe_panic(http.get(format!("{}/dashboard", self.base)));
+        Self::judge(request.send().await, |b| b.contains("id=\"xp\""))
+            .await
+            .0
+    }
+
+    pub(super) async fn complete(&mut self, http: &reqwest::Client) -> Seen {
+        // Pressing again re-sends the same form; a new action opens a lesson.
+        let pending = if self.retrying {
+            self.pending_lesson.clone()
+        } else {
+            None
+        };
+        let (lesson, nonce) = match pending {
+            Some(pending) => pending,
+            None => match self.open_lesson(http).await {
+                Ok(form) => form,
+                Err(seen) => return seen,
+            },
+        };
+        self.pending_lesson = Some((lesson, nonce.clone()));
+        let email = self.email();
+        self.shared.update_progress(email.clone(), |p| {
+            p.sent.insert(nonce.clone());
+        });
+        let request = http
+            .post(format!("{}/lessons/{lesson}/complete", self.base))
+            .form(&[("nonce", nonce.as_str())]);
+        let request = self.maybe_panic(request);
+        let (seen, _) = Self::judge(request.send().await, |b| b.contains("Lesson complete:")).await;
+        if seen == Seen::Ok {
+            if !self.done.contains(&lesson) {
+                self.done.push(lesson);
+            }
+            self.shared.update_progress(email, |p| {
+                p.acknowledged.insert(nonce);
+            });
+        }
+        seen
+    }
+
+    /// Opens a lesson not completed yet and reads its form's nonce; `Err`
+    /// is what the action ends in without sending a form (a failed page, or
+    /// a lesson found completed already).
+    async fn open_lesson(
+        &mut self,
+        http: &reqwest::Client,
+    ) -> Result<(&'static str, String), Seen> {
+        let left: Vec<&'static str> = LESSONS
+            .iter()
+            .copied()
+            .filter(|l| !self.done.contains(l))
+            .collect();
+        // (Never empty: the journey moves to the next student first.)
+        let Some(&lesson) = left.get(self.rng.usize(..left.len().max(1))) else {
+            return Err(Seen::Ok);
+        };
+        let (seen, page) = Self::judge(
+            http.get(format!("{}/lessons/{lesson}", self.base))
+                .send()
+                .await,
+            |b| b.contains("name=\"nonce\"") || b.contains("id=\"completed\""),
+        )
+        .await;
+        if seen != Seen::Ok {
+            return Err(seen);
+        }
+        // A lesson pays once: one completed already is read again,
+        // with no form to send.
+        if !page.contains("name=\"nonce\"") {
+            self.done.push(lesson);
+            return Err(Seen::Ok);
+        }
+        let Some(nonce) = form_value(&page, "nonce") else {
+            return Err(Seen::Hard(FailureKind::Unexpected));
+        };
+        Ok((lesson, nonce))
+    }
+
+    pub(super) async fn ask(&mut self, http: &reqwest::Client) -> Seen {
+        let topics = [
+            "light-years",
+            "the Moon",
+            "seasons",
+            "black holes",
+            "exoplanets",
+            "rockets",
+        ];
+        let question = format!(
+            "Can you explain {}?",
+            topics[self.rng.usize(..topics.len())]
+        );
+        let request = self.maybe_panic(
+            http.post(format!("{}/tutor", self.base))
+                .form(&[("question", question)]),
+        );
+        Self::judge(request.send().await, |b| b.contains("id=\"answer\""))
+            .await
+            .0
+    }
+
+    pub(super) async fn subscribe(&mut self, http: &reqwest::Client) -> Seen {
+        let (seen, page) = Self::judge(
+            http.get(format!("{}/premium", self.base)).send().await,
+            |b| b.contains("Premium"),
+        )
+        .await;
+        if seen != Seen::Ok {
+            return seen;
+        }
+        if page.contains("You are a premium student") {
+            return Seen::Ok;
+        }
+        let Some(purchase) = form_value(&page, "purchase") else {
+            return Seen::Hard(FailureKind::Unexpected);
+        };
+        let request = http
+            .post(format!("{}/premium/subscribe", self.base))
+            .form(&[("purchase", purchase.as_str())]);
+        let request = self.maybe_panic(request);
+        Self::judge(request.send().await, |b| {
+            b.contains("welcome to Premium") || b.contains("You are a premium student")
+        })
+        .await
+        .0
+    }
+}

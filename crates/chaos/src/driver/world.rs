@@ -1,0 +1,231 @@
+//! The world a run sets up: the OpenAI- and Stripe-compatible servers behind
+//! their fault proxies, the SMTP server and its scheduled outages, and the
+//! app itself, configured to use all of them; and, after the users are done,
+//! the counters read from them, the outbox drain and the teardown.
+//!
+//! Gathered in one struct so that the run reads as a sequence of steps and
+//! so that what lives as long as the run (and is shut down at its end) is
+//! listed in one place.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe, UpstreamPolicy};
+use tempfile::TempDir;
+
+use super::RunOptions;
+use crate::faults::{FaultKind, UpstreamFaults};
+use crate::proxy::{FaultProxy, Mode};
+use crate::report::{Recorder, counters};
+use crate::smtp::{Outage, SmtpServer};
+use crate::upstream::{OpenAiServer, StripeServer};
+
+/// Everything one run sets up. The fields are listed in the reverse order of
+/// their creation, so that on an early return they are dropped as the locals
+/// they were built from would be (the temporary directory last).
+pub(super) struct World {
+    /// The app under test.
+    pub(super) app: cozmic::Running,
+    /// The app's SQLite file (`None` on PostgreSQL).
+    pub(super) sqlite_path: Option<PathBuf>,
+    /// The SMTP outage schedule (`None` in a storm, and once drained).
+    outages: Option<Outage>,
+    /// The SMTP server the app sends through.
+    pub(super) smtp: SmtpServer,
+    /// The proxy in front of the Stripe-compatible server.
+    pay_proxy: FaultProxy,
+    /// The proxy in front of the OpenAI-compatible server.
+    ai_proxy: FaultProxy,
+    /// The Stripe-compatible server.
+    pub(super) stripe: StripeServer,
+    /// The OpenAI-compatible server.
+    openai: OpenAiServer,
+    /// The fault decisions for the payment upstream.
+    pay_faults: Arc<UpstreamFaults>,
+    /// The fault decisions for the AI upstream.
+    ai_faults: Arc<UpstreamFaults>,
+    /// Holds the app's data (the SQLite file).
+    _dir: TempDir,
+}
+
+impl World {
+    /// Starts the upstreams, the proxies, the SMTP server (with its outages
+    /// unless in a storm) and the app pointed at them.
+    pub(super) async fn start(options: &RunOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let seed = options.seed;
+        let plan = &options.plan;
+        let storm = options.is_storm();
+
+        // Upstreams behind fault proxies: one decision-maker per upstream, so a
+        // 503 drawn for one is served by that one.
+        let faults = |seed| {
+            Arc::new(if storm {
+                UpstreamFaults::disabled()
+            } else {
+                UpstreamFaults::new(&plan.upstream, seed)
+            })
+        };
+        let ai_faults = faults(seed);
+        let pay_faults = faults(seed.wrapping_add(1));
+        let openai = OpenAiServer::start(ai_faults.clone()).await?;
+        let stripe = StripeServer::start(pay_faults.clone()).await?;
+        let ai_proxy = FaultProxy::start(openai.addr(), ai_faults.clone()).await?;
+        let pay_proxy = FaultProxy::start(stripe.addr(), pay_faults.clone()).await?;
+        if storm {
+            ai_proxy.set_mode(Mode::Down);
+            pay_proxy.set_mode(Mode::Down);
+        }
+        let smtp = SmtpServer::start().await?;
+        let outages = (!storm).then(|| smtp.start_outages(&plan.smtp, seed.wrapping_add(2)));
+
+        let config = app_config(options, dir.path(), smtp.addr(), &ai_proxy, &pay_proxy);
+        let app = cozmic::start(config).await?;
+        let sqlite_path = app
+            .state()
+            .db()
+            .sqlite()
+            .map(|_| dir.path().join("cozmic.db"));
+        Ok(Self {
+            app,
+            sqlite_path,
+            outages,
+            smtp,
+            pay_proxy,
+            ai_proxy,
+            stripe,
+            openai,
+            pay_faults,
+            ai_faults,
+            _dir: dir,
+        })
+    }
+
+    /// Adds what reached the upstreams and which faults were injected to
+    /// `run`'s counters.
+    pub(super) fn record_counters(&self, options: &RunOptions, recorder: &Recorder) {
+        let run = options.name;
+        let ai = self.ai_proxy.stats();
+        let pay = self.pay_proxy.stats();
+        // In a storm nothing gets through the proxies: count the attempts.
+        let upstream_calls = if options.is_storm() {
+            ai.connections + pay.connections
+        } else {
+            ai.requests + pay.requests
+        };
+        recorder.add(run, counters::UPSTREAM_CALLS, upstream_calls);
+        for kind in FaultKind::ALL {
+            let count = self.ai_faults.injected().get(kind) + self.pay_faults.injected().get(kind);
+            recorder.add(run, &counters::faults_injected(kind.name()), count);
+        }
+    }
+
+    /// Adds what the app's health monitor saw (faults healed, alerts fired)
+    /// to `run`'s counters.
+    pub(super) fn record_health(&self, run: &str, recorder: &Recorder) {
+        let report = self.app.state().monitor().report(Duration::from_secs(3600));
+        let heals: u64 = report.heals.values().sum();
+        recorder.add(run, counters::FAULTS_RECOVERED, heals);
+        for (kind, count) in &report.heals {
+            recorder.add(run, &format!("heals.{}", kind.as_str()), *count);
+        }
+        let fired = report
+            .recent_alerts
+            .iter()
+            .filter(|a| a.state == selfheal::health::AlertState::Firing)
+            .count();
+        recorder.add(run, counters::ALERTS_FIRED, fired as u64);
+    }
+
+    /// Brings the SMTP server up for good and gives the outbox time to empty.
+    pub(super) async fn drain(
+        &mut self,
+        options: &RunOptions,
+        recorder: &Recorder,
+    ) -> anyhow::Result<()> {
+        if let Some(outages) = self.outages.take() {
+            let stats = outages.stop().await?;
+            recorder.add(
+                options.name,
+                &counters::faults_injected("smtp_outage"),
+                stats.outages,
+            );
+        }
+        self.smtp.set_up(true).await?;
+        let state = self.app.state();
+        let db = state.db();
+        state.mailer().wake();
+        // The same rule in both modes: wait until the outbox is empty, or until
+        // it has made no progress for 5 s (a worker that gave up, emails marked
+        // failed), at most 45 s. What is still waiting then counts as lost.
+        let drain_deadline =
+            Instant::now() + Duration::from_secs(if options.is_storm() { 3 } else { 45 });
+        let mut last = db.outbox_counts().await?;
+        let mut last_change = Instant::now();
+        while Instant::now() < drain_deadline
+            && last.0 > 0
+            && last_change.elapsed() < Duration::from_secs(5)
+        {
+            state.mailer().wake();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = db.outbox_counts().await?;
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the app, then the proxies, the upstreams and the SMTP server.
+    pub(super) async fn shutdown(self) {
+        self.app.shutdown().await;
+        self.ai_proxy.shutdown().await;
+        self.pay_proxy.shutdown().await;
+        self.openai.shutdown().await;
+        self.stripe.shutdown().await;
+        self.smtp.shutdown().await;
+    }
+}
+
+/// The app's configuration: fault hooks armed, compressed mail timings, the
+/// upstreams through their proxies, and in a storm only the retry budget
+/// (no breaker).
+fn app_config(
+    options: &RunOptions,
+    dir: &Path,
+    smtp: SocketAddr,
+    ai_proxy: &FaultProxy,
+    pay_proxy: &FaultProxy,
+) -> Config {
+    let mut config = Config::new(dir);
+    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.database_url = options.database_url.clone().map(Secret::new);
+    config.healing = options.healing;
+    config.faults = FaultHooks::armed();
+    config.mail_poll = Duration::from_millis(200);
+    // Compressed time: the outbox retries within seconds instead of up to an
+    // hour, so that a run drains in seconds after the SMTP server is back.
+    config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));
+    config.smtp_url = Some(Secret::new(format!("smtp://{smtp}")));
+    config.openai = Some(OpenAi {
+        api_key: Secret::new("sk-chaos"),
+        base_url: format!("{}/v1", ai_proxy.url()),
+        model: "chaos-tutor".into(),
+    });
+    config.stripe = Some(Stripe {
+        api_key: Secret::new("sk_chaos"),
+        base_url: pay_proxy.url(),
+    });
+    if let Some(budget) = options.storm {
+        // Isolate the budget: no breaker in either storm run.
+        config.upstream = UpstreamPolicy {
+            budget,
+            breaker: false,
+            ..UpstreamPolicy::default()
+        };
+    }
+    config
+}

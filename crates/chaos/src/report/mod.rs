@@ -1,0 +1,285 @@
+//! What users saw: the outcome recorder, summaries, and the three outputs
+//! (a text/Markdown table, `report.json`, an SVG chart).
+//!
+//! Why it is built this way: the point of chaos is one comparison, healing on
+//! versus off under the same faults, so every output puts the two runs side
+//! by side, per journey step and overall. The recorder is called from every
+//! virtual user at once, so it is sharded (a few mutex-protected sample
+//! vectors, picked round-robin) and its counters are atomics behind a
+//! read-mostly map; neither is on a path where contention would distort the
+//! latencies it records.
+//!
+//! Definitions used everywhere:
+//! * `success_rate` is a *fraction* in 0..=1 of actions whose outcome was
+//!   [`Outcome::Success`]; `degraded_rate` and `hard_failure_rate` likewise
+//!   (the three add up to 1). Percentages appear only in the text outputs.
+//! * Latency percentiles are *exact*, from every stored sample, by the
+//!   nearest-rank method (p95 is the smallest sample at or above 95 % of
+//!   the sorted samples).
+//! * The time series uses 1-second buckets of the action's start offset.
+//!
+//! The module is laid out along the way the numbers flow:
+//! * `record`: the [`Recorder`] the virtual users call while a run is live
+//!   (samples, live counts, named counters);
+//! * `summary`: what a run's samples add up to (rates, exact percentiles,
+//!   1-second buckets);
+//! * this file: the shared vocabulary (run and counter names, outcomes) and
+//!   the report itself (one [`RunReport`] per heal run, the storm comparison);
+//! * `render`: the text/Markdown tables, `report.json` and the files written;
+//! * `chart`: the SVG chart.
+
+mod chart;
+mod record;
+mod render;
+mod summary;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::plan::Plan;
+
+pub use record::{Counter, LiveStats, Recorder};
+pub use render::{ReportError, Table, WrittenFiles};
+pub use summary::{
+    HardFailures, LatencySummary, RunSummary, SecondBucket, StepSummary, percentile,
+};
+
+/// Run names used by the harness.
+pub mod runs {
+    /// Healing enabled.
+    pub const HEAL_ON: &str = "heal_on";
+    /// Healing disabled.
+    pub const HEAL_OFF: &str = "heal_off";
+    /// Storm with the retry budget.
+    pub const STORM_WITH_BUDGET: &str = "storm_with_budget";
+    /// Storm without the retry budget.
+    pub const STORM_WITHOUT_BUDGET: &str = "storm_without_budget";
+}
+
+/// Counter names used by the harness.
+pub mod counters {
+    /// Requests the upstream servers received.
+    pub const UPSTREAM_CALLS: &str = "upstream_calls";
+    /// Faults the app recovered from (as reported by selfheal).
+    pub const FAULTS_RECOVERED: &str = "faults_recovered";
+    /// Alerts the health monitor fired.
+    pub const ALERTS_FIRED: &str = "alerts_fired";
+
+    /// `faults_injected.{kind}`.
+    pub fn faults_injected(kind: &str) -> String {
+        format!("faults_injected.{kind}")
+    }
+}
+
+/// Why an action was a hard failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A 5xx without the app's friendly page.
+    ServerError,
+    /// Connection error, reset or timeout.
+    Connection,
+    /// A panic escaped to the user.
+    Panic,
+    /// Wrong status or content.
+    Unexpected,
+}
+
+impl FailureKind {
+    /// Every kind, in report order.
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::ServerError,
+        FailureKind::Connection,
+        FailureKind::Panic,
+        FailureKind::Unexpected,
+    ];
+
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::ServerError => "server_error",
+            FailureKind::Connection => "connection",
+            FailureKind::Panic => "panic",
+            FailureKind::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// What one user action ended in (classified by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The user got what they asked for.
+    Success,
+    /// The user got a friendly degraded answer (e.g. the app's kind 503 page).
+    Degraded,
+    /// The user saw an error.
+    HardFailure(FailureKind),
+}
+
+/// Integrity numbers the caller measured after a run (against the app's
+/// database, the SMTP server and the payment ledger).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Integrity {
+    /// Database invariants found broken.
+    pub integrity_violations: u64,
+    /// Emails the app committed to send that never arrived.
+    pub emails_lost: u64,
+    /// Extra copies of emails that arrived more than once.
+    pub emails_duplicated: u64,
+    /// Purchases charged more than once.
+    pub payments_duplicated: u64,
+}
+
+/// One run in `report.json`: the headline numbers at the top level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Actions recorded.
+    pub actions: u64,
+    /// Fraction of actions that succeeded, 0..=1.
+    pub success_rate: f64,
+    /// Fraction answered with a friendly degraded answer, 0..=1.
+    pub degraded_rate: f64,
+    /// Fraction that failed hard, 0..=1.
+    pub hard_failure_rate: f64,
+    /// Hard failures by kind.
+    pub hard_failures: HardFailures,
+    /// Latency over all actions.
+    pub latency: LatencySummary,
+    /// Upstream calls per user action.
+    pub upstream_calls_per_action: f64,
+    /// The integrity numbers.
+    #[serde(flatten)]
+    pub integrity: Integrity,
+    /// Per journey step.
+    pub steps: BTreeMap<String, StepSummary>,
+    /// Named counters.
+    pub counters: BTreeMap<String, u64>,
+    /// 1-second buckets.
+    pub timeline: Vec<SecondBucket>,
+}
+
+impl RunReport {
+    /// Combines a run's summary with the integrity numbers measured after it.
+    pub fn new(summary: RunSummary, integrity: Integrity) -> Self {
+        Self {
+            actions: summary.overall.total,
+            success_rate: summary.overall.success_rate,
+            degraded_rate: summary.overall.degraded_rate,
+            hard_failure_rate: summary.overall.hard_failure_rate,
+            hard_failures: summary.overall.hard_failures,
+            latency: summary.overall.latency,
+            upstream_calls_per_action: summary.upstream_calls_per_action,
+            integrity,
+            steps: summary.steps,
+            counters: summary.counters,
+            timeline: summary.timeline,
+        }
+    }
+
+    fn overall(&self) -> StepSummary {
+        StepSummary {
+            total: self.actions,
+            success: (self.success_rate * self.actions as f64).round() as u64,
+            degraded: (self.degraded_rate * self.actions as f64).round() as u64,
+            hard_failures: self.hard_failures,
+            success_rate: self.success_rate,
+            degraded_rate: self.degraded_rate,
+            hard_failure_rate: self.hard_failure_rate,
+            latency: self.latency,
+        }
+    }
+}
+
+/// One storm run: the upstream completely down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StormRun {
+    /// User requests during the storm.
+    pub requests: u64,
+    /// Calls (connection attempts) that reached the upstream side.
+    pub upstream_calls: u64,
+    /// `upstream_calls / requests`: the retry amplification.
+    pub upstream_calls_per_request: f64,
+    /// Fraction of requests that succeeded, 0..=1.
+    pub success_rate: f64,
+}
+
+impl StormRun {
+    /// From the numbers directly.
+    pub fn new(requests: u64, upstream_calls: u64, success_rate: f64) -> Self {
+        Self {
+            requests,
+            upstream_calls,
+            upstream_calls_per_request: ratio(upstream_calls, requests),
+            success_rate,
+        }
+    }
+
+    /// From a run's summary, using its `upstream_calls` counter.
+    pub fn from_summary(summary: &RunSummary) -> Self {
+        let calls = summary
+            .counters
+            .get(counters::UPSTREAM_CALLS)
+            .copied()
+            .unwrap_or(0);
+        Self::new(summary.overall.total, calls, summary.overall.success_rate)
+    }
+}
+
+/// The storm comparison: retry budget on vs off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StormReport {
+    /// With selfheal's retry budget.
+    pub with_budget: StormRun,
+    /// Without it.
+    pub without_budget: StormRun,
+}
+
+/// How the runs were made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportMeta {
+    /// Virtual users.
+    pub users: usize,
+    /// Duration of each heal run, in seconds.
+    pub duration_secs: f64,
+    /// RNG seed.
+    pub seed: u64,
+    /// The fault plan.
+    pub plan: Plan,
+}
+
+/// The whole report. Missing runs are left out of every output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// How the runs were made.
+    pub meta: ReportMeta,
+    /// Healing on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_on: Option<RunReport>,
+    /// Healing off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_off: Option<RunReport>,
+    /// The storm comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormReport>,
+}
+
+impl Report {
+    /// The heal runs present, with their display names (on before off).
+    fn heal_runs(&self) -> Vec<(&'static str, &RunReport)> {
+        let mut runs = Vec::new();
+        if let Some(r) = &self.heal_on {
+            runs.push(("heal on", r));
+        }
+        if let Some(r) = &self.heal_off {
+            runs.push(("heal off", r));
+        }
+        runs
+    }
+}
+
+/// `n / d`, 0 when `d` is 0.
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 { 0.0 } else { n as f64 / d as f64 }
+}
