@@ -1,8 +1,12 @@
+use std::any::Any;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::*;
+use tokio::time::Instant;
+
 use crate::health::Status;
+use crate::observe::HealKind;
 use crate::retry::Jitter;
 
 fn monitor() -> Monitor {
