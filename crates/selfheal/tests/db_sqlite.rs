@@ -503,7 +503,7 @@ async fn a_missing_column_is_added_with_its_default_and_rows_are_kept() {
             .run()
             .await
             .unwrap();
-        assert_eq!(again, schema::Report::default());
+        assert_eq!(again, schema::SchemaReport::default());
         // selfheal's own table came with it.
         assert!(
             schema::inspect(&pool, "selfheal_operations")
