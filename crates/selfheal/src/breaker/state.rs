@@ -221,13 +221,8 @@ impl Inner {
                         return Err(self.reject(BreakerState::HalfOpen, Duration::ZERO));
                     }
                     let next = word::half_open(episode, in_flight + 1, successes);
-                    match self.state.compare_exchange_weak(
-                        current,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return Ok(Ticket::Probe(episode)),
+                    match self.update_probes(current, next) {
+                        Ok(()) => return Ok(Ticket::Probe(episode)),
                         Err(actual) => current = actual,
                     }
                 }
@@ -310,13 +305,8 @@ impl Inner {
                 }
             } else {
                 let next = word::half_open(episode, in_flight.saturating_sub(1), successes + 1);
-                match self.state.compare_exchange_weak(
-                    current,
-                    next,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return,
+                match self.update_probes(current, next) {
+                    Ok(()) => return,
                     Err(actual) => current = actual,
                 }
             }
@@ -340,16 +330,21 @@ impl Inner {
         while self.is_episode(current, episode) {
             let (_, in_flight, successes) = word::probes(current);
             let next = word::half_open(episode, in_flight.saturating_sub(1), successes);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
+            match self.update_probes(current, next) {
+                Ok(()) => return,
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Moves the half-open word from `current` to `next` within one episode
+    /// (probe counts only: no transition, nothing to report); `Err` holds the
+    /// word found instead. May fail spuriously: call it in a loop.
+    #[inline]
+    fn update_probes(&self, current: u64, next: u64) -> Result<(), u64> {
+        self.state
+            .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
     }
 
     fn is_episode(&self, current: u64, episode: u32) -> bool {
