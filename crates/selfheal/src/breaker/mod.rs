@@ -89,6 +89,16 @@ use self::state::{Held, Inner, Ticket, word};
 pub use crate::observe::BreakerState;
 use crate::retry::{Classify, Verdict};
 
+/// `closed`, `open` or `half_open` ([`BreakerState::as_str`]): what
+/// `#[derive(Serialize)]` with `rename_all = "snake_case"` writes, so that a
+/// [`BreakerReport`](crate::health::BreakerReport) reads the same in
+/// `/admin/health.json` as in metrics labels and logs.
+impl serde::Serialize for BreakerState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit_variant("BreakerState", *self as u32, self.as_str())
+    }
+}
+
 /// A circuit breaker guarding one dependency.
 ///
 /// Clones share their state: build one per dependency (per host, per

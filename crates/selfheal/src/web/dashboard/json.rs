@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::dates::{rfc3339, unix_secs};
 use crate::health::{Report, Status};
+use crate::observe::BreakerState;
 
 fn health_status(status: Status) -> &'static str {
     match status {
@@ -125,7 +126,7 @@ pub fn health_json(report: &Report, service: &str) -> Value {
                 "componentId": breaker.name,
                 "componentType": "component",
                 "observedValue": breaker.state,
-                "status": if breaker.state == "closed" { "pass" } else { "warn" },
+                "status": if breaker.state == BreakerState::Closed { "pass" } else { "warn" },
                 "time": now,
             })],
         );
@@ -162,4 +163,37 @@ pub fn health_json(report: &Report, service: &str) -> Value {
         doc["output"] = Value::String(report.reasons.join("; "));
     }
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::Monitor;
+    use crate::observe::{Event, Observer};
+
+    #[tokio::test]
+    async fn breakers_are_reported_by_their_state_names() {
+        let monitor = Monitor::builder().global(false).build().unwrap();
+        let observer = monitor.observer();
+        for (breaker, to) in [
+            ("a", BreakerState::Closed),
+            ("b", BreakerState::Open),
+            ("c", BreakerState::HalfOpen),
+        ] {
+            let from = BreakerState::Closed;
+            observer.on_event(&Event::BreakerTransition { breaker, from, to });
+        }
+        let doc = health_json(&monitor.report(Duration::from_secs(900)), "svc");
+        for (breaker, state, status) in [
+            ("a", "closed", "pass"),
+            ("b", "open", "warn"),
+            ("c", "half_open", "warn"),
+        ] {
+            let entry = &doc["checks"][format!("{breaker}:state")][0];
+            assert_eq!(entry["observedValue"], state, "{breaker}");
+            assert_eq!(entry["status"], status, "{breaker}");
+        }
+    }
 }
