@@ -79,7 +79,7 @@ impl AppState {
     /// store and the upstream clients for `config`.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         selfheal::tls::install_default_crypto_provider();
-        let monitor = Monitor::builder().global(false).start()?;
+        let monitor = Monitor::builder().with_global(false).start()?;
         let db = Db::open(&config, &monitor).await?;
         let store = Store::open(&db, config.redis_url.as_ref().map(|u| u.expose())).await?;
         if config.secret_key.is_none() {
@@ -89,7 +89,7 @@ impl AppState {
             Some(key) => selfheal::config::SecretKeyOptions::new()
                 .load_from(|_| Some(key.expose().to_owned()))?,
             None => selfheal::config::SecretKeyOptions::new()
-                .key_file(config.data_dir.join("secret_key"))
+                .with_key_file(config.data_dir.join("secret_key"))
                 .load_from(|_| None)?,
         };
         // One client: the middleware keeps a budget and a breaker per

@@ -119,7 +119,9 @@ fn init_logs(format: LogFormat) {
 /// purpose: no web request can grant it.
 async fn promote(config: cozmic::config::Config, email: &str, admin: bool) -> ExitCode {
     let result = async {
-        let monitor = selfheal::health::Monitor::builder().global(false).build()?;
+        let monitor = selfheal::health::Monitor::builder()
+            .with_global(false)
+            .build()?;
         let db = cozmic::db::Db::open(&config, &monitor).await?;
         let found = db.set_admin(email, admin).await?;
         db.close().await;

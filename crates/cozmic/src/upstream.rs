@@ -88,7 +88,7 @@ pub fn client(
 }
 
 fn unavailable(error: &reqwest_middleware::Error) -> UpstreamError {
-    let retry_after = selfheal::http::retry_after(error)
+    let retry_after = selfheal::http::retry_in(error)
         .unwrap_or(Duration::from_secs(30))
         .max(Duration::from_secs(1));
     UpstreamError::Unavailable { retry_after }

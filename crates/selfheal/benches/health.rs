@@ -114,11 +114,11 @@ fn main() {
         .unwrap();
     let monitor = {
         let _entered = runtime.enter();
-        Monitor::builder().global(false).start().unwrap()
+        Monitor::builder().with_global(false).start().unwrap()
     };
     std::thread::sleep(Duration::from_millis(300));
     // Built without tasks: every record reads the clock.
-    let unstarted = Monitor::builder().global(false).build().unwrap();
+    let unstarted = Monitor::builder().with_global(false).build().unwrap();
     unstarted.record_error("OperationalError", "save_progress", &"database is locked");
     let baseline = Baseline::default();
     monitor.record_error("OperationalError", "save_progress", &"database is locked");
@@ -159,7 +159,7 @@ fn main() {
     let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listened = {
         let _entered = runtime.enter();
-        Monitor::builder().global(false).start().unwrap()
+        Monitor::builder().with_global(false).start().unwrap()
     };
     listened.set_listener(std::sync::Arc::new({
         let heard = heard.clone();
@@ -183,7 +183,7 @@ fn main() {
     });
 
     // A full table: 1,000 fingerprints with 60 events each.
-    let full = Monitor::builder().global(false).build().unwrap();
+    let full = Monitor::builder().with_global(false).build().unwrap();
     let full_base = Baseline::default();
     for i in 0..1_000 {
         let op = format!("route_{i}");
@@ -206,7 +206,7 @@ fn main() {
     // Memory under 1,000,000 distinct fingerprints.
     let mut key = String::new();
     let before = counting_alloc::live_bytes();
-    let m = Monitor::builder().global(false).build().unwrap();
+    let m = Monitor::builder().with_global(false).build().unwrap();
     for i in 0..1_000_000u32 {
         key.clear();
         write!(key, "/students/{i}").unwrap();

@@ -12,7 +12,7 @@
 //! a key file with mode `0600` and reused on every restart (so sessions
 //! survive restarts), with a warning in the log (never the key). Several
 //! instances cannot: each would make a different key and reject the others'
-//! cookies, so [`SecretKeyOptions::instances`] with [`Instances::Several`]
+//! cookies, so [`SecretKeyOptions::with_instances`] with [`Instances::Several`]
 //! makes a missing `SECRET_KEY` an error.
 //!
 //! ```no_run
@@ -22,7 +22,7 @@
 //! config::load_dotenv()?; // .env, when there is one
 //! let env = config::require(&["DATABASE_URL", "SMTP_HOST", "ADMIN_TOKEN"])?;
 //! let database_url = env.get("DATABASE_URL");
-//! let key = SecretKeyOptions::new().instances(Instances::One).load()?;
+//! let key = SecretKeyOptions::new().with_instances(Instances::One).load()?;
 //! # let _ = (database_url, key);
 //! # Ok(())
 //! # }
@@ -204,20 +204,20 @@ impl SecretKeyOptions {
     }
 
     /// The environment variable. Default `SECRET_KEY`.
-    pub fn var(mut self, name: impl Into<String>) -> Self {
+    pub fn with_var(mut self, name: impl Into<String>) -> Self {
         self.var = name.into();
         self
     }
 
     /// The key file used when the variable is not set. Default `.secret_key`
     /// (in the working directory).
-    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+    pub fn with_key_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.key_file = path.into();
         self
     }
 
     /// How many instances share sessions. Default [`Instances::One`].
-    pub fn instances(mut self, instances: Instances) -> Self {
+    pub fn with_instances(mut self, instances: Instances) -> Self {
         self.instances = instances;
         self
     }

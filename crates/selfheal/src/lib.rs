@@ -42,6 +42,70 @@
 //!
 //! Time is always tokio's clock, so every time-based behaviour can be tested
 //! under `tokio::time::pause()` in milliseconds.
+//!
+//! # How it fits together
+//!
+//! ```text
+//!  engines                 integrations                 reporting
+//!  retry ── breaker ──┐    http (reqwest middleware)    observe::emit ──► Observer
+//!  fallback           ├──► db (sqlx runner, schema)         │  (one channel)
+//!  supervise          │    web (HealLayer), session         ▼
+//!                     └──  config                        health::Monitor ──► listener
+//!                                                         (status, alerts,     (metrics)
+//!                                                          dashboard)
+//! ```
+//!
+//! **One reporting channel.** Every component reports what it did through
+//! [`observe::emit`]: the engine's retries, recoveries and give-ups,
+//! fallbacks, breaker transitions, and the errors and heals of the
+//! integrations ([`observe::Event::Error`], [`observe::Event::Heal`]: a
+//! panic caught, a transaction re-run, a worker restarted, a schema or a
+//! session repaired). Each event is one `tracing` event and one call of an
+//! [`Observer`](observe::Observer): the component's own, else the global
+//! one. The [`health::Monitor`] is an observer (and installs itself as the
+//! global one when started); whatever it records it hands to its
+//! [listener](health::Monitor::set_listener), which is how the Prometheus
+//! metrics count exactly what the dashboard shows. Engines know nothing of
+//! the monitor; nothing imports upward.
+//!
+//! **One engine.** Every retrying thing (the async, blocking and
+//! context-carrying drivers of [`retry::Policy`], the tower
+//! [`RetryLayer`](retry::RetryLayer), the HTTP middleware, the db runner)
+//! hands each attempt's outcome to the same engine step, which classifies,
+//! spends the budget, reports, and answers with one decision (done, retry
+//! after a delay, give up). A driver only decides how to wait and how to make
+//! the next attempt.
+//!
+//! # Where things live
+//!
+//! | module | rooms |
+//! |---|---|
+//! | [`retry`] | `mod` (the `Policy` and its settings), `engine` (the step between attempts), `drive` (`retry`, `retry_with`, `retry_blocking`), `backoff`, `budget`, `classify`, `error`, `layer` (tower) |
+//! | [`breaker`] | `mod` (the handle, permits), `builder`, `state` (the state machine), `window`, `error`, `layer` |
+//! | [`observe`] | `mod` (`emit`, the global observer, `Fanout`), `event` (the vocabulary), `testing` (`Recorder`, feature `test-util`) |
+//! | [`health`] | `mod` (the monitor and its record path), `builder`, `fingerprint`, `table`, `window`, `observer` (events → records), `evaluate` (rules → alerts), `tasks` (checks, ticker, delivery), `alert`, `check`, `report`, sinks (`webhook`, `email`) |
+//! | [`supervise`] | `mod` (the `Supervisor` and its settings), `run` (the loop), `handle` |
+//! | `db` | `runner`, `guard`, `classify`, `schema/{declare,drift,heal}`, per-backend SQL in `sqlite` and `postgres` behind a sealed trait |
+//! | `http` | `mod` (the middleware's call), `builder`, `registry` (per-host state), `classify`, `hints` (header parsers), `idempotency`, `error` |
+//! | `web` | `layer`, `future`, `context` (one request's reporting), `client` (who asked), `respond`, `probes`, `guard` (admin), `dashboard/{routes,view,json}` |
+//! | `session` | `mod`, `healed` (the extractor), `fields`, `repair`, `error` |
+//!
+//! # Conventions
+//!
+//! - **Settings are `with_*` methods that take and return `self`.** A type
+//!   used as it is built ([`retry::Policy`], `db::Guard`,
+//!   [`supervise::Supervisor`]) checks a setting where it is set: a setter
+//!   whose value can be wrong on its own returns
+//!   `Result<Self, `[`ConfigError`]`>`. A `…Builder` ([`health::MonitorBuilder`],
+//!   [`breaker::Builder`], `http::Builder`) checks everything once, in
+//!   `build()`, because its settings are only valid together. Either way a
+//!   misconfiguration fails at start-up, never on a request.
+//! - **Futures:** public operations are `async fn` or return
+//!   `impl Future`; tower services name their future (`ResponseFuture`), as
+//!   tower requires; trait objects return a boxed future
+//!   ([`health::SinkFuture`]).
+//! - **Locks are poison-tolerant** (one private helper): a panic elsewhere
+//!   must not turn the monitor's next record into a second panic.
 #![forbid(unsafe_code)]
 
 pub mod breaker;

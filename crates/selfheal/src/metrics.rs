@@ -42,7 +42,7 @@
 //! use selfheal::web::HealLayer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let monitor = Monitor::builder().global(false).build().unwrap();
+//! let monitor = Monitor::builder().with_global(false).build().unwrap();
 //! let metrics = Metrics::install().unwrap(); // once per process; later calls share it
 //! let app: Router = Router::new()
 //!     .layer(HealLayer::new(monitor.clone()).with_metrics(&metrics))
@@ -199,12 +199,8 @@ impl Metrics {
             now.insert(("selfheal_fingerprint_errors", fp.fingerprint.clone()));
         }
         for breaker in &report.breakers {
-            let value = match breaker.state {
-                "open" => 2.0,
-                "half_open" => 1.0,
-                _ => 0.0,
-            };
-            metrics::gauge!("selfheal_breaker_state", "breaker" => breaker.name.clone()).set(value);
+            metrics::gauge!("selfheal_breaker_state", "breaker" => breaker.name.clone())
+                .set(breaker_gauge(breaker.state));
         }
         for check in &report.checks {
             let passing = if check.passing == Some(true) {
@@ -378,6 +374,15 @@ impl fmt::Debug for MetricsListener {
     }
 }
 
+/// The value of `selfheal_breaker_state`: 0 closed, 1 half-open, 2 open.
+fn breaker_gauge(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    }
+}
+
 impl Observer for MetricsListener {
     fn on_event(&self, event: &Event<'_>) {
         match *event {
@@ -400,13 +405,8 @@ impl Observer for MetricsListener {
                 .increment(1);
             }
             Event::BreakerTransition { breaker, to, .. } => {
-                let value = match to {
-                    BreakerState::Closed => 0.0,
-                    BreakerState::HalfOpen => 1.0,
-                    BreakerState::Open => 2.0,
-                };
                 metrics::gauge!("selfheal_breaker_state", "breaker" => breaker.to_owned())
-                    .set(value);
+                    .set(breaker_gauge(to));
             }
             // Recoveries and fallbacks reach the listener as the heals and
             // errors the monitor records for them; rejections are read at

@@ -20,9 +20,9 @@ fn builder(attempts: u32) -> MonitorBuilder {
         .with_backoff(Backoff::constant(Duration::from_millis(20)))
         .without_budget();
     Monitor::builder()
-        .global(false)
-        .evaluation_interval(Duration::from_millis(50))
-        .sink_policy(policy)
+        .with_global(false)
+        .with_evaluation_interval(Duration::from_millis(50))
+        .with_sink_policy(policy)
 }
 
 /// The guide's scenario: the same error 11 times, over the threshold of 10.
@@ -99,7 +99,10 @@ mod webhook {
             .mount(&server)
             .await;
 
-        let monitor = builder(5).sink(Arc::new(sink(&server))).start().unwrap();
+        let monitor = builder(5)
+            .with_sink(Arc::new(sink(&server)))
+            .start()
+            .unwrap();
         eleven_identical_errors(&monitor);
 
         eventually("three POSTs", || async {
@@ -158,7 +161,10 @@ mod webhook {
             .mount(&server)
             .await;
 
-        let monitor = builder(3).sink(Arc::new(sink(&server))).start().unwrap();
+        let monitor = builder(3)
+            .with_sink(Arc::new(sink(&server)))
+            .start()
+            .unwrap();
         eleven_identical_errors(&monitor);
 
         eventually("the delivery failure", || async {
@@ -254,7 +260,7 @@ mod webhook {
         assert!(debug.contains("hooks.example.com"), "{debug}");
         assert!(debug.contains("authorization: <redacted>"), "{debug}");
         // The monitor's Debug lists sinks by name only.
-        let builder = builder(3).sink(Arc::new(sink));
+        let builder = builder(3).with_sink(Arc::new(sink));
         let debug = format!("{builder:?}");
         assert!(
             !debug.contains(TOKEN) && debug.contains("webhook"),
@@ -483,7 +489,7 @@ mod email {
         )
         .unwrap();
 
-        let monitor = builder(5).sink(Arc::new(email)).start().unwrap();
+        let monitor = builder(5).with_sink(Arc::new(email)).start().unwrap();
         eleven_identical_errors(&monitor);
 
         eventually("one email", || async { !server.mails().is_empty() }).await;
@@ -543,7 +549,7 @@ mod email {
         .unwrap();
         assert!(!format!("{email:?}").contains("pa55-very-secret"));
 
-        let monitor = builder(2).sink(Arc::new(email)).start().unwrap();
+        let monitor = builder(2).with_sink(Arc::new(email)).start().unwrap();
         eleven_identical_errors(&monitor);
         eventually("the delivery failure", || async {
             monitor

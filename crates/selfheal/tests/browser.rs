@@ -81,7 +81,7 @@ async fn sign_in() -> Html<String> {
 }
 
 fn monitor_with_history() -> Monitor {
-    let monitor = Monitor::builder().global(false).build().unwrap();
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
     monitor.record_error("Panic", "/lessons/{id}", &PAYLOAD);
     for _ in 0..3 {
         monitor.record_error(

@@ -204,7 +204,7 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
         pg.counter_table().await;
         let pool = pg.pool(TASKS as u32).await;
         let retries = Arc::new(Retries::default());
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let runner = Runner::new(pool.clone())
             .with_begin(BEGIN_SERIALIZABLE)
             // Eight writers on one row: the unluckiest transaction loses the
@@ -675,7 +675,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
 
         // 3. The guard: the next attempt finds the id and returns the value
         //    of the attempt that committed.
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let guarded = Runner::new(pool.clone())
             .with_guard(Guard::default())
             .with_policy(fast())
@@ -784,10 +784,10 @@ async fn schema_drift_is_repaired_or_reported() {
                 .column(Column::new("plan", "character varying(40)").default("'free'"))
                 .index(Index::new("students_xp", ["xp"])),
         );
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let report = Startup::new(&pg.admin)
-            .declare(declared.clone())
-            .monitor(monitor.clone())
+            .with_declare(declared.clone())
+            .with_monitor(monitor.clone())
             .run()
             .await
             .unwrap();
@@ -862,7 +862,7 @@ async fn a_commit_still_in_flight_when_the_guard_looks_is_caught_by_its_row() {
         db::guard::install(&pg.admin).await.unwrap();
         let proxy = CommitDropProxy::start(upstream(&pg).await).await;
         let pool = proxied_pool(&pg, &proxy).await;
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let guarded = Runner::new(pool.clone())
             .with_guard(Guard::default())
             .with_policy(

@@ -168,7 +168,7 @@ async fn runner_keeps_contended_increments_exact() {
     bounded(Duration::from_secs(120), async {
         let (db, pool) = contended_setup("runner").await;
         let retries = Arc::new(Retries::default());
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let runner = Runner::new(pool.clone())
             .with_policy(Runner::<sqlx::Sqlite>::default_policy())
             .with_observer(Arc::new(Fanout::new(vec![
@@ -472,11 +472,11 @@ async fn a_missing_column_is_added_with_its_default_and_rows_are_kept() {
             .execute(&pool)
             .await
             .unwrap();
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let report = Startup::new(&pool)
-            .declare(students_schema())
-            .monitor(monitor.clone())
-            .refuse_on_drift(true)
+            .with_declare(students_schema())
+            .with_monitor(monitor.clone())
+            .with_refuse_on_drift(true)
             .run()
             .await
             .unwrap();
@@ -502,11 +502,11 @@ async fn a_missing_column_is_added_with_its_default_and_rows_are_kept() {
         // The check passes, and a second start-up has nothing to do.
         assert!(monitor.run_checks().await);
         let again = Startup::new(&pool)
-            .declare(students_schema())
+            .with_declare(students_schema())
             .run()
             .await
             .unwrap();
-        assert_eq!(again, schema::Report::default());
+        assert_eq!(again, schema::SchemaReport::default());
         // selfheal's own table came with it.
         assert!(
             schema::inspect(&pool, "selfheal_operations")
@@ -536,12 +536,12 @@ async fn a_wrong_type_column_is_reported_and_left_untouched() {
             .execute(&pool)
             .await
             .unwrap();
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
 
         // Not refusing: start-up goes on, the check fails with a clear message.
         let report = Startup::new(&pool)
-            .declare(students_schema())
-            .monitor(monitor.clone())
+            .with_declare(students_schema())
+            .with_monitor(monitor.clone())
             .run()
             .await
             .unwrap();
@@ -575,8 +575,8 @@ async fn a_wrong_type_column_is_reported_and_left_untouched() {
 
         // Refusing: start-up fails with the same explanation.
         let refused = Startup::new(&pool)
-            .declare(students_schema())
-            .refuse_on_drift(true)
+            .with_declare(students_schema())
+            .with_refuse_on_drift(true)
             .run()
             .await
             .unwrap_err();
@@ -615,8 +615,8 @@ async fn migrations_run_then_drift_is_healed_or_reported() {
             )
             .absent_table("legacy_sessions");
         let report = Startup::new(&pool)
-            .migrate(&migrator)
-            .declare(schema)
+            .with_migrate(&migrator)
+            .with_declare(schema)
             .run()
             .await
             .unwrap();
@@ -699,7 +699,7 @@ async fn a_give_up_is_recorded_under_its_code_and_operation() {
             .execute(&mut holder)
             .await
             .unwrap();
-        let monitor = Monitor::builder().global(false).build().unwrap();
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
         let runner = Runner::new(pool.clone())
             .with_policy(
                 Runner::<sqlx::Sqlite>::default_policy()

@@ -21,7 +21,7 @@ fn live() -> isize {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_million_distinct_fingerprints_keep_memory_flat() {
     counting_alloc::start();
-    let monitor = Monitor::builder().global(false).build().unwrap();
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
     let before = live();
     // The first 1,000 fill the table (the cap) ...
     for i in 0..1_000u32 {

@@ -460,7 +460,7 @@ async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
     );
     assert_eq!(unavailable.attempts(), 1);
     assert_eq!(
-        selfheal::http::retry_after(&error),
+        selfheal::http::retry_in(&error),
         Some(Duration::from_secs(120))
     );
     assert!(!selfheal::http::is_circuit_open(&error));
@@ -971,7 +971,7 @@ async fn a_404_is_a_success_for_the_breaker_and_a_500_a_failure() {
 
 #[tokio::test]
 async fn failures_reach_the_health_monitor_with_per_dependency_fingerprints() {
-    let monitor = Monitor::builder().global(false).build().unwrap();
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
     let (addr, _server) = serve(vec![], reply(503)).await;
     let refused = refused_port().await;
     let client = client(

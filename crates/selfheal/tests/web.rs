@@ -19,7 +19,7 @@ use tower::ServiceExt;
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn monitor() -> Monitor {
-    Monitor::builder().global(false).build().unwrap()
+    Monitor::builder().with_global(false).build().unwrap()
 }
 
 async fn body(response: Response<Body>) -> String {
@@ -190,8 +190,8 @@ async fn a_slow_request_times_out_with_503_and_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn load_is_shed_only_when_asked_and_while_critical() {
     let monitor = Monitor::builder()
-        .global(false)
-        .status_rules(StatusRules {
+        .with_global(false)
+        .with_status_rules(StatusRules {
             min_requests: 1,
             ..StatusRules::default()
         })
@@ -707,18 +707,48 @@ async fn metrics_render_as_prometheus_text() {
     }
 }
 
-/// One channel: whatever the monitor records, whoever reports it (the web
-/// layer, a supervised worker, the retry engine's events, a fallback, a
-/// component calling the monitor directly), `/metrics` counts; every kind of
-/// heal included. The dashboard and `/metrics` cannot disagree.
-#[tokio::test]
-async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records() {
+/// One channel: every kind of heal and every error path, each produced by
+/// the real component that reports it (the web layer, a session extractor
+/// over a corrupt record and over a store that is down, a supervised worker,
+/// the retry engine, a fallback, a circuit breaker that opens and closes,
+/// the db runner on a real SQLite write lock, schema healing on a real
+/// SQLite database missing a column, an alert sink that refuses), is
+/// counted in `/metrics`. The dashboard and `/metrics` cannot disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_heal_kind_and_error_path_from_the_components_that_report_them() {
+    use selfheal::breaker::{Breaker, TripMode};
     use selfheal::fallback::Fallback;
+    use selfheal::health::{Alert, AlertRule, AlertSink, Severity, SinkFuture};
     use selfheal::retry::{Backoff, Policy};
     use selfheal::supervise::Supervisor;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-    let monitor = monitor();
+    struct Refusing;
+    impl AlertSink for Refusing {
+        fn name(&self) -> &str {
+            "refusing"
+        }
+        fn deliver<'a>(&'a self, _: &'a Alert) -> SinkFuture<'a> {
+            Box::pin(async { Err("the pager refused".into()) })
+        }
+    }
+
+    let monitor = Monitor::builder()
+        .with_global(false)
+        .with_rule(AlertRule::RepeatedError {
+            name: "channel".into(),
+            threshold: 0,
+            window: Duration::from_secs(60),
+            severity: Severity::Warning,
+        })
+        .with_evaluation_interval(Duration::from_millis(20))
+        .with_sink(std::sync::Arc::new(Refusing))
+        .with_sink_policy(Policy::default().with_max_attempts(1).unwrap())
+        .start()
+        .unwrap();
     let metrics = Metrics::install().unwrap();
+    let observer = monitor.observer();
+    let flaky_store = store::Flaky::default();
     let app = Router::new()
         .route(
             "/channel/fail",
@@ -727,13 +757,30 @@ async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records(
         .route("/channel/boom/{id}", get(boom))
         .layer(HealLayer::new(monitor.clone()).with_metrics(&metrics))
         .merge(metrics.routes(monitor.clone()));
-    // The web layer: a 5xx and a panic.
+    let down_app = session_app(&monitor, flaky_store.clone());
+
+    // The web layer: a 5xx, and a panic caught.
     app.clone().oneshot(get_req("/channel/fail")).await.unwrap();
     app.clone()
         .oneshot(get_req("/channel/boom/1"))
         .await
         .unwrap();
-    // A supervised worker that fails once (an error and a restart).
+    // Sessions: a corrupt field repaired; a store that is down.
+    let store = tower_sessions::MemoryStore::default();
+    let id = stored_record(&store, serde_json::json!({"xp": "banana"})).await;
+    session_app(&monitor, store)
+        .oneshot(with_cookie("/show", &format!("id={id}")))
+        .await
+        .unwrap();
+    let id = stored_record(&flaky_store, serde_json::json!({"xp": 1})).await;
+    flaky_store
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    down_app
+        .oneshot(with_cookie("/show", &format!("id={id}")))
+        .await
+        .unwrap();
+    // A supervised worker that fails once: an error and a restart.
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = Supervisor::new("channel-worker")
         .with_monitor(monitor.clone())
@@ -748,31 +795,99 @@ async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records(
                 Ok(())
             }
         });
-    // The retry engine's events, through the monitor's observer.
-    let observer = monitor.observer();
+    // The retry engine: one call recovers, one gives up.
     let policy = Policy::default()
         .with_max_attempts(2)
         .unwrap()
         .with_backoff(Backoff::constant(Duration::from_millis(1)))
         .without_budget()
         .with_observer(observer.clone());
+    let mut calls = 0;
+    let _ = policy
+        .retry_named("channel_recover", || {
+            calls += 1;
+            let fail = calls == 1;
+            async move {
+                if fail {
+                    Err(std::io::Error::other("blip"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
     let _ = policy
         .retry_named("channel_retry", || async {
             Err::<(), _>(std::io::Error::other("down"))
         })
         .await;
-    // A fallback, and a component reporting to the monitor directly.
+    // A fallback.
     let _: Vec<u8> = Fallback::new("channel_fallback")
-        .with_observer(observer)
+        .with_observer(observer.clone())
         .or_default(async { Err::<Vec<u8>, _>(std::io::Error::other("gone")) })
         .await;
-    monitor.record_error("AlertSinkError", "alert_sink:channel", &"refused");
-    // Every kind of heal, as the db runner, the schema healer and the
-    // others record them.
-    for kind in HealKind::ALL {
-        monitor.record_heal(kind, "channel");
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A breaker that opens on a failure and closes after a good probe.
+    let breaker = Breaker::builder("channel-breaker")
+        .with_trip_mode(TripMode::ConsecutiveFailures)
+        .with_consecutive_failures(1)
+        .with_break_duration(Duration::from_millis(20))
+        .with_observer(observer.clone())
+        .build()
+        .unwrap();
+    let _ = breaker.call(|| async { Err::<(), _>("refused") }).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let _ = breaker.call(|| async { Ok::<_, &str>(()) }).await;
+    // The db runner on a real SQLite write lock, and schema healing.
+    let dir = std::env::temp_dir().join(format!("selfheal-channel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join("channel.db"))
+        .create_if_missing(true)
+        .busy_timeout(Duration::ZERO);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let schema = selfheal::db::schema::Schema::new().table(
+        selfheal::db::schema::Table::new("notes")
+            .column(selfheal::db::schema::Column::new("id", "INTEGER"))
+            .column(selfheal::db::schema::Column::new("body", "TEXT").default("''")),
+    );
+    selfheal::db::schema::Startup::new(&pool)
+        .with_declare(schema)
+        .with_monitor(monitor.clone())
+        .run()
+        .await
+        .unwrap();
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    });
+    selfheal::db::Runner::new(pool.clone())
+        .with_observer(observer.clone())
+        .run("channel_write", async |tx| {
+            sqlx::query("INSERT INTO notes (body) VALUES ('x')")
+                .execute(&mut **tx)
+                .await?;
+            Ok::<_, sqlx::Error>(())
+        })
+        .await
+        .unwrap();
+    release.await.unwrap();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    // The alert rule fired on the errors above; its sink refused.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     worker.shutdown().await;
 
     let text = body(app.clone().oneshot(get_req("/metrics")).await.unwrap()).await;
@@ -791,10 +906,11 @@ async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records(
     for (kind, operation) in [
         ("500", "/channel/fail"),
         ("Panic", "/channel/boom/{id}"),
+        ("SessionStoreError", "session"),
         ("str", "worker:channel-worker"),
         ("Error", "channel_retry"),
         ("Error", "channel_fallback"),
-        ("AlertSinkError", "alert_sink:channel"),
+        ("AlertSinkError", "alert_sink:refusing"),
     ] {
         let (kind, operation) = (
             format!("kind=\"{kind}\""),
@@ -805,14 +921,22 @@ async fn metrics_count_every_error_path_and_every_heal_kind_the_monitor_records(
             "{kind} {operation} missing in\n{text}"
         );
     }
-    assert!(
-        has("selfheal_retries_total", &["operation=\"channel_retry\""]),
-        "{text}"
-    );
+    for operation in ["channel_retry", "channel_recover"] {
+        let label = format!("operation=\"{operation}\"");
+        assert!(has("selfheal_retries_total", &[&label]), "{label}: {text}");
+    }
     assert!(
         has("selfheal_gave_up_total", &["operation=\"channel_retry\""]),
         "{text}"
     );
+    // And the dashboard's report agrees with every heal counted.
+    let report = monitor.report(Duration::from_secs(900));
+    for kind in HealKind::ALL {
+        assert!(
+            report.heals.get(&kind).copied().unwrap_or(0) > 0,
+            "{kind} not on the dashboard"
+        );
+    }
 }
 
 // --- sessions -------------------------------------------------------------
@@ -1250,7 +1374,7 @@ fn the_key_file_is_created_0600_and_reused() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("secret_key");
     let _ = std::fs::remove_file(&path);
-    let options = SecretKeyOptions::new().key_file(&path);
+    let options = SecretKeyOptions::new().with_key_file(&path);
     let unset = |_: &str| None;
 
     let first = options.load_from(unset).unwrap();
@@ -1268,8 +1392,8 @@ fn the_key_file_is_created_0600_and_reused() {
 
     // Several instances: never generate.
     let error = SecretKeyOptions::new()
-        .key_file(dir.join("other"))
-        .instances(Instances::Several)
+        .with_key_file(dir.join("other"))
+        .with_instances(Instances::Several)
         .load_from(unset)
         .unwrap_err();
     assert!(error.message().contains("several instances"));
@@ -1278,7 +1402,7 @@ fn the_key_file_is_created_0600_and_reused() {
     // From the environment: used (stretched to 64 bytes), never shown.
     let secret = "a-very-long-secret-key-from-the-environment-42";
     let from_env = SecretKeyOptions::new()
-        .key_file(dir.join("unused"))
+        .with_key_file(dir.join("unused"))
         .load_from(|_| Some(secret.to_owned()))
         .unwrap();
     assert!(!from_env.is_generated());

@@ -114,9 +114,9 @@ impl Db {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
             Startup::new(&pool)
-                .migrate(&POSTGRES_MIGRATIONS)
-                .declare(schema())
-                .monitor(monitor.clone())
+                .with_migrate(&POSTGRES_MIGRATIONS)
+                .with_declare(schema())
+                .with_monitor(monitor.clone())
                 .run()
                 .await?;
             Db::Postgres(runner(Runner::new(pool), heal, monitor)?)
@@ -142,9 +142,9 @@ impl Db {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open the SQLite database: {e}"))?;
             Startup::new(&pool)
-                .migrate(&SQLITE_MIGRATIONS)
-                .declare(schema())
-                .monitor(monitor.clone())
+                .with_migrate(&SQLITE_MIGRATIONS)
+                .with_declare(schema())
+                .with_monitor(monitor.clone())
                 .run()
                 .await?;
             Db::Sqlite(runner(Runner::new(pool), heal, monitor)?)

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Human;
 use crate::observe::BreakerState;
 
 /// A call was refused without being made: the breaker is open, or it is
@@ -46,20 +47,6 @@ impl Open {
     /// frees as soon as a probe finishes, which the breaker cannot predict.
     pub const fn retry_in(&self) -> Duration {
         self.retry_in
-    }
-}
-
-/// Writes a short human duration: `3.2s` from one second up, `250ms` below.
-struct Human(Duration);
-
-impl fmt::Display for Human {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 >= Duration::from_secs(1) {
-            write!(f, "{:.1}s", self.0.as_secs_f64())
-        } else {
-            // Round up: "0ms" would promise a probe that is not there yet.
-            write!(f, "{}ms", self.0.as_nanos().div_ceil(1_000_000))
-        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::advance;
 
 use super::*;
+use crate::observe::{Event, Observer};
 
 /// Records every breaker event as `(from, to)` for transitions and
 /// `retry_in` for rejections.

@@ -30,14 +30,14 @@ impl Severity {
 }
 
 /// A condition the monitor evaluates, about once per
-/// [evaluation interval](super::MonitorBuilder::evaluation_interval), off the
+/// [evaluation interval](super::MonitorBuilder::with_evaluation_interval), off the
 /// request path.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum AlertRule {
     /// One fingerprint occurred more than `threshold` times within `window`.
     /// The guide's rule is `threshold: 10, window: 1 h, Critical`
-    /// ([`AlertRule::guide_default`]).
+    /// ([`AlertRule::repeated_error`]).
     RepeatedError {
         /// The rule's name, in alerts.
         name: Cow<'static, str>,
@@ -65,9 +65,11 @@ pub enum AlertRule {
 }
 
 impl AlertRule {
-    /// The guide's rule: the same error more than 10 times in 1 hour is
-    /// `CRITICAL`.
-    pub const fn guide_default() -> Self {
+    /// The default rule, named `repeated_error`: the same error (one
+    /// fingerprint) more than 10 times within an hour is `CRITICAL`. Ten an
+    /// hour is noise a busy service lives with; the eleventh means something
+    /// keeps failing the same way and a person should look.
+    pub const fn repeated_error() -> Self {
         Self::RepeatedError {
             name: Cow::Borrowed("repeated_error"),
             threshold: 10,

@@ -36,7 +36,7 @@ use crate::retry::{Backoff, Policy};
 /// | a firing `Critical` alert | | yes |
 ///
 /// Errors recorded with a [`ClientId`] count here only once their
-/// fingerprint was seen from [`min_clients`](MonitorBuilder::min_clients)
+/// fingerprint was seen from [`min_clients`](MonitorBuilder::with_min_clients)
 /// clients. None of this is readiness ([`Monitor::is_ready`]).
 ///
 /// Rates are the primary signal (they scale with traffic); the absolute count
@@ -133,7 +133,7 @@ impl Default for MonitorBuilder {
             bucket_width: Duration::from_secs(60),
             buckets: 60,
             max_fingerprints: 1000,
-            rules: vec![AlertRule::guide_default()],
+            rules: vec![AlertRule::repeated_error()],
             cooldown: Duration::from_secs(900),
             status: StatusRules::default(),
             evaluation_interval: Duration::from_secs(1),
@@ -152,20 +152,20 @@ impl MonitorBuilder {
     /// from the request's address) move the status and fire alerts only once
     /// their fingerprint was seen from this many distinct clients within the
     /// rule's window. Default 3; 1 counts every error as before; at most 32.
-    pub fn min_clients(mut self, clients: u32) -> Self {
+    pub fn with_min_clients(mut self, clients: u32) -> Self {
         self.min_clients = clients.clamp(1, 32);
         self
     }
 
     /// Width of one time bucket. Default 1 minute.
-    pub fn bucket_width(mut self, width: Duration) -> Self {
+    pub fn with_bucket_width(mut self, width: Duration) -> Self {
         self.bucket_width = width;
         self
     }
 
     /// Number of buckets kept; `bucket_width × buckets` is the horizon, the
     /// longest window a summary can cover. Default 60 (one hour).
-    pub fn buckets(mut self, buckets: usize) -> Self {
+    pub fn with_buckets(mut self, buckets: usize) -> Self {
         self.buckets = buckets;
         self
     }
@@ -174,58 +174,58 @@ impl MonitorBuilder {
     /// count under [`OTHER`]. The table is allocated once for this many
     /// (about 32 bytes a slot, two slots per fingerprint, plus the
     /// fingerprint's buckets when it first occurs). Default 1,000.
-    pub fn max_fingerprints(mut self, max: usize) -> Self {
+    pub fn with_max_fingerprints(mut self, max: usize) -> Self {
         self.max_fingerprints = max;
         self
     }
 
-    /// Replaces the alert rules. Default: [`AlertRule::guide_default`].
-    pub fn rules(mut self, rules: Vec<AlertRule>) -> Self {
+    /// Replaces the alert rules. Default: [`AlertRule::repeated_error`].
+    pub fn with_rules(mut self, rules: Vec<AlertRule>) -> Self {
         self.rules = rules;
         self
     }
 
     /// Adds an alert rule.
-    pub fn rule(mut self, rule: AlertRule) -> Self {
+    pub fn with_rule(mut self, rule: AlertRule) -> Self {
         self.rules.push(rule);
         self
     }
 
     /// After firing, the same rule and fingerprint does not fire again within
     /// this time. Default 15 minutes.
-    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
         self
     }
 
     /// The status rules. Default: [`StatusRules::default`].
-    pub fn status_rules(mut self, rules: StatusRules) -> Self {
+    pub fn with_status_rules(mut self, rules: StatusRules) -> Self {
         self.status = rules;
         self
     }
 
     /// How often the background task evaluates alert rules. Default 1 s.
-    pub fn evaluation_interval(mut self, interval: Duration) -> Self {
+    pub fn with_evaluation_interval(mut self, interval: Duration) -> Self {
         self.evaluation_interval = interval;
         self
     }
 
     /// Adds an alert sink. [`LogSink`] is always installed.
-    pub fn sink(mut self, sink: Arc<dyn AlertSink>) -> Self {
+    pub fn with_sink(mut self, sink: Arc<dyn AlertSink>) -> Self {
         self.sinks.push(sink);
         self
     }
 
     /// Capacity of the channel from the evaluator to the sinks; notices beyond
     /// it are dropped and counted. Default 64.
-    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+    pub fn with_channel_capacity(mut self, capacity: usize) -> Self {
         self.channel_capacity = capacity;
         self
     }
 
     /// How many recent heal events and alerts are kept for the dashboard.
     /// Default 50.
-    pub fn recent(mut self, recent: usize) -> Self {
+    pub fn with_recent(mut self, recent: usize) -> Self {
         self.recent = recent;
         self
     }
@@ -233,14 +233,14 @@ impl MonitorBuilder {
     /// Whether [`MonitorBuilder::start`] installs the monitor as the global
     /// observer, so every selfheal component reports to it with no user code.
     /// Default `true`.
-    pub fn global(mut self, global: bool) -> Self {
+    pub fn with_global(mut self, global: bool) -> Self {
         self.global = global;
         self
     }
 
     /// The retry policy for alert deliveries. Default: 5 attempts, exponential
     /// 1 s × 2 up to 30 s, no budget.
-    pub fn sink_policy(mut self, policy: Policy) -> Self {
+    pub fn with_sink_policy(mut self, policy: Policy) -> Self {
         self.sink_policy = policy;
         self
     }
@@ -339,7 +339,7 @@ impl MonitorBuilder {
 
     /// Builds the monitor and starts its background tasks (alert evaluation
     /// and delivery; checks start as they are registered). Installs it as the
-    /// global observer unless [`MonitorBuilder::global`] says otherwise.
+    /// global observer unless [`MonitorBuilder::with_global`] says otherwise.
     /// Needs a tokio runtime. The tasks stop when the last [`Monitor`] clone
     /// is dropped.
     pub fn start(self) -> Result<Monitor, ConfigError> {

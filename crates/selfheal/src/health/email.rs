@@ -46,7 +46,7 @@ use crate::ConfigError;
 /// shows the scheme, host and port only.
 ///
 /// A failed send is an error, so the monitor's retry engine
-/// ([`MonitorBuilder::sink_policy`](super::MonitorBuilder::sink_policy))
+/// ([`MonitorBuilder::with_sink_policy`](super::MonitorBuilder::with_sink_policy))
 /// retries it; each attempt is bounded by the timeout (default 30 s).
 ///
 /// ```no_run
@@ -60,7 +60,7 @@ use crate::ConfigError;
 ///     ["ops@example.com", "Ada <ada@example.com>"],
 /// )?
 /// .with_service("cozmic");
-/// let monitor = Monitor::builder().sink(Arc::new(email)).start()?;
+/// let monitor = Monitor::builder().with_sink(Arc::new(email)).start()?;
 /// # Ok(()) }
 /// ```
 ///

@@ -33,7 +33,7 @@
 //! An alert that only reaches the service's own log is read when someone
 //! happens to look; one that matters at 3 a.m. has to reach a person. Every
 //! monitor writes alerts to the log ([`LogSink`]); add sinks with
-//! [`MonitorBuilder::sink`]:
+//! [`MonitorBuilder::with_sink`]:
 //!
 //! | sink | feature | for |
 //! |---|---|---|
@@ -43,7 +43,7 @@
 //! | your own | | anything implementing [`AlertSink`] |
 //!
 //! A failed delivery is retried with the monitor's
-//! [`sink_policy`](MonitorBuilder::sink_policy), then counted
+//! [`sink_policy`](MonitorBuilder::with_sink_policy), then counted
 //! ([`Report::alert_delivery_failures`]) and recorded as an error under the
 //! operation `alert_sink:<name>`. Secrets (webhook headers, SMTP passwords)
 //! never appear in `Debug` output, logs or recorded errors.
@@ -52,7 +52,7 @@
 //! use selfheal::health::Monitor;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let monitor = Monitor::builder().global(false).build().unwrap();
+//! let monitor = Monitor::builder().with_global(false).build().unwrap();
 //! monitor.record_error("OperationalError", "save_progress", &"database is locked");
 //! monitor.record_error("KeyError", "dashboard", &"'xp'");
 //!
@@ -267,7 +267,7 @@ impl Monitor {
     /// Records an error caused while serving `client` (see [`ClientId`]):
     /// counted and shown like any other, but it moves the status and fires
     /// alerts only once the fingerprint has been seen from
-    /// [`min_clients`](MonitorBuilder::min_clients) distinct clients within
+    /// [`min_clients`](MonitorBuilder::with_min_clients) distinct clients within
     /// the rule's window. `None` is [`Monitor::record_error`]: the server's
     /// own work (a worker, a check), which always counts.
     #[inline]
@@ -373,7 +373,7 @@ impl Monitor {
 
     /// Records the outcome of one request from `client`: a failure counts
     /// in the error rate once failures come from
-    /// [`min_clients`](MonitorBuilder::min_clients) distinct clients within
+    /// [`min_clients`](MonitorBuilder::with_min_clients) distinct clients within
     /// the rate's window (see [`ClientId`]).
     #[inline]
     pub fn record_request_from(&self, failed: bool, client: Option<ClientId>) {

@@ -107,8 +107,8 @@ pub struct RequestReport {
 pub struct BreakerReport {
     /// The breaker's name.
     pub name: String,
-    /// Its state.
-    pub state: &'static str,
+    /// Its state; serialized as `closed`, `open` or `half_open`.
+    pub state: BreakerState,
     /// Seconds since it entered that state.
     pub since_secs: u64,
 }
@@ -427,7 +427,7 @@ impl Monitor {
             .iter()
             .map(|(name, (state, since))| BreakerReport {
                 name: name.clone(),
-                state: state.as_str(),
+                state: *state,
                 since_secs: now.ms.saturating_sub(*since) / 1000,
             })
             .collect();

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 use super::*;
 
 fn monitor() -> Monitor {
-    Monitor::builder().global(false).build().unwrap()
+    Monitor::builder().with_global(false).build().unwrap()
 }
 
 fn minutes(n: u64) -> Duration {
@@ -309,8 +309,8 @@ fn many_threads_recording_lose_no_counts() {
 #[tokio::test(start_paused = true)]
 async fn beyond_the_cap_errors_count_as_other() {
     let m = Monitor::builder()
-        .global(false)
-        .max_fingerprints(3)
+        .with_global(false)
+        .with_max_fingerprints(3)
         .build()
         .unwrap();
     for i in 0..10 {
@@ -417,9 +417,9 @@ async fn the_background_task_evaluates_and_delivers_with_retries() {
     let collected = Arc::new(Collect::default());
     let flaky_seen = Arc::new(Collect::default());
     let m = Monitor::builder()
-        .global(false)
-        .sink(Arc::new(collected.clone()))
-        .sink(Arc::new(Flaky(AtomicU64::new(2), flaky_seen.clone())))
+        .with_global(false)
+        .with_sink(Arc::new(collected.clone()))
+        .with_sink(Arc::new(Flaky(AtomicU64::new(2), flaky_seen.clone())))
         .start()
         .unwrap();
     for _ in 0..11 {
@@ -441,8 +441,8 @@ async fn the_background_task_evaluates_and_delivers_with_retries() {
 #[tokio::test(start_paused = true)]
 async fn a_full_channel_drops_and_counts() {
     let m = Monitor::builder()
-        .global(false)
-        .channel_capacity(1)
+        .with_global(false)
+        .with_channel_capacity(1)
         .build()
         .unwrap();
     for i in 0..3 {
@@ -465,15 +465,15 @@ fn misconfiguration_is_rejected() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    assert!(Monitor::builder().buckets(0).build().is_err());
-    assert!(Monitor::builder().max_fingerprints(0).build().is_err());
-    let err = Monitor::builder().buckets(10).build().unwrap_err();
+    assert!(Monitor::builder().with_buckets(0).build().is_err());
+    assert!(Monitor::builder().with_max_fingerprints(0).build().is_err());
+    let err = Monitor::builder().with_buckets(10).build().unwrap_err();
     assert!(err.message().contains("horizon"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_started_monitor_records_on_its_coarse_clock() {
-    let m = Monitor::builder().global(false).start().unwrap();
+    let m = Monitor::builder().with_global(false).start().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..5 {
         m.record_error("Error", "early", &"x");
@@ -548,8 +548,8 @@ async fn errors_without_a_client_always_count_and_min_clients_is_configurable() 
     );
 
     let strict = Monitor::builder()
-        .global(false)
-        .min_clients(1)
+        .with_global(false)
+        .with_min_clients(1)
         .build()
         .unwrap();
     let client = Some(ClientId::of("203.0.113.9"));

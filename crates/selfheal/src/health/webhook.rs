@@ -46,7 +46,7 @@ use crate::ConfigError;
 ///
 /// Any answer other than `2xx` is an error ([`WebhookError::Status`]), and so
 /// is no complete answer within the timeout, so the monitor's retry engine
-/// ([`MonitorBuilder::sink_policy`](super::MonitorBuilder::sink_policy))
+/// ([`MonitorBuilder::with_sink_policy`](super::MonitorBuilder::with_sink_policy))
 /// retries it. Redirects are not followed when the sink builds its own client
 /// (a `3xx` is an error too): a redirect would carry the alert and its
 /// headers to another URL.
@@ -78,7 +78,7 @@ use crate::ConfigError;
 /// let webhook = WebhookSink::new("https://hooks.example.com/services/T000/B000/XXXX")?
 ///     .with_bearer_token("s3cr3t")?
 ///     .with_service("cozmic");
-/// let monitor = Monitor::builder().sink(Arc::new(webhook)).start()?;
+/// let monitor = Monitor::builder().with_sink(Arc::new(webhook)).start()?;
 /// # Ok(()) }
 /// ```
 ///

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::error::Human;
+
 /// Why a dependency is [`Unavailable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -128,20 +130,6 @@ impl fmt::Display for Unavailable {
 
 impl std::error::Error for Unavailable {}
 
-/// `3.2s` from one second up, `250ms` below (rounded up: "0ms" would promise
-/// too much).
-struct Human(Duration);
-
-impl fmt::Display for Human {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 >= Duration::from_secs(1) {
-            write!(f, "{:.1}s", self.0.as_secs_f64())
-        } else {
-            write!(f, "{}ms", self.0.as_nanos().div_ceil(1_000_000))
-        }
-    }
-}
-
 /// The [`Unavailable`] error inside `error`, if the middleware made it.
 pub fn unavailable(error: &reqwest_middleware::Error) -> Option<&Unavailable> {
     match error {
@@ -168,7 +156,7 @@ pub fn is_circuit_open(error: &reqwest_middleware::Error) -> bool {
 /// When the failed call is worth making again, if the middleware knows:
 /// the open breaker's time to its next probe, or the server's hint that was
 /// past the deadline.
-pub fn retry_after(error: &reqwest_middleware::Error) -> Option<Duration> {
+pub fn retry_in(error: &reqwest_middleware::Error) -> Option<Duration> {
     unavailable(error).map(Unavailable::retry_after)
 }
 
@@ -184,7 +172,7 @@ mod tests {
             0,
         ));
         assert!(is_circuit_open(&e));
-        assert_eq!(retry_after(&e), Some(Duration::from_millis(3200)));
+        assert_eq!(retry_in(&e), Some(Duration::from_millis(3200)));
         assert_eq!(
             e.to_string(),
             "'api.example.com' is unavailable: its circuit breaker is open; next probe in 3.2s"
@@ -197,7 +185,7 @@ mod tests {
             1,
         ));
         assert!(!is_circuit_open(&e));
-        assert_eq!(retry_after(&e), Some(Duration::from_secs(120)));
+        assert_eq!(retry_in(&e), Some(Duration::from_secs(120)));
         assert_eq!(
             e.to_string(),
             "'api.example.com' answered 429 and asked to retry after 120.0s, past the call's \

@@ -155,8 +155,8 @@
 //!     }
 //!     // Rate-limited past the deadline, or the breaker is open: tell our own
 //!     // user when to come back instead of failing vaguely.
-//!     Err(error) if selfheal::http::retry_after(&error).is_some() => {
-//!         let after = selfheal::http::retry_after(&error).unwrap();
+//!     Err(error) if selfheal::http::retry_in(&error).is_some() => {
+//!         let after = selfheal::http::retry_in(&error).unwrap();
 //!         println!("the tutor is busy, try again in {}s", after.as_secs().max(1));
 //!     }
 //!     Err(error) => return Err(error.into()),
@@ -184,7 +184,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 pub use builder::Builder;
-pub use error::{Unavailable, UnavailableReason, is_circuit_open, retry_after, unavailable};
+pub use error::{Unavailable, UnavailableReason, is_circuit_open, retry_in, unavailable};
 pub use idempotency::{IDEMPOTENCY_KEY, Idempotency};
 pub use registry::Dependency;
 

@@ -69,8 +69,11 @@ impl fmt::Display for GiveUpReason {
     }
 }
 
-/// The state of a circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The state of a circuit breaker. Serialized as its
+/// [`as_str`](BreakerState::as_str) name (`closed`, `open`, `half_open`), as
+/// in metrics labels and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls flow; outcomes are recorded.
     Closed,
@@ -261,7 +264,7 @@ pub enum Event<'a> {
 /// engineer, and (with shedding on) take the instance out of service. A
 /// real fault of the server hurts many clients. So errors recorded with a
 /// client count for the status and the alert rules only once their
-/// fingerprint was seen from [`min_clients`](crate::health::MonitorBuilder::min_clients)
+/// fingerprint was seen from [`min_clients`](crate::health::MonitorBuilder::with_min_clients)
 /// distinct clients (3 by default) within the rule's window; until then
 /// they are shown (every count, on the dashboard and in `health.json`) but
 /// do not move anything. Errors without a client (workers, checks, alert
@@ -276,7 +279,7 @@ pub enum Event<'a> {
 /// use selfheal::health::{ClientId, Monitor, Status};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let monitor = Monitor::builder().global(false).build().unwrap();
+/// let monitor = Monitor::builder().with_global(false).build().unwrap();
 /// let attacker = ClientId::of("203.0.113.9");
 /// for _ in 0..50 {
 ///     monitor.record_error_from("500", "/login", &"invalid byte sequence", Some(attacker));

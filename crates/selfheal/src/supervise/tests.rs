@@ -10,7 +10,7 @@ use crate::observe::HealKind;
 use crate::retry::Jitter;
 
 fn monitor() -> Monitor {
-    Monitor::builder().global(false).build().unwrap()
+    Monitor::builder().with_global(false).build().unwrap()
 }
 
 fn secs(n: u64) -> Duration {

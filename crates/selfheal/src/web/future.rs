@@ -10,7 +10,7 @@ use axum::response::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::layer::RequestContext;
+use super::context::RequestContext;
 
 pin_project! {
     /// The response future of [`HealService`](super::HealService): polls the

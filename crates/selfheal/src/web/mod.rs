@@ -58,7 +58,7 @@
 //! use selfheal::web::{self, HealLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let monitor = Monitor::builder().global(false).build().unwrap();
+//! let monitor = Monitor::builder().with_global(false).build().unwrap();
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
 //!     .layer(HealLayer::new(monitor.clone()))
@@ -68,6 +68,8 @@
 //! # }
 //! ```
 
+mod client;
+mod context;
 mod dashboard;
 pub mod future;
 mod guard;
@@ -75,9 +77,10 @@ mod layer;
 mod probes;
 mod respond;
 
+pub use client::ClientKey;
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
-pub use layer::{ClientKey, HealLayer, HealService};
+pub use layer::{HealLayer, HealService};
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
 

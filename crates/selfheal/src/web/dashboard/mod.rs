@@ -1,0 +1,75 @@
+//! The admin health dashboard: `/admin/health` (HTML) and
+//! `/admin/health.json` (`application/health+json`).
+//!
+//! One page an operator can open on a phone at 3 a.m.: the status and why,
+//! errors by type for the last 15 minutes or hour, errors per minute as a
+//! sparkline, what healed, breakers and budgets, checks, alerts. It refreshes
+//! itself (a meta refresh: no JavaScript at all, and the page's
+//! Content-Security-Policy forbids scripts outright, so even an escaping bug
+//! could not run one). Every user-influenced text (error samples, operation
+//! names, check messages) is escaped by askama, and was
+//! [redacted](crate::redact) when it entered the monitor, so a database URL
+//! quoted in an error does not show its password.
+//!
+//! The pieces: `routes` answers HTTP (the routes, the admin check, the
+//! sign-in, the headers every admin page carries); `view` turns a
+//! [`health::Report`](crate::health::Report) into what the HTML template
+//! shows; `json` turns it into `application/health+json`; `dates` writes
+//! the timestamps both show.
+
+mod dates;
+mod json;
+mod routes;
+mod view;
+
+use std::time::Duration;
+
+pub use self::json::health_json;
+pub use self::routes::admin_routes;
+use super::guard::AdminGuard;
+use crate::health::Monitor;
+
+/// The dashboard's settings: the monitor it shows and the guard in front.
+///
+/// Defaults: refresh every 30 s, service name `"service"`, no access hint.
+#[derive(Clone, Debug)]
+pub struct Dashboard {
+    monitor: Monitor,
+    guard: AdminGuard,
+    refresh: Duration,
+    service: String,
+    hint: Option<String>,
+}
+
+impl Dashboard {
+    /// A dashboard of `monitor` behind `guard`.
+    pub fn new(monitor: Monitor, guard: AdminGuard) -> Self {
+        Self {
+            monitor,
+            guard,
+            refresh: Duration::from_secs(30),
+            service: "service".to_owned(),
+            hint: None,
+        }
+    }
+
+    /// How often the page reloads itself. Default 30 s.
+    pub fn with_refresh(mut self, refresh: Duration) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// The service's name, shown in the title and the JSON. Default `"service"`.
+    pub fn with_service_name(mut self, name: impl Into<String>) -> Self {
+        self.service = name.into();
+        self
+    }
+
+    /// A sentence shown to those the guard turns away (and on the login
+    /// form): how an operator gets in, e.g. "Set ADMIN_TOKEN and restart".
+    /// Plain text (escaped); say how, never a secret. Default: none.
+    pub fn with_access_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
