@@ -93,7 +93,9 @@
 //! reqwest's own timeout costs; without a timeout and a deadline the total
 //! is 83,100), and the rest the engine, budget, breaker, registry and span.
 //! Against a real network call that is microseconds against milliseconds.
-//! `benches/http.rs` and `benches/http-instructions.sh` measure it.
+//! The workspace's bench crate measures it:
+//! `cargo bench -p selfheal-bench --bench http` and
+//! `crates/bench/benches/http-instructions.sh`.
 //!
 //! # Errors
 //!

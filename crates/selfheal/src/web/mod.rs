@@ -42,9 +42,10 @@
 //!
 //! **Cost.** The layer's own work is a few atomic operations and one
 //! extension insert per request (plus two clock reads and three atomic adds
-//! with [metrics](HealLayer::with_metrics)); see the crate's `web_bench`
-//! example. Note that every `Router::layer` call boxes each route once more,
-//! which in axum costs about as much as this layer: put several layers in one
+//! with [metrics](HealLayer::with_metrics)); see the workspace's web
+//! benchmark, `cargo run --release -p selfheal-bench --example web_bench`.
+//! Note that every `Router::layer` call boxes each route once more, which in
+//! axum costs about as much as this layer: put several layers in one
 //! `tower::ServiceBuilder` and one `layer` call.
 //!
 //! Options, off by default: a **request timeout** (`503` with `Retry-After`,

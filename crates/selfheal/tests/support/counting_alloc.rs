@@ -1,5 +1,6 @@
-//! A counting global allocator, shared by the tests and benches that measure
-//! heap use (`#[path]`-included: it is not part of the library).
+//! A counting global allocator, shared by the tests and the benches
+//! (`crates/bench`) that measure heap use (`#[path]`-included: it is not
+//! part of the library).
 //!
 //! It forwards every call to the system allocator and, while switched on,
 //! counts allocations and live bytes. It is off by default, so that timing

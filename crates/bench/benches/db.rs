@@ -16,7 +16,7 @@
 //!    real movement). With `SELFHEAL_TEST_POSTGRES_URL` set, the same on
 //!    PostgreSQL (no lock holder: the 8 writers contend with each other).
 //!
-//! `cargo bench -p selfheal --features sqlx --bench db`
+//! `cargo bench -p selfheal-bench --bench db`
 //!
 //! A run (release, a shared 2-core machine under a load average of 3 to 5
 //! from other builds, SQLite 3.46 bundled, PostgreSQL 15 on loopback):

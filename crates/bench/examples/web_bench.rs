@@ -2,7 +2,7 @@
 //! (`apt-get install -y wrk`): what the web layer costs.
 //!
 //! ```text
-//! cargo run --release -p selfheal --example web_bench --features axum,sessions,prometheus
+//! cargo run --release -p selfheal-bench --example web_bench
 //! ```
 //!
 //! Each variant is served in this process by a one-worker tokio runtime on

@@ -50,7 +50,7 @@ use selfheal::retry::{Backoff, Budget, Policy};
 // Allocation counting
 // ---------------------------------------------------------------------------
 
-#[path = "../tests/support/counting_alloc.rs"]
+#[path = "../../selfheal/tests/support/counting_alloc.rs"]
 mod counting_alloc;
 
 #[global_allocator]

@@ -1,4 +1,4 @@
-//! Health monitor benchmark: `cargo bench -p selfheal --bench health`.
+//! Health monitor benchmark: `cargo bench -p selfheal-bench --bench health`.
 //!
 //! Prints one table, measured in this run, comparing the monitor with the
 //! obvious port of the guide's design (`Mutex<HashMap<String, Vec<Instant>>>`,
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use selfheal::health::Monitor;
 
-#[path = "../tests/support/counting_alloc.rs"]
+#[path = "../../selfheal/tests/support/counting_alloc.rs"]
 mod counting_alloc;
 
 #[global_allocator]

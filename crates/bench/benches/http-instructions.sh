@@ -5,7 +5,7 @@
 # 2-core machine moves by more than the overhead being measured; instruction
 # counts do not. Needs valgrind (apt-get install valgrind).
 #
-#   bash crates/selfheal/benches/http-instructions.sh
+#   bash crates/bench/benches/http-instructions.sh
 #
 # Each contender runs twice (1 and 3 rounds of 1,000 requests, after the same
 # warm-up); the difference divided by 2,000 is the per-request count, free of
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-bin=$(cargo bench -p selfheal --features reqwest --bench http --no-run 2>&1 |
+bin=$(cargo bench -p selfheal-bench --bench http --no-run 2>&1 |
   sed -n 's/.*Executable benches\/http.rs (\(.*\))$/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "bench binary not found" >&2; exit 1; }
 

@@ -1,5 +1,5 @@
 //! Overhead of the HTTP middleware on a successful GET:
-//! `cargo bench -p selfheal --features reqwest --bench http`.
+//! `cargo bench -p selfheal-bench --bench http`.
 //!
 //! Two tables, all contenders in the same run:
 //!
@@ -31,11 +31,12 @@
 //! `SELFHEAL_BENCH_ONLY=<contender>` runs one contender of table 1 alone
 //! (for `perf stat -e instructions`).
 //!
-//! Note: the bench is built with the dev-dependencies, which turn on tokio's
-//! `test-util`; with it every `tokio::time::Instant::now` goes through the
-//! runtime's mockable clock (a thread-local and a mutex), a few tens of
-//! nanoseconds more than in an application build. selfheal reads tokio's
-//! clock (the deadline, the breaker's window); the peers do not.
+//! Note: the bench crate does not turn on tokio's `test-util` (selfheal's
+//! own dev-dependencies do; with it every `tokio::time::Instant::now` goes
+//! through the runtime's mockable clock, a thread-local and a mutex, a few
+//! tens of nanoseconds more), so selfheal is measured as an application
+//! builds it. selfheal reads tokio's clock (the deadline, the breaker's
+//! window); the peers do not.
 
 use std::net::SocketAddr;
 use std::time::Instant;
