@@ -27,9 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                   INSERT INTO students VALUES (7, 0);";
     sqlx::raw_sql(schema).execute(&pool).await?;
 
-    let monitor = Monitor::builder().global(false).build()?;
+    let monitor = Monitor::builder().with_global(false).build()?;
     // Transactions begin with BEGIN IMMEDIATE (the runner's default on SQLite).
-    let runner = Runner::new(pool.clone()).with_monitor(monitor.clone());
+    let runner = Runner::new(pool.clone()).with_observer(monitor.observer());
     let mut writers = Vec::new();
     for _ in 0..WRITERS {
         let runner = runner.clone();
