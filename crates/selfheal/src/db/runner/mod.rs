@@ -9,10 +9,17 @@ use std::time::Duration;
 
 use sqlx::{Pool, Transaction};
 
+mod attempt;
+mod error;
+
+pub use error::{TxError, TxStep};
+
+use attempt::{Attempt, State, new_operation_id};
+
+use super::Backend;
 use super::classify::{self, AsSqlx};
 use super::guard::Guard;
-use super::{Backend, unix_ms};
-use crate::observe::{self, Event, Failure, GiveUpReason, HealKind, Observer};
+use crate::observe::{self, Event, Failure, Observer};
 use crate::retry::{Backoff, Budget, Classify, Policy, Verdict};
 
 /// Runs database transactions that heal: a transient failure at any step
@@ -93,199 +100,6 @@ impl<T, E: AsSqlx> Classify<T, Attempt<E>> for TxClassify {
                 .error
                 .as_sqlx()
                 .map_or(Cow::Borrowed("app"), classify::failure_kind),
-        }
-    }
-}
-
-/// One failed attempt, as the engine sees it.
-struct Attempt<E> {
-    error: E,
-    step: TxStep,
-    /// This attempt's commit failed ambiguously.
-    unknown: bool,
-}
-
-impl<E> Attempt<E> {
-    fn new(error: E, step: TxStep) -> Self {
-        Self {
-            error,
-            step,
-            unknown: false,
-        }
-    }
-}
-
-impl<E: fmt::Display> fmt::Display for Attempt<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {}", self.step, self.error)
-    }
-}
-
-/// The step of a transaction that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TxStep {
-    /// Looking up the idempotency id after an ambiguous commit.
-    Check,
-    /// Acquiring a connection and beginning the transaction.
-    Begin,
-    /// Your closure.
-    Body,
-    /// Writing the idempotency id.
-    Guard,
-    /// `COMMIT`.
-    Commit,
-}
-
-impl TxStep {
-    /// A short lowercase name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Check => "check",
-            Self::Begin => "begin",
-            Self::Body => "body",
-            Self::Guard => "guard",
-            Self::Commit => "commit",
-        }
-    }
-}
-
-impl fmt::Display for TxStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A transaction the runner gave up on: the last error, the step that
-/// failed, why the engine stopped, and whether a commit may have happened.
-///
-/// Use [`TxError::into_inner`] to get your error back.
-pub struct TxError<E> {
-    error: E,
-    step: TxStep,
-    reason: GiveUpReason,
-    attempts: u32,
-    outcome_unknown: bool,
-}
-
-impl<E> TxError<E> {
-    /// The last error.
-    pub fn inner(&self) -> &E {
-        &self.error
-    }
-
-    /// The last error, by value.
-    pub fn into_inner(self) -> E {
-        self.error
-    }
-
-    /// The step of the last attempt that failed.
-    pub fn step(&self) -> TxStep {
-        self.step
-    }
-
-    /// Why the runner stopped.
-    pub fn reason(&self) -> GiveUpReason {
-        self.reason
-    }
-
-    /// Attempts made (each a whole transaction).
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// `true` when the error is permanent (tried once).
-    pub fn is_permanent(&self) -> bool {
-        self.reason == GiveUpReason::Permanent
-    }
-
-    /// `true` when a `COMMIT` failed in a way that leaves its outcome unknown
-    /// and nothing proved since that it did not commit: the transaction may
-    /// have been applied. Without the [`Guard`] this is how an ambiguous
-    /// commit ends; with it, only when the database stayed unreachable.
-    pub fn commit_outcome_unknown(&self) -> bool {
-        self.outcome_unknown
-    }
-}
-
-impl<E: AsSqlx> TxError<E> {
-    /// The failure kind of the last error (`sqlite:BUSY`, `pg:23505`, `app`
-    /// for an error of your own).
-    pub fn kind(&self) -> Cow<'static, str> {
-        self.error
-            .as_sqlx()
-            .map_or(Cow::Borrowed("app"), classify::failure_kind)
-    }
-}
-
-impl<E: fmt::Debug> fmt::Debug for TxError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TxError")
-            .field("error", &self.error)
-            .field("step", &self.step)
-            .field("reason", &self.reason)
-            .field("attempts", &self.attempts)
-            .field("commit_outcome_unknown", &self.outcome_unknown)
-            .finish()
-    }
-}
-
-impl<E: fmt::Display> fmt::Display for TxError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = if self.attempts == 1 { "" } else { "s" };
-        write!(
-            f,
-            "transaction gave up after {} attempt{s} ({}) at {}",
-            self.attempts, self.reason, self.step
-        )?;
-        if self.outcome_unknown {
-            f.write_str(", commit outcome unknown")?;
-        }
-        write!(f, ": {}", self.error)
-    }
-}
-
-impl<E> std::error::Error for TxError<E>
-where
-    E: std::error::Error + 'static,
-{
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-/// The state of one `run`, shared by its attempts (which run one after the
-/// other).
-struct State<F, T> {
-    body: F,
-    attempt: u32,
-    /// The operation id written by the guard (`None`: no guard).
-    id: Option<String>,
-    /// An ambiguous commit has not been resolved yet.
-    unknown: bool,
-    /// The values of attempts whose commit was ambiguous, by attempt: one of
-    /// them may turn out to have committed.
-    pending: Vec<(u32, T)>,
-}
-
-impl<F, T> State<F, T> {
-    /// The value of `attempt`, which the guard says committed.
-    fn committed(&mut self, attempt: u32, operation: &str) -> Result<T, sqlx::Error> {
-        match self.pending.iter().position(|(a, _)| *a == attempt) {
-            Some(i) => {
-                tracing::info!(
-                    target: "selfheal",
-                    operation,
-                    attempt,
-                    "a commit with an unknown outcome had committed (idempotency guard): not applied again"
-                );
-                Ok(self.pending.swap_remove(i).1)
-            }
-            None => Err(sqlx::Error::Protocol(format!(
-                "selfheal idempotency guard: operation {} is recorded as committed by attempt \
-                 {attempt}, whose commit this run did not see fail (an id collision?)",
-                self.id.as_deref().unwrap_or("?")
-            ))),
         }
     }
 }
@@ -520,111 +334,6 @@ impl<DB: Backend> Runner<DB> {
         })
     }
 
-    /// One attempt: resolve an earlier ambiguous commit, begin, run the
-    /// body, write the guard row, commit.
-    async fn attempt<F, T, E>(
-        &self,
-        state: &mut State<F, T>,
-        operation: &str,
-    ) -> Result<T, Attempt<E>>
-    where
-        F: AsyncFnMut(&mut Transaction<'_, DB>) -> Result<T, E>,
-        E: From<sqlx::Error>,
-    {
-        state.attempt += 1;
-        let attempt = state.attempt;
-        if attempt > 1 {
-            observe::emit(
-                self.policy.observer().map(|o| &**o),
-                &Event::Heal {
-                    kind: HealKind::TransactionRerun,
-                    operation,
-                },
-            );
-        }
-        let fail = |error: sqlx::Error, step| Attempt::new(E::from(error), step);
-
-        // An earlier commit may have happened: look before doing it again.
-        if state.unknown
-            && let Some(id) = &state.id
-        {
-            match DB::find_guard(&self.pool, id).await {
-                Ok(Some(committed)) => {
-                    return state
-                        .committed(committed, operation)
-                        .map_err(|e| fail(e, TxStep::Check));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(fail(e, TxStep::Check)),
-            }
-        }
-
-        let begun = match &self.begin {
-            Some(statement) => self.pool.begin_with(statement.clone()).await,
-            None => self.pool.begin().await,
-        };
-        let mut tx = begun.map_err(|e| fail(e, TxStep::Begin))?;
-
-        let value = match (state.body)(&mut tx).await {
-            Ok(value) => value,
-            Err(error) => {
-                rollback(tx).await;
-                return Err(Attempt::new(error, TxStep::Body));
-            }
-        };
-
-        if let Some(id) = &state.id {
-            match DB::insert_guard(&mut tx, id, attempt, unix_ms()).await {
-                // Our row: no earlier attempt committed (an earlier commit
-                // still in flight would have made this insert wait for it).
-                Ok(1) => state.unknown = false,
-                Ok(_) => {
-                    // The id is taken: an earlier attempt did commit.
-                    rollback(tx).await;
-                    let id = id.clone();
-                    return match DB::find_guard(&self.pool, &id).await {
-                        Ok(Some(committed)) => state
-                            .committed(committed, operation)
-                            .map_err(|e| fail(e, TxStep::Guard)),
-                        Ok(None) => Err(fail(
-                            sqlx::Error::Protocol(format!(
-                                "selfheal idempotency guard: operation {id} conflicted but is \
-                                 not recorded"
-                            )),
-                            TxStep::Guard,
-                        )),
-                        Err(e) => Err(fail(e, TxStep::Check)),
-                    };
-                }
-                Err(e) => {
-                    rollback(tx).await;
-                    return Err(fail(e, TxStep::Guard));
-                }
-            }
-        }
-
-        match tx.commit().await {
-            Ok(()) => {
-                if let Some(guard) = &self.guard {
-                    self.maybe_prune(guard);
-                }
-                Ok(value)
-            }
-            Err(error) => {
-                let unknown = classify::commit_outcome_unknown(&error);
-                if unknown {
-                    state.unknown = true;
-                    if state.id.is_some() {
-                        state.pending.push((attempt, value));
-                    }
-                }
-                let mut failure = fail(error, TxStep::Commit);
-                failure.unknown = unknown;
-                Err(failure)
-            }
-        }
-    }
-
     /// Every `prune_every` commits, deletes expired ids in the background.
     fn maybe_prune(&self, guard: &GuardState) {
         let every = u64::from(guard.config.prune_every());
@@ -648,19 +357,6 @@ impl<DB: Backend> Runner<DB> {
             }
         });
     }
-}
-
-/// Rolls back, ignoring errors: when the connection is gone the server has
-/// rolled back already, and sqlx closes the broken connection.
-async fn rollback<DB: sqlx::Database>(tx: Transaction<'static, DB>) {
-    if let Err(error) = tx.rollback().await {
-        tracing::debug!(target: "selfheal", %error, "rollback failed");
-    }
-}
-
-/// A fresh operation id: 128 random bits, hex.
-fn new_operation_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 /// The guide's `safe_db_commit`: commits `tx`; on error the transaction is
