@@ -17,7 +17,8 @@ use selfheal::health::Monitor;
 use selfheal::http::{
     Dependency, IDEMPOTENCY_KEY, Idempotency, ResilientMiddleware, UnavailableReason,
 };
-use selfheal::observe::{BreakerState, Event, Observer};
+use selfheal::observe::BreakerState;
+use selfheal::observe::testing::Recorder;
 use selfheal::retry::Backoff;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -210,54 +211,10 @@ async fn refused_port() -> SocketAddr {
 
 // ----------------------------------------------------------------- client
 
-/// Every event, as `what kind@operation #n (reason)`.
-#[derive(Debug, Default)]
-struct Events(Mutex<Vec<String>>);
-
-impl Observer for Events {
-    fn on_event(&self, event: &Event<'_>) {
-        let line = match *event {
-            Event::Retry {
-                operation,
-                attempt,
-                failure,
-                ..
-            } => format!("retry {}@{operation} #{attempt}", failure.kind),
-            Event::Recovered {
-                operation,
-                attempts,
-                ..
-            } => format!("recovered {operation} #{attempts}"),
-            Event::GaveUp {
-                operation,
-                attempts,
-                reason,
-                failure,
-            } => format!(
-                "gave_up {}@{operation} #{attempts} ({})",
-                failure.kind,
-                reason.as_str()
-            ),
-            Event::BreakerTransition { breaker, from, to } => {
-                format!("breaker {breaker} {from} -> {to}")
-            }
-            Event::BreakerRejected { breaker, .. } => format!("rejected {breaker}"),
-            other => format!("{other:?}"),
-        };
-        self.0.lock().unwrap().push(line);
-    }
-}
-
-impl Events {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
 /// A middleware builder for tests: its own observer, 1 ms backoff.
-fn builder(events: &Arc<Events>) -> selfheal::http::Builder {
+fn builder(events: &Recorder) -> selfheal::http::Builder {
     ResilientMiddleware::builder()
-        .with_observer(events.clone())
+        .with_observer(events.observer())
         .with_backoff(Backoff::constant(Duration::from_millis(1)))
 }
 
@@ -287,7 +244,7 @@ fn op(addr: SocketAddr) -> String {
 #[tokio::test]
 async fn transient_statuses_then_success_after_three_attempts() {
     let (addr, server) = serve(vec![reply(503), reply(503)], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     let response = client.get(url(addr, "/items")).send().await.unwrap();
@@ -296,7 +253,7 @@ async fn transient_statuses_then_success_after_three_attempts() {
     assert_eq!(server.hits(), 3);
     let op = op(addr);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [
             format!("retry 503@{op} #1"),
             format!("retry 503@{op} #2"),
@@ -312,7 +269,7 @@ async fn transient_statuses_then_success_after_three_attempts() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_seconds_is_waited_out_in_paused_time() {
     let (addr, server) = serve(vec![reply(429).header("retry-after", "2")], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .without_attempt_timeout()
@@ -336,7 +293,7 @@ async fn retry_after_seconds_is_waited_out_in_paused_time() {
         wall.elapsed() < Duration::from_secs(2),
         "paused time did not skip the wait"
     );
-    assert_eq!(events.take()[0], format!("retry 429@{} #1", op(addr)));
+    assert_eq!(events.lines()[0], format!("retry 429@{} #1", op(addr)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -344,7 +301,7 @@ async fn retry_after_http_date_is_waited_out() {
     let mut first = reply(503);
     first.retry_after_date_in = Some(3);
     let (addr, server) = serve(vec![first], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .without_attempt_timeout()
@@ -379,7 +336,7 @@ async fn openai_rate_limit_reset_is_waited_out() {
         reply(200),
     )
     .await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .without_attempt_timeout()
@@ -415,7 +372,7 @@ async fn garbage_retry_after_falls_back_to_the_backoff() {
         reply(200),
     )
     .await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_max_attempts(3)
@@ -435,7 +392,7 @@ async fn garbage_retry_after_falls_back_to_the_backoff() {
 #[tokio::test]
 async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
     let (addr, server) = serve(vec![], reply(429).header("retry-after", "120")).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_deadline(Duration::from_secs(10))
@@ -466,7 +423,7 @@ async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
     assert!(!selfheal::http::is_circuit_open(&error));
     assert!(error.to_string().contains("retry after 120.0s"), "{error}");
     assert_eq!(
-        events.take(),
+        events.lines(),
         [format!("gave_up 429@{} #1 (deadline)", op(addr))]
     );
 }
@@ -474,7 +431,7 @@ async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
 #[tokio::test]
 async fn post_without_key_after_reset_after_send_is_sent_once() {
     let (addr, heads) = reset_after_read().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     let error = client
@@ -491,7 +448,7 @@ async fn post_without_key_after_reset_after_send_is_sent_once() {
     );
     assert!(!error.is_connect(), "{error:?}");
     assert_eq!(
-        events.take(),
+        events.lines(),
         [format!("gave_up reset@{} #1 (max_attempts)", op(addr))]
     );
 }
@@ -499,7 +456,7 @@ async fn post_without_key_after_reset_after_send_is_sent_once() {
 #[tokio::test]
 async fn get_after_reset_after_send_is_retried() {
     let (addr, heads) = reset_after_read().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     client.get(url(addr, "/")).send().await.unwrap_err();
@@ -507,7 +464,7 @@ async fn get_after_reset_after_send_is_retried() {
     assert_eq!(heads.lock().unwrap().len(), 3);
     let op = op(addr);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [
             format!("retry reset@{op} #1"),
             format!("retry reset@{op} #2"),
@@ -519,7 +476,7 @@ async fn get_after_reset_after_send_is_retried() {
 #[tokio::test]
 async fn post_with_generated_key_is_retried_with_the_same_key() {
     let (addr, heads) = reset_after_read().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     client
@@ -543,7 +500,7 @@ async fn post_with_generated_key_is_retried_with_the_same_key() {
 #[tokio::test]
 async fn generated_keys_differ_per_logical_call_and_a_callers_key_is_kept() {
     let (addr, server) = serve(vec![reply(503)], reply(201)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_generated_idempotency_keys(true)
@@ -574,7 +531,7 @@ async fn generated_keys_differ_per_logical_call_and_a_callers_key_is_kept() {
 #[tokio::test]
 async fn post_without_key_is_retried_when_nothing_was_sent() {
     let addr = refused_port().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     let error = client
@@ -587,7 +544,7 @@ async fn post_without_key_is_retried_when_nothing_was_sent() {
     assert!(error.is_connect(), "{error:?}");
     let op = op(addr);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [
             format!("retry connect@{op} #1"),
             format!("retry connect@{op} #2"),
@@ -599,7 +556,7 @@ async fn post_without_key_is_retried_when_nothing_was_sent() {
 #[tokio::test]
 async fn post_without_key_is_not_retried_on_a_transient_status() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     let response = client.post(url(addr, "/")).body("x").send().await.unwrap();
@@ -607,7 +564,7 @@ async fn post_without_key_is_not_retried_on_a_transient_status() {
     assert_eq!(response.status(), 503, "the last response is returned");
     assert_eq!(server.hits(), 1);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [format!("gave_up 503@{} #1 (max_attempts)", op(addr))]
     );
 }
@@ -615,7 +572,7 @@ async fn post_without_key_is_not_retried_on_a_transient_status() {
 #[tokio::test]
 async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
     let (addr, requests) = black_hole().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_attempt_timeout(Duration::from_millis(200))
@@ -630,7 +587,7 @@ async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
     assert!(started.elapsed() >= Duration::from_millis(600));
     let op = op(addr);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [
             format!("retry timeout@{op} #1"),
             format!("retry timeout@{op} #2"),
@@ -651,7 +608,7 @@ async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
 #[tokio::test]
 async fn the_deadline_bounds_the_whole_call() {
     let (addr, _requests) = black_hole().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_max_attempts(10)
@@ -673,7 +630,7 @@ async fn the_deadline_bounds_the_whole_call() {
 #[tokio::test]
 async fn permanent_statuses_and_500_are_not_retried_by_default() {
     let (addr, server) = serve(vec![reply(404), reply(400), reply(500)], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
     for expected in [404, 400, 500] {
         let response = client.get(url(addr, "/")).send().await.unwrap();
@@ -689,7 +646,7 @@ async fn permanent_statuses_and_500_are_not_retried_by_default() {
     assert_eq!(server.hits(), 3);
 }
 
-fn client_with_500(events: &Arc<Events>) -> ClientWithMiddleware {
+fn client_with_500(events: &Recorder) -> ClientWithMiddleware {
     client(
         builder(events)
             .with_transient_status(reqwest::StatusCode::INTERNAL_SERVER_ERROR)
@@ -701,7 +658,7 @@ fn client_with_500(events: &Arc<Events>) -> ClientWithMiddleware {
 #[tokio::test]
 async fn a_streaming_body_is_sent_once() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).build().unwrap());
 
     // PUT is idempotent, but a streamed body cannot be replayed.
@@ -716,7 +673,7 @@ async fn a_streaming_body_is_sent_once() {
     assert_eq!(response.status(), 503);
     assert_eq!(server.hits(), 1);
     assert_eq!(
-        events.take(),
+        events.lines(),
         [format!("gave_up 503@{} #1 (max_attempts)", op(addr))]
     );
 }
@@ -727,7 +684,7 @@ async fn a_streaming_body_is_sent_once() {
 #[tokio::test]
 async fn an_outage_costs_at_most_ten_percent_extra_calls_with_the_budget() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let with = client(
         builder(&events)
             .with_backoff(Backoff::immediate())
@@ -792,7 +749,7 @@ async fn an_outage_costs_at_most_ten_percent_extra_calls_with_the_budget() {
 async fn budgets_are_per_dependency() {
     let (down, down_server) = serve(vec![], reply(503)).await;
     let (flaky, flaky_server) = serve(vec![reply(503)], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(
         builder(&events)
             .with_backoff(Backoff::immediate())
@@ -829,7 +786,7 @@ async fn budgets_are_per_dependency() {
     assert_eq!(response.status(), 503, "billing's budget is spent");
     assert!(a_server.hits() < 120);
     assert_eq!(b_server.hits(), 1);
-    assert!(events.take().iter().any(|e| e.contains("@http:billing")));
+    assert!(events.lines().iter().any(|e| e.contains("@http:billing")));
 }
 
 /// The breaker opens at its failure ratio (not before), fails calls fast
@@ -863,8 +820,8 @@ async fn the_breaker_opens_at_its_failure_ratio_then_half_opens() {
         ok(),
     )
     .await;
-    let events = Arc::new(Events::default());
-    let observer = events.clone();
+    let events = Recorder::new();
+    let observer = events.observer();
     let middleware = builder(&events)
         .with_max_attempts(1)
         .without_attempt_timeout()
@@ -919,20 +876,20 @@ async fn the_breaker_opens_at_its_failure_ratio_then_half_opens() {
     assert_eq!(server.hits(), 15);
 
     let transitions: Vec<String> = events
-        .take()
+        .lines()
         .into_iter()
         .filter(|e| e.starts_with("breaker") || e.starts_with("rejected"))
         .collect();
     assert_eq!(
         transitions,
         [
-            format!("breaker {name} closed -> open"),
+            format!("breaker {name} closed->open"),
             format!("rejected {name}"),
-            format!("breaker {name} open -> half_open"),
-            format!("breaker {name} half_open -> open"),
+            format!("breaker {name} open->half_open"),
+            format!("breaker {name} half_open->open"),
             format!("rejected {name}"),
-            format!("breaker {name} open -> half_open"),
-            format!("breaker {name} half_open -> closed"),
+            format!("breaker {name} open->half_open"),
+            format!("breaker {name} half_open->closed"),
         ]
     );
 }
@@ -940,7 +897,7 @@ async fn the_breaker_opens_at_its_failure_ratio_then_half_opens() {
 #[tokio::test]
 async fn a_404_is_a_success_for_the_breaker_and_a_500_a_failure() {
     let (addr, _server) = serve(vec![], reply(404)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let breaker = |name: &str| {
         selfheal::breaker::Breaker::builder(name.to_owned())
             .with_trip_mode(selfheal::breaker::TripMode::ConsecutiveFailures)
@@ -1004,7 +961,7 @@ async fn failures_reach_the_health_monitor_with_per_dependency_fingerprints() {
 #[tokio::test]
 async fn errors_carry_no_query_string_or_credentials() {
     let addr = refused_port().await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let client = client(builder(&events).with_max_attempts(1).build().unwrap());
     let error = client
         .get(format!("http://user:hunter2@{addr}/v1?api_key=SECRET"))
@@ -1015,20 +972,21 @@ async fn errors_carry_no_query_string_or_credentials() {
     assert!(!shown.contains("SECRET"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains(&addr.to_string()), "{shown}");
-    let logged = events.take().join("\n");
+    // Every event in full, messages included.
+    let logged = format!("{:?}", events.events());
     assert!(!logged.contains("SECRET"), "{logged}");
 }
 
 #[tokio::test]
 async fn a_call_that_succeeds_at_once_reports_nothing() {
     let (addr, _server) = serve(vec![], reply(200)).await;
-    let events = Arc::new(Events::default());
+    let events = Recorder::new();
     let middleware = builder(&events).build().unwrap();
     let client = client(middleware.clone());
     for _ in 0..10 {
         client.get(url(addr, "/")).send().await.unwrap();
     }
-    assert!(events.take().is_empty());
+    assert!(events.lines().is_empty());
     assert_eq!(middleware.dependency_count(), 1);
     assert!(!format!("{middleware:?}").is_empty());
 }

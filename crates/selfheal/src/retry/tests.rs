@@ -1,10 +1,11 @@
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::*;
+use crate::observe::testing::{Recorded, Recorder};
 use crate::observe::{Event, GiveUpReason};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,50 +29,24 @@ fn classify(e: &Fail) -> Verdict {
     }
 }
 
-/// Records the kind of every event, in order.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
-
-impl Recorder {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
+/// What `recorder` saw so far, a line each (see [`Recorded`]), a retry's
+/// with its delay and a give-up's with its message; the record is emptied.
+fn take_lines(recorder: &Recorder) -> Vec<String> {
+    recorder
+        .take()
+        .iter()
+        .map(|event| match event {
+            Recorded::Retry { delay, .. } => format!("{event} {delay:?}"),
+            Recorded::GaveUp { message, .. } => format!("{event}: {message}"),
+            _ => event.to_string(),
+        })
+        .collect()
 }
 
-impl Observer for Recorder {
-    fn on_event(&self, event: &Event<'_>) {
-        let line = match event {
-            Event::Retry {
-                operation,
-                attempt,
-                delay,
-                failure,
-            } => format!("retry {operation} #{attempt} {delay:?} {}", failure.kind),
-            Event::Recovered {
-                operation,
-                attempts,
-                ..
-            } => format!("recovered {operation} after {attempts}"),
-            Event::GaveUp {
-                operation,
-                attempts,
-                reason,
-                failure,
-            } => format!(
-                "gave up {operation} after {attempts}: {} ({})",
-                reason.as_str(),
-                failure.message
-            ),
-            other => format!("{other:?}"),
-        };
-        self.0.lock().unwrap().push(line);
-    }
-}
-
-fn policy(recorder: &Arc<Recorder>) -> Policy<fn(&Fail) -> Verdict> {
+fn policy(recorder: &Recorder) -> Policy<fn(&Fail) -> Verdict> {
     Policy::default()
         .with_backoff(Backoff::constant(Duration::from_millis(100)))
-        .with_observer(recorder.clone())
+        .with_observer(recorder.observer())
         .with_classifier(classify as fn(&Fail) -> Verdict)
 }
 
@@ -96,7 +71,7 @@ fn script(
 
 #[tokio::test(start_paused = true)]
 async fn a_success_at_once_reports_nothing() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let (calls, op) = script(vec![]);
     assert_eq!(policy(&rec).retry(op).await.unwrap(), 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -105,7 +80,7 @@ async fn a_success_at_once_reports_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_then_recovered() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let (calls, op) = script(vec![Fail::Flaky, Fail::Flaky]);
     let start = Instant::now();
     let out = policy(&rec).retry_named("save_progress", op).await.unwrap();
@@ -113,18 +88,18 @@ async fn transient_failures_are_retried_then_recovered() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(
-        rec.take(),
+        take_lines(&rec),
         [
-            "retry save_progress #1 100ms Fail",
-            "retry save_progress #2 100ms Fail",
-            "recovered save_progress after 3",
+            "retry Fail@save_progress #1 100ms",
+            "retry Fail@save_progress #2 100ms",
+            "recovered save_progress #3",
         ]
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_are_tried_exactly_once() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let (calls, op) = script(vec![Fail::Fatal, Fail::Fatal]);
     let err = policy(&rec).retry(op).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -132,12 +107,15 @@ async fn permanent_errors_are_tried_exactly_once() {
     assert!(err.is_permanent());
     assert_eq!(err.attempts(), 1);
     assert_eq!(err.inner(), &Fail::Fatal);
-    assert_eq!(rec.take(), ["gave up operation after 1: permanent (Fatal)"]);
+    assert_eq!(
+        take_lines(&rec),
+        ["gave_up Fail@operation #1 (permanent): Fatal"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_attempts_are_respected() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let (calls, op) = script(vec![Fail::Flaky; 10]);
     let p = policy(&rec).with_max_attempts(4).unwrap();
     let err = p.retry(op).await.unwrap_err();
@@ -151,7 +129,7 @@ async fn max_attempts_are_respected() {
 
 #[tokio::test(start_paused = true)]
 async fn hints_are_honoured_and_capped() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let p = policy(&rec).with_max_delay(Duration::from_secs(5));
 
     let (_, op) = script(vec![Fail::SlowDown(Duration::from_secs(2))]);
@@ -171,7 +149,7 @@ async fn hints_are_honoured_and_capped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hint_past_the_deadline_gives_up_at_once_with_the_hint() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let p = policy(&rec)
         .with_deadline(Duration::from_secs(10))
         .unwrap()
@@ -276,7 +254,7 @@ async fn a_budget_stops_a_retry_storm() {
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_fails_at_once_and_says_so() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let budget = Arc::new(Budget::new(2, 0.1).unwrap());
     let p = policy(&rec).with_budget(budget.clone());
     // Two tokens, threshold one: the first failure leaves exactly one, not above
@@ -297,10 +275,10 @@ async fn an_empty_budget_fails_at_once_and_says_so() {
 
 #[test]
 fn the_blocking_api_works_from_a_plain_thread() {
-    let rec = Arc::new(Recorder::default());
+    let rec = Recorder::new();
     let p = Policy::default()
         .with_backoff(Backoff::immediate())
-        .with_observer(rec.clone())
+        .with_observer(rec.observer())
         .with_classifier(classify as fn(&Fail) -> Verdict);
     let handle = std::thread::spawn(move || {
         let mut n = 0;
@@ -310,7 +288,7 @@ fn the_blocking_api_works_from_a_plain_thread() {
         })
     });
     assert_eq!(handle.join().unwrap().unwrap(), 3);
-    assert_eq!(rec.take().last().unwrap(), "recovered send_email after 3");
+    assert_eq!(take_lines(&rec).last().unwrap(), "recovered send_email #3");
 }
 
 #[test]
@@ -380,13 +358,13 @@ mod tower_layer {
 
     #[tokio::test(start_paused = true)]
     async fn the_layer_retries_a_503_response_and_honours_its_hint() {
-        let rec = Arc::new(Recorder::default());
+        let rec = Recorder::new();
         let (calls, svc) = upstream(vec![503, 503, 200]);
         let svc = ServiceBuilder::new()
             .layer(RetryLayer::new(
                 Policy::default()
                     .with_name("inventory")
-                    .with_observer(rec.clone())
+                    .with_observer(rec.observer())
                     .with_classifier(Unavailable),
             ))
             .service(svc);
@@ -396,11 +374,11 @@ mod tower_layer {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         assert_eq!(
-            rec.take(),
+            take_lines(&rec),
             [
-                "retry inventory #1 1s rejected",
-                "retry inventory #2 1s rejected",
-                "recovered inventory after 3",
+                "retry rejected@inventory #1 1s",
+                "retry rejected@inventory #2 1s",
+                "recovered inventory #3",
             ]
         );
     }
@@ -433,15 +411,12 @@ mod tower_layer {
 
 #[test]
 fn a_run_told_no_more_attempts_gives_up_with_max_attempts_and_reports_it() {
-    let recorder = Arc::new(Recorder::default());
-    let observer = recorder.clone();
+    let recorder = Recorder::new();
     let policy = Policy::default()
         .with_max_attempts(5)
         .unwrap()
         .with_classifier(classify)
-        .with_observer(Arc::new(move |e: &Event<'_>| {
-            observer.0.lock().unwrap().push(format!("{e:?}"));
-        }));
+        .with_observer(recorder.observer());
     let mut run: Run<Instant> = Run::new(None);
     let failed: Result<(), Fail> = Err(Fail::Flaky);
 
@@ -463,6 +438,14 @@ fn a_run_told_no_more_attempts_gives_up_with_max_attempts_and_reports_it() {
     );
     let events = recorder.take();
     assert_eq!(events.len(), 2);
-    assert!(events[1].starts_with("GaveUp"), "{events:?}");
-    assert!(events[1].contains("MaxAttempts"), "{events:?}");
+    assert!(
+        matches!(
+            events[1],
+            Recorded::GaveUp {
+                reason: GiveUpReason::MaxAttempts,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
 }

@@ -1,173 +1,30 @@
-//! `selfheal::db` against a real PostgreSQL server.
+//! PostgreSQL only: real 40001 serialization failures, backends killed
+//! mid-transaction, a proxy that loses the reply to COMMIT, and schema
+//! healing where PostgreSQL can do more than SQLite (a missing default set in
+//! place).
 //!
-//! The server's URL comes from `SELFHEAL_TEST_POSTGRES_URL` (for example
-//! `postgres://postgres@127.0.0.1:5432/test`). When it is not set these tests
-//! print a note and pass without running; when it is set and the server is
-//! unreachable they fail (CI sets it). Each test works in its own schema
-//! (named after the test, with a random suffix, set as the `search_path` of
-//! its connections and as their `application_name`), so tests run in
-//! parallel and can find their own backends.
+//! Each test works in a schema of its own (see [`Postgres`]); without
+//! `SELFHEAL_TEST_POSTGRES_URL` they are skipped locally and fail in CI.
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use selfheal::db::postgres::BEGIN_SERIALIZABLE;
 use selfheal::db::schema::{self, Column, Drift, Index, Schema, Startup, Table};
 use selfheal::db::{self, Guard, Runner, TxStep};
 use selfheal::health::{HealKind, Monitor};
-use selfheal::observe::{Event, Fanout, Observer};
+use selfheal::observe::Fanout;
+use selfheal::observe::testing::{Recorded, Recorder};
 use selfheal::retry::{Backoff, Budget, Policy};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgSslMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One test's schema and pools.
-struct Pg {
-    schema: String,
-    /// Connections of this test (search_path and application_name set).
-    options: PgConnectOptions,
-    /// A pool for setup and checks.
-    admin: PgPool,
-}
-
-impl Pg {
-    /// `None` (with a note) when `SELFHEAL_TEST_POSTGRES_URL` is not set;
-    /// panics when it is set and the server cannot be reached.
-    async fn new(test: &str) -> Option<Self> {
-        let url = match std::env::var("SELFHEAL_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                // In CI the variable is always set (.ci/run sets it): a missing
-                // one there is a broken pipeline, not a reason to skip.
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI is set but SELFHEAL_TEST_POSTGRES_URL is not: PostgreSQL tests must run in CI"
-                );
-                // Straight to stderr: the test harness captures `eprintln!`.
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "note: SELFHEAL_TEST_POSTGRES_URL is not set, skipping PostgreSQL test {test}"
-                );
-                return None;
-            }
-        };
-        let base = PgConnectOptions::from_str(&url)
-            .unwrap_or_else(|e| panic!("SELFHEAL_TEST_POSTGRES_URL={url} is not a valid URL: {e}"));
-        let bootstrap = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.clone())
-            .await
-            .unwrap_or_else(|e| {
-                panic!("SELFHEAL_TEST_POSTGRES_URL={url} is set but PostgreSQL is unreachable: {e}")
-            });
-        let schema = format!("selfheal_{test}_{:08x}", fastrand::u32(..));
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&bootstrap)
-            .await
-            .unwrap();
-        bootstrap.close().await;
-        let options = base
-            .options([("search_path", schema.as_str())])
-            .application_name(&schema);
-        let admin = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options.clone())
-            .await
-            .unwrap();
-        Some(Self {
-            schema,
-            options,
-            admin,
-        })
-    }
-
-    async fn pool(&self, max: u32) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(self.options.clone())
-            .await
-            .unwrap()
-    }
-
-    async fn counter_table(&self) {
-        sqlx::query("CREATE TABLE counter (id INTEGER PRIMARY KEY, value BIGINT NOT NULL)")
-            .execute(&self.admin)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO counter VALUES (1, 0)")
-            .execute(&self.admin)
-            .await
-            .unwrap();
-    }
-
-    async fn counter(&self) -> i64 {
-        sqlx::query_scalar("SELECT value FROM counter WHERE id = 1")
-            .fetch_one(&self.admin)
-            .await
-            .unwrap()
-    }
-
-    async fn drop_schema(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await
-            .unwrap();
-        self.admin.close().await;
-    }
-}
-
-/// Counts retry events by failure kind.
-#[derive(Debug, Default)]
-struct Retries {
-    total: AtomicU64,
-    by_kind: Mutex<BTreeMap<String, u64>>,
-    /// The most attempts a transaction that committed needed.
-    max_attempts: AtomicU32,
-    /// Re-runs after a failed COMMIT (the runner only re-runs after a
-    /// commit failure when its outcome is unknown or it is transient).
-    after_commit: AtomicU64,
-}
-
-impl Retries {
-    fn kind(&self, kind: &str) -> u64 {
-        self.by_kind.lock().unwrap().get(kind).copied().unwrap_or(0)
-    }
-}
-
-impl Observer for Retries {
-    fn on_event(&self, event: &Event<'_>) {
-        if let Event::Recovered { attempts, .. } = event {
-            self.max_attempts.fetch_max(*attempts, Ordering::Relaxed);
-        }
-        if let Event::Retry { failure, .. } = event {
-            self.total.fetch_add(1, Ordering::Relaxed);
-            // The runner's failure messages start with the step.
-            if failure.message.to_string().starts_with("commit failed") {
-                self.after_commit.fetch_add(1, Ordering::Relaxed);
-            }
-            *self
-                .by_kind
-                .lock()
-                .unwrap()
-                .entry(failure.kind.to_owned())
-                .or_default() += 1;
-        }
-    }
-}
-
-async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
-    tokio::time::timeout(limit, test)
-        .await
-        .expect("test took too long")
-}
+use crate::support::{
+    Backend, Postgres, in_tasks, reruns, reruns_by_kind, run, schema_check_message,
+};
 
 /// A read-modify-write increment: the read decides what is written, so
 /// only a re-run of the whole transaction is correct after a conflict.
@@ -197,13 +54,10 @@ const INCREMENTS: usize = 200;
 /// aborts conflicting transactions with 40001 and the runner re-runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_increments_survive_40001_and_stay_exact() {
-    let Some(pg) = Pg::new("serializable").await else {
-        return;
-    };
-    bounded(Duration::from_secs(120), async {
+    run("serializable", Duration::from_secs(120), async |pg: &Postgres| {
         pg.counter_table().await;
-        let pool = pg.pool(TASKS as u32).await;
-        let retries = Arc::new(Retries::default());
+        let pool = pg.pool_of(TASKS as u32).await;
+        let recorder = Recorder::new();
         let monitor = Monitor::builder().with_global(false).build().unwrap();
         let runner = Runner::new(pool.clone())
             .with_begin(BEGIN_SERIALIZABLE)
@@ -212,44 +66,34 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
             // were seen); the default policy allows for that.
             .with_policy(Runner::<sqlx::Postgres>::default_policy())
             .with_observer(Arc::new(Fanout::new(vec![
-                retries.clone(),
+                recorder.observer(),
                 monitor.observer(),
             ])));
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..TASKS {
+        let failures = in_tasks(TASKS, INCREMENTS, move || {
             let runner = runner.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut failures = Vec::new();
-                for _ in 0..INCREMENTS {
-                    if let Err(e) = runner
-                        .run("increment", async |tx| increment(tx).await)
-                        .await
-                    {
-                        failures.push(e.to_string());
-                    }
-                }
-                failures
-            }));
-        }
-        let mut failures = Vec::new();
-        for task in tasks {
-            failures.extend(task.await.unwrap());
-        }
+            async move {
+                runner
+                    .run("increment", async |tx| increment(tx).await)
+                    .await
+            }
+        })
+        .await;
         let total = pg.counter().await;
-        let serialization_failures = retries.kind("pg:40001");
+        let by_kind = reruns_by_kind(&recorder);
+        let serialization_failures = by_kind.get("pg:40001").copied().unwrap_or(0);
         println!(
             "postgres serializable: final {total} of {}, {serialization_failures} re-runs after \
              40001, {} re-runs in all {:?}, {} transaction_rerun heals, at most {} attempts, {:?}",
             TASKS * INCREMENTS,
-            retries.total.load(Ordering::Relaxed),
-            retries.by_kind.lock().unwrap(),
+            reruns(&recorder),
+            by_kind,
             monitor
                 .report(Duration::from_secs(900))
                 .heals
                 .get(&HealKind::TransactionRerun)
                 .unwrap_or(&0),
-            retries.max_attempts.load(Ordering::Relaxed),
+            most_attempts(&recorder),
             started.elapsed()
         );
         assert!(
@@ -266,7 +110,6 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
         pool.close().await;
     })
     .await;
-    pg.drop_schema().await;
 }
 
 /// Kills this test's backends with `pg_terminate_backend` from a side
@@ -275,7 +118,7 @@ async fn serializable_increments_survive_40001_and_stay_exact() {
 /// whose value came from an earlier attempt resolved by the guard,
 /// errors, kills).
 async fn under_kills(
-    pg: &Pg,
+    pg: &Postgres,
     runner: Runner<sqlx::Postgres>,
     tasks: usize,
     n: usize,
@@ -347,13 +190,35 @@ async fn under_kills(
     (ok, resolved, errors, kills)
 }
 
-fn kill_policy(retries: Arc<Retries>) -> Policy {
+/// The most attempts a transaction that committed needed.
+fn most_attempts(recorder: &Recorder) -> u32 {
+    recorder
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Recorded::Recovered { attempts, .. } => Some(*attempts),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Re-runs after a failed COMMIT (the runner only re-runs after a commit
+/// failure when its outcome is unknown or it is transient).
+fn reruns_after_commit(recorder: &Recorder) -> usize {
+    // The runner's failure messages start with the step.
+    recorder.count(
+        |e| matches!(e, Recorded::Retry { message, .. } if message.starts_with("commit failed")),
+    )
+}
+
+fn kill_policy(recorder: &Recorder) -> Policy {
     // A killed connection costs a reconnect; give each run room for a few.
     Runner::<sqlx::Postgres>::default_policy()
         .with_max_attempts(20)
         .unwrap()
         .with_budget(Arc::new(Budget::new(1000, 1.0).unwrap()))
-        .with_observer(retries)
+        .with_observer(recorder.observer())
 }
 
 /// Backends killed mid-transaction at random moments: with the guard every
@@ -376,36 +241,33 @@ fn kill_policy(retries: Arc<Retries>) -> Policy {
 /// produces it deterministically with a proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_leave_totals_exact_with_the_guard() {
-    let Some(pg) = Pg::new("kills").await else {
-        return;
-    };
-    bounded(Duration::from_secs(180), async {
+    run("kills", Duration::from_secs(180), async |pg: &Postgres| {
         pg.counter_table().await;
         db::guard::install(&pg.admin).await.unwrap();
-        let pool = pg.pool(TASKS as u32).await;
+        let pool = pg.pool_of(TASKS as u32).await;
 
-        let retries = Arc::new(Retries::default());
+        let recorder = Recorder::new();
         let guarded = Runner::new(pool.clone())
             .with_guard(Guard::default())
-            .with_policy(kill_policy(retries.clone()));
+            .with_policy(kill_policy(&recorder));
         let started = Instant::now();
-        let (ok, resolved, errors, kills) = under_kills(&pg, guarded, TASKS, INCREMENTS).await;
+        let (ok, resolved, errors, kills) = under_kills(pg, guarded, TASKS, INCREMENTS).await;
         let total = pg.counter().await;
         println!(
             "postgres kills, guard: {kills} backends killed, final {total}, {ok} increments \
              succeeded, {} re-runs after a failed COMMIT, {resolved} resolved by the guard, {} \
              gave up, {} re-runs {:?}, {:?}",
-            retries.after_commit.load(Ordering::Relaxed),
+            reruns_after_commit(&recorder),
             errors.len(),
-            retries.total.load(Ordering::Relaxed),
-            retries.by_kind.lock().unwrap(),
+            reruns(&recorder),
+            reruns_by_kind(&recorder),
             started.elapsed()
         );
         for e in &errors {
             println!("  gave up: {e}");
         }
         assert!(kills > 0, "no backend was killed");
-        assert!(retries.total.load(Ordering::Relaxed) > 0);
+        assert!(reruns(&recorder) > 0);
         // Exact: every success applied once, every give-up not at all (or
         // flagged as unknown, which the guard resolves unless the database
         // stays unreachable).
@@ -419,26 +281,25 @@ async fn killed_connections_leave_totals_exact_with_the_guard() {
             .execute(&pg.admin)
             .await
             .unwrap();
-        let retries = Arc::new(Retries::default());
+        let recorder = Recorder::new();
         let blind = Runner::new(pool.clone())
             .assume_idempotent()
-            .with_policy(kill_policy(retries.clone()));
-        let (ok, _, errors, kills) = under_kills(&pg, blind, TASKS, INCREMENTS / 2).await;
+            .with_policy(kill_policy(&recorder));
+        let (ok, _, errors, kills) = under_kills(pg, blind, TASKS, INCREMENTS / 2).await;
         let total = pg.counter().await;
         println!(
             "postgres kills, no guard, blind re-run: {kills} backends killed, final {total}, \
              {ok} increments succeeded, {} re-runs after a failed COMMIT, {} gave up, {} \
              duplicated, {} re-runs {:?}",
-            retries.after_commit.load(Ordering::Relaxed),
+            reruns_after_commit(&recorder),
             errors.len(),
             total - ok as i64,
-            retries.total.load(Ordering::Relaxed),
-            retries.by_kind.lock().unwrap(),
+            reruns(&recorder),
+            reruns_by_kind(&recorder),
         );
         pool.close().await;
     })
     .await;
-    pg.drop_schema().await;
 }
 
 /// A TCP proxy on loopback in front of PostgreSQL that, when armed, loses
@@ -591,9 +452,18 @@ impl CommitDropProxy {
     }
 }
 
-/// A pool whose connections go through `proxy`.
-async fn proxied_pool(pg: &Pg, proxy: &CommitDropProxy) -> PgPool {
-    PgPoolOptions::new()
+/// The counter and the guard table in `pg`, a [`CommitDropProxy`] in front
+/// of its server, and a one-connection pool through the proxy.
+async fn proxied(pg: &Postgres) -> (CommitDropProxy, PgPool) {
+    pg.counter_table().await;
+    db::guard::install(&pg.admin).await.unwrap();
+    let upstream = tokio::net::lookup_host((pg.options.get_host(), pg.options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = CommitDropProxy::start(upstream).await;
+    let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(
@@ -604,15 +474,14 @@ async fn proxied_pool(pg: &Pg, proxy: &CommitDropProxy) -> PgPool {
                 .ssl_mode(PgSslMode::Disable),
         )
         .await
-        .unwrap()
+        .unwrap();
+    (proxy, pool)
 }
 
-async fn upstream(pg: &Pg) -> SocketAddr {
-    tokio::net::lookup_host((pg.options.get_host(), pg.options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap()
+/// The runner's default policy, with 1 ms between attempts.
+fn fast_policy() -> Policy {
+    Runner::<sqlx::Postgres>::default_policy()
+        .with_backoff(Backoff::constant(Duration::from_millis(1)))
 }
 
 /// The deterministic duplicate-apply demonstration: the connection drops
@@ -622,23 +491,13 @@ async fn upstream(pg: &Pg) -> SocketAddr {
 /// returns the committed attempt's value, and applies it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
-    let Some(pg) = Pg::new("lostreply").await else {
-        return;
-    };
-    bounded(Duration::from_secs(60), async {
-        pg.counter_table().await;
-        db::guard::install(&pg.admin).await.unwrap();
-        let proxy = CommitDropProxy::start(upstream(&pg).await).await;
-        let pool = proxied_pool(&pg, &proxy).await;
-        let fast = || {
-            Runner::<sqlx::Postgres>::default_policy()
-                .with_backoff(Backoff::constant(Duration::from_millis(1)))
-        };
+    run("lostreply", Duration::from_secs(60), async |pg: &Postgres| {
+        let (proxy, pool) = proxied(pg).await;
 
         // 1. Blind re-run (what retrying a failed commit amounts to).
         let blind = Runner::new(pool.clone())
             .assume_idempotent()
-            .with_policy(fast());
+            .with_policy(fast_policy());
         proxy.arm();
         let value = blind
             .run("increment", async |tx| increment(tx).await)
@@ -653,7 +512,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
         assert_eq!(total, 2, "the increment was not applied twice");
 
         // 2. The default runner without a guard: no re-run, an honest error.
-        let default = Runner::new(pool.clone()).with_policy(fast());
+        let default = Runner::new(pool.clone()).with_policy(fast_policy());
         proxy.arm();
         let error = default
             .run("increment", async |tx| increment(tx).await)
@@ -678,7 +537,7 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
         let monitor = Monitor::builder().with_global(false).build().unwrap();
         let guarded = Runner::new(pool.clone())
             .with_guard(Guard::default())
-            .with_policy(fast())
+            .with_policy(fast_policy())
             .with_observer(monitor.observer());
         proxy.arm();
         let mut runs = 0;
@@ -703,56 +562,6 @@ async fn a_commit_whose_reply_is_lost_is_applied_twice_without_the_guard() {
         pool.close().await;
     })
     .await;
-    pg.drop_schema().await;
-}
-
-/// A unique violation (23505) is permanent: one attempt, rolled back.
-#[tokio::test]
-async fn a_permanent_error_is_attempted_once() {
-    let Some(pg) = Pg::new("permanent").await else {
-        return;
-    };
-    bounded(Duration::from_secs(30), async {
-        sqlx::query("CREATE TABLE emails (address TEXT PRIMARY KEY)")
-            .execute(&pg.admin)
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE log (line TEXT)")
-            .execute(&pg.admin)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO emails VALUES ('ada@example.com')")
-            .execute(&pg.admin)
-            .await
-            .unwrap();
-        let pool = pg.pool(2).await;
-        let runner = Runner::new(pool.clone()).with_begin(BEGIN_SERIALIZABLE);
-        let runs = AtomicU32::new(0);
-        let error = runner
-            .run("register", async |tx| {
-                runs.fetch_add(1, Ordering::Relaxed);
-                sqlx::query("INSERT INTO log VALUES ('registering')")
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query("INSERT INTO emails VALUES ('ada@example.com')")
-                    .execute(&mut **tx)
-                    .await?;
-                Ok::<_, sqlx::Error>(())
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(runs.load(Ordering::Relaxed), 1);
-        assert!(error.is_permanent());
-        assert_eq!(error.kind(), "pg:23505");
-        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM log")
-            .fetch_one(&pg.admin)
-            .await
-            .unwrap();
-        assert_eq!(logged, 0);
-        pool.close().await;
-    })
-    .await;
-    pg.drop_schema().await;
 }
 
 /// Schema healing on PostgreSQL: a missing column is added with its
@@ -760,10 +569,7 @@ async fn a_permanent_error_is_attempted_once() {
 /// wrong type is reported and left alone.
 #[tokio::test]
 async fn schema_drift_is_repaired_or_reported() {
-    let Some(pg) = Pg::new("drift").await else {
-        return;
-    };
-    bounded(Duration::from_secs(30), async {
+    run("drift", Duration::from_secs(30), async |pg: &Postgres| {
         sqlx::query(
             "CREATE TABLE students (id SERIAL PRIMARY KEY, name TEXT NOT NULL, \
              level TEXT NOT NULL, plan VARCHAR(20))",
@@ -831,20 +637,13 @@ async fn schema_drift_is_repaired_or_reported() {
             Some(&3)
         );
         assert!(!monitor.run_checks().await);
-        let check = monitor
-            .checks()
-            .into_iter()
-            .find(|c| c.name == "db.schema")
-            .unwrap();
-        println!("check db.schema: {}", check.message.as_deref().unwrap());
-        assert!(check.message.unwrap().contains("students.level is text"));
+        assert!(schema_check_message(&monitor).contains("students.level is text"));
         // Nothing left to repair the second time; the problem stays.
         let again = schema::heal(&pg.admin, &declared, None).await.unwrap();
         assert!(again.repaired.is_empty());
         assert_eq!(again.problems.len(), 1);
     })
     .await;
-    pg.drop_schema().await;
 }
 
 /// The race the guard's own row closes: the client loses its connection
@@ -854,48 +653,42 @@ async fn schema_drift_is_repaired_or_reported() {
 /// runner returns the value of the attempt that did commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_still_in_flight_when_the_guard_looks_is_caught_by_its_row() {
-    let Some(pg) = Pg::new("inflight").await else {
-        return;
-    };
-    bounded(Duration::from_secs(60), async {
-        pg.counter_table().await;
-        db::guard::install(&pg.admin).await.unwrap();
-        let proxy = CommitDropProxy::start(upstream(&pg).await).await;
-        let pool = proxied_pool(&pg, &proxy).await;
-        let monitor = Monitor::builder().with_global(false).build().unwrap();
-        let guarded = Runner::new(pool.clone())
-            .with_guard(Guard::default())
-            .with_policy(
-                Runner::<sqlx::Postgres>::default_policy()
-                    .with_backoff(Backoff::constant(Duration::from_millis(1))),
-            )
-            .with_observer(monitor.observer());
-        proxy.arm_delayed(Duration::from_millis(500));
-        let runs = AtomicU32::new(0);
-        let value = guarded
-            .run("increment", async |tx| {
-                runs.fetch_add(1, Ordering::Relaxed);
-                // READ COMMITTED: the row lock makes the re-run wait for
-                // the first attempt, whose COMMIT is held by the proxy.
-                increment_locked(tx).await
-            })
-            .await
-            .unwrap();
-        let total = pg.counter().await;
-        let runs = runs.load(Ordering::Relaxed);
-        println!(
-            "COMMIT in flight during the guard's lookup: the body ran {runs} times, the runner \
+    run(
+        "inflight",
+        Duration::from_secs(60),
+        async |pg: &Postgres| {
+            let (proxy, pool) = proxied(pg).await;
+            let monitor = Monitor::builder().with_global(false).build().unwrap();
+            let guarded = Runner::new(pool.clone())
+                .with_guard(Guard::default())
+                .with_policy(fast_policy())
+                .with_observer(monitor.observer());
+            proxy.arm_delayed(Duration::from_millis(500));
+            let runs = AtomicU32::new(0);
+            let value = guarded
+                .run("increment", async |tx| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    // READ COMMITTED: the row lock makes the re-run wait for
+                    // the first attempt, whose COMMIT is held by the proxy.
+                    increment_locked(tx).await
+                })
+                .await
+                .unwrap();
+            let total = pg.counter().await;
+            let runs = runs.load(Ordering::Relaxed);
+            println!(
+                "COMMIT in flight during the guard's lookup: the body ran {runs} times, the runner \
              returned {value}, the counter is {total}: applied once"
-        );
-        assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            runs, 2,
-            "the re-run should have started before the late commit"
-        );
-        assert_eq!(value, 1);
-        assert_eq!(total, 1);
-        pool.close().await;
-    })
+            );
+            assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                runs, 2,
+                "the re-run should have started before the late commit"
+            );
+            assert_eq!(value, 1);
+            assert_eq!(total, 1);
+            pool.close().await;
+        },
+    )
     .await;
-    pg.drop_schema().await;
 }
