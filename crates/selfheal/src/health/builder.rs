@@ -21,7 +21,7 @@ use crate::ConfigError;
 use crate::observe;
 use crate::retry::{Backoff, Policy};
 
-/// The rules that turn counts into a [`Status`]. Evaluated on every read
+/// The rules that turn counts into a [`Status`](super::Status). Evaluated on every read
 /// (status, summary, report, `/readyz`), never on the record path.
 ///
 /// Defaults, and why:
@@ -35,7 +35,7 @@ use crate::retry::{Backoff, Policy};
 /// | a condition ([`Monitor::set_condition`]: a worker waiting for a dependency or crashing past its intensity) | its status | its status |
 /// | a firing `Critical` alert | | yes |
 ///
-/// Errors recorded with a [`ClientId`] count here only once their
+/// Errors recorded with a [`ClientId`](super::ClientId) count here only once their
 /// fingerprint was seen from [`min_clients`](MonitorBuilder::with_min_clients)
 /// clients. None of this is readiness ([`Monitor::is_ready`]).
 ///
@@ -148,7 +148,7 @@ impl Default for MonitorBuilder {
 }
 
 impl MonitorBuilder {
-    /// Errors recorded with a [`ClientId`] (by [`HealLayer`](crate::web::HealLayer),
+    /// Errors recorded with a [`ClientId`](super::ClientId) (by [`HealLayer`](crate::web::HealLayer),
     /// from the request's address) move the status and fire alerts only once
     /// their fingerprint was seen from this many distinct clients within the
     /// rule's window. Default 3; 1 counts every error as before; at most 32.

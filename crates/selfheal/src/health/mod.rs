@@ -450,7 +450,7 @@ impl Monitor {
     /// This monitor as a shared [`Observer`], to attach to a policy, a
     /// breaker or a runner (or to install globally; [`MonitorBuilder::start`]
     /// does). The monitor is an observer itself: `Some(&monitor)` can be
-    /// passed to [`observe::emit`] directly.
+    /// passed to [`observe::emit`](crate::observe::emit) directly.
     pub fn observer(&self) -> Arc<dyn Observer> {
         Arc::new(self.clone())
     }

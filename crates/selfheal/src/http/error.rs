@@ -27,7 +27,7 @@ pub enum UnavailableReason {
 /// It reaches the caller inside
 /// [`reqwest_middleware::Error::Middleware`]; find it with
 /// [`unavailable`](super::unavailable), [`is_circuit_open`](super::is_circuit_open)
-/// or [`retry_after`](super::retry_after). Either way
+/// or [`retry_in`](super::retry_in). Either way
 /// [`Unavailable::retry_after`] says when trying again makes sense: an
 /// application can pass it on to its own client as `503` with `Retry-After`
 /// instead of guessing.

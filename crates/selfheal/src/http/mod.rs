@@ -105,7 +105,7 @@
 //! its own, [`Unavailable`] inside [`reqwest_middleware::Error::Middleware`],
 //! when it fails a call without a useful last answer: the breaker is open, or
 //! the server's hint is past the deadline. Find it with [`unavailable`],
-//! [`is_circuit_open`] or [`retry_after`].
+//! [`is_circuit_open`] or [`retry_in`].
 //!
 //! # Example: an OpenAI-style client
 //!

@@ -19,7 +19,7 @@
 //!   storm.
 //!
 //! Each retry, recovery and give-up is reported through the
-//! [observer hook](crate::observe): a `tracing` event and an [`Event`] for the
+//! [observer hook](crate::observe): a `tracing` event and an [`Event`](crate::observe::Event) for the
 //! health monitor. A call that succeeds at once reports nothing, reads no
 //! clock (unless a deadline is set), takes no lock and allocates nothing: it
 //! costs an atomic load (the budget) on top of the operation.
@@ -90,7 +90,7 @@ use crate::observe::Observer;
 /// | max delay (cap on server hints) | 30 s |
 /// | classifier | [`AlwaysTransient`] |
 /// | budget | a fresh [`Budget::default`] for this policy and its clones |
-/// | observer | the global one ([`observe::set_global`]) |
+/// | observer | the global one ([`observe::set_global`](crate::observe::set_global)) |
 /// | name | `"operation"` |
 #[derive(Clone)]
 pub struct Policy<C = AlwaysTransient> {

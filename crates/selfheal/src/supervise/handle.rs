@@ -23,7 +23,7 @@ pub enum Exit {
     /// whole grace period, so it was aborted (at its next `.await`).
     Aborted,
     /// The task kept failing: one more restart would have exceeded the
-    /// intensity limit, and the escalation was [`Escalation::Stop`]. The
+    /// intensity limit, and the escalation was [`Escalation::Stop`](super::Escalation::Stop). The
     /// monitor is marked critical.
     GaveUp {
         /// Restarts made over the supervisor's whole life.

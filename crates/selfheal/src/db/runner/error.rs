@@ -87,7 +87,7 @@ impl<E> TxError<E> {
 
     /// `true` when a `COMMIT` failed in a way that leaves its outcome unknown
     /// and nothing proved since that it did not commit: the transaction may
-    /// have been applied. Without the [`Guard`] this is how an ambiguous
+    /// have been applied. Without the [`Guard`](crate::db::Guard) this is how an ambiguous
     /// commit ends; with it, only when the database stayed unreachable.
     pub fn commit_outcome_unknown(&self) -> bool {
         self.outcome_unknown

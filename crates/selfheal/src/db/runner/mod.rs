@@ -198,7 +198,7 @@ impl<DB: Backend> Runner<DB> {
     /// Reports to `observer` (a [`Monitor`](crate::health::Monitor)'s
     /// [`observer`](crate::health::Monitor::observer), say) instead of the
     /// global observer: the engine's events (retries, recoveries, give-ups),
-    /// every re-run as a [`HealKind::TransactionRerun`] heal, and an
+    /// every re-run as a [`HealKind::TransactionRerun`](crate::observe::HealKind::TransactionRerun) heal, and an
     /// ambiguous commit the runner could not resolve as a `commit_unknown`
     /// error. Shorthand for setting the observer of the runner's policy; to
     /// report to several, pass a [`Fanout`](crate::observe::Fanout).
