@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use super::alert::Transition;
 use super::fingerprint::Fingerprint;
-use super::{Alert, AlertRule, AlertState, Monitor, lock};
+use super::{Alert, AlertRule, AlertState, Monitor};
+use crate::sync::lock;
 
 impl Monitor {
     /// Evaluates the alert rules now and queues the resulting notices for the

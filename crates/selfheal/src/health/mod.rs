@@ -102,9 +102,9 @@ pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
 use crate::observe::{BreakerState, Event, Failure, Observer};
 pub use crate::observe::{ClientId, HealKind};
 use crate::retry::Policy;
+use crate::sync::lock;
 use alert::AlertBook;
 use check::Check;
-use evaluate::describe_window;
 use fingerprint::Fingerprint;
 pub(crate) use fingerprint::truncate;
 use table::Table;
@@ -160,8 +160,6 @@ struct Inner {
     coarse_ms: AtomicU64,
     coarse_epoch: AtomicU64,
 }
-
-use crate::sync::lock;
 
 /// The health monitor. Cheap to clone; clones share everything. See the
 /// [module docs](self).

@@ -23,8 +23,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{HealKind, Monitor, lock};
+use super::{HealKind, Monitor};
 use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
+use crate::sync::lock;
 
 impl Observer for Monitor {
     fn on_event(&self, event: &Event<'_>) {

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Alert, CheckResult, HealKind, Monitor, OTHER, Severity, describe_window, lock};
+use super::evaluate::describe_window;
+use super::{Alert, CheckResult, HealKind, Monitor, OTHER, Severity};
 use crate::observe::BreakerState;
+use crate::sync::lock;
 
 /// The service's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

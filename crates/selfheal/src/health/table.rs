@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use super::Fingerprint;
+use super::fingerprint::Fingerprint;
 
 #[derive(Debug)]
 pub(crate) struct Table {

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::check::Check;
-use super::{Alert, CheckOptions, Inner, Monitor, lock};
+use super::{Alert, CheckOptions, Inner, Monitor};
 use crate::observe::{self, Event, Failure};
+use crate::sync::lock;
 
 impl Monitor {
     /// Registers a check: `probe` runs every `options.interval` (bounded by
