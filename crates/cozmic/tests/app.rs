@@ -371,6 +371,26 @@ async fn the_tutor_answers_after_two_503s(fixture: Fixture) {
         "{page}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 3, "two 503s, then the answer");
+    // The retries and the recovery reached Prometheus through the monitor's
+    // one channel, as they reached the dashboard.
+    let metrics = client
+        .get(format!("{}/metrics", app.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |metric: &str, label: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(metric) && l.contains(label))
+    };
+    assert!(line("selfheal_retries_total", "http:"), "{metrics}");
+    assert!(
+        line("selfheal_heals_total", "kind=\"retry_recovered\""),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 
