@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos::faults::{FaultKind, UpstreamFaults};
-use chaos::plan::{DurationRange, FaultWeights, UpstreamPlan};
+use chaos::plan::{DurationRange, UpstreamPlan};
 use chaos::proxy::{FaultProxy, Mode};
 use chaos::upstream::OpenAiServer;
-use support::{AUTH, CHAT, Conn, JSON};
+use support::{Conn, weights_only};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -19,32 +19,9 @@ use tokio::time::timeout;
 const BOUND: Duration = Duration::from_secs(5);
 
 fn only(kind: FaultKind) -> UpstreamPlan {
-    let zero = FaultWeights {
-        rate_limit: 0.0,
-        unavailable: 0.0,
-        stall: 0.0,
-        reset: 0.0,
-        latency: 0.0,
-    };
-    let weights = match kind {
-        FaultKind::RateLimit => FaultWeights {
-            rate_limit: 1.0,
-            ..zero
-        },
-        FaultKind::Unavailable => FaultWeights {
-            unavailable: 1.0,
-            ..zero
-        },
-        FaultKind::Stall => FaultWeights { stall: 1.0, ..zero },
-        FaultKind::Reset => FaultWeights { reset: 1.0, ..zero },
-        FaultKind::Latency => FaultWeights {
-            latency: 1.0,
-            ..zero
-        },
-    };
     UpstreamPlan {
         fault_probability: 1.0,
-        weights,
+        weights: weights_only(kind),
         latency: DurationRange::new(Duration::from_millis(300), Duration::from_millis(300)),
         stall: Duration::from_secs(10),
     }
@@ -98,18 +75,7 @@ async fn keep_alive_requests_are_counted_one_by_one() {
     let proxy = FaultProxy::start(server.addr(), faults).await.unwrap();
     let mut conn = Conn::open(proxy.addr()).await.unwrap();
     for _ in 0..3 {
-        let r = timeout(
-            BOUND,
-            conn.send(
-                "POST",
-                "/v1/chat/completions",
-                &[AUTH, JSON],
-                CHAT.as_bytes(),
-            ),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let r = timeout(BOUND, conn.chat()).await.unwrap().unwrap();
         assert_eq!(r.status, 200);
     }
     let stats = proxy.stats();
@@ -146,16 +112,7 @@ async fn stall_makes_the_client_time_out() {
         .await
         .unwrap();
     let mut conn = Conn::open(proxy.addr()).await.unwrap();
-    let waited = timeout(
-        Duration::from_millis(500),
-        conn.send(
-            "POST",
-            "/v1/chat/completions",
-            &[AUTH, JSON],
-            CHAT.as_bytes(),
-        ),
-    )
-    .await;
+    let waited = timeout(Duration::from_millis(500), conn.chat()).await;
     assert!(waited.is_err(), "the client should have timed out");
     assert_eq!(proxy.stats().injected.stall, 1);
     // Nothing was forwarded.
@@ -169,15 +126,7 @@ async fn latency_delays_then_answers_normally() {
     let server = OpenAiServer::start(Arc::clone(&faults)).await.unwrap();
     let proxy = FaultProxy::start(server.addr(), faults).await.unwrap();
     let start = Instant::now();
-    let r = support::request(
-        proxy.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[AUTH, JSON],
-        CHAT.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = support::chat(proxy.addr()).await;
     assert!(
         start.elapsed() >= Duration::from_millis(300),
         "{:?}",
@@ -195,15 +144,7 @@ async fn http_faults_drawn_by_the_proxy_are_answered_by_the_server() {
         .await
         .unwrap();
     for _ in 0..3 {
-        let r = support::request(
-            proxy.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[AUTH, JSON],
-            CHAT.as_bytes(),
-        )
-        .await
-        .unwrap();
+        let r = support::chat(proxy.addr()).await;
         assert_eq!(r.status, 503);
     }
     assert_eq!(faults.injected().unavailable, 3);
@@ -226,17 +167,7 @@ async fn planned_mix_through_proxy_and_server_matches_the_plan() {
     let n = 300u32;
     let mut failed = 0;
     for _ in 0..n {
-        let r = timeout(
-            Duration::from_millis(150),
-            support::request(
-                proxy.addr(),
-                "POST",
-                "/v1/chat/completions",
-                &[AUTH, JSON],
-                CHAT.as_bytes(),
-            ),
-        )
-        .await;
+        let r = timeout(Duration::from_millis(150), support::try_chat(proxy.addr())).await;
         match r {
             Ok(Ok(r)) if r.status == 200 => {}
             _ => failed += 1,

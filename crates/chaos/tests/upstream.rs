@@ -5,28 +5,14 @@ mod support;
 use std::sync::Arc;
 
 use chaos::faults::{FaultKind, UpstreamFaults};
-use chaos::plan::{FaultWeights, UpstreamPlan};
+use chaos::plan::UpstreamPlan;
 use chaos::upstream::{OpenAiServer, StripeServer};
-use support::{AUTH, CHAT, FORM, JSON, request};
+use support::{AUTH, CHAT, FORM, JSON, chat, completion, request, weights_only};
 
 fn only(kind: FaultKind, p: f64) -> UpstreamPlan {
-    let mut w = FaultWeights {
-        rate_limit: 0.0,
-        unavailable: 0.0,
-        stall: 0.0,
-        reset: 0.0,
-        latency: 0.0,
-    };
-    match kind {
-        FaultKind::RateLimit => w.rate_limit = 1.0,
-        FaultKind::Unavailable => w.unavailable = 1.0,
-        FaultKind::Stall => w.stall = 1.0,
-        FaultKind::Reset => w.reset = 1.0,
-        FaultKind::Latency => w.latency = 1.0,
-    }
     UpstreamPlan {
         fault_probability: p,
-        weights: w,
+        weights: weights_only(kind),
         ..UpstreamPlan::default()
     }
 }
@@ -36,15 +22,7 @@ async fn openai_answers_a_completion_mentioning_the_question() {
     let server = OpenAiServer::start(Arc::new(UpstreamFaults::disabled()))
         .await
         .unwrap();
-    let r = request(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[AUTH, JSON],
-        CHAT.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = chat(server.addr()).await;
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
@@ -56,61 +34,26 @@ async fn openai_answers_a_completion_mentioning_the_question() {
     assert!(content.contains("What is a derivative?"), "{content}");
 
     // deterministic
-    let again = request(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[AUTH, JSON],
-        CHAT.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let again = chat(server.addr()).await;
     assert_eq!(again.json()["choices"][0]["message"]["content"], content);
 
-    let r = request(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[JSON],
-        CHAT.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = completion(server.addr(), &[JSON], CHAT.as_bytes()).await;
     assert_eq!(r.status, 401);
-    let r = request(
+    let r = completion(
         server.addr(),
-        "POST",
-        "/v1/chat/completions",
         &[("Authorization", "Bearer "), JSON],
         CHAT.as_bytes(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status, 401);
-    let r = request(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[AUTH, JSON],
-        b"{not json",
-    )
-    .await
-    .unwrap();
+    let r = completion(server.addr(), &[AUTH, JSON], b"{not json").await;
     assert_eq!(r.status, 400);
     let stats = server.stats();
     assert_eq!(stats.requests, 5);
     assert_eq!(stats.completions, 2);
 
     server.set_down(true);
-    let r = request(
-        server.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[AUTH, JSON],
-        CHAT.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = chat(server.addr()).await;
     assert_eq!(r.status, 503);
     server.shutdown().await;
 }
@@ -122,15 +65,7 @@ async fn http_faults_follow_the_planned_rate_with_a_seeded_rng() {
     let n = 400u32;
     let (mut r429, mut r503, mut ok) = (0, 0, 0);
     for _ in 0..n {
-        let r = request(
-            server.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[AUTH, JSON],
-            CHAT.as_bytes(),
-        )
-        .await
-        .unwrap();
+        let r = chat(server.addr()).await;
         match r.status {
             200 => ok += 1,
             429 => {

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe};
-use support::{form_value, no_redirects};
+use support::{assert_unprocessable, form_value, no_redirects, post_form, sign_up_as, status_of};
 use tempfile::TempDir;
 
 mod support;
@@ -130,18 +130,15 @@ async fn a_sign_up_sent_again_signs_in_with_the_right_password_only(fixture: Fix
     let response = sign_up(&again, &base, "ada@example.com").await;
     assert!(response.url().path().ends_with("/dashboard"));
     let thief = browser();
-    let response = post_form(
+    let response = sign_up_as(
         &thief,
-        format!("{base}/signup"),
-        &[
-            ("name", "Not Ada"),
-            ("email", "ada@example.com"),
-            ("password", "a different password"),
-        ],
+        &base,
+        "Not Ada",
+        "ada@example.com",
+        "a different password",
     )
     .await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(response.text().await.unwrap().contains("already exists"));
+    assert_unprocessable(response, "already exists").await;
     assert_eq!(app.state().db().students().await.unwrap().len(), 1);
     app.shutdown().await;
 }
@@ -333,12 +330,12 @@ async fn sign_up_then_complete_a_lesson_gives_10_xp_and_one_ledger_row(fixture: 
     assert!(page.contains("Lesson complete: What causes the seasons"));
 
     // The same form sent again (a double click, a retry) is not applied twice.
-    let again = client
-        .post(format!("{base}/lessons/seasons/complete"))
-        .form(&[("nonce", nonce.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let again = post_form(
+        &client,
+        format!("{base}/lessons/seasons/complete"),
+        &[("nonce", nonce.as_str())],
+    )
+    .await;
     assert_eq!(again.status(), StatusCode::OK);
 
     let db = app.state().db();
@@ -358,12 +355,7 @@ async fn the_tutor_answers_after_two_503s(fixture: Fixture) {
     let app = cozmic::start(config).await.unwrap();
     let client = browser();
     sign_up(&client, &app.url(), "ada@example.com").await;
-    let response = client
-        .post(format!("{}/tutor", app.url()))
-        .form(&[("question", "Why are there seasons?")])
-        .send()
-        .await
-        .unwrap();
+    let response = ask_tutor(&client, &app.url(), "Why are there seasons?").await;
     assert_eq!(response.status(), StatusCode::OK);
     let page = response.text().await.unwrap();
     assert!(
@@ -402,12 +394,7 @@ async fn the_tutor_down_is_a_friendly_503_and_the_question_is_kept(fixture: Fixt
     let app = cozmic::start(config).await.unwrap();
     let client = browser();
     sign_up(&client, &app.url(), "ada@example.com").await;
-    let response = client
-        .post(format!("{}/tutor", app.url()))
-        .form(&[("question", "What is a black hole?")])
-        .send()
-        .await
-        .unwrap();
+    let response = ask_tutor(&client, &app.url(), "What is a black hole?").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
@@ -569,20 +556,14 @@ async fn admin_pages_need_the_token_or_an_admin_student(fixture: Fixture) {
     let base = app.url();
     let anonymous = reqwest::Client::new();
     for path in ["/admin/health", "/admin/health.json"] {
-        let status = anonymous
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = status_of(anonymous.get(format!("{base}{path}"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
-        let status = anonymous
-            .get(format!("{base}{path}"))
-            .bearer_auth("wrong-token-0123456789")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = status_of(
+            anonymous
+                .get(format!("{base}{path}"))
+                .bearer_auth("wrong-token-0123456789"),
+        )
+        .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
     let response = anonymous
@@ -599,23 +580,13 @@ async fn admin_pages_need_the_token_or_an_admin_student(fixture: Fixture) {
     let student = browser();
     sign_up(&student, &base, "ada@example.com").await;
     assert_eq!(
-        student
-            .get(format!("{base}/admin/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(student.get(format!("{base}/admin/health"))).await,
         StatusCode::FORBIDDEN
     );
     let admin = browser();
     sign_up(&admin, &base, "root@example.com").await;
     assert_eq!(
-        admin
-            .get(format!("{base}/admin/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(admin.get(format!("{base}/admin/health"))).await,
         StatusCode::FORBIDDEN
     );
     // What `cozmic promote root@example.com` does.
@@ -642,12 +613,7 @@ async fn admin_pages_need_the_token_or_an_admin_student(fixture: Fixture) {
     assert!(response.text().await.unwrap().contains("cozmic"));
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(
-            anonymous
-                .get(format!("{base}{probe}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            status_of(anonymous.get(format!("{base}{probe}"))).await,
             StatusCode::OK,
             "{probe}"
         );
@@ -726,37 +692,27 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
     // A taken email.
     sign_up(&client, &base, "ada@example.com").await;
     let other = browser();
-    let response = other
-        .post(format!("{base}/signup"))
-        .form(&[
-            ("name", "Ada"),
-            ("email", "ADA@example.com"),
-            ("password", "correct horse"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(response.text().await.unwrap().contains("already exists"));
+    let response = sign_up_as(&other, &base, "Ada", "ADA@example.com", "correct horse").await;
+    assert_unprocessable(response, "already exists").await;
     // Wrong password; an absurdly long one.
     for password in ["wrong password", &"x".repeat(10_000)] {
-        let response = other
-            .post(format!("{base}/login"))
-            .form(&[("email", "ada@example.com"), ("password", password)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(response.text().await.unwrap().contains("do not match"));
+        let response = post_form(
+            &other,
+            format!("{base}/login"),
+            &[("email", "ada@example.com"), ("password", password)],
+        )
+        .await;
+        assert_unprocessable(response, "do not match").await;
     }
     // A lesson form without its nonce, an unknown lesson, an empty question.
-    let response = client
-        .post(format!("{base}/lessons/seasons/complete"))
-        .form(&[("nonce", "")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let send_nonce = |lesson: &str, nonce: &str| {
+        status_of(
+            client
+                .post(format!("{base}/lessons/{lesson}/complete"))
+                .form(&[("nonce", nonce)]),
+        )
+    };
+    assert_eq!(send_nonce("seasons", "").await, StatusCode::BAD_REQUEST);
     // A forged nonce, and a real one for another lesson: no XP for either.
     let forged = "0".repeat(64);
     let for_rockets = form_value(
@@ -764,27 +720,17 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
         "nonce",
     );
     for nonce in [forged.as_str(), for_rockets.as_str()] {
-        let response = client
-            .post(format!("{base}/lessons/seasons/complete"))
-            .form(&[("nonce", nonce)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{nonce}");
+        assert_eq!(
+            send_nonce("seasons", nonce).await,
+            StatusCode::BAD_REQUEST,
+            "{nonce}"
+        );
     }
-    let response = client
-        .post(format!("{base}/lessons/no-such/complete"))
-        .form(&[("nonce", "abcdefgh12")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = client
-        .post(format!("{base}/tutor"))
-        .form(&[("question", "   ")])
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        send_nonce("no-such", "abcdefgh12").await,
+        StatusCode::NOT_FOUND
+    );
+    let response = ask_tutor(&client, &base, "   ").await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Nothing was written by the bad input.
     let (id, _) = app.state().db().students().await.unwrap()[0].clone();
@@ -879,24 +825,14 @@ async fn a_purchase_whose_outcome_is_unknown_keeps_its_key(fixture: Fixture) {
 
 async fn the_panic_hook_is_off_unless_armed_and_a_panic_is_a_friendly_page(fixture: Fixture) {
     let app = cozmic::start(fixture.config()).await.unwrap();
-    let response = reqwest::Client::new()
-        .get(format!("{}/login", app.url()))
-        .header(FaultHooks::PANIC_HEADER, "1")
-        .send()
-        .await
-        .unwrap();
+    let response = panic_probe(format!("{}/login", app.url())).await;
     assert_eq!(response.status(), StatusCode::OK, "no hook unless armed");
     app.shutdown().await;
 
     let mut config = fixture.config();
     config.faults = FaultHooks::armed();
     let app = cozmic::start(config).await.unwrap();
-    let response = reqwest::Client::new()
-        .get(format!("{}/login", app.url()))
-        .header(FaultHooks::PANIC_HEADER, "1")
-        .send()
-        .await
-        .unwrap();
+    let response = panic_probe(format!("{}/login", app.url())).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let page = response.text().await.unwrap();
     assert!(
@@ -956,13 +892,30 @@ async fn sessions_live_in_redis_when_configured() {
     app.shutdown().await;
 }
 
-/// Posts `fields` as a form to `url`.
-async fn post_form(
-    client: &reqwest::Client,
-    url: String,
-    fields: &[(&str, &str)],
-) -> reqwest::Response {
-    client.post(url).form(fields).send().await.unwrap()
+/// Asks the tutor `question`: the answer.
+async fn ask_tutor(client: &reqwest::Client, base: &str, question: &str) -> reqwest::Response {
+    post_form(client, format!("{base}/tutor"), &[("question", question)]).await
+}
+
+/// Whether the first student has asked no question.
+async fn no_questions_asked(app: &cozmic::Running) -> bool {
+    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
+    app.state()
+        .db()
+        .recent_questions(id, 5)
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+/// The answer to a `GET` of `url` with the panic hook's header.
+async fn panic_probe(url: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header(FaultHooks::PANIC_HEADER, "1")
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The `name=value` of a response's `Set-Cookie`.
@@ -1035,15 +988,7 @@ async fn fifty_anonymous_nul_bytes_are_422s_and_the_instance_stays_ready(fixture
     );
     // Nothing was written, and the instance is still in rotation.
     assert_eq!(app.state().db().students().await.unwrap().len(), 1);
-    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
-    assert!(
-        app.state()
-            .db()
-            .recent_questions(id, 5)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(no_questions_asked(&app).await);
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let report = app.state().monitor().report(Duration::from_secs(300));
@@ -1058,43 +1003,19 @@ async fn an_nfd_twin_of_an_email_is_the_same_account(fixture: Fixture) {
     sign_up(&browser(), &base, "zo\u{eb}@example.com").await;
     // ... and with e + U+0308 (NFD), in capitals: the same address.
     let twin = browser();
-    let response = post_form(
-        &twin,
-        format!("{base}/signup"),
-        &[
-            ("name", "Zoe Twin"),
-            ("email", "ZOE\u{308}@example.com"),
-            ("password", "another horse battery"),
-        ],
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(response.text().await.unwrap().contains("already exists"));
+    let twin_sign_up = |email: String| {
+        let (twin, base) = (&twin, &base);
+        async move { sign_up_as(twin, base, "Zoe Twin", &email, "another horse battery").await }
+    };
+    let response = twin_sign_up("ZOE\u{308}@example.com".to_owned()).await;
+    assert_unprocessable(response, "already exists").await;
     assert_eq!(app.state().db().students().await.unwrap().len(), 1);
     // Look-alikes: a fullwidth letter is the same address (NFKC); invisible
     // characters (zero-width space, joiner, direction mark) are refused.
-    let response = post_form(
-        &twin,
-        format!("{base}/signup"),
-        &[
-            ("name", "Zoe Twin"),
-            ("email", "\u{ff5a}o\u{eb}@example.com"),
-            ("password", "another horse battery"),
-        ],
-    )
-    .await;
+    let response = twin_sign_up("\u{ff5a}o\u{eb}@example.com".to_owned()).await;
     assert!(response.text().await.unwrap().contains("already exists"));
     for invisible in ["\u{200b}", "\u{200d}", "\u{200e}"] {
-        let response = post_form(
-            &twin,
-            format!("{base}/signup"),
-            &[
-                ("name", "Zoe Twin"),
-                ("email", &format!("zo{invisible}e@example.com")),
-                ("password", "another horse battery"),
-            ],
-        )
-        .await;
+        let response = twin_sign_up(format!("zo{invisible}e@example.com")).await;
         assert_eq!(
             response.status(),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1129,16 +1050,8 @@ async fn names_need_a_visible_character_and_no_control_characters(fixture: Fixtu
         ("\u{202E}ecalevoL adA", "cannot be used", "ecalevoL adA"),
     ];
     for (name, message, kept) in cases {
-        let response = post_form(
-            &browser(),
-            format!("{base}/signup"),
-            &[
-                ("name", name),
-                ("email", "ada@example.com"),
-                ("password", "correct horse"),
-            ],
-        )
-        .await;
+        let response =
+            sign_up_as(&browser(), &base, name, "ada@example.com", "correct horse").await;
         assert_eq!(
             response.status(),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1187,15 +1100,7 @@ async fn an_invalid_utf8_body_is_a_422_not_a_replacement_character(fixture: Fixt
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let page = response.text().await.unwrap();
     assert!(page.contains("invalid UTF-8"), "{page}");
-    let (id, _) = app.state().db().students().await.unwrap()[0].clone();
-    assert!(
-        app.state()
-            .db()
-            .recent_questions(id, 5)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(no_questions_asked(&app).await);
     app.shutdown().await;
 }
 
@@ -1410,12 +1315,7 @@ async fn the_tutor_without_a_key_says_it_is_not_set_up(fixture: Fixture) {
     let base = app.url();
     let client = browser();
     sign_up(&client, &base, "ada@example.com").await;
-    let response = post_form(
-        &client,
-        format!("{base}/tutor"),
-        &[("question", "Why are there seasons?")],
-    )
-    .await;
+    let response = ask_tutor(&client, &base, "Why are there seasons?").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.text().await.unwrap().contains("not set up"));
     let page = fetch_page(&client, &format!("{base}/tutor")).await;

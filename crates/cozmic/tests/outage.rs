@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use cozmic::config::{Config, Secret};
 use support::{
-    CuttableProxy, OwnDatabase, eventually, form_value, mails_containing, no_redirects, sign_up,
+    CuttableProxy, OwnDatabase, eventually, form_value, mails_containing, no_redirects, post_form,
+    sign_up,
 };
 
 fn config(dir: &std::path::Path) -> Config {
@@ -46,12 +47,12 @@ async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
 
 /// Submits the "seasons" lesson form with `nonce`.
 async fn complete(client: &reqwest::Client, base: &str, nonce: &str) -> reqwest::Response {
-    client
-        .post(format!("{base}/lessons/seasons/complete"))
-        .form(&[("nonce", nonce)])
-        .send()
-        .await
-        .unwrap()
+    post_form(
+        client,
+        format!("{base}/lessons/seasons/complete"),
+        &[("nonce", nonce)],
+    )
+    .await
 }
 
 /// The XP and ledger of the student signed up as `email`.
@@ -76,20 +77,35 @@ async fn lesson_nonce(client: &reqwest::Client, base: &str) -> String {
     form_value(&page, "nonce")
 }
 
-async fn postgres_outage(outage: Duration) {
-    let Some(database) = OwnDatabase::create().await else {
-        return;
-    };
+/// cozmic on a PostgreSQL database of its own, its data in a temp dir;
+/// `None` when PostgreSQL is not configured outside CI.
+async fn start_on_own_database() -> Option<(OwnDatabase, tempfile::TempDir, cozmic::Running)> {
+    let database = OwnDatabase::create().await?;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.database_url = Some(Secret::new(database.url()));
     let app = cozmic::start(config).await.unwrap();
+    Some((database, dir, app))
+}
+
+/// A client that signed up as `email` (the sign-up redirects).
+async fn signed_up(base: &str, email: &str) -> reqwest::Client {
+    let client = no_redirects();
+    assert_eq!(
+        sign_up(&client, base, email).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    client
+}
+
+async fn postgres_outage(outage: Duration) {
+    let Some((database, dir, app)) = start_on_own_database().await else {
+        return;
+    };
     let base = app.url();
     let mail = dir.path().join("mail");
 
-    let ada = no_redirects();
-    let response = sign_up(&ada, &base, "ada@example.com").await;
-    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let ada = signed_up(&base, "ada@example.com").await;
     assert_eq!(get(&ada, format!("{base}/dashboard")).await.status(), 200);
     eventually("Ada's welcome email", Duration::from_secs(10), || async {
         mails_containing(&mail, "To: ada@example.com") == 1
@@ -210,11 +226,7 @@ async fn a_sqlite_write_lock_held_15_s_is_a_friendly_503_and_nothing_half_writte
     let dir = tempfile::tempdir().unwrap();
     let app = cozmic::start(config(dir.path())).await.unwrap();
     let base = app.url();
-    let ada = no_redirects();
-    assert_eq!(
-        sign_up(&ada, &base, "ada@example.com").await.status(),
-        StatusCode::SEE_OTHER
-    );
+    let ada = signed_up(&base, "ada@example.com").await;
     let nonce = lesson_nonce(&ada, &base).await;
 
     // Another process's connection (a backup, a migration) holds the write
@@ -295,12 +307,8 @@ async fn redis_unreachable_for_10_s_is_a_friendly_503_not_a_logout() {
     config.redis_url = Some(Secret::new(format!("redis://{}", proxy.addr())));
     let app = cozmic::start(config).await.unwrap();
     let base = app.url();
-    let ada = no_redirects();
     let email = format!("ada-{:x}@example.com", fastrand::u64(..));
-    assert_eq!(
-        sign_up(&ada, &base, &email).await.status(),
-        StatusCode::SEE_OTHER
-    );
+    let ada = signed_up(&base, &email).await;
     assert_eq!(get(&ada, format!("{base}/dashboard")).await.status(), 200);
 
     proxy.cut();
@@ -336,19 +344,11 @@ async fn redis_unreachable_for_10_s_is_a_friendly_503_not_a_logout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_table_lock_held_20_s_is_a_friendly_503_not_a_hang() {
     use sqlx::Connection;
-    let Some(database) = OwnDatabase::create().await else {
+    let Some((database, _dir, app)) = start_on_own_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.database_url = Some(Secret::new(database.url()));
-    let app = cozmic::start(config).await.unwrap();
     let base = app.url();
-    let ada = no_redirects();
-    assert_eq!(
-        sign_up(&ada, &base, "ada@example.com").await.status(),
-        StatusCode::SEE_OTHER
-    );
+    let ada = signed_up(&base, "ada@example.com").await;
     let nonce = lesson_nonce(&ada, &base).await;
 
     let mut holder = sqlx::PgConnection::connect(database.url()).await.unwrap();

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use selfheal::health::{Monitor, MonitorBuilder};
+use selfheal::health::{AlertSink, Monitor, MonitorBuilder};
 use selfheal::retry::{Backoff, Policy};
 
 /// What a service would configure, with short delays.
@@ -26,6 +26,14 @@ fn builder(attempts: u32) -> MonitorBuilder {
 }
 
 /// The guide's scenario: the same error 11 times, over the threshold of 10.
+/// A monitor delivering to `sink` (`attempts` tries), after the eleven
+/// errors that fire its alert.
+fn alerting(sink: std::sync::Arc<dyn AlertSink>, attempts: u32) -> Monitor {
+    let monitor = builder(attempts).with_sink(sink).start().unwrap();
+    eleven_identical_errors(&monitor);
+    monitor
+}
+
 fn eleven_identical_errors(monitor: &Monitor) {
     for i in 0..11 {
         monitor.record_error(
@@ -52,6 +60,17 @@ where
     }
 }
 
+/// Waits until `monitor` has recorded a failed alert delivery.
+async fn a_delivery_failure(monitor: &Monitor) {
+    eventually("the delivery failure", || async {
+        monitor
+            .report(Duration::from_secs(900))
+            .alert_delivery_failures
+            >= 1
+    })
+    .await;
+}
+
 /// Long enough for a stray extra delivery (20 ms backoff, 50 ms evaluation)
 /// to show up.
 async fn settle() {
@@ -71,6 +90,12 @@ mod webhook {
 
     const TOKEN: &str = "tok-very-secret";
     const PATH: &str = "/services/T0/B0/path-secret";
+
+    /// A monitor whose webhook sink (`attempts` tries) posts to `server`,
+    /// after the eleven errors that fire its alert.
+    fn alerting_to(server: &MockServer, attempts: u32) -> Monitor {
+        alerting(Arc::new(sink(server)), attempts)
+    }
 
     fn sink(server: &MockServer) -> WebhookSink {
         WebhookSink::new(&format!("{}{PATH}", server.uri()))
@@ -99,11 +124,7 @@ mod webhook {
             .mount(&server)
             .await;
 
-        let monitor = builder(5)
-            .with_sink(Arc::new(sink(&server)))
-            .start()
-            .unwrap();
-        eleven_identical_errors(&monitor);
+        let monitor = alerting_to(&server, 5);
 
         eventually("three POSTs", || async {
             server.received_requests().await.unwrap().len() >= 3
@@ -161,19 +182,9 @@ mod webhook {
             .mount(&server)
             .await;
 
-        let monitor = builder(3)
-            .with_sink(Arc::new(sink(&server)))
-            .start()
-            .unwrap();
-        eleven_identical_errors(&monitor);
+        let monitor = alerting_to(&server, 3);
 
-        eventually("the delivery failure", || async {
-            monitor
-                .report(Duration::from_secs(900))
-                .alert_delivery_failures
-                >= 1
-        })
-        .await;
+        a_delivery_failure(&monitor).await;
         settle().await;
 
         assert_eq!(
@@ -489,8 +500,7 @@ mod email {
         )
         .unwrap();
 
-        let monitor = builder(5).with_sink(Arc::new(email)).start().unwrap();
-        eleven_identical_errors(&monitor);
+        let monitor = alerting(Arc::new(email), 5);
 
         eventually("one email", || async { !server.mails().is_empty() }).await;
         settle().await;
@@ -549,15 +559,8 @@ mod email {
         .unwrap();
         assert!(!format!("{email:?}").contains("pa55-very-secret"));
 
-        let monitor = builder(2).with_sink(Arc::new(email)).start().unwrap();
-        eleven_identical_errors(&monitor);
-        eventually("the delivery failure", || async {
-            monitor
-                .report(Duration::from_secs(900))
-                .alert_delivery_failures
-                >= 1
-        })
-        .await;
+        let monitor = alerting(Arc::new(email), 2);
+        a_delivery_failure(&monitor).await;
 
         let report = monitor.report(Duration::from_secs(900));
         let failure = report

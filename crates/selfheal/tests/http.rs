@@ -218,6 +218,41 @@ fn builder(events: &Recorder) -> selfheal::http::Builder {
         .with_backoff(Backoff::constant(Duration::from_millis(1)))
 }
 
+/// A recording client whose middleware is [`builder`] as `configure`
+/// leaves it: (its events, the client).
+fn recorded(
+    configure: impl FnOnce(selfheal::http::Builder) -> selfheal::http::Builder,
+) -> (Recorder, ClientWithMiddleware) {
+    let events = Recorder::new();
+    let client = client(configure(builder(&events)).build().unwrap());
+    (events, client)
+}
+
+/// A `GET /` to `addr` and how long it took in tokio time.
+async fn timed_get(
+    client: &ClientWithMiddleware,
+    addr: SocketAddr,
+) -> (reqwest::Response, Duration) {
+    let started = tokio::time::Instant::now();
+    let response = client.get(url(addr, "/")).send().await.unwrap();
+    (response, started.elapsed())
+}
+
+/// The event of a call that gave up with `cause` at its first attempt,
+/// having no more attempts allowed.
+fn gave_up_at_once(cause: &str, addr: SocketAddr) -> [String; 1] {
+    [format!("gave_up {cause}@{} #1 (max_attempts)", op(addr))]
+}
+
+/// The events of a call that failed with `cause` at all three attempts.
+fn three_attempts(cause: &str, op: &str) -> [String; 3] {
+    [
+        format!("retry {cause}@{op} #1"),
+        format!("retry {cause}@{op} #2"),
+        format!("gave_up {cause}@{op} #3 (max_attempts)"),
+    ]
+}
+
 fn client(middleware: ResilientMiddleware) -> ClientWithMiddleware {
     selfheal::tls::install_default_crypto_provider();
     // No pooled connections: each attempt is a fresh connection, as in an
@@ -244,8 +279,7 @@ fn op(addr: SocketAddr) -> String {
 #[tokio::test]
 async fn transient_statuses_then_success_after_three_attempts() {
     let (addr, server) = serve(vec![reply(503), reply(503)], reply(200)).await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     let response = client.get(url(addr, "/items")).send().await.unwrap();
 
@@ -269,19 +303,10 @@ async fn transient_statuses_then_success_after_three_attempts() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_seconds_is_waited_out_in_paused_time() {
     let (addr, server) = serve(vec![reply(429).header("retry-after", "2")], reply(200)).await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .without_attempt_timeout()
-            .without_deadline()
-            .build()
-            .unwrap(),
-    );
+    let (events, client) = recorded(|b| b.without_attempt_timeout().without_deadline());
 
     let wall = std::time::Instant::now();
-    let started = tokio::time::Instant::now();
-    let response = client.get(url(addr, "/")).send().await.unwrap();
-    let waited = started.elapsed();
+    let (response, waited) = timed_get(&client, addr).await;
 
     assert_eq!(response.status(), 200);
     assert_eq!(server.hits(), 2);
@@ -301,18 +326,9 @@ async fn retry_after_http_date_is_waited_out() {
     let mut first = reply(503);
     first.retry_after_date_in = Some(3);
     let (addr, server) = serve(vec![first], reply(200)).await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .without_attempt_timeout()
-            .without_deadline()
-            .build()
-            .unwrap(),
-    );
+    let (_events, client) = recorded(|b| b.without_attempt_timeout().without_deadline());
 
-    let started = tokio::time::Instant::now();
-    let response = client.get(url(addr, "/")).send().await.unwrap();
-    let waited = started.elapsed();
+    let (response, waited) = timed_get(&client, addr).await;
 
     assert_eq!(response.status(), 200);
     assert_eq!(server.hits(), 2);
@@ -336,14 +352,7 @@ async fn openai_rate_limit_reset_is_waited_out() {
         reply(200),
     )
     .await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .without_attempt_timeout()
-            .without_deadline()
-            .build()
-            .unwrap(),
-    );
+    let (_events, client) = recorded(|b| b.without_attempt_timeout().without_deadline());
     let started = tokio::time::Instant::now();
     let response = client
         .post(url(addr, "/v1/chat/completions"))
@@ -372,14 +381,10 @@ async fn garbage_retry_after_falls_back_to_the_backoff() {
         reply(200),
     )
     .await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_max_attempts(3)
+    let (_events, client) = recorded(|b| {
+        b.with_max_attempts(3)
             .with_max_delay(Duration::from_millis(10))
-            .build()
-            .unwrap(),
-    );
+    });
     let started = std::time::Instant::now();
     let response = client.get(url(addr, "/")).send().await.unwrap();
     // Three 503s: the third is returned as it is.
@@ -392,13 +397,7 @@ async fn garbage_retry_after_falls_back_to_the_backoff() {
 #[tokio::test]
 async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
     let (addr, server) = serve(vec![], reply(429).header("retry-after", "120")).await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_deadline(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    );
+    let (events, client) = recorded(|b| b.with_deadline(Duration::from_secs(10)));
 
     let started = std::time::Instant::now();
     let error = client.get(url(addr, "/")).send().await.unwrap_err();
@@ -431,8 +430,7 @@ async fn retry_after_beyond_the_deadline_fails_at_once_with_the_hint() {
 #[tokio::test]
 async fn post_without_key_after_reset_after_send_is_sent_once() {
     let (addr, heads) = reset_after_read().await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     let error = client
         .post(url(addr, "/v1/tickets"))
@@ -447,37 +445,25 @@ async fn post_without_key_after_reset_after_send_is_sent_once() {
         "the server saw the POST once"
     );
     assert!(!error.is_connect(), "{error:?}");
-    assert_eq!(
-        events.lines(),
-        [format!("gave_up reset@{} #1 (max_attempts)", op(addr))]
-    );
+    assert_eq!(events.lines(), gave_up_at_once("reset", addr));
 }
 
 #[tokio::test]
 async fn get_after_reset_after_send_is_retried() {
     let (addr, heads) = reset_after_read().await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     client.get(url(addr, "/")).send().await.unwrap_err();
 
     assert_eq!(heads.lock().unwrap().len(), 3);
     let op = op(addr);
-    assert_eq!(
-        events.lines(),
-        [
-            format!("retry reset@{op} #1"),
-            format!("retry reset@{op} #2"),
-            format!("gave_up reset@{op} #3 (max_attempts)"),
-        ]
-    );
+    assert_eq!(events.lines(), three_attempts("reset", &op));
 }
 
 #[tokio::test]
 async fn post_with_generated_key_is_retried_with_the_same_key() {
     let (addr, heads) = reset_after_read().await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (_events, client) = recorded(|b| b);
 
     client
         .post(url(addr, "/v1/refunds"))
@@ -500,13 +486,7 @@ async fn post_with_generated_key_is_retried_with_the_same_key() {
 #[tokio::test]
 async fn generated_keys_differ_per_logical_call_and_a_callers_key_is_kept() {
     let (addr, server) = serve(vec![reply(503)], reply(201)).await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_generated_idempotency_keys(true)
-            .build()
-            .unwrap(),
-    );
+    let (_events, client) = recorded(|b| b.with_generated_idempotency_keys(true));
     client.post(url(addr, "/a")).body("1").send().await.unwrap();
     client.post(url(addr, "/b")).body("2").send().await.unwrap();
     client
@@ -531,8 +511,7 @@ async fn generated_keys_differ_per_logical_call_and_a_callers_key_is_kept() {
 #[tokio::test]
 async fn post_without_key_is_retried_when_nothing_was_sent() {
     let addr = refused_port().await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     let error = client
         .post(url(addr, "/v1/tickets"))
@@ -543,42 +522,25 @@ async fn post_without_key_is_retried_when_nothing_was_sent() {
 
     assert!(error.is_connect(), "{error:?}");
     let op = op(addr);
-    assert_eq!(
-        events.lines(),
-        [
-            format!("retry connect@{op} #1"),
-            format!("retry connect@{op} #2"),
-            format!("gave_up connect@{op} #3 (max_attempts)"),
-        ]
-    );
+    assert_eq!(events.lines(), three_attempts("connect", &op));
 }
 
 #[tokio::test]
 async fn post_without_key_is_not_retried_on_a_transient_status() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     let response = client.post(url(addr, "/")).body("x").send().await.unwrap();
 
     assert_eq!(response.status(), 503, "the last response is returned");
     assert_eq!(server.hits(), 1);
-    assert_eq!(
-        events.lines(),
-        [format!("gave_up 503@{} #1 (max_attempts)", op(addr))]
-    );
+    assert_eq!(events.lines(), gave_up_at_once("503", addr));
 }
 
 #[tokio::test]
 async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
     let (addr, requests) = black_hole().await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_attempt_timeout(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    );
+    let (events, client) = recorded(|b| b.with_attempt_timeout(Duration::from_millis(200)));
 
     let started = std::time::Instant::now();
     let error = client.get(url(addr, "/")).send().await.unwrap_err();
@@ -586,14 +548,7 @@ async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
     assert_eq!(requests.load(Ordering::SeqCst), 3);
     assert!(started.elapsed() >= Duration::from_millis(600));
     let op = op(addr);
-    assert_eq!(
-        events.lines(),
-        [
-            format!("retry timeout@{op} #1"),
-            format!("retry timeout@{op} #2"),
-            format!("gave_up timeout@{op} #3 (max_attempts)"),
-        ]
-    );
+    assert_eq!(events.lines(), three_attempts("timeout", &op));
 
     let error = client
         .post(url(addr, "/"))
@@ -608,15 +563,11 @@ async fn timeouts_retry_a_get_but_not_an_unkeyed_post() {
 #[tokio::test]
 async fn the_deadline_bounds_the_whole_call() {
     let (addr, _requests) = black_hole().await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_max_attempts(10)
+    let (_events, client) = recorded(|b| {
+        b.with_max_attempts(10)
             .with_attempt_timeout(Duration::from_secs(30))
             .with_deadline(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    );
+    });
     let started = std::time::Instant::now();
     let error = client.get(url(addr, "/")).send().await.unwrap_err();
     let took = started.elapsed();
@@ -630,8 +581,7 @@ async fn the_deadline_bounds_the_whole_call() {
 #[tokio::test]
 async fn permanent_statuses_and_500_are_not_retried_by_default() {
     let (addr, server) = serve(vec![reply(404), reply(400), reply(500)], reply(200)).await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
     for expected in [404, 400, 500] {
         let response = client.get(url(addr, "/")).send().await.unwrap();
         assert_eq!(response.status(), expected);
@@ -658,8 +608,7 @@ fn client_with_500(events: &Recorder) -> ClientWithMiddleware {
 #[tokio::test]
 async fn a_streaming_body_is_sent_once() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Recorder::new();
-    let client = client(builder(&events).build().unwrap());
+    let (events, client) = recorded(|b| b);
 
     // PUT is idempotent, but a streamed body cannot be replayed.
     let body = reqwest::Body::wrap(String::from("streamed upload"));
@@ -672,10 +621,7 @@ async fn a_streaming_body_is_sent_once() {
 
     assert_eq!(response.status(), 503);
     assert_eq!(server.hits(), 1);
-    assert_eq!(
-        events.lines(),
-        [format!("gave_up 503@{} #1 (max_attempts)", op(addr))]
-    );
+    assert_eq!(events.lines(), gave_up_at_once("503", addr));
 }
 
 /// The outage case: 1,000 logical calls against a dependency that
@@ -684,14 +630,7 @@ async fn a_streaming_body_is_sent_once() {
 #[tokio::test]
 async fn an_outage_costs_at_most_ten_percent_extra_calls_with_the_budget() {
     let (addr, server) = serve(vec![], reply(503)).await;
-    let events = Recorder::new();
-    let with = client(
-        builder(&events)
-            .with_backoff(Backoff::immediate())
-            .without_breaker()
-            .build()
-            .unwrap(),
-    );
+    let (events, with) = recorded(|b| b.with_backoff(Backoff::immediate()).without_breaker());
     for _ in 0..1000 {
         let response = with.get(url(addr, "/")).send().await.unwrap();
         assert_eq!(response.status(), 503);
@@ -749,14 +688,7 @@ async fn an_outage_costs_at_most_ten_percent_extra_calls_with_the_budget() {
 async fn budgets_are_per_dependency() {
     let (down, down_server) = serve(vec![], reply(503)).await;
     let (flaky, flaky_server) = serve(vec![reply(503)], reply(200)).await;
-    let events = Recorder::new();
-    let client = client(
-        builder(&events)
-            .with_backoff(Backoff::immediate())
-            .without_breaker()
-            .build()
-            .unwrap(),
-    );
+    let (events, client) = recorded(|b| b.with_backoff(Backoff::immediate()).without_breaker());
     for _ in 0..100 {
         client.get(url(down, "/")).send().await.unwrap();
     }
@@ -961,8 +893,7 @@ async fn failures_reach_the_health_monitor_with_per_dependency_fingerprints() {
 #[tokio::test]
 async fn errors_carry_no_query_string_or_credentials() {
     let addr = refused_port().await;
-    let events = Recorder::new();
-    let client = client(builder(&events).with_max_attempts(1).build().unwrap());
+    let (events, client) = recorded(|b| b.with_max_attempts(1));
     let error = client
         .get(format!("http://user:hunter2@{addr}/v1?api_key=SECRET"))
         .send()

@@ -29,6 +29,17 @@ async fn body(response: Response<Body>) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
+/// Registers a check `name` that fails with `error`, and runs the checks.
+async fn failing_check(
+    monitor: &Monitor,
+    name: &'static str,
+    options: selfheal::health::CheckOptions,
+    error: &'static str,
+) {
+    monitor.register_check(name, options, move || async move { Err(error.to_owned()) });
+    monitor.run_checks().await;
+}
+
 fn get_req(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
@@ -284,23 +295,22 @@ async fn probes_answer_without_details() {
 
     // A shared dependency's check (the default) moves the status, not
     // readiness.
-    monitor.register_check("db", Default::default(), || async {
-        Err("postgres://u:pw@db down".to_owned())
-    });
-    monitor.run_checks().await;
+    failing_check(
+        &monitor,
+        "db",
+        Default::default(),
+        "postgres://u:pw@db down",
+    )
+    .await;
     let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
     // A readiness check does.
-    monitor.register_check(
-        "warm_up",
-        selfheal::health::CheckOptions {
-            readiness: true,
-            ..Default::default()
-        },
-        || async { Err("postgres://u:pw@db down".to_owned()) },
-    );
-    monitor.run_checks().await;
+    let readiness = selfheal::health::CheckOptions {
+        readiness: true,
+        ..Default::default()
+    };
+    failing_check(&monitor, "warm_up", readiness, "postgres://u:pw@db down").await;
     let response = app.clone().oneshot(get_req("/readyz")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(response).await, "not ready");
@@ -561,15 +571,11 @@ async fn error_samples_are_escaped_and_secrets_redacted_in_the_html() {
 async fn the_json_has_the_health_json_shape() {
     let monitor = monitor();
     monitor.record_error("Boom", "/x", &"token=abc123 leaked");
-    monitor.register_check(
-        "database",
-        selfheal::health::CheckOptions {
-            critical: false,
-            ..Default::default()
-        },
-        || async { Err("down".to_owned()) },
-    );
-    monitor.run_checks().await;
+    let not_critical = selfheal::health::CheckOptions {
+        critical: false,
+        ..Default::default()
+    };
+    failing_check(&monitor, "database", not_critical, "down").await;
     let response = admin(&monitor)
         .oneshot(with_bearer("/admin/health.json", TOKEN))
         .await
@@ -768,18 +774,12 @@ async fn metrics_count_every_heal_kind_and_error_path_from_the_components_that_r
     // Sessions: a corrupt field repaired; a store that is down.
     let store = tower_sessions::MemoryStore::default();
     let id = stored_record(&store, serde_json::json!({"xp": "banana"})).await;
-    session_app(&monitor, store)
-        .oneshot(with_cookie("/show", &format!("id={id}")))
-        .await
-        .unwrap();
+    visit(&session_app(&monitor, store), "/show", id).await;
     let id = stored_record(&flaky_store, serde_json::json!({"xp": 1})).await;
     flaky_store
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    down_app
-        .oneshot(with_cookie("/show", &format!("id={id}")))
-        .await
-        .unwrap();
+    visit(&down_app, "/show", id).await;
     // A supervised worker that fails once: an error and a restart.
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = Supervisor::new("channel-worker")
@@ -1083,6 +1083,19 @@ fn session_app<St: tower_sessions::SessionStore + Clone>(monitor: &Monitor, stor
         .layer(HealLayer::new(monitor.clone()))
 }
 
+/// A `GET` of `path` on `app` with the session cookie of `id`.
+async fn visit(app: &Router, path: &str, id: tower_sessions::session::Id) -> Response<Body> {
+    app.clone()
+        .oneshot(with_cookie(path, &format!("id={id}")))
+        .await
+        .unwrap()
+}
+
+/// The [`Progress`] a session app answered with.
+async fn progress_in(response: Response<Body>) -> Progress {
+    serde_json::from_str(&body(response).await).unwrap()
+}
+
 fn with_cookie(uri: &str, cookie: &str) -> Request<Body> {
     Request::get(uri)
         .header(header::COOKIE, cookie)
@@ -1100,13 +1113,9 @@ async fn a_bad_field_is_reset_and_the_others_are_kept() {
     )
     .await;
     let app = session_app(&monitor, store.clone());
-    let response = app
-        .clone()
-        .oneshot(with_cookie("/show", &format!("id={id}")))
-        .await
-        .unwrap();
+    let response = visit(&app, "/show", id).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    let progress = progress_in(response).await;
     assert_eq!(
         progress,
         Progress {
@@ -1127,12 +1136,8 @@ async fn a_bad_field_is_reset_and_the_others_are_kept() {
 
     // A value failing its check is reset too; a missing key gets its default.
     let id = stored_record(&store, serde_json::json!({"xp": 5, "level": 0})).await;
-    let response = app
-        .clone()
-        .oneshot(with_cookie("/show", &format!("id={id}")))
-        .await
-        .unwrap();
-    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    let response = visit(&app, "/show", id).await;
+    let progress = progress_in(response).await;
     assert_eq!(
         progress,
         Progress {
@@ -1175,17 +1180,13 @@ async fn an_unreadable_record_gives_a_fresh_session_with_a_new_id() {
     let id = stored_record(&store, serde_json::json!({"xp": 42})).await;
     *store.poisoned.lock().unwrap() = Some(id);
     let app = session_app(&monitor, store.clone());
-    let response = app
-        .clone()
-        .oneshot(with_cookie("/gain", &format!("id={id}")))
-        .await
-        .unwrap();
+    let response = visit(&app, "/gain", id).await;
     assert_eq!(response.status(), StatusCode::OK);
     let cookie = response.headers()[header::SET_COOKIE]
         .to_str()
         .unwrap()
         .to_owned();
-    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    let progress = progress_in(response).await;
     assert_eq!(progress.xp, 10, "started from the defaults");
     assert!(
         !cookie.contains(&id.to_string()),
@@ -1204,11 +1205,7 @@ async fn a_store_that_is_down_is_a_503_with_retry_after_never_a_logout() {
     let app = session_app(&monitor, store.clone());
 
     store.down.store(true, Ordering::SeqCst);
-    let response = app
-        .clone()
-        .oneshot(with_cookie("/gain", &format!("id={id}")))
-        .await
-        .unwrap();
+    let response = visit(&app, "/gain", id).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()[header::RETRY_AFTER], "5");
     assert!(
@@ -1229,13 +1226,9 @@ async fn a_store_that_is_down_is_a_503_with_retry_after_never_a_logout() {
 
     // Back: the same cookie still holds the user's session, untouched.
     store.down.store(false, Ordering::SeqCst);
-    let response = app
-        .clone()
-        .oneshot(with_cookie("/show", &format!("id={id}")))
-        .await
-        .unwrap();
+    let response = visit(&app, "/show", id).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let progress: Progress = serde_json::from_str(&body(response).await).unwrap();
+    let progress = progress_in(response).await;
     assert_eq!((progress.xp, progress.name.as_str()), (42, "ada"));
 
     // Without a cookie the store is never asked: anonymous pages work.

@@ -63,6 +63,12 @@ impl Conn {
         self.read_response().await
     }
 
+    /// The authorised chat completion [`CHAT`], on this connection.
+    pub async fn chat(&mut self) -> io::Result<Response> {
+        self.send("POST", COMPLETIONS, &[AUTH, JSON], CHAT.as_bytes())
+            .await
+    }
+
     async fn read_response(&mut self) -> io::Result<Response> {
         let mut line = String::new();
         if self.stream.read_line(&mut line).await? == 0 {
@@ -123,3 +129,45 @@ pub const CHAT: &str = r#"{"model":"gpt-test","messages":[{"role":"system","cont
 pub const AUTH: (&str, &str) = ("Authorization", "Bearer sk_test_123");
 pub const JSON: (&str, &str) = ("Content-Type", "application/json");
 pub const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// Where the OpenAI-compatible server answers chat completions.
+pub const COMPLETIONS: &str = "/v1/chat/completions";
+
+/// A chat completion `body` posted with `headers` on a fresh connection
+/// (see [`request`]); it panics when no answer comes.
+pub async fn completion(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    request(addr, "POST", COMPLETIONS, headers, body)
+        .await
+        .unwrap()
+}
+
+/// The authorised chat completion [`CHAT`] on a fresh connection.
+pub async fn try_chat(addr: SocketAddr) -> io::Result<Response> {
+    request(addr, "POST", COMPLETIONS, &[AUTH, JSON], CHAT.as_bytes()).await
+}
+
+/// [`try_chat`], which must be answered.
+pub async fn chat(addr: SocketAddr) -> Response {
+    try_chat(addr).await.unwrap()
+}
+
+/// Weights that draw only `kind`.
+pub fn weights_only(kind: chaos::faults::FaultKind) -> chaos::plan::FaultWeights {
+    use chaos::faults::FaultKind;
+    let mut weights = chaos::plan::FaultWeights {
+        rate_limit: 0.0,
+        unavailable: 0.0,
+        stall: 0.0,
+        reset: 0.0,
+        latency: 0.0,
+    };
+    let weight = match kind {
+        FaultKind::RateLimit => &mut weights.rate_limit,
+        FaultKind::Unavailable => &mut weights.unavailable,
+        FaultKind::Stall => &mut weights.stall,
+        FaultKind::Reset => &mut weights.reset,
+        FaultKind::Latency => &mut weights.latency,
+    };
+    *weight = 1.0;
+    weights
+}

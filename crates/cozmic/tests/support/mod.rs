@@ -28,16 +28,49 @@ pub fn no_redirects() -> reqwest::Client {
 
 /// Signs up `email` (password `correct horse battery`): the answer.
 pub async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
-    client
-        .post(format!("{base}/signup"))
-        .form(&[
-            ("name", "Ada Lovelace"),
-            ("email", email),
-            ("password", "correct horse battery"),
-        ])
-        .send()
-        .await
-        .unwrap()
+    sign_up_as(client, base, "Ada Lovelace", email, "correct horse battery").await
+}
+
+/// Signs up with every field given (a sign-up the test expects may be
+/// refused): the answer.
+pub async fn sign_up_as(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    post_form(
+        client,
+        format!("{base}/signup"),
+        &[("name", name), ("email", email), ("password", password)],
+    )
+    .await
+}
+
+/// Posts `fields` as a form to `url`.
+pub async fn post_form(
+    client: &reqwest::Client,
+    url: String,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client.post(url).form(fields).send().await.unwrap()
+}
+
+/// The status of the answer to `request`.
+pub async fn status_of(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    request.send().await.unwrap().status()
+}
+
+/// Asserts that `response` is a 422 whose page says `message`.
+pub async fn assert_unprocessable(response: reqwest::Response, message: &str) {
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{message}"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains(message), "{message}: {page}");
 }
 
 /// The value of the form field `name` in `page`.

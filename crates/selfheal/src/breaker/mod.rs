@@ -168,13 +168,7 @@ impl Breaker {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let held = Held {
-            inner: &*self.inner,
-            ticket: self.inner.acquire()?,
-        };
-        let result = op().await;
-        held.finish(result.is_err());
-        result.map_err(BreakerError::Inner)
+        self.run(op, Result::is_err).await
     }
 
     /// Like [`Breaker::call`], but asks `classifier` what each outcome says
@@ -203,12 +197,26 @@ impl Breaker {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.run(op, |result| is_failure(classifier, result)).await
+    }
+
+    /// Runs `op` if the breaker allows it, and records the outcome as a
+    /// failure when `failed` says so.
+    async fn run<F, Fut, T, E>(
+        &self,
+        op: F,
+        failed: impl FnOnce(&Result<T, E>) -> bool,
+    ) -> Result<T, BreakerError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let held = Held {
             inner: &*self.inner,
             ticket: self.inner.acquire()?,
         };
         let result = op().await;
-        held.finish(is_failure(classifier, &result));
+        held.finish(failed(&result));
         result.map_err(BreakerError::Inner)
     }
 

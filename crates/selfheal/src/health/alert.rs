@@ -211,27 +211,27 @@ impl AlertSink for LogSink {
     }
 
     fn deliver<'a>(&'a self, alert: &'a Alert) -> SinkFuture<'a> {
+        // One field list for both severities; `tracing` wants the level and
+        // the message as literals.
+        macro_rules! firing {
+            ($level:ident, $marker:literal, $message:literal) => {
+                tracing::$level!(
+                    target: "selfheal::alert",
+                    marker = $marker,
+                    rule = %alert.rule,
+                    fingerprint = alert.fingerprint.as_deref().unwrap_or("-"),
+                    value = alert.value,
+                    threshold = alert.threshold,
+                    $message,
+                    alert.summary
+                )
+            };
+        }
         match (alert.state, alert.severity) {
-            (AlertState::Firing, Severity::Critical) => tracing::error!(
-                target: "selfheal::alert",
-                marker = "CRITICAL",
-                rule = %alert.rule,
-                fingerprint = alert.fingerprint.as_deref().unwrap_or("-"),
-                value = alert.value,
-                threshold = alert.threshold,
-                "CRITICAL alert: {}",
-                alert.summary
-            ),
-            (AlertState::Firing, Severity::Warning) => tracing::warn!(
-                target: "selfheal::alert",
-                marker = "WARNING",
-                rule = %alert.rule,
-                fingerprint = alert.fingerprint.as_deref().unwrap_or("-"),
-                value = alert.value,
-                threshold = alert.threshold,
-                "alert: {}",
-                alert.summary
-            ),
+            (AlertState::Firing, Severity::Critical) => {
+                firing!(error, "CRITICAL", "CRITICAL alert: {}")
+            }
+            (AlertState::Firing, Severity::Warning) => firing!(warn, "WARNING", "alert: {}"),
             (AlertState::Resolved, severity) => tracing::warn!(
                 target: "selfheal::alert",
                 marker = "RESOLVED",

@@ -193,52 +193,38 @@ fn trace_event(event: &Event<'_>) {
             waited_ms = waited.as_millis() as u64,
             "recovered after retrying"
         ),
-        // A permanent failure is the operation's own answer, not a healing
-        // failure: the caller reports it as it sees fit.
-        Event::GaveUp {
-            operation,
-            attempts,
-            reason: reason @ GiveUpReason::Permanent,
-            failure,
-        } => tracing::debug!(
-            target: "selfheal",
-            operation,
-            attempts,
-            reason = reason.as_str(),
-            error.kind = failure.kind,
-            error.message = %failure.message,
-            "permanent failure, not retried"
-        ),
-        // During an outage the budget refuses every call: a WARN line per call
-        // would be a log storm of its own. The health monitor counts them.
-        Event::GaveUp {
-            operation,
-            attempts,
-            reason: reason @ GiveUpReason::Budget,
-            failure,
-        } => tracing::debug!(
-            target: "selfheal",
-            operation,
-            attempts,
-            reason = reason.as_str(),
-            error.kind = failure.kind,
-            error.message = %failure.message,
-            "retry budget exhausted, not retrying"
-        ),
         Event::GaveUp {
             operation,
             attempts,
             reason,
             failure,
-        } => tracing::warn!(
-            target: "selfheal",
-            operation,
-            attempts,
-            reason = reason.as_str(),
-            error.kind = failure.kind,
-            error.message = %failure.message,
-            "gave up"
-        ),
+        } => {
+            // One field list for every reason; `tracing` wants the level and
+            // the message as literals.
+            macro_rules! gave_up {
+                ($level:ident, $message:literal) => {
+                    tracing::$level!(
+                        target: "selfheal",
+                        operation,
+                        attempts,
+                        reason = reason.as_str(),
+                        error.kind = failure.kind,
+                        error.message = %failure.message,
+                        $message
+                    )
+                };
+            }
+            match reason {
+                // A permanent failure is the operation's own answer, not a
+                // healing failure: the caller reports it as it sees fit.
+                GiveUpReason::Permanent => gave_up!(debug, "permanent failure, not retried"),
+                // During an outage the budget refuses every call: a WARN line
+                // per call would be a log storm of its own. The health monitor
+                // counts them.
+                GiveUpReason::Budget => gave_up!(debug, "retry budget exhausted, not retrying"),
+                GiveUpReason::MaxAttempts | GiveUpReason::Deadline => gave_up!(warn, "gave up"),
+            }
+        }
         Event::FallbackUsed { operation, failure } => tracing::warn!(
             target: "selfheal",
             operation,

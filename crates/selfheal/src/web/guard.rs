@@ -204,26 +204,11 @@ impl AdminGuard {
         Fut: Future<Output = bool> + Send + 'static,
     {
         let allow: Predicate = Arc::new(move |request| Box::pin(allow(request)));
-        let kind = match self.kind {
-            Kind::Token {
-                digest,
-                cookie_key,
-                secure_cookie,
-                ttl,
-                revoked_before,
-                on_revoke,
-                also,
-            } => Kind::Token {
-                digest,
-                cookie_key,
-                secure_cookie,
-                ttl,
-                revoked_before,
-                on_revoke,
-                also: Some(either(also, allow)),
-            },
-            Kind::Predicate(first) => Kind::Predicate(either(Some(first), allow)),
-        };
+        let mut kind = self.kind;
+        match &mut kind {
+            Kind::Token { also, .. } => *also = Some(either(also.take(), allow)),
+            Kind::Predicate(first) => *first = either(Some(Arc::clone(first)), allow),
+        }
         Self { kind }
     }
 
