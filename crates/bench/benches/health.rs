@@ -176,6 +176,22 @@ fn main() {
             &"locked",
         )
     });
+    // The way components report: an `Event::Error` through the one channel
+    // (`observe::emit`: a `tracing` level check, then the monitor as an
+    // observer), with the same listener.
+    let emitted_1 = throughput(1, n, &|| {
+        selfheal::observe::emit(
+            Some(&listened),
+            &selfheal::observe::Event::Error {
+                operation: black_box("save_progress"),
+                failure: selfheal::observe::Failure {
+                    kind: black_box("OperationalError"),
+                    message: &"locked",
+                },
+                client: None,
+            },
+        )
+    });
     let req_1 = throughput(1, n, &|| monitor.record_request(black_box(false)));
     // The floor under every record: one read of tokio's clock.
     let clock_1 = throughput(1, n, &|| {
@@ -252,6 +268,12 @@ fn main() {
         m_ev(listened_1),
         m_ev(base_1),
         listened_1 / ours_1
+    );
+    println!(
+        "| the same through `observe::emit(Event::Error)` (how components report) | {} | {} | {:.2}x of no listener |",
+        m_ev(emitted_1),
+        m_ev(base_1),
+        emitted_1 / ours_1
     );
     println!("| record_request, 1 thread | {} | n/a | |", m_ev(req_1));
     println!(

@@ -28,23 +28,29 @@ use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
 use crate::sync::lock;
 
 impl Observer for Monitor {
+    /// Errors (the hot case: an error storm) go straight to the record path;
+    /// everything else is handled out of line, so this call stays small.
+    #[inline]
     fn on_event(&self, event: &Event<'_>) {
-        let m = self;
         match *event {
-            // Recorded, and passed on to the listener by the recording.
             Event::Error {
                 operation,
                 failure,
                 client,
-            } => {
-                m.record_error_from(failure.kind, operation, failure.message, client);
-                return;
-            }
-            Event::Heal { kind, operation } => {
-                m.record_heal(kind, operation);
-                return;
-            }
-            _ => {}
+            } => self.record_error_from(failure.kind, operation, failure.message, client),
+            _ => self.on_other_event(event),
+        }
+    }
+}
+
+impl Monitor {
+    #[inline(never)]
+    fn on_other_event(&self, event: &Event<'_>) {
+        let m = self;
+        // Recorded, and passed on to the listener by the recording.
+        if let Event::Heal { kind, operation } = *event {
+            m.record_heal(kind, operation);
+            return;
         }
         match *event {
             Event::Retry { .. } => {

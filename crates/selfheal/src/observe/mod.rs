@@ -120,7 +120,10 @@ pub fn clear_global() -> Option<Arc<dyn Observer>> {
 #[inline]
 pub fn emit(local: Option<&dyn Observer>, event: &Event<'_>) {
     // The same check every `tracing` macro starts with, once for all of them.
+    // Recorded errors and heals are logged by the component that reports
+    // them, with its own context: not here.
     if tracing::level_filters::STATIC_MAX_LEVEL >= tracing::level_filters::LevelFilter::WARN
+        && !matches!(event, Event::Error { .. } | Event::Heal { .. })
         && tracing::level_filters::LevelFilter::current()
             >= tracing::level_filters::LevelFilter::WARN
     {

@@ -38,12 +38,14 @@
 //! [`Budget::new`] for dependencies that must never see extra load.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::ConfigError;
 
 /// Milli-tokens: the bucket is kept in integer thousandths of a token.
 const SCALE: f64 = 1000.0;
+/// One token, in milli-tokens.
+const TOKEN: i32 = SCALE as i32;
 
 /// A retry budget shared by all calls to one dependency. See the
 /// [module docs](self).
@@ -59,13 +61,15 @@ const SCALE: f64 = 1000.0;
 /// # let _ = (chat, embeddings);
 /// ```
 pub struct Budget {
-    /// Current balance, in milli-tokens.
-    tokens: AtomicU32,
-    max: u32,
+    /// Current balance, in milli-tokens. Signed: a withdrawal from an
+    /// empty bucket goes below zero for an instant and puts back what it
+    /// overdrew (see [`Budget::withdraw`]).
+    tokens: AtomicI32,
+    max: i32,
     /// Retries are allowed while `tokens > threshold` (`max / 2`).
-    threshold: u32,
+    threshold: i32,
     /// Milli-tokens earned per success.
-    earn: u32,
+    earn: i32,
 }
 
 impl Budget {
@@ -83,39 +87,49 @@ impl Budget {
                 "retry budget ratio must be greater than 0 and at most max_tokens, got {ratio}"
             )));
         }
-        let max = max_tokens * SCALE as u32;
+        let max = max_tokens as i32 * TOKEN;
         Ok(Self {
-            tokens: AtomicU32::new(max),
+            tokens: AtomicI32::new(max),
             max,
             threshold: max / 2,
-            earn: ((ratio * SCALE).round() as u32).max(1),
+            earn: ((ratio * SCALE).round() as i32).max(1),
         })
     }
 
     /// Records a success: earns `ratio` tokens, up to the maximum. While the
     /// bucket is full this is a single atomic load.
+    ///
+    /// One atomic add, not a compare-and-swap loop: what it adds beyond the
+    /// maximum (seen from its own add) it takes back at once, so concurrent
+    /// deposits never leave more than the maximum once each has finished.
     #[inline]
     pub fn deposit(&self) {
         if self.tokens.load(Ordering::Relaxed) >= self.max {
             return;
         }
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t < self.max).then(|| (t + self.earn).min(self.max))
-            });
+        let after = self.tokens.fetch_add(self.earn, Ordering::Relaxed) + self.earn;
+        let over = after - self.max;
+        if over > 0 {
+            self.tokens
+                .fetch_sub(over.min(self.earn), Ordering::Relaxed);
+        }
     }
 
     /// Records a transient failure (one token out) and answers whether a retry
     /// is allowed now.
+    ///
+    /// One atomic subtraction: a withdrawal that takes the balance below zero
+    /// (seen from its own subtraction) puts back what it overdrew, so the
+    /// balance never stays below zero.
+    #[inline]
     pub fn withdraw(&self) -> bool {
-        let before = self
-            .tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t.saturating_sub(SCALE as u32))
-            })
-            .unwrap_or_else(|t| t);
-        before.saturating_sub(SCALE as u32) > self.threshold
+        let after = self.tokens.fetch_sub(TOKEN, Ordering::Relaxed) - TOKEN;
+        if after < 0 {
+            self.tokens
+                .fetch_add((-after).min(TOKEN), Ordering::Relaxed);
+            return false;
+        }
+        after > self.threshold
     }
 
     /// Whether a retry would be allowed now (without recording anything).
@@ -125,7 +139,7 @@ impl Budget {
 
     /// The current balance, in tokens.
     pub fn tokens(&self) -> f64 {
-        f64::from(self.tokens.load(Ordering::Relaxed)) / SCALE
+        f64::from(self.tokens.load(Ordering::Relaxed).max(0)) / SCALE
     }
 
     /// The capacity, in tokens.
@@ -208,5 +222,41 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(b.tokens(), 600.0);
+    }
+
+    #[test]
+    fn concurrent_withdrawals_and_deposits_stay_within_the_bucket() {
+        let b = std::sync::Arc::new(Budget::new(5, 0.7).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        if (i + t) % 3 == 0 {
+                            b.deposit();
+                        } else {
+                            b.withdraw();
+                        }
+                        let now = b.tokens();
+                        assert!((0.0..=5.0).contains(&now), "{now}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Once everyone has finished, the balance is exact to the milli-token
+        // bounds: never negative, never above the maximum.
+        let raw = b.tokens.load(Ordering::Relaxed);
+        assert!((0..=b.max).contains(&raw), "{raw}");
+        for _ in 0..100 {
+            b.withdraw();
+        }
+        assert_eq!(b.tokens.load(Ordering::Relaxed), 0);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert_eq!(b.tokens.load(Ordering::Relaxed), b.max);
     }
 }
