@@ -367,7 +367,7 @@ fn main() {
         .unwrap();
     let (monitor, metrics) = background.block_on(async {
         (
-            Monitor::builder().with_global(false).start().unwrap(),
+            Monitor::builder().start().unwrap(),
             Metrics::install().unwrap(),
         )
     });

@@ -331,6 +331,7 @@ impl MonitorBuilder {
             coarse_on: AtomicBool::new(false),
             coarse_ms: AtomicU64::new(0),
             coarse_epoch: AtomicU64::new(0),
+            global_generation: AtomicU64::new(0),
         };
         Ok(Monitor {
             inner: Arc::new(inner),
@@ -347,7 +348,11 @@ impl MonitorBuilder {
         let monitor = self.build()?;
         monitor.spawn_tasks();
         if global {
-            observe::set_global(monitor.observer());
+            let generation = observe::install_global(monitor.observer());
+            monitor
+                .inner
+                .global_generation
+                .store(generation, std::sync::atomic::Ordering::Release);
         }
         Ok(monitor)
     }

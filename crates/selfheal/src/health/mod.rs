@@ -159,6 +159,9 @@ struct Inner {
     coarse_on: AtomicBool,
     coarse_ms: AtomicU64,
     coarse_epoch: AtomicU64,
+    /// The global observer's generation when [`MonitorBuilder::start`]
+    /// installed this monitor there (0: never).
+    global_generation: AtomicU64,
 }
 
 /// The health monitor. Cheap to clone; clones share everything. See the
@@ -443,6 +446,15 @@ impl Monitor {
     /// The number of fingerprints tracked (not counting [`OTHER`]).
     pub fn fingerprint_count(&self) -> usize {
         self.inner.table.len()
+    }
+
+    /// Whether this monitor is the process's global observer (installed by
+    /// [`MonitorBuilder::start`] and not replaced since): then a component
+    /// without an observer of its own reports to it anyway. One atomic load.
+    #[inline]
+    pub(crate) fn is_global(&self) -> bool {
+        let installed = self.inner.global_generation.load(Ordering::Acquire);
+        installed != 0 && installed == crate::observe::generation()
     }
 
     /// This monitor as a shared [`Observer`], to attach to a policy, a

@@ -96,6 +96,20 @@ pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
     previous
 }
 
+/// Installs `observer` globally and returns the generation it was installed
+/// at: while [`generation`] answers the same, it is still the global one.
+pub(crate) fn install_global(observer: Arc<dyn Observer>) -> u64 {
+    let mut slot = crate::sync::write(&GLOBAL);
+    slot.replace(observer);
+    GENERATION.fetch_add(1, Ordering::Release) + 1
+}
+
+/// The generation of the global observer (bumped by every change).
+#[inline]
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
 /// Removes the process-wide observer, returning it.
 pub fn clear_global() -> Option<Arc<dyn Observer>> {
     let mut slot = crate::sync::write(&GLOBAL);

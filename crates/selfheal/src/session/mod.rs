@@ -36,9 +36,10 @@
 //! seconds later and is still signed in. A request without a session cookie
 //! never reaches the store, so anonymous pages keep working.
 //!
-//! The monitor is found in the request's extensions, where
-//! [`HealLayer`](crate::web::HealLayer) puts it (or add
-//! `axum::Extension(monitor)` yourself).
+//! Repairs and store errors are reported to the monitor found in the
+//! request's extensions, where [`HealLayer`](crate::web::HealLayer) puts it
+//! when it is not the global observer (or add `axum::Extension(monitor)`
+//! yourself), else to the global observer: a started monitor.
 //!
 //! ```
 //! use axum::{Router, routing::get};

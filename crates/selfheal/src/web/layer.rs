@@ -164,7 +164,12 @@ where
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
         }
-        req.extensions_mut().insert(shared.monitor.clone());
+        // For the session extractor: needed only when the monitor is not the
+        // global observer (else the extractor reports there anyway), and an
+        // extension insert is an allocation per request.
+        if !shared.monitor.is_global() {
+            req.extensions_mut().insert(shared.monitor.clone());
+        }
         let sleep = shared.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         // A service may panic in `call` itself (not only in its future).
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
