@@ -35,7 +35,9 @@ pub struct Cli {
     #[arg(long, default_value = "chaos-report")]
     pub out: PathBuf,
 
-    /// Database for the app (SQLite file or URL); a temporary SQLite file when absent.
+    /// Where the app's databases live: a PostgreSQL URL (each run gets a new
+    /// database on that server, dropped after it) or a SQLite file (each run
+    /// gets a new file beside it); a temporary SQLite file per run when absent.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 

@@ -76,3 +76,74 @@ async fn healing_on_under_the_default_plan_keeps_integrity() {
         summary.overall
     );
 }
+
+/// Two runs on the same PostgreSQL URL, one after the other: each gets its
+/// own database, so the second counts only its own students, emails and
+/// charges (before, a second run reported the first one's as violations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_on_one_postgres_url_are_isolated() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    for (name, seed) in [(runs::HEAL_ON, 1), (runs::HEAL_OFF, 2), (runs::HEAL_ON, 3)] {
+        let recorder = Recorder::new();
+        let outcome = driver::run(
+            RunOptions {
+                name,
+                healing: if name == runs::HEAL_ON {
+                    Healing::On
+                } else {
+                    Healing::Off
+                },
+                storm: None,
+                duration: Duration::from_secs(3),
+                users: 4,
+                plan: Plan::default(),
+                seed,
+                database_url: Some(url.clone()),
+            },
+            &recorder,
+            &Progress::hidden(),
+        )
+        .await
+        .unwrap();
+        assert!(outcome.students >= 4, "{name}: {outcome:?}");
+        if name == runs::HEAL_ON {
+            assert!(
+                outcome.problems.is_empty(),
+                "{name} (seed {seed}): {:#?}",
+                outcome.problems
+            );
+        }
+        // Only this run's students: 4 users, each one student at a time (a
+        // new one only after finishing every lesson, which takes longer than
+        // 3 s with think times), never another run's: shared, the third run
+        // would count at least 12.
+        assert!(outcome.students <= 8, "{name}: {}", outcome.students);
+    }
+    // Every run's database was dropped.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let left: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'chaos\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The PostgreSQL URL of the test environment: skipped locally when unset,
+/// required in CI.
+fn postgres_url() -> Option<String> {
+    match std::env::var("SELFHEAL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but SELFHEAL_TEST_POSTGRES_URL is not")
+        }
+        _ => {
+            eprintln!("SELFHEAL_TEST_POSTGRES_URL unset: skipped");
+            None
+        }
+    }
+}

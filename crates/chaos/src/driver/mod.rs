@@ -29,6 +29,7 @@
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice.
 
+mod database;
 mod integrity;
 mod lock;
 mod user;
@@ -66,8 +67,9 @@ pub struct RunOptions {
     pub plan: Plan,
     /// RNG seed.
     pub seed: u64,
-    /// A database URL for the app (PostgreSQL); a temporary SQLite file when
-    /// `None`.
+    /// Where the run's database is made: a PostgreSQL URL (a new database
+    /// on that server, dropped after the run) or a SQLite file (a new file
+    /// beside it); a temporary SQLite file when `None`. Runs never share one.
     pub database_url: Option<String>,
 }
 

@@ -16,6 +16,7 @@ use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe, UpstreamPolicy}
 use tempfile::TempDir;
 
 use super::RunOptions;
+use super::database::RunDatabase;
 use crate::faults::{FaultKind, UpstreamFaults};
 use crate::proxy::{FaultProxy, Mode};
 use crate::report::{Recorder, counters};
@@ -30,6 +31,8 @@ pub(super) struct World {
     pub(super) app: cozmic::Running,
     /// The app's SQLite file (`None` on PostgreSQL).
     pub(super) sqlite_path: Option<PathBuf>,
+    /// The run's own database, removed after the app has shut down.
+    database: RunDatabase,
     /// The SMTP outage schedule (`None` in a storm, and once drained).
     outages: Option<Outage>,
     /// The SMTP server the app sends through.
@@ -81,16 +84,18 @@ impl World {
         let smtp = SmtpServer::start().await?;
         let outages = (!storm).then(|| smtp.start_outages(&plan.smtp, seed.wrapping_add(2)));
 
-        let config = app_config(options, dir.path(), smtp.addr(), &ai_proxy, &pay_proxy);
+        let database = RunDatabase::create(options.database_url.as_deref(), options.name).await?;
+        let mut config = app_config(options, dir.path(), smtp.addr(), &ai_proxy, &pay_proxy);
+        config.database_url = database.url().map(Secret::new);
         let app = cozmic::start(config).await?;
-        let sqlite_path = app
-            .state()
-            .db()
-            .sqlite()
-            .map(|_| dir.path().join("cozmic.db"));
+        let sqlite_path = app.state().db().sqlite().map(|_| match &database {
+            RunDatabase::Sqlite { path, .. } => path.clone(),
+            _ => dir.path().join("cozmic.db"),
+        });
         Ok(Self {
             app,
             sqlite_path,
+            database,
             outages,
             smtp,
             pay_proxy,
@@ -187,6 +192,9 @@ impl World {
         self.openai.shutdown().await;
         self.stripe.shutdown().await;
         self.smtp.shutdown().await;
+        if let Err(error) = self.database.remove().await {
+            tracing::warn!(%error, "could not remove the run's database");
+        }
     }
 }
 
@@ -202,7 +210,6 @@ fn app_config(
 ) -> Config {
     let mut config = Config::new(dir);
     config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.database_url = options.database_url.clone().map(Secret::new);
     config.healing = options.healing;
     config.faults = FaultHooks::armed();
     config.mail_poll = Duration::from_millis(200);
