@@ -76,7 +76,7 @@ pub mod counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
-    /// A 5xx without the app's friendly page.
+    /// A 5xx that is not a truthful degraded answer (a generic error page, request id or not).
     ServerError,
     /// Connection error, reset or timeout.
     Connection,
@@ -112,7 +112,7 @@ impl FailureKind {
 pub enum Outcome {
     /// The user got what they asked for.
     Success,
-    /// The user got a friendly degraded answer (e.g. the app's kind 503 page).
+    /// The user got a truthful degraded answer that lost nothing: the app's own notice, or a 503 with `Retry-After`.
     Degraded,
     /// The user saw an error.
     HardFailure(FailureKind),

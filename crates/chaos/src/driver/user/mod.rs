@@ -315,11 +315,17 @@ impl User {
         };
         let status = response.status();
         let signed_out = response.url().path() == "/login";
+        let says_when = response.headers().contains_key(reqwest::header::RETRY_AFTER);
         let body = match response.text().await {
             Ok(body) => body,
             Err(_) => return (Seen::Hard(FailureKind::Connection), String::new()),
         };
-        let friendly = body.contains("data-friendly") || body.contains("Request id:");
+        // Degraded means a truthful answer that loses nothing: the app's
+        // own notice ("temporarily unavailable, your question is saved") or
+        // a 503 that says when to come back. A generic error page is a
+        // failure, request id or not.
+        let friendly = body.contains("data-friendly")
+            || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && says_when);
         let seen = if status.is_success() && signed_out {
             Seen::SignedOut
         } else if status.is_success() && ok(&body) {
