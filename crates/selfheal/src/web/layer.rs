@@ -27,8 +27,12 @@ use crate::health::Monitor;
 /// Defaults: no timeout, no load shedding, `Retry-After: 5`,
 /// [`FriendlyResponder`].
 ///
-/// It also puts a clone of the monitor into each request's extensions, where
-/// the [session extractor](crate::session) finds it to report repairs.
+/// When the monitor is not the process's global observer, it also puts a
+/// clone of it into each request's extensions, where the
+/// [session extractor](crate::session) finds it to report repairs (a global
+/// monitor hears them through the global observer, without that per-request
+/// allocation). Handlers that need the monitor itself should take it from
+/// their state or an `Extension` of their own.
 #[derive(Clone)]
 pub struct HealLayer {
     shared: Arc<Shared>,

@@ -40,8 +40,9 @@
 //! is not caught here: the status line has been sent by then, and hyper
 //! closes the connection.
 //!
-//! **Cost.** The layer's own work is a few atomic operations and one
-//! extension insert per request (plus two clock reads and three atomic adds
+//! **Cost.** The layer's own work is a few atomic operations per request
+//! (an extension insert too when its monitor is not the global observer;
+//! plus two clock reads and three atomic adds
 //! with [metrics](HealLayer::with_metrics)); see the workspace's web
 //! benchmark, `cargo run --release -p selfheal-bench --example web_bench`.
 //! Note that every `Router::layer` call boxes each route once more, which in
