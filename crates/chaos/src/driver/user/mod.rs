@@ -315,7 +315,9 @@ impl User {
         };
         let status = response.status();
         let signed_out = response.url().path() == "/login";
-        let says_when = response.headers().contains_key(reqwest::header::RETRY_AFTER);
+        let says_when = response
+            .headers()
+            .contains_key(reqwest::header::RETRY_AFTER);
         let body = match response.text().await {
             Ok(body) => body,
             Err(_) => return (Seen::Hard(FailureKind::Connection), String::new()),
