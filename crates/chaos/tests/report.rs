@@ -231,3 +231,27 @@ fn a_single_run_report_and_written_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A lost session is its own class: not degraded, not a hard failure, and
+/// the four rates still add up to 1.
+#[test]
+fn a_lost_session_is_counted_as_signed_out() {
+    let rec = Recorder::new();
+    for (i, outcome) in [
+        Outcome::Success,
+        Outcome::SignedOut,
+        Outcome::Degraded,
+        Outcome::HardFailure(FailureKind::ServerError),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rec.record(runs::HEAL_ON, "dashboard", ms(i as u64), ms(1), outcome);
+    }
+    let s = rec.summary(runs::HEAL_ON).overall;
+    assert_eq!((s.success, s.degraded, s.signed_out), (1, 1, 1));
+    assert_eq!(s.hard_failures.total(), 1);
+    assert_eq!(s.signed_out_rate, 0.25);
+    let sum = s.success_rate + s.degraded_rate + s.signed_out_rate + s.hard_failure_rate;
+    assert!((sum - 1.0).abs() < 1e-12, "{sum}");
+}

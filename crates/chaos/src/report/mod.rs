@@ -11,8 +11,9 @@
 //!
 //! Definitions used everywhere:
 //! * `success_rate` is a *fraction* in 0..=1 of actions whose outcome was
-//!   [`Outcome::Success`]; `degraded_rate` and `hard_failure_rate` likewise
-//!   (the three add up to 1). Percentages appear only in the text outputs.
+//!   [`Outcome::Success`]; `degraded_rate`, `signed_out_rate` and
+//!   `hard_failure_rate` likewise (the four add up to 1). Percentages appear
+//!   only in the text outputs.
 //! * Latency percentiles are *exact*, from every stored sample, by the
 //!   nearest-rank method (p95 is the smallest sample at or above 95 % of
 //!   the sorted samples).
@@ -114,6 +115,10 @@ pub enum Outcome {
     Success,
     /// The user got a truthful degraded answer that lost nothing: the app's own notice, or a 503 with `Retry-After`.
     Degraded,
+    /// The user's session was lost: the login page instead of the page asked
+    /// for. Neither degraded (something was lost: being signed in) nor an
+    /// error page.
+    SignedOut,
     /// The user saw an error.
     HardFailure(FailureKind),
 }
@@ -143,6 +148,8 @@ pub struct RunReport {
     pub degraded_rate: f64,
     /// Fraction that failed hard, 0..=1.
     pub hard_failure_rate: f64,
+    /// Fraction that ended on the login page (the session was lost), 0..=1.
+    pub signed_out_rate: f64,
     /// Hard failures by kind.
     pub hard_failures: HardFailures,
     /// Latency over all actions.
@@ -168,6 +175,7 @@ impl RunReport {
             success_rate: summary.overall.success_rate,
             degraded_rate: summary.overall.degraded_rate,
             hard_failure_rate: summary.overall.hard_failure_rate,
+            signed_out_rate: summary.overall.signed_out_rate,
             hard_failures: summary.overall.hard_failures,
             latency: summary.overall.latency,
             upstream_calls_per_action: summary.upstream_calls_per_action,
@@ -183,9 +191,11 @@ impl RunReport {
             total: self.actions,
             success: (self.success_rate * self.actions as f64).round() as u64,
             degraded: (self.degraded_rate * self.actions as f64).round() as u64,
+            signed_out: (self.signed_out_rate * self.actions as f64).round() as u64,
             hard_failures: self.hard_failures,
             success_rate: self.success_rate,
             degraded_rate: self.degraded_rate,
+            signed_out_rate: self.signed_out_rate,
             hard_failure_rate: self.hard_failure_rate,
             latency: self.latency,
         }

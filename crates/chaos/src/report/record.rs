@@ -127,7 +127,7 @@ impl Recorder {
             Outcome::Degraded => {
                 live.degraded.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::HardFailure(_) => {}
+            Outcome::SignedOut | Outcome::HardFailure(_) => {}
         }
         let sample = Sample {
             run: Arc::clone(&live.name),

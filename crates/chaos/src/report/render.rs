@@ -209,7 +209,15 @@ fn run_header(first: &str, runs: &HealRuns<'_>) -> Vec<String> {
 fn step_table(runs: &HealRuns<'_>) -> Table {
     let mut header = vec!["step".to_owned()];
     for (name, _) in runs {
-        for col in ["actions", "ok", "degraded", "hard", "p50 ms", "p95 ms"] {
+        for col in [
+            "actions",
+            "ok",
+            "degraded",
+            "signed out",
+            "hard",
+            "p50 ms",
+            "p95 ms",
+        ] {
             header.push(format!("{name}: {col}"));
         }
     }
@@ -220,11 +228,12 @@ fn step_table(runs: &HealRuns<'_>) -> Table {
                 s.total.to_string(),
                 pct(s.success_rate),
                 pct(s.degraded_rate),
+                pct(s.signed_out_rate),
                 pct(s.hard_failure_rate),
                 ms(s.latency.p50_ms),
                 ms(s.latency.p95_ms),
             ],
-            None => vec!["-".to_owned(); 6],
+            None => vec!["-".to_owned(); 7],
         }
     };
     let mut rows = Vec::new();

@@ -99,12 +99,16 @@ pub struct StepSummary {
     pub success: u64,
     /// `Degraded` outcomes.
     pub degraded: u64,
+    /// `SignedOut` outcomes.
+    pub signed_out: u64,
     /// Hard failures by kind.
     pub hard_failures: HardFailures,
     /// `success / total`, a fraction in 0..=1.
     pub success_rate: f64,
     /// `degraded / total`, a fraction in 0..=1.
     pub degraded_rate: f64,
+    /// `signed_out / total`, a fraction in 0..=1.
+    pub signed_out_rate: f64,
     /// `hard failures / total`, a fraction in 0..=1.
     pub hard_failure_rate: f64,
     /// Latency percentiles.
@@ -122,6 +126,7 @@ impl StepSummary {
             match s.outcome {
                 Outcome::Success => sum.success += 1,
                 Outcome::Degraded => sum.degraded += 1,
+                Outcome::SignedOut => sum.signed_out += 1,
                 Outcome::HardFailure(kind) => match kind {
                     FailureKind::ServerError => sum.hard_failures.server_error += 1,
                     FailureKind::Connection => sum.hard_failures.connection += 1,
@@ -132,6 +137,7 @@ impl StepSummary {
         }
         sum.success_rate = ratio(sum.success, sum.total);
         sum.degraded_rate = ratio(sum.degraded, sum.total);
+        sum.signed_out_rate = ratio(sum.signed_out, sum.total);
         sum.hard_failure_rate = ratio(sum.hard_failures.total(), sum.total);
         sum.latency = LatencySummary::from_latencies(latencies);
         sum

@@ -136,7 +136,8 @@ impl Seen {
     fn outcome(self) -> Outcome {
         match self {
             Seen::Ok => Outcome::Success,
-            Seen::Friendly | Seen::SignedOut => Outcome::Degraded,
+            Seen::Friendly => Outcome::Degraded,
+            Seen::SignedOut => Outcome::SignedOut,
             Seen::Hard(kind) => Outcome::HardFailure(kind),
         }
     }
