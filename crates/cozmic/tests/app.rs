@@ -116,6 +116,7 @@ both_backends!(
     the_admin_page_without_a_token_says_how_to_get_in,
     a_sign_up_sent_again_signs_in_with_the_right_password_only,
     an_unknown_email_costs_a_hash_like_a_wrong_password,
+    every_answer_carries_the_security_headers,
 );
 
 /// A sign-up whose answer was lost (the session store failed after the
@@ -1355,5 +1356,62 @@ async fn the_admin_page_without_a_token_says_how_to_get_in(fixture: Fixture) {
         .await
         .unwrap();
     assert!(!page.contains("No ADMIN_TOKEN"), "{page}");
+    app.shutdown().await;
+}
+
+/// Every answer — pages for anonymous and signed-in students, a form error,
+/// the 404, a caught panic, the admin page, the probes — says: no scripts,
+/// never framed, no MIME sniffing, no referrer to other sites.
+async fn every_answer_carries_the_security_headers(fixture: Fixture) {
+    let mut config = fixture.config();
+    config.faults = FaultHooks::armed();
+    let app = cozmic::start(config).await.unwrap();
+    let base = app.url();
+    let check = |what: &str, response: &reqwest::Response| {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{what}: CSP {csp:?}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff", "{what}");
+        assert!(!header("referrer-policy").is_empty(), "{what}");
+    };
+    let anonymous = reqwest::Client::new();
+    for path in [
+        "/",
+        "/signup",
+        "/login",
+        "/nowhere",
+        "/healthz",
+        "/admin/health",
+    ] {
+        let response = anonymous.get(format!("{base}{path}")).send().await.unwrap();
+        check(path, &response);
+    }
+    let response = anonymous
+        .post(format!("{base}/signup"))
+        .form(&[("name", ""), ("email", "x"), ("password", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    check("a form error", &response);
+    let response = panic_probe(format!("{base}/login")).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    check("a caught panic", &response);
+    let student = browser();
+    sign_up(&student, &base, "ada@example.com").await;
+    for path in ["/dashboard", "/lessons", "/tutor", "/premium"] {
+        let response = student.get(format!("{base}{path}")).send().await.unwrap();
+        check(path, &response);
+    }
     app.shutdown().await;
 }

@@ -154,7 +154,8 @@ impl Responder for FriendlyResponder {
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (
                     header::CONTENT_SECURITY_POLICY,
-                    "default-src 'none'; style-src 'unsafe-inline'",
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+                     base-uri 'none'",
                 ),
             ],
             page,
