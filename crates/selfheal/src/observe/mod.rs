@@ -90,18 +90,21 @@ thread_local! {
 /// Components without an observer of their own report here. Returns the
 /// previous observer, if any.
 pub fn set_global(observer: Arc<dyn Observer>) -> Option<Arc<dyn Observer>> {
-    let mut slot = crate::sync::write(&GLOBAL);
-    let previous = slot.replace(observer);
-    GENERATION.fetch_add(1, Ordering::Release);
-    previous
+    swap_global(Some(observer)).0
 }
 
 /// Installs `observer` globally and returns the generation it was installed
 /// at: while [`generation`] answers the same, it is still the global one.
 pub(crate) fn install_global(observer: Arc<dyn Observer>) -> u64 {
+    swap_global(Some(observer)).1
+}
+
+/// Puts `observer` in the global slot: the previous one, and the new
+/// generation (bumped under the slot's lock, so the two agree).
+fn swap_global(observer: Option<Arc<dyn Observer>>) -> (Option<Arc<dyn Observer>>, u64) {
     let mut slot = crate::sync::write(&GLOBAL);
-    slot.replace(observer);
-    GENERATION.fetch_add(1, Ordering::Release) + 1
+    let previous = std::mem::replace(&mut *slot, observer);
+    (previous, GENERATION.fetch_add(1, Ordering::Release) + 1)
 }
 
 /// The generation of the global observer (bumped by every change).
@@ -112,10 +115,7 @@ pub(crate) fn generation() -> u64 {
 
 /// Removes the process-wide observer, returning it.
 pub fn clear_global() -> Option<Arc<dyn Observer>> {
-    let mut slot = crate::sync::write(&GLOBAL);
-    let previous = slot.take();
-    GENERATION.fetch_add(1, Ordering::Release);
-    previous
+    swap_global(None).0
 }
 
 /// Reports `event`: one `tracing` event, then the `local` observer if there is

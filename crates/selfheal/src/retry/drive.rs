@@ -64,7 +64,7 @@ impl<C> Policy<C> {
                 // a timer tick, 1 ms) is noise; the success path then costs
                 // nothing extra.
                 Step::Retry(delay) => Box::pin(tokio::time::sleep(delay)).await,
-                done => return done.into_result(run.attempts).expect("not a retry"),
+                done => return done.into_result(run.attempts),
             }
         }
     }
@@ -117,10 +117,7 @@ impl<C> Policy<C> {
                 Step::Retry(delay) if delay.is_zero() => {}
                 Step::Retry(delay) => Box::pin(tokio::time::sleep(delay)).await,
                 done => {
-                    return (
-                        context,
-                        done.into_result(run.attempts).expect("not a retry"),
-                    );
+                    return (context, done.into_result(run.attempts));
                 }
             }
         }
@@ -160,7 +157,7 @@ impl<C> Policy<C> {
             match self.after_attempt(&mut run, op(), operation) {
                 Step::Retry(delay) if delay.is_zero() => {}
                 Step::Retry(delay) => std::thread::sleep(delay),
-                done => return done.into_result(run.attempts).expect("not a retry"),
+                done => return done.into_result(run.attempts),
             }
         }
     }

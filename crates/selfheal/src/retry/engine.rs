@@ -43,17 +43,18 @@ pub(crate) enum Step<O> {
 impl<T, E> Step<Result<T, E>> {
     /// The caller's result: a success as it is, a give-up with its failure
     /// wrapped in a [`RetryError`] (a response the classifier refused is
-    /// returned as it is: the caller reads its status).
+    /// returned as it is: the caller reads its status). Drivers call it on
+    /// the steps that end the call, having handled [`Step::Retry`] first.
     #[inline]
-    pub(crate) fn into_result(self, attempts: u32) -> Option<Result<T, RetryError<E>>> {
+    pub(crate) fn into_result(self, attempts: u32) -> Result<T, RetryError<E>> {
         match self {
-            Step::Done(outcome) => Some(outcome.map_err(|_| unreachable!("a success is Ok"))),
-            Step::Retry(_) => None,
+            Step::Done(outcome) => outcome.map_err(|_| unreachable!("a success is Ok")),
+            Step::Retry(_) => unreachable!("a retry does not end the call"),
             Step::GiveUp {
                 outcome,
                 reason,
                 hint,
-            } => Some(outcome.map_err(|e| RetryError::new(e, reason, attempts, hint))),
+            } => outcome.map_err(|e| RetryError::new(e, reason, attempts, hint)),
         }
     }
 }

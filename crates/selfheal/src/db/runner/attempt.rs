@@ -88,7 +88,7 @@ impl<DB: Backend> Runner<DB> {
         let attempt = state.attempt;
         if attempt > 1 {
             observe::emit(
-                self.policy.observer().map(|o| &**o),
+                self.observer(),
                 &Event::Heal {
                     kind: HealKind::TransactionRerun,
                     operation,

@@ -207,6 +207,12 @@ impl<DB: Backend> Runner<DB> {
         self
     }
 
+    /// Where the runner's own reports go: the policy's observer (`None`:
+    /// the global one), like the engine's events.
+    fn observer(&self) -> Option<&dyn Observer> {
+        self.policy.observer().map(|o| &**o)
+    }
+
     /// The pool.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
@@ -314,7 +320,7 @@ impl<DB: Backend> Runner<DB> {
                 "transaction gave up after a commit with an unknown outcome: it may have been applied"
             );
             observe::emit(
-                self.policy.observer().map(|o| &**o),
+                self.observer(),
                 &Event::Error {
                     operation,
                     failure: Failure {
