@@ -20,13 +20,21 @@
 //!   share of the probability only (`p * (w_429 + w_503) / w_total`).
 //!
 //! The RNG is seeded so a run can be replayed.
+//!
+//! Every fault that is applied is also written to the run's
+//! [`FaultLedger`] with the tag (`X-Request-Id`) of the request it struck,
+//! which the app passes on from the user's request: an HTTP fault drawn by
+//! the proxy is handed over *for that tag*, so the server answers it to the
+//! request it was drawn for.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::ledger::FaultLedger;
 use crate::plan::UpstreamPlan;
 
 /// The kinds of upstream fault.
@@ -43,16 +51,24 @@ pub enum FaultKind {
     Reset,
     /// Forwarding is delayed, then the answer is normal.
     Latency,
+    /// The request reaches the upstream, which acts on it; its answer is
+    /// lost (the connection is reset when the answer comes back).
+    LostResponse,
+    /// The request reaches the upstream, which acts on it; its answer is
+    /// held past the client's timeout.
+    LateResponse,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::RateLimit,
         FaultKind::Unavailable,
         FaultKind::Stall,
         FaultKind::Reset,
         FaultKind::Latency,
+        FaultKind::LostResponse,
+        FaultKind::LateResponse,
     ];
 
     /// The snake_case name used in the plan and in counters.
@@ -63,6 +79,21 @@ impl FaultKind {
             FaultKind::Stall => "stall",
             FaultKind::Reset => "reset",
             FaultKind::Latency => "latency",
+            FaultKind::LostResponse => "lost_response",
+            FaultKind::LateResponse => "late_response",
+        }
+    }
+
+    /// The name in the fault ledger and `report.json` (`upstream_…`).
+    pub fn ledger_name(self) -> &'static str {
+        match self {
+            FaultKind::RateLimit => "upstream_rate_limit",
+            FaultKind::Unavailable => "upstream_unavailable",
+            FaultKind::Stall => "upstream_stall",
+            FaultKind::Reset => "upstream_reset",
+            FaultKind::Latency => "upstream_latency",
+            FaultKind::LostResponse => "upstream_lost_response",
+            FaultKind::LateResponse => "upstream_late_response",
         }
     }
 
@@ -90,6 +121,10 @@ pub struct FaultCounts {
     pub reset: u64,
     /// Delayed requests.
     pub latency: u64,
+    /// Answers lost after the upstream acted.
+    pub lost_response: u64,
+    /// Answers held past the client's timeout after the upstream acted.
+    pub late_response: u64,
 }
 
 impl FaultCounts {
@@ -101,6 +136,8 @@ impl FaultCounts {
             FaultKind::Stall => self.stall,
             FaultKind::Reset => self.reset,
             FaultKind::Latency => self.latency,
+            FaultKind::LostResponse => self.lost_response,
+            FaultKind::LateResponse => self.late_response,
         }
     }
 
@@ -109,13 +146,15 @@ impl FaultCounts {
         FaultKind::ALL.iter().map(|k| self.get(*k)).sum()
     }
 
-    fn from_array(a: [u64; 5]) -> Self {
+    fn from_array(a: [u64; 7]) -> Self {
         Self {
             rate_limit: a[0],
             unavailable: a[1],
             stall: a[2],
             reset: a[3],
             latency: a[4],
+            lost_response: a[5],
+            late_response: a[6],
         }
     }
 }
@@ -137,24 +176,39 @@ pub struct UpstreamFaults {
     rng: Mutex<fastrand::Rng>,
     enabled: AtomicBool,
     proxied: AtomicBool,
-    /// Pending HTTP faults drawn by the proxy: [rate_limit, unavailable].
-    pending: [AtomicU64; 2],
-    injected: [AtomicU64; 5],
+    /// HTTP faults drawn by the proxy, waiting for the request they were
+    /// drawn for, by tag (`None`: a request that carried none).
+    pending: Mutex<HashMap<Option<String>, VecDeque<FaultKind>>>,
+    injected: [AtomicU64; 7],
     decisions: AtomicU64,
+    ledger: Arc<FaultLedger>,
 }
 
 impl UpstreamFaults {
-    /// A decision-maker following `plan`, with a seeded RNG.
+    /// A decision-maker following `plan`, with a seeded RNG and a ledger
+    /// of its own.
     pub fn new(plan: &UpstreamPlan, seed: u64) -> Self {
+        Self::with_ledger(plan, seed, Arc::new(FaultLedger::new()))
+    }
+
+    /// A decision-maker following `plan` that writes every fault it applies
+    /// to `ledger` (the run's).
+    pub fn with_ledger(plan: &UpstreamPlan, seed: u64, ledger: Arc<FaultLedger>) -> Self {
         Self {
             plan: plan.clone(),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             enabled: AtomicBool::new(true),
             proxied: AtomicBool::new(false),
-            pending: Default::default(),
+            pending: Mutex::default(),
             injected: Default::default(),
             decisions: AtomicU64::new(0),
+            ledger,
         }
+    }
+
+    /// The ledger the applied faults are written to.
+    pub fn ledger(&self) -> &Arc<FaultLedger> {
+        &self.ledger
     }
 
     /// A decision-maker that never faults (for the baseline or a storm run
@@ -192,10 +246,11 @@ impl UpstreamFaults {
         self.proxied.load(Ordering::Relaxed)
     }
 
-    /// The proxy's draw over all five kinds for one request. TCP kinds are
-    /// returned for the proxy to apply (and counted as injected); an HTTP
-    /// kind is queued for the servers and `Pass` is returned.
-    pub fn decide(&self) -> Decision {
+    /// The proxy's draw over every kind for one request, tagged `tag`. TCP
+    /// kinds are returned for the proxy to apply (and counted as injected);
+    /// an HTTP kind is queued for the server to answer to the request with
+    /// that tag, and `Pass` is returned.
+    pub fn decide(&self, tag: Option<&str>) -> Decision {
         self.decisions.fetch_add(1, Ordering::Relaxed);
         if !self.is_enabled() {
             return Decision::Pass;
@@ -208,45 +263,40 @@ impl UpstreamFaults {
             let kind = self.pick(&mut rng, &FaultKind::ALL);
             (kind, self.plan.latency.sample(&mut rng))
         };
-        match kind {
-            FaultKind::RateLimit => {
-                self.pending[0].fetch_add(1, Ordering::Relaxed);
-                Decision::Pass
-            }
-            FaultKind::Unavailable => {
-                self.pending[1].fetch_add(1, Ordering::Relaxed);
-                Decision::Pass
-            }
-            FaultKind::Latency => {
-                self.record(kind);
-                Decision::Fault(kind, delay)
-            }
-            FaultKind::Stall => {
-                self.record(kind);
-                Decision::Fault(kind, self.plan.stall)
-            }
-            FaultKind::Reset => {
-                self.record(kind);
-                Decision::Fault(kind, Duration::ZERO)
-            }
+        if kind.is_http() {
+            self.pending
+                .lock()
+                .expect("pending")
+                .entry(tag.map(str::to_owned))
+                .or_default()
+                .push_back(kind);
+            return Decision::Pass;
         }
+        self.record(kind, tag);
+        let hold = match kind {
+            FaultKind::Latency => delay,
+            FaultKind::Stall | FaultKind::LateResponse => self.plan.stall,
+            _ => Duration::ZERO,
+        };
+        Decision::Fault(kind, hold)
     }
 
-    /// The servers' question for one request: answer 429 or 503 instead?
-    /// With a proxy attached this takes a pending token; without, it draws
-    /// with the HTTP share of the fault probability. Counts what it returns.
-    pub fn take_http_fault(&self) -> Option<FaultKind> {
+    /// The servers' question for the request tagged `tag`: answer 429 or
+    /// 503 instead? With a proxy attached this takes the fault drawn for
+    /// that request; without, it draws with the HTTP share of the fault
+    /// probability. Counts (and writes to the ledger) what it returns.
+    pub fn take_http_fault(&self, tag: Option<&str>) -> Option<FaultKind> {
         if !self.is_enabled() {
             return None;
         }
         let kind = if self.is_proxied() {
-            if take_token(&self.pending[0]) {
-                Some(FaultKind::RateLimit)
-            } else if take_token(&self.pending[1]) {
-                Some(FaultKind::Unavailable)
-            } else {
-                None
+            let mut pending = self.pending.lock().expect("pending");
+            let key = tag.map(str::to_owned);
+            let kind = pending.get_mut(&key).and_then(VecDeque::pop_front);
+            if pending.get(&key).is_some_and(VecDeque::is_empty) {
+                pending.remove(&key);
             }
+            kind
         } else {
             let w = &self.plan.weights;
             let total = w.total();
@@ -262,7 +312,7 @@ impl UpstreamFaults {
             }
         };
         if let Some(kind) = kind {
-            self.record(kind);
+            self.record(kind, tag);
         }
         kind
     }
@@ -279,8 +329,9 @@ impl UpstreamFaults {
         self.decisions.load(Ordering::Relaxed)
     }
 
-    fn record(&self, kind: FaultKind) {
+    fn record(&self, kind: FaultKind, tag: Option<&str>) {
         self.injected[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.ledger.request(kind.ledger_name(), tag);
     }
 
     fn pick(&self, rng: &mut fastrand::Rng, kinds: &[FaultKind]) -> FaultKind {
@@ -292,6 +343,8 @@ impl UpstreamFaults {
                 FaultKind::Stall => w.stall,
                 FaultKind::Reset => w.reset,
                 FaultKind::Latency => w.latency,
+                FaultKind::LostResponse => w.lost_response,
+                FaultKind::LateResponse => w.late_response,
             }
         };
         let total: f64 = kinds.iter().map(|k| weight(*k)).sum();
@@ -306,12 +359,6 @@ impl UpstreamFaults {
     }
 }
 
-fn take_token(counter: &AtomicU64) -> bool {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,22 +370,33 @@ mod tests {
         let n = 20_000;
         let mut tcp = 0;
         for _ in 0..n {
-            if matches!(faults.decide(), Decision::Fault(..)) {
+            if matches!(faults.decide(None), Decision::Fault(..)) {
                 tcp += 1;
             }
             // every request reaches a server unless reset/stalled; approximate
             // by asking once per request
-            faults.take_http_fault();
+            faults.take_http_fault(None);
         }
         let counts = faults.injected();
         let rate = counts.total() as f64 / n as f64;
         assert!((0.28..=0.32).contains(&rate), "fault rate {rate}");
-        assert_eq!(tcp, counts.stall + counts.reset + counts.latency);
-        // weights 0.30 / 0.25 / 0.10 / 0.15 / 0.20 of the 30 %
+        assert_eq!(
+            tcp,
+            counts.stall
+                + counts.reset
+                + counts.latency
+                + counts.lost_response
+                + counts.late_response
+        );
+        // weights 0.30 / 0.25 / 0.10 / 0.15 / 0.20 / 0.05 / 0.05 (sum 1.1) of the 30 %
         let share = |k| counts.get(k) as f64 / counts.total() as f64;
-        assert!((0.27..=0.33).contains(&share(FaultKind::RateLimit)));
-        assert!((0.22..=0.28).contains(&share(FaultKind::Unavailable)));
-        assert!((0.12..=0.18).contains(&share(FaultKind::Reset)));
+        assert!((0.24..=0.30).contains(&share(FaultKind::RateLimit)));
+        assert!((0.20..=0.26).contains(&share(FaultKind::Unavailable)));
+        assert!((0.11..=0.16).contains(&share(FaultKind::Reset)));
+        assert!((0.03..=0.06).contains(&share(FaultKind::LostResponse)));
+        // Every applied fault is in the ledger.
+        let ledger = faults.ledger().faults();
+        assert_eq!(ledger.len() as u64, counts.total());
     }
 
     #[test]
@@ -346,19 +404,19 @@ mod tests {
         let faults = UpstreamFaults::new(&UpstreamPlan::default(), 1);
         let n = 20_000;
         let hits = (0..n)
-            .filter(|_| faults.take_http_fault().is_some())
+            .filter(|_| faults.take_http_fault(None).is_some())
             .count();
         let rate = hits as f64 / n as f64;
-        // 0.30 * 0.55 = 0.165
-        assert!((0.15..=0.18).contains(&rate), "http fault rate {rate}");
+        // 0.30 * 0.55 / 1.1 = 0.15
+        assert!((0.135..=0.165).contains(&rate), "http fault rate {rate}");
     }
 
     #[test]
     fn disabled_never_faults() {
         let faults = UpstreamFaults::disabled();
         for _ in 0..1000 {
-            assert_eq!(faults.decide(), Decision::Pass);
-            assert_eq!(faults.take_http_fault(), None);
+            assert_eq!(faults.decide(None), Decision::Pass);
+            assert_eq!(faults.take_http_fault(None), None);
         }
         assert_eq!(faults.injected().total(), 0);
     }
@@ -367,8 +425,37 @@ mod tests {
     fn same_seed_same_decisions() {
         let a = UpstreamFaults::new(&UpstreamPlan::default(), 9);
         let b = UpstreamFaults::new(&UpstreamPlan::default(), 9);
-        let da: Vec<_> = (0..200).map(|_| a.decide()).collect();
-        let db: Vec<_> = (0..200).map(|_| b.decide()).collect();
+        let da: Vec<_> = (0..200).map(|_| a.decide(None)).collect();
+        let db: Vec<_> = (0..200).map(|_| b.decide(None)).collect();
         assert_eq!(da, db);
+    }
+
+    #[test]
+    fn an_http_fault_is_answered_to_the_request_it_was_drawn_for() {
+        let mut plan = UpstreamPlan::default();
+        plan.fault_probability = 1.0;
+        plan.weights = crate::plan::FaultWeights {
+            rate_limit: 1.0,
+            unavailable: 0.0,
+            stall: 0.0,
+            reset: 0.0,
+            latency: 0.0,
+            lost_response: 0.0,
+            late_response: 0.0,
+        };
+        let faults = UpstreamFaults::new(&plan, 3);
+        faults.attach_proxy();
+        assert_eq!(faults.decide(Some("a")), Decision::Pass);
+        // Another request reaches the server first: not its fault.
+        assert_eq!(faults.take_http_fault(Some("b")), None);
+        assert_eq!(
+            faults.take_http_fault(Some("a")),
+            Some(FaultKind::RateLimit)
+        );
+        assert_eq!(faults.take_http_fault(Some("a")), None);
+        let ledger = faults.ledger().faults();
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(ledger[0].kind, "upstream_rate_limit");
+        assert_eq!(ledger[0].target, crate::ledger::Target::Request("a".into()));
     }
 }

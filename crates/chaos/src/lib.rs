@@ -12,6 +12,7 @@
 //!
 //! * [`plan`]: the fault plan (TOML).
 //! * [`faults`]: the per-request upstream fault decision shared by proxy and servers.
+//! * [`ledger`]: every injected fault, what it struck, and what the user saw there.
 //! * [`proxy`]: a TCP fault proxy (reset, stall, latency, storm).
 //! * [`upstream`]: local OpenAI- and Stripe-compatible HTTP servers.
 //! * [`smtp`]: a real SMTP server that can go down and come back on the same port.
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod driver;
 pub mod faults;
+pub mod ledger;
 pub mod plan;
 pub mod progress;
 pub mod proxy;

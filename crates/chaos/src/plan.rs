@@ -28,6 +28,8 @@ pub struct Plan {
     pub sessions: SessionsPlan,
     /// Journey steps that hit the app's panic hook.
     pub panic: PanicPlan,
+    /// Users who give up on a request before its answer.
+    pub client: ClientPlan,
     /// The upstream storm: every upstream connection refused for a while.
     pub storm: StormPlan,
 }
@@ -74,6 +76,12 @@ pub struct FaultWeights {
     pub reset: f64,
     /// The proxy delays forwarding, then the answer is normal.
     pub latency: f64,
+    /// The upstream acts on the request, then the proxy resets the
+    /// connection instead of forwarding the answer.
+    pub lost_response: f64,
+    /// The upstream acts on the request, then the proxy holds the answer
+    /// past the client's timeout (for `stall`).
+    pub late_response: f64,
 }
 
 /// `[smtp]`: the mail server alternating between up and down periods.
@@ -99,8 +107,24 @@ pub struct SessionsPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PanicPlan {
-    /// Probability that one journey step hits the panic hook (0..=1).
+    /// Probability that one journey step hits the panic hook before its
+    /// handler runs (0..=1).
     pub probability: f64,
+    /// Probability that a form a user sends (sign-up, lesson, purchase)
+    /// panics *after* its handler's write committed (0..=1).
+    pub after_commit_probability: f64,
+}
+
+/// `[client]`: users who close the tab (or lose the network) while a form
+/// is on its way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientPlan {
+    /// Probability that a lesson completion is abandoned mid-request
+    /// (0..=1); the user then sends the form again.
+    pub disconnect_probability: f64,
+    /// How long after sending the user gives up.
+    pub disconnect_after: DurationRange,
 }
 
 /// `[storm]`: the upstream is completely down (every connection reset).
@@ -172,6 +196,8 @@ impl Default for FaultWeights {
             stall: 0.10,
             reset: 0.15,
             latency: 0.20,
+            lost_response: 0.05,
+            late_response: 0.05,
         }
     }
 }
@@ -179,7 +205,13 @@ impl Default for FaultWeights {
 impl FaultWeights {
     /// Sum of all weights.
     pub fn total(&self) -> f64 {
-        self.rate_limit + self.unavailable + self.stall + self.reset + self.latency
+        self.rate_limit
+            + self.unavailable
+            + self.stall
+            + self.reset
+            + self.latency
+            + self.lost_response
+            + self.late_response
     }
 }
 
@@ -188,6 +220,18 @@ impl Default for SmtpPlan {
         Self {
             down_fraction: 0.5,
             period: DurationRange::new(Duration::from_secs(1), Duration::from_secs(4)),
+        }
+    }
+}
+
+impl Default for ClientPlan {
+    fn default() -> Self {
+        Self {
+            disconnect_probability: 0.02,
+            disconnect_after: DurationRange::new(
+                Duration::from_millis(1),
+                Duration::from_millis(30),
+            ),
         }
     }
 }
@@ -202,7 +246,10 @@ impl Default for SessionsPlan {
 
 impl Default for PanicPlan {
     fn default() -> Self {
-        Self { probability: 0.01 }
+        Self {
+            probability: 0.01,
+            after_commit_probability: 0.01,
+        }
     }
 }
 
@@ -269,6 +316,14 @@ impl Plan {
             ("smtp.down_fraction", self.smtp.down_fraction),
             ("sessions.corrupt_fraction", self.sessions.corrupt_fraction),
             ("panic.probability", self.panic.probability),
+            (
+                "panic.after_commit_probability",
+                self.panic.after_commit_probability,
+            ),
+            (
+                "client.disconnect_probability",
+                self.client.disconnect_probability,
+            ),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -284,6 +339,8 @@ impl Plan {
             ("stall", w.stall),
             ("reset", w.reset),
             ("latency", w.latency),
+            ("lost_response", w.lost_response),
+            ("late_response", w.late_response),
         ];
         for (name, value) in weights {
             if !(value.is_finite() && value >= 0.0) {
@@ -301,6 +358,7 @@ impl Plan {
             ("sqlite_lock.burst", self.sqlite_lock.burst),
             ("upstream.latency", self.upstream.latency),
             ("smtp.period", self.smtp.period),
+            ("client.disconnect_after", self.client.disconnect_after),
         ];
         for (name, r) in ranges {
             if r.min > r.max {

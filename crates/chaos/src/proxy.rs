@@ -12,7 +12,14 @@
 //! client that comes first on a connection, or after the server has sent
 //! bytes since the previous client read, starts a new request; later reads
 //! (a body arriving in pieces) belong to the same request. That is where the
-//! proxy makes its one draw per request.
+//! proxy makes its one draw per request, with the request's tag (its
+//! `X-Request-Id`, read from the request head) so that the fault is written
+//! to the run's ledger against the user try it struck.
+//!
+//! Two faults strike *after* the upstream acted: `lost_response` forwards
+//! the request and resets the connection when the answer comes back;
+//! `late_response` forwards it and holds the answer past the client's
+//! timeout. They are the ones that make a non-idempotent retry charge twice.
 //!
 //! [`Mode::Down`] is the storm: every new connection is reset at once, and a
 //! new request on an existing keep-alive connection is reset too.
@@ -64,6 +71,8 @@ struct Shared {
     resets: AtomicU64,
     stalls: AtomicU64,
     delays: AtomicU64,
+    lost: AtomicU64,
+    late: AtomicU64,
 }
 
 /// A running fault proxy on 127.0.0.1. Dropping it stops it too.
@@ -93,6 +102,8 @@ impl FaultProxy {
             resets: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             delays: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
@@ -146,6 +157,8 @@ impl FaultProxy {
                 reset: s.resets.load(Ordering::Relaxed),
                 stall: s.stalls.load(Ordering::Relaxed),
                 latency: s.delays.load(Ordering::Relaxed),
+                lost_response: s.lost.load(Ordering::Relaxed),
+                late_response: s.late.load(Ordering::Relaxed),
                 ..FaultCounts::default()
             },
         }
@@ -210,6 +223,8 @@ async fn connection(mut client: TcpStream, shared: &Shared) {
     let mut cbuf = vec![0u8; 16 * 1024];
     let mut sbuf = vec![0u8; 16 * 1024];
     let mut new_request = true;
+    // A fault that strikes the answer of the request in flight.
+    let mut on_answer: Option<(FaultKind, Duration)> = None;
     let mut client_open = true;
     let mut server_open = true;
     while client_open || server_open {
@@ -232,8 +247,12 @@ async fn connection(mut client: TcpStream, shared: &Shared) {
                         reset(server);
                         return;
                     }
-                    match shared.faults.decide() {
+                    let tag = request_tag(&cbuf[..n]);
+                    match shared.faults.decide(tag.as_deref()) {
                         Decision::Pass => {}
+                        Decision::Fault(kind @ (FaultKind::LostResponse | FaultKind::LateResponse), hold) => {
+                            on_answer = Some((kind, hold));
+                        }
                         Decision::Fault(FaultKind::Reset, _) => {
                             shared.resets.fetch_add(1, Ordering::Relaxed);
                             reset(client);
@@ -266,12 +285,44 @@ async fn connection(mut client: TcpStream, shared: &Shared) {
                     Ok(n) => n,
                 };
                 new_request = true;
+                match on_answer.take() {
+                    Some((FaultKind::LostResponse, _)) => {
+                        shared.lost.fetch_add(1, Ordering::Relaxed);
+                        reset(client);
+                        reset(server);
+                        return;
+                    }
+                    Some((_, hold)) => {
+                        shared.late.fetch_add(1, Ordering::Relaxed);
+                        stall(&mut client, hold).await;
+                        return;
+                    }
+                    None => {}
+                }
                 if client.write_all(&sbuf[..n]).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// The `X-Request-Id` of the request whose head starts `bytes`, if it is
+/// there (an HTTP/1.1 head arrives in one read on loopback; a tag split
+/// across reads is missed and the fault counted as unlinked).
+fn request_tag(bytes: &[u8]) -> Option<String> {
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(bytes.len());
+    let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(crate::ledger::REQUEST_ID)
+            .then(|| value.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    })
 }
 
 /// Holds the client connection open and silent for `hold`, discarding what

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod config;
+pub mod correlate;
 pub mod db;
 pub mod input;
 pub mod lessons;

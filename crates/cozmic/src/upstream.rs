@@ -68,7 +68,8 @@ pub fn client(
         .timeout(policy.attempt_timeout)
         .connect_timeout(Duration::from_secs(2))
         .build()?;
-    let mut builder = ClientBuilder::new(http);
+    // The page's request id goes with every attempt (healing or not).
+    let mut builder = ClientBuilder::new(http).with(crate::correlate::Propagate);
     if healing == Healing::On {
         let mut middleware = ResilientMiddleware::builder()
             .with_max_attempts(policy.max_attempts)

@@ -60,13 +60,16 @@ impl Common {
 
     /// Counts the request; answers 503 when down, or the fault the shared
     /// decision-maker picks.
-    fn gate(&self, error_body: fn(FaultKind) -> Value) -> Option<Response> {
+    fn gate(&self, headers: &HeaderMap, error_body: fn(FaultKind) -> Value) -> Option<Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.down.load(Ordering::Relaxed) {
             return Some(fault_response(FaultKind::Unavailable, error_body));
         }
+        let tag = headers
+            .get(crate::ledger::REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
         self.faults
-            .take_http_fault()
+            .take_http_fault(tag)
             .map(|kind| fault_response(kind, error_body))
     }
 }

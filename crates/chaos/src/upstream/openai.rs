@@ -153,7 +153,7 @@ async fn chat_completions(
             "invalid_request_error",
         );
     }
-    if let Some(fault) = state.common.gate(openai_error) {
+    if let Some(fault) = state.common.gate(&headers, openai_error) {
         return fault;
     }
     let request: ChatRequest = match serde_json::from_slice(&body) {

@@ -180,7 +180,7 @@ async fn payment_intents(
             "Invalid API Key provided.",
         ));
     }
-    if let Some(fault) = state.common.gate(stripe_error) {
+    if let Some(fault) = state.common.gate(&headers, stripe_error) {
         return fault;
     }
     let params: BTreeMap<String, String> = match serde_urlencoded::from_bytes(&body) {

@@ -160,6 +160,8 @@ pub fn weights_only(kind: chaos::faults::FaultKind) -> chaos::plan::FaultWeights
         stall: 0.0,
         reset: 0.0,
         latency: 0.0,
+        lost_response: 0.0,
+        late_response: 0.0,
     };
     let weight = match kind {
         FaultKind::RateLimit => &mut weights.rate_limit,
@@ -167,6 +169,8 @@ pub fn weights_only(kind: chaos::faults::FaultKind) -> chaos::plan::FaultWeights
         FaultKind::Stall => &mut weights.stall,
         FaultKind::Reset => &mut weights.reset,
         FaultKind::Latency => &mut weights.latency,
+        FaultKind::LostResponse => &mut weights.lost_response,
+        FaultKind::LateResponse => &mut weights.late_response,
     };
     *weight = 1.0;
     weights

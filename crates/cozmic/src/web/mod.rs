@@ -67,6 +67,7 @@ pub fn app(state: AppState) -> Router {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
     let pages = pages
+        .layer(axum::middleware::from_fn(crate::correlate::scope))
         .layer(sessions)
         .layer(Extension(healing))
         .layer(Extension(selfheal::session::CookieName("cozmic_session")));
