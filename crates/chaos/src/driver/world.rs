@@ -18,6 +18,7 @@ use tempfile::TempDir;
 use super::RunOptions;
 use super::database::RunDatabase;
 use crate::faults::{FaultKind, UpstreamFaults};
+use crate::ledger::FaultLedger;
 use crate::proxy::{FaultProxy, Mode};
 use crate::report::{Recorder, counters};
 use crate::smtp::{Outage, SmtpServer};
@@ -49,6 +50,8 @@ pub(super) struct World {
     pay_faults: Arc<UpstreamFaults>,
     /// The fault decisions for the AI upstream.
     ai_faults: Arc<UpstreamFaults>,
+    /// Every fault injected in this run, and what it struck.
+    pub(super) ledger: Arc<FaultLedger>,
     /// Holds the app's data (the SQLite file).
     _dir: TempDir,
 }
@@ -57,6 +60,7 @@ impl World {
     /// Starts the upstreams, the proxies, the SMTP server (with its outages
     /// unless in a storm) and the app pointed at them.
     pub(super) async fn start(options: &RunOptions) -> anyhow::Result<Self> {
+        let ledger = Arc::new(FaultLedger::new());
         let dir = tempfile::tempdir()?;
         let seed = options.seed;
         let plan = &options.plan;
@@ -68,7 +72,7 @@ impl World {
             Arc::new(if storm {
                 UpstreamFaults::disabled()
             } else {
-                UpstreamFaults::new(&plan.upstream, seed)
+                UpstreamFaults::with_ledger(&plan.upstream, seed, ledger.clone())
             })
         };
         let ai_faults = faults(seed);
@@ -104,6 +108,7 @@ impl World {
             openai,
             pay_faults,
             ai_faults,
+            ledger,
             _dir: dir,
         })
     }
