@@ -14,12 +14,14 @@
 //! * [`faults`]: the per-request upstream fault decision shared by proxy and servers.
 //! * [`ledger`]: every injected fault, what it struck, and what the user saw there.
 //! * [`proxy`]: a TCP fault proxy (reset, stall, latency, storm).
+//! * [`balancer`]: a round-robin TCP load balancer in front of app instances (the fleet run).
 //! * [`upstream`]: local OpenAI- and Stripe-compatible HTTP servers.
 //! * [`smtp`]: a real SMTP server that can go down and come back on the same port.
 //! * [`report`]: the outcome recorder, summaries, and the text/Markdown, JSON and SVG outputs.
 //! * [`progress`]: progress bars.
 //! * [`cli`]: the command line.
 
+pub mod balancer;
 pub mod cli;
 pub mod driver;
 pub mod faults;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chaos::cli::{Cli, RunKind, RunSpec};
-use chaos::driver::{self, RunOptions, RunOutcome};
+use chaos::driver::{self, AppMode, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
 use chaos::report::{
@@ -44,6 +44,19 @@ async fn main() -> ExitCode {
             default_hook(info);
         }
     }));
+    // The hidden child mode of the process-fault runs: serve the app.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [flag, spec] = args.as_slice()
+        && flag == driver::SERVE_APP
+    {
+        return match driver::serve_app(std::path::Path::new(spec)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("chaos app child: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         eprintln!("chaos: {e}");
@@ -82,6 +95,9 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
             "temporary SQLite"
         }
     );
+    for line in cli.skipped_runs() {
+        println!("{line}");
+    }
     let began = Instant::now();
     let (report, problems) = run_all(cli, &plan, seed, &specs).await?;
     let files = report.write_to(&cli.out)?;
@@ -160,6 +176,25 @@ async fn run_all(
                 report.heal_off = Some(RunReport::new(summary, outcome.integrity));
             }
             runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
+            // Process faults: printed here until the report has a place for them.
+            name if outcome.process.is_some() => {
+                if let Some(p) = &outcome.process {
+                    println!(
+                        "{name:<22} kills {}, restarts {}, back in {:.2} s, {} first tries failed; lost: {} acknowledged writes, {} of {} emails ({} duplicated), {} of {} sessions",
+                        p.kills,
+                        p.restarts,
+                        p.recovery_secs,
+                        p.first_try_failures,
+                        p.acknowledged_writes_lost,
+                        p.emails_lost,
+                        p.emails_expected,
+                        p.emails_duplicated,
+                        p.sessions_lost,
+                        p.sessions_checked
+                    );
+                }
+                problems.extend(outcome.problems.iter().map(|p| format!("{name}: {p}")));
+            }
             _ => storm_without = Some(StormRun::from_summary(&summary)),
         }
     }
@@ -182,9 +217,16 @@ async fn run_one(
     progress: &Progress,
 ) -> anyhow::Result<(RunOutcome, RunSummary)> {
     let run_began = Instant::now();
-    let (healing, storm) = match spec.kind {
-        RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
-        RunKind::Storm { budget } => (Healing::On, Some(budget)),
+    let healing = |heal| if heal { Healing::On } else { Healing::Off };
+    let (healing, storm, app) = match spec.kind {
+        RunKind::Heal { heal } => (healing(heal), None, AppMode::InProcess),
+        RunKind::Storm { budget } => (Healing::On, Some(budget), AppMode::InProcess),
+        RunKind::Kill { heal } => (healing(heal), None, AppMode::children_of_this_exe(1, true)?),
+        RunKind::Fleet { instances } => (
+            Healing::On,
+            None,
+            AppMode::children_of_this_exe(instances, true)?,
+        ),
     };
     let outcome = driver::run(
         RunOptions {
@@ -196,6 +238,7 @@ async fn run_one(
             plan: plan.clone(),
             seed,
             database_url: cli.database_url.clone(),
+            app,
         },
         recorder,
         progress,

@@ -29,11 +29,19 @@
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice.
 
+mod app;
+mod child;
 mod database;
 mod integrity;
 mod lock;
+mod process;
 mod user;
 mod world;
+
+// Process faults (issue 14): the app as child processes, kill -9, a fleet.
+pub use app::AppMode;
+pub use child::{ProcStats, SERVE_APP, serve_app};
+pub use process::{PROCESS_KILL, ProcessFaults, process_runs, skip_reason};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +79,9 @@ pub struct RunOptions {
     /// on that server, dropped after the run) or a SQLite file (a new file
     /// beside it); a temporary SQLite file when `None`. Runs never share one.
     pub database_url: Option<String>,
+    /// Where the app runs: in this process, or as child processes (which
+    /// the process-fault runs kill).
+    pub app: AppMode,
 }
 
 /// What a run measured besides the recorder's samples.
@@ -84,6 +95,13 @@ pub struct RunOutcome {
     pub emails_expected: u64,
     /// Students at the end.
     pub students: u64,
+    /// What the process faults cost (`None`: the run killed nothing).
+    pub process: Option<ProcessFaults>,
+    /// The app's peak RSS over the run, bytes (`None` in-process: the
+    /// harness shares the process).
+    pub peak_rss_bytes: Option<u64>,
+    /// The app's CPU time over the run, seconds (`None` in-process).
+    pub app_cpu_secs: Option<f64>,
 }
 
 /// Counters shared by the users of one run.
@@ -147,26 +165,43 @@ impl Shared {
 
 /// Runs one scenario and records it into `recorder` under `options.name`.
 pub async fn run(
-    options: RunOptions,
+    mut options: RunOptions,
     recorder: &Recorder,
     progress: &Progress,
 ) -> anyhow::Result<RunOutcome> {
+    if let Some(reason) = skip_reason(&options) {
+        anyhow::bail!(reason);
+    }
+    if options.app.kills() {
+        options.plan = process::quiet(&options.plan);
+    }
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
+    let killer = process::Killer::start(&world, &options, started);
     let users = user::spawn(&options, &world, recorder, &shared, started);
     watch(&options, recorder, progress, started, users).await?;
     locker.stop().await?;
+    let killed = match killer {
+        Some(killer) => Some(killer.stop().await?),
+        None => None,
+    };
     world.record_counters(&options, recorder);
     shared.record(options.name, recorder);
-    world.record_health(options.name, recorder);
+    world.record_health(options.name, recorder).await;
     world.drain(&options, recorder).await?;
-    let outcome = if options.is_storm() {
+    let mut outcome = if options.is_storm() {
         RunOutcome::default()
     } else {
         integrity::check(&world, &shared).await?
     };
+    if let Some(killed) = killed {
+        outcome.process =
+            Some(process::finish(killed, &options, &world, &shared, &outcome, recorder).await?);
+    }
+    outcome.peak_rss_bytes = world.peak_rss_bytes().await;
+    outcome.app_cpu_secs = world.app.cpu_secs().await;
     world.shutdown().await;
     Ok(outcome)
 }

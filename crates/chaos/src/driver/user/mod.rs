@@ -32,8 +32,7 @@ pub(super) fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let plan = &options.plan;
     let storm = options.is_storm();
-    let state = world.app.state();
-    let base = world.app.url();
+    let access = world.access();
     let deadline = started + options.duration;
     let corrupt_users = ((options.users as f64) * plan.sessions.corrupt_fraction).round() as usize;
     let mut tasks = Vec::new();
@@ -41,7 +40,7 @@ pub(super) fn spawn(
         let ctx = User {
             run: options.name,
             index: user,
-            base: base.clone(),
+            base: access.base.clone(),
             recorder: recorder.clone(),
             shared: shared.clone(),
             started,
@@ -58,9 +57,9 @@ pub(super) fn spawn(
             done: Vec::new(),
             generation: 0,
             jar: Arc::default(),
-            session_table: state.sessions().table(),
-            sqlite: state.db().sqlite().cloned(),
-            postgres: state.db().postgres().cloned(),
+            session_table: access.session_table,
+            sqlite: access.sqlite.clone(),
+            postgres: access.postgres.clone(),
             storm,
         };
         tasks.push(tokio::spawn(ctx.live()));
