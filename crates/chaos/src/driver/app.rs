@@ -158,6 +158,9 @@ impl App {
         match mode {
             AppMode::InProcess => Ok(App::InProcess(cozmic::start(config).await?)),
             AppMode::Children { exe, instances, .. } => {
+                // The app in this process would have installed it; the
+                // harness' own HTTP clients need it all the same.
+                selfheal::tls::install_default_crypto_provider();
                 let fleet = Fleet::start(exe, config, *instances, dir).await?;
                 let first = fleet.instances[0].lock().await.addr();
                 let url = fleet.url(first);
