@@ -218,9 +218,12 @@ async fn run_one(
 ) -> anyhow::Result<(RunOutcome, RunSummary)> {
     let run_began = Instant::now();
     let healing = |heal| if heal { Healing::On } else { Healing::Off };
+    // Every run's app is a child process: its memory and CPU are its own
+    // (peak RSS exactly), and it does not share a runtime with the users.
+    let alone = || AppMode::children_of_this_exe(1, false);
     let (healing, storm, app) = match spec.kind {
-        RunKind::Heal { heal } => (healing(heal), None, AppMode::InProcess),
-        RunKind::Storm { budget } => (Healing::On, Some(budget), AppMode::InProcess),
+        RunKind::Heal { heal } => (healing(heal), None, alone()?),
+        RunKind::Storm { budget } => (Healing::On, Some(budget), alone()?),
         RunKind::Kill { heal } => (healing(heal), None, AppMode::children_of_this_exe(1, true)?),
         RunKind::Fleet { instances } => (
             Healing::On,

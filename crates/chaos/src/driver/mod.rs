@@ -28,6 +28,12 @@
 //! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice.
+//!
+//! The app runs in this process or as child processes ([`AppMode`]; the
+//! command line uses children, so that the app's memory and CPU are
+//! measured apart from the harness): `app` is what the driver needs from
+//! it either way, `child` serves and supervises one instance as a process,
+//! and `process` kills one mid-run (`kill -9`) and counts what that lost.
 
 mod app;
 mod child;
