@@ -180,11 +180,12 @@ async fn run_all(
             name if outcome.process.is_some() => {
                 if let Some(p) = &outcome.process {
                     println!(
-                        "{name:<22} kills {}, restarts {}, back in {:.2} s, {} first tries failed; lost: {} acknowledged writes, {} of {} emails ({} duplicated), {} of {} sessions",
+                        "{name:<22} kills {}, restarts {}, back in {:.2} s, {} first tries failed, {} emails waiting at the kill; lost: {} acknowledged writes, {} of {} emails ({} duplicated), {} of {} sessions",
                         p.kills,
                         p.restarts,
                         p.recovery_secs,
                         p.first_try_failures,
+                        p.emails_waiting_at_kill,
                         p.acknowledged_writes_lost,
                         p.emails_lost,
                         p.emails_expected,

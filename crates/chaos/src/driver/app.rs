@@ -78,7 +78,7 @@ pub(super) struct Fleet {
     /// In front of more than one instance.
     balancer: Option<Balancer>,
     /// The harness' own connection to the app's database.
-    db: Db,
+    pub(super) db: Db,
     session_table: Option<&'static str>,
 }
 

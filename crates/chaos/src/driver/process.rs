@@ -74,6 +74,9 @@ pub struct ProcessFaults {
     /// Lesson completions a user saw acknowledged that are not in the
     /// database at the end.
     pub acknowledged_writes_lost: u64,
+    /// Emails waiting in the outbox (not yet marked sent) when the signal
+    /// was sent: the ones a crash can catch mid-delivery.
+    pub emails_waiting_at_kill: u64,
     /// Emails the app committed to send.
     pub emails_expected: u64,
     /// Committed emails that never arrived.
@@ -123,6 +126,7 @@ pub(super) struct KillReport {
     kills: u64,
     restarts: u64,
     recovery: Duration,
+    emails_waiting: u64,
     sessions_checked: u64,
     sessions_lost: u64,
 }
@@ -162,8 +166,8 @@ impl Killer {
 }
 
 /// Signs up the witnesses, waits for a random moment in the middle third of
-/// the run, checks the witnesses' sessions, kills one instance, restarts
-/// it, records the outage in the ledger and checks the sessions again on
+/// the run, checks the witnesses' sessions, waits (at most 3 s) for emails
+/// in the outbox, kills one instance, restarts it, records the outage in the ledger and checks the sessions again on
 /// the restarted instance.
 async fn kill_mid_run(
     fleet: Arc<Fleet>,
@@ -193,6 +197,21 @@ async fn kill_mid_run(
             alive.push(witness);
         }
     }
+    // The moment that tests the outbox: while emails wait in it (looked for
+    // during at most 3 s, then the kill happens anyway).
+    let mut emails_waiting = 0;
+    let look_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < look_until {
+        emails_waiting = fleet
+            .db
+            .outbox_counts()
+            .await
+            .map_or(0, |c| c.0.max(0) as u64);
+        if emails_waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let killed_at = instance.kill().await?;
     instance.restart().await?;
     let back_up = Instant::now();
@@ -208,6 +227,7 @@ async fn kill_mid_run(
         kills: 1,
         restarts: 1,
         recovery: back_up - killed_at,
+        emails_waiting,
         sessions_checked: alive.len() as u64,
         sessions_lost: lost,
     })
@@ -273,6 +293,7 @@ pub(super) async fn finish(
         restarts: report.restarts,
         recovery_secs: report.recovery.as_secs_f64(),
         acknowledged_writes_lost: acknowledged_writes_lost(world.app.db(), shared).await?,
+        emails_waiting_at_kill: report.emails_waiting,
         emails_expected: outcome.emails_expected,
         emails_lost: outcome.integrity.emails_lost,
         emails_duplicated: outcome.integrity.emails_duplicated,
