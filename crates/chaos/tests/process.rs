@@ -90,9 +90,20 @@ async fn kill_9_on_sqlite_restarts_the_app_and_counts_what_was_lost() {
     let (outcome, process, actions) = run(options(process_runs::KILL_HEAL_ON, 1, None)).await;
     assert_eq!(process.instances, 1);
     killed_and_restarted(&outcome, &process, actions);
-    // SQLite, one process: every email exactly once.
-    assert_eq!(process.emails_lost + process.emails_duplicated, 0);
-    assert!(outcome.problems.is_empty(), "{:#?}", outcome.problems);
+    // The outbox is durable: no email lost. The worker delivers one email
+    // at a time, so a kill can catch at most one between the server's
+    // "250 OK" and "marked sent" (mail.rs documents that window): it then
+    // arrives twice, and nothing else may be wrong.
+    assert_eq!(process.emails_lost, 0, "{process:?}");
+    assert!(process.emails_duplicated <= process.kills, "{process:?}");
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .all(|p| p.contains("extra copies of emails")),
+        "{:#?}",
+        outcome.problems
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
