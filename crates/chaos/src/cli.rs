@@ -49,6 +49,12 @@ pub struct Cli {
     #[arg(long)]
     pub seed: Option<u64>,
 
+    /// Run each heal mode this many times, with seeds `seed`, `seed + 1`…,
+    /// and report the mean and range of every headline figure (the storm
+    /// runs once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub seeds: u16,
+
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,

@@ -32,6 +32,7 @@
 mod database;
 mod integrity;
 mod lock;
+mod resources;
 mod user;
 mod world;
 
@@ -43,10 +44,12 @@ use std::time::{Duration, Instant};
 use cozmic::config::Healing;
 use tokio::task::JoinHandle;
 
+use crate::ledger::{self, Judged, TryRecord};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{Integrity, Recorder, counters};
 use lock::LockHolder;
+pub use resources::Resources;
 use world::World;
 
 /// What to run.
@@ -84,6 +87,15 @@ pub struct RunOutcome {
     pub emails_expected: u64,
     /// Students at the end.
     pub students: u64,
+    /// Every try of every user action, with what the user saw.
+    pub tries: Vec<TryRecord>,
+    /// The fault ledger's verdicts.
+    pub judged: Judged,
+    /// What the run cost the process.
+    pub resources: Resources,
+    /// The PostgreSQL database made for the run (dropped after it); `None`
+    /// on SQLite.
+    pub postgres_database: Option<String>,
 }
 
 /// Counters shared by the users of one run.
@@ -96,6 +108,8 @@ struct Shared {
     panics_requested: AtomicU64,
     sessions_corrupted: AtomicU64,
     relogins: AtomicU64,
+    /// Every try, in the order they ended.
+    tries: Mutex<Vec<TryRecord>>,
 }
 
 /// What one student sent and saw acknowledged.
@@ -127,6 +141,11 @@ impl Shared {
         );
     }
 
+    /// Records one try of a user action.
+    fn record_try(&self, record: TryRecord) {
+        self.tries.lock().expect("tries").push(record);
+    }
+
     /// Adds the users' own counters to `run`'s.
     fn record(&self, run: &str, recorder: &Recorder) {
         let counts = [
@@ -154,21 +173,55 @@ pub async fn run(
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);
     let shared = Arc::new(Shared::default());
-    let started = Instant::now();
+    let sampler = resources::Sampler::start();
+    let started = world.ledger.started();
     let users = user::spawn(&options, &world, recorder, &shared, started);
     watch(&options, recorder, progress, started, users).await?;
+    let resources = sampler.stop().await;
     locker.stop().await?;
     world.record_counters(&options, recorder);
     shared.record(options.name, recorder);
     world.record_health(options.name, recorder);
     world.drain(&options, recorder).await?;
-    let outcome = if options.is_storm() {
+    let mut outcome = if options.is_storm() {
         RunOutcome::default()
     } else {
         integrity::check(&world, &shared).await?
     };
+    let tries = std::mem::take(&mut *shared.tries.lock().expect("tries"));
+    let mail_failures = if options.is_storm() {
+        Vec::new()
+    } else {
+        mail_failures(&world).await?
+    };
+    outcome.judged = ledger::judge(&world.ledger.faults(), &tries, &mail_failures);
+    outcome.tries = tries;
+    outcome.resources = resources;
+    outcome.postgres_database = world.postgres_database();
     world.shutdown().await;
     Ok(outcome)
+}
+
+/// When (offset from the run's start) each email was committed that was
+/// then lost or delivered twice: what an SMTP outage is judged by.
+async fn mail_failures(world: &World) -> anyhow::Result<Vec<Duration>> {
+    let db = world.app.state().db();
+    let tag = db.instance_tag().await?;
+    let delivery = world.smtp.delivery_report();
+    Ok(db
+        .outbox_created()
+        .await?
+        .into_iter()
+        .filter(|(id, _)| {
+            let received = delivery
+                .received
+                .get(&cozmic::mail::message_id(*id, &tag))
+                .copied()
+                .unwrap_or(0);
+            received != 1
+        })
+        .map(|(_, created_ms)| world.ledger.offset_of_unix_ms(created_ms))
+        .collect())
 }
 
 /// Shows the run's progress until its deadline, then waits for every user.
