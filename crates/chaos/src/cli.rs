@@ -59,14 +59,36 @@ pub struct Cli {
     #[arg(long)]
     pub seed: Option<u64>,
 
+    /// Run each heal mode this many times, with seeds `seed`, `seed + 1`…,
+    /// and report the mean and range of every headline figure (the storm
+    /// runs once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub seeds: u16,
+
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
 
     /// Also write the headline table and chart into this README, between
-    /// `<!-- chaos:begin -->` and `<!-- chaos:end -->`.
+    /// `<!-- NAME:begin -->` and `<!-- NAME:end -->` (NAME from
+    /// `--readme-block`).
     #[arg(long)]
     pub readme: Option<PathBuf>,
+
+    /// The README block to replace (`chaos` for the default plan; one block
+    /// per plan, e.g. `chaos-harsh`).
+    #[arg(long, default_value = "chaos", value_parser = block_name)]
+    pub readme_block: String,
+}
+
+/// A README block name: letters, digits and `-` only (it goes into an
+/// HTML comment).
+fn block_name(name: &str) -> Result<String, String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{name:?}: use letters, digits and '-' only"))
+    }
 }
 
 /// `--heal`.

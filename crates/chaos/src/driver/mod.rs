@@ -41,6 +41,7 @@ mod database;
 mod integrity;
 mod lock;
 mod process;
+mod resources;
 mod user;
 mod world;
 
@@ -57,10 +58,12 @@ use std::time::{Duration, Instant};
 use cozmic::config::Healing;
 use tokio::task::JoinHandle;
 
+use crate::ledger::{self, Judged, TryRecord};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{Integrity, Recorder, counters};
 use lock::LockHolder;
+pub use resources::Resources;
 use world::World;
 
 /// What to run.
@@ -103,11 +106,15 @@ pub struct RunOutcome {
     pub students: u64,
     /// What the process faults cost (`None`: the run killed nothing).
     pub process: Option<ProcessFaults>,
-    /// The app's peak RSS over the run, bytes (`None` in-process: the
-    /// harness shares the process).
-    pub peak_rss_bytes: Option<u64>,
-    /// The app's CPU time over the run, seconds (`None` in-process).
-    pub app_cpu_secs: Option<f64>,
+    /// Every try of every user action, with what the user saw.
+    pub tries: Vec<TryRecord>,
+    /// The fault ledger's verdicts.
+    pub judged: Judged,
+    /// What the run cost the process.
+    pub resources: Resources,
+    /// The PostgreSQL database made for the run (dropped after it); `None`
+    /// on SQLite.
+    pub postgres_database: Option<String>,
 }
 
 /// Counters shared by the users of one run.
@@ -120,6 +127,8 @@ struct Shared {
     panics_requested: AtomicU64,
     sessions_corrupted: AtomicU64,
     relogins: AtomicU64,
+    /// Every try, in the order they ended.
+    tries: Mutex<Vec<TryRecord>>,
 }
 
 /// What one student sent and saw acknowledged.
@@ -149,6 +158,11 @@ impl Shared {
                 .entry(email)
                 .or_default(),
         );
+    }
+
+    /// Records one try of a user action.
+    fn record_try(&self, record: TryRecord) {
+        self.tries.lock().expect("tries").push(record);
     }
 
     /// Adds the users' own counters to `run`'s.
@@ -184,10 +198,12 @@ pub async fn run(
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);
     let shared = Arc::new(Shared::default());
-    let started = Instant::now();
+    let sampler = resources::Sampler::start();
+    let started = world.ledger.started();
     let killer = process::Killer::start(&world, &options, started);
     let users = user::spawn(&options, &world, recorder, &shared, started);
     watch(&options, recorder, progress, started, users).await?;
+    let resources = sampler.stop().await;
     locker.stop().await?;
     let killed = match killer {
         Some(killer) => Some(killer.stop().await?),
@@ -206,10 +222,48 @@ pub async fn run(
         outcome.process =
             Some(process::finish(killed, &options, &world, &shared, &outcome, recorder).await?);
     }
-    outcome.peak_rss_bytes = world.peak_rss_bytes().await;
-    outcome.app_cpu_secs = world.app.cpu_secs().await;
+    let tries = std::mem::take(&mut *shared.tries.lock().expect("tries"));
+    let mail_failures = if options.is_storm() {
+        Vec::new()
+    } else {
+        mail_failures(&world).await?
+    };
+    outcome.judged = ledger::judge(&world.ledger.faults(), &tries, &mail_failures);
+    outcome.tries = tries;
+    outcome.resources = resources;
+    if let (Some(peak), Some(cpu)) = (world.peak_rss_bytes().await, world.app.cpu_secs().await) {
+        // The app in processes of its own: its figures (every instance and
+        // life, start-up and drain included), not the harness'.
+        outcome.resources = resources::Resources {
+            peak_rss_bytes: peak,
+            cpu: Duration::from_secs_f64(cpu),
+        };
+    }
+    outcome.postgres_database = world.postgres_database();
     world.shutdown().await;
     Ok(outcome)
+}
+
+/// When (offset from the run's start) each email was committed that was
+/// then lost or delivered twice: what an SMTP outage is judged by.
+async fn mail_failures(world: &World) -> anyhow::Result<Vec<Duration>> {
+    let db = world.app.db();
+    let tag = db.instance_tag().await?;
+    let delivery = world.smtp.delivery_report();
+    Ok(db
+        .outbox_created()
+        .await?
+        .into_iter()
+        .filter(|(id, _)| {
+            let received = delivery
+                .received
+                .get(&cozmic::mail::message_id(*id, &tag))
+                .copied()
+                .unwrap_or(0);
+            received != 1
+        })
+        .map(|(_, created_ms)| world.ledger.offset_of_unix_ms(created_ms))
+        .collect())
 }
 
 /// Shows the run's progress until its deadline, then waits for every user.

@@ -124,6 +124,11 @@ impl World {
         })
     }
 
+    /// The name of the PostgreSQL database made for the run (`None` on SQLite).
+    pub(super) fn postgres_database(&self) -> Option<String> {
+        self.database.postgres_name()
+    }
+
     /// Adds what reached the upstreams and which faults were injected to
     /// `run`'s counters.
     pub(super) fn record_counters(&self, options: &RunOptions, recorder: &Recorder) {
@@ -174,6 +179,9 @@ impl World {
     ) -> anyhow::Result<()> {
         if let Some(outages) = self.outages.take() {
             let stats = outages.stop().await?;
+            for (from, to) in &stats.windows {
+                self.ledger.mail_window("smtp_outage", *from, *to);
+            }
             recorder.add(
                 options.name,
                 &counters::faults_injected("smtp_outage"),
