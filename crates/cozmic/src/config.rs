@@ -181,6 +181,12 @@ pub struct Config {
     pub faults: FaultHooks,
     /// How often the email worker looks for due messages. Default 500 ms.
     pub mail_poll: Duration,
+    /// How long an email the worker claimed is its alone (other instances
+    /// on the same database skip it); after a crash mid-delivery, the
+    /// longest an email waits before another worker takes it over. At least
+    /// [`MIN_LEASE`](crate::mail::MIN_LEASE) (one SMTP attempt and a
+    /// margin; a shorter value is raised to it). Default 60 s.
+    pub mail_lease: Duration,
     /// `COZMIC_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
     /// `COZMIC_CLIENT_IP_HEADER`: the header a trusted reverse proxy puts
@@ -223,6 +229,7 @@ impl Config {
             healing: Healing::On,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
+            mail_lease: Duration::from_secs(60),
             log_format: LogFormat::Text,
             client_ip_header: None,
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),

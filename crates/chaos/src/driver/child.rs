@@ -81,6 +81,7 @@ struct ChildSpec {
     healing_on: bool,
     faults_armed: bool,
     mail_poll: Duration,
+    mail_lease: Duration,
     log_json: bool,
     client_ip_header: Option<String>,
     mail_backoff: (Duration, Duration),
@@ -109,6 +110,7 @@ impl ChildSpec {
             healing,
             faults,
             mail_poll,
+            mail_lease,
             log_format,
             client_ip_header,
             mail_backoff,
@@ -148,6 +150,7 @@ impl ChildSpec {
             healing_on: *healing == Healing::On,
             faults_armed: faults.is_armed(),
             mail_poll: *mail_poll,
+            mail_lease: *mail_lease,
             log_json: *log_format == LogFormat::Json,
             client_ip_header: client_ip_header.clone(),
             mail_backoff: *mail_backoff,
@@ -192,6 +195,7 @@ impl ChildSpec {
             config.faults = FaultHooks::armed();
         }
         config.mail_poll = self.mail_poll;
+        config.mail_lease = self.mail_lease;
         config.log_format = if self.log_json {
             LogFormat::Json
         } else {

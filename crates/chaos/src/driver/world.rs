@@ -192,16 +192,16 @@ impl World {
         let db = self.app.db();
         self.app.wake_mailer();
         // The same rule in both modes: wait until the outbox is empty, or until
-        // it has made no progress for 5 s (a worker that gave up, emails marked
-        // failed), at most 45 s. What is still waiting then counts as lost.
+        // it has made no progress for longer than a claim's lease (a worker
+        // that gave up, emails marked failed; an email claimed by a killed
+        // instance is taken over once its lease runs out), at most 45 s. What
+        // is still waiting then counts as lost.
+        let patience = cozmic::mail::MIN_LEASE + Duration::from_secs(3);
         let drain_deadline =
             Instant::now() + Duration::from_secs(if options.is_storm() { 3 } else { 45 });
         let mut last = db.outbox_counts().await?;
         let mut last_change = Instant::now();
-        while Instant::now() < drain_deadline
-            && last.0 > 0
-            && last_change.elapsed() < Duration::from_secs(5)
-        {
+        while Instant::now() < drain_deadline && last.0 > 0 && last_change.elapsed() < patience {
             self.app.wake_mailer();
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = db.outbox_counts().await?;
@@ -242,6 +242,9 @@ fn app_config(
     config.healing = options.healing;
     config.faults = FaultHooks::armed();
     config.mail_poll = Duration::from_millis(200);
+    // An email claimed by an instance killed mid-delivery is taken over
+    // after this (the shortest lease the app allows).
+    config.mail_lease = cozmic::mail::MIN_LEASE;
     // Compressed time: the outbox retries within seconds instead of up to an
     // hour, so that a run drains in seconds after the SMTP server is back.
     config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));
