@@ -17,8 +17,8 @@ use chaos::driver::{self, AppMode, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
 use chaos::report::{
-    Recorder, Report, ReportMeta, RunReport, RunSummary, SeedRuns, StormReport, StormRun, mean,
-    runs,
+    ProcessReport, Recorder, Report, ReportMeta, RunReport, RunSummary, SeedRuns, StormReport,
+    StormRun, mean, runs,
 };
 use clap::Parser;
 use cozmic::config::Healing;
@@ -160,6 +160,7 @@ async fn run_all(
         heal_off: None,
         runs: Vec::new(),
         storm: None,
+        process: Default::default(),
     };
     let mut storm_with = None;
     let mut storm_without = None;
@@ -204,25 +205,18 @@ async fn run_all(
                     these.heal_off = Some(run_report(summary, &outcome));
                 }
                 runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
-                // Process faults: printed here until the report has a place for them.
                 name if outcome.process.is_some() => {
-                    if let Some(p) = &outcome.process {
-                        println!(
-                            "{name:<22} kills {}, restarts {}, back in {:.2} s, {} first tries failed, {} emails waiting at the kill; lost: {} acknowledged writes, {} of {} emails ({} duplicated), {} of {} sessions",
-                            p.kills,
-                            p.restarts,
-                            p.recovery_secs,
-                            p.first_try_failures,
-                            p.emails_waiting_at_kill,
-                            p.acknowledged_writes_lost,
-                            p.emails_lost,
-                            p.emails_expected,
-                            p.emails_duplicated,
-                            p.sessions_lost,
-                            p.sessions_checked
-                        );
-                    }
                     problems.extend(outcome.problems.iter().map(|p| format!("{name}: {p}")));
+                    let run = run_report(summary, &outcome);
+                    report.process.insert(
+                        name.to_owned(),
+                        ProcessReport {
+                            actions: run.actions,
+                            first_try_success_rate: run.first_try_success_rate,
+                            success_rate: run.success_rate,
+                            faults: outcome.process.clone().unwrap_or_default(),
+                        },
+                    );
                 }
                 _ => storm_without = Some(StormRun::from_summary(&summary)),
             }

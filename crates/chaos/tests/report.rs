@@ -79,6 +79,7 @@ fn report(rec: &Recorder) -> Report {
             },
         )),
         runs: Vec::new(),
+        process: Default::default(),
         storm: Some(StormReport {
             with_budget: StormRun::new(100, 120, 0.0),
             without_budget: StormRun::new(100, 400, 0.0),

@@ -318,6 +318,24 @@ pub struct Report {
     /// The storm comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormReport>,
+    /// The process-fault runs (`kill_heal_on`, `kill_heal_off`,
+    /// `fleet_heal_on`), by run name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub process: BTreeMap<String, ProcessReport>,
+}
+
+/// One process-fault run: what users saw and what the kill lost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessReport {
+    /// Actions recorded.
+    pub actions: u64,
+    /// Fraction of first tries that succeeded, 0..=1.
+    pub first_try_success_rate: f64,
+    /// Fraction of actions that succeeded after pressing again, 0..=1.
+    pub success_rate: f64,
+    /// What the kill did and lost.
+    #[serde(flatten)]
+    pub faults: crate::driver::ProcessFaults,
 }
 
 impl Report {

@@ -164,6 +164,9 @@ impl Report {
         if let Some(storm) = &self.storm {
             tables.push(storm_table(storm));
         }
+        if !self.process.is_empty() {
+            tables.push(process_table(&self.process));
+        }
         tables
     }
 
@@ -562,6 +565,53 @@ fn resource_table(cols: &[Col<'_>]) -> Table {
         title: "Resources (the process running the app and the virtual users)".into(),
         header: run_header("resource", cols),
         rows: vec![rss, cpu],
+    }
+}
+
+/// The process-fault runs side by side: the kill, how fast the app was
+/// back, what users saw, what was lost.
+fn process_table(process: &std::collections::BTreeMap<String, super::ProcessReport>) -> Table {
+    type Cell = fn(&super::ProcessReport) -> String;
+    let rows: [(&str, Cell); 10] = [
+        ("instances", |p| p.faults.instances.to_string()),
+        ("kills (SIGKILL)", |p| p.faults.kills.to_string()),
+        ("back up in (s)", |p| {
+            format!("{:.2}", p.faults.recovery_secs)
+        }),
+        ("first try ok", |p| pct(p.first_try_success_rate)),
+        ("ok after pressing again", |p| pct(p.success_rate)),
+        ("acknowledged writes lost", |p| {
+            p.faults.acknowledged_writes_lost.to_string()
+        }),
+        ("emails lost", |p| {
+            format!("{} of {}", p.faults.emails_lost, p.faults.emails_expected)
+        }),
+        ("emails sent twice", |p| {
+            p.faults.emails_duplicated.to_string()
+        }),
+        ("emails waiting at the kill", |p| {
+            p.faults.emails_waiting_at_kill.to_string()
+        }),
+        ("sessions lost", |p| {
+            format!(
+                "{} of {}",
+                p.faults.sessions_lost, p.faults.sessions_checked
+            )
+        }),
+    ];
+    let mut header = vec!["".to_owned()];
+    header.extend(process.keys().cloned());
+    Table {
+        title: "Process faults: an instance killed with SIGKILL mid-run, restarted".into(),
+        header,
+        rows: rows
+            .iter()
+            .map(|(name, cell)| {
+                let mut row = vec![(*name).to_owned()];
+                row.extend(process.values().map(cell));
+                row
+            })
+            .collect(),
     }
 }
 
