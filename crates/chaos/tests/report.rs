@@ -74,6 +74,7 @@ fn report(rec: &Recorder) -> Report {
                 emails_lost: 5,
                 emails_duplicated: 1,
                 payments_duplicated: 3,
+                ..Integrity::default()
             },
         )),
         storm: Some(StormReport {

@@ -99,12 +99,14 @@ struct Shared {
 }
 
 /// What one student sent and saw acknowledged.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct UserProgress {
     /// Lesson nonces the app confirmed.
     acknowledged: BTreeSet<String>,
     /// Every lesson nonce sent.
     sent: BTreeSet<String>,
+    /// How many times each question was sent to the tutor.
+    questions: BTreeMap<String, u64>,
 }
 
 impl RunOptions {
@@ -151,6 +153,19 @@ pub async fn run(
     recorder: &Recorder,
     progress: &Progress,
 ) -> anyhow::Result<RunOutcome> {
+    run_tampered(options, recorder, progress, async |_| Ok(())).await
+}
+
+/// Like [`run`], but `tamper` gets the app's database after the outbox has
+/// drained and before the integrity check: the tests use it to plant a
+/// defect (delete an acknowledged ledger row, set a premium flag nobody
+/// paid for) and see the check report it. Runs never call it otherwise.
+pub async fn run_tampered(
+    options: RunOptions,
+    recorder: &Recorder,
+    progress: &Progress,
+    tamper: impl AsyncFnOnce(&cozmic::db::Db) -> anyhow::Result<()>,
+) -> anyhow::Result<RunOutcome> {
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);
     let shared = Arc::new(Shared::default());
@@ -163,12 +178,16 @@ pub async fn run(
     world.record_health(options.name, recorder);
     world.drain(&options, recorder).await?;
     let outcome = if options.is_storm() {
-        RunOutcome::default()
+        Ok(RunOutcome::default())
     } else {
-        integrity::check(&world, &shared).await?
+        match tamper(world.app.state().db()).await {
+            Ok(()) => integrity::run_checks(&world, &shared).await,
+            Err(error) => Err(error),
+        }
     };
+    // Shut down (and drop the run's database) whatever the checks found.
     world.shutdown().await;
-    Ok(outcome)
+    outcome
 }
 
 /// Shows the run's progress until its deadline, then waits for every user.

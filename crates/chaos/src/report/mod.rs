@@ -127,7 +127,8 @@ pub enum Outcome {
 /// database, the SMTP server and the payment ledger).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Integrity {
-    /// Database invariants found broken.
+    /// Database invariants found broken: the sum of `acknowledged_missing`,
+    /// `writes_never_sent` and `xp_ledger_mismatches`.
     pub integrity_violations: u64,
     /// Emails the app committed to send that never arrived.
     pub emails_lost: u64,
@@ -135,7 +136,37 @@ pub struct Integrity {
     pub emails_duplicated: u64,
     /// Purchases charged more than once.
     pub payments_duplicated: u64,
+    // --- chaos-integ (issue 14, item 5): each check counted on its own.
+    /// Lesson completions the user saw acknowledged that are not in the ledger.
+    pub acknowledged_missing: u64,
+    /// Ledger rows the user never sent.
+    pub writes_never_sent: u64,
+    /// Students whose XP disagrees with their ledger.
+    pub xp_ledger_mismatches: u64,
+    /// Students the payment provider charged who are not premium.
+    pub charges_without_premium: u64,
+    /// Premium students the payment provider never charged.
+    pub premium_without_charge: u64,
+    /// Tutor questions stored more often than the user asked them.
+    pub answers_duplicated: u64,
+    // --- end chaos-integ
 }
+
+// --- chaos-integ (issue 14, item 5)
+impl Integrity {
+    /// Every defect found, each counted once (`integrity_violations` stands
+    /// for its three parts): 0 when the run kept its promises.
+    pub fn defects(&self) -> u64 {
+        self.integrity_violations
+            + self.emails_lost
+            + self.emails_duplicated
+            + self.payments_duplicated
+            + self.charges_without_premium
+            + self.premium_without_charge
+            + self.answers_duplicated
+    }
+}
+// --- end chaos-integ
 
 /// One run in `report.json`: the headline numbers at the top level.
 #[derive(Debug, Clone, PartialEq, Serialize)]
