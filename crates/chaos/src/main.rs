@@ -13,11 +13,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chaos::cli::{Cli, RunKind, RunSpec};
+use chaos::driver::storm::StormOptions;
 use chaos::driver::{self, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
 use chaos::report::{
-    Recorder, Report, ReportMeta, RunReport, RunSummary, StormReport, StormRun, runs,
+    Recorder, Report, ReportMeta, RunReport, RunSummary, StormReport, StormVariant, runs,
 };
 use clap::Parser;
 use cozmic::config::Healing;
@@ -105,13 +106,11 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         update_readme(readme, &report, &cli.out)?;
         println!("updated {}", readme.display());
     }
-    let broken = report.heal_on.as_ref().is_some_and(|r| {
-        r.integrity.integrity_violations
-            + r.integrity.emails_lost
-            + r.integrity.emails_duplicated
-            + r.integrity.payments_duplicated
-            > 0
-    });
+    // chaos-integ: every integrity check counts.
+    let broken = report
+        .heal_on
+        .as_ref()
+        .is_some_and(|r| r.integrity.defects() > 0);
     Ok(if broken {
         ExitCode::FAILURE
     } else {
@@ -139,11 +138,29 @@ async fn run_all(
         heal_on: None,
         heal_off: None,
         storm: None,
+        open_loop_storm: Vec::new(),
     };
-    let mut storm_with = None;
-    let mut storm_without = None;
     let mut problems = Vec::new();
     for spec in specs {
+        // --- chaos-integ (issue 14, item 6): the open-loop storm.
+        if let RunKind::Storm { variant } = spec.kind {
+            let began = Instant::now();
+            let options =
+                StormOptions::from_plan(variant, &plan.storm, seed, cli.database_url.clone());
+            let storm = driver::storm::run(options, &recorder, &progress).await?;
+            println!(
+                "{:<22} {:>6} requests at {:.0}/s, {:.1} upstream calls/s while down, {:.2}% ok, {:.0} s",
+                spec.name,
+                storm.requests,
+                storm.offered_rate,
+                storm.upstream_calls_per_sec_down,
+                storm.success_rate * 100.0,
+                began.elapsed().as_secs_f64()
+            );
+            report.open_loop_storm.push(storm);
+            continue;
+        }
+        // --- end chaos-integ
         let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
         match spec.name {
             runs::HEAL_ON => {
@@ -159,16 +176,22 @@ async fn run_all(
                 );
                 report.heal_off = Some(RunReport::new(summary, outcome.integrity));
             }
-            runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
-            _ => storm_without = Some(StormRun::from_summary(&summary)),
+            _ => {}
         }
     }
-    if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
+    // --- chaos-integ: today's `storm` key, from the open-loop runs (with the
+    // budget: the budget-only variant; without: no healing at all).
+    let variant = |v| report.open_loop_storm.iter().find(|s| s.variant == v);
+    if let (Some(with_budget), Some(without_budget)) = (
+        variant(StormVariant::Budget),
+        variant(StormVariant::NoHealing),
+    ) {
         report.storm = Some(StormReport {
-            with_budget,
-            without_budget,
+            with_budget: with_budget.storm_run(),
+            without_budget: without_budget.storm_run(),
         });
     }
+    // --- end chaos-integ
     Ok((report, problems))
 }
 
@@ -184,7 +207,8 @@ async fn run_one(
     let run_began = Instant::now();
     let (healing, storm) = match spec.kind {
         RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
-        RunKind::Storm { budget } => (Healing::On, Some(budget)),
+        // chaos-integ: storms are run by `driver::storm::run`.
+        RunKind::Storm { .. } => anyhow::bail!("{} is a storm, not a heal run", spec.name),
     };
     let outcome = driver::run(
         RunOptions {

@@ -27,11 +27,13 @@
 //! a `World` (`world`: everything a run sets up, the upstream servers behind
 //! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
-//! the outbox has drained, that nothing was lost or applied twice.
+//! the outbox has drained, that nothing was lost or applied twice; `storm`
+//! is the open-loop storm, a run of its own.
 
 mod database;
 mod integrity;
 mod lock;
+pub mod storm;
 mod user;
 mod world;
 
@@ -56,9 +58,10 @@ pub struct RunOptions {
     pub name: &'static str,
     /// Healing on or off.
     pub healing: Healing,
-    /// Storm: the upstreams completely down, users only ask the tutor;
-    /// `Some(budget)` says whether the retry budget is on.
-    pub storm: Option<bool>,
+    /// The open-loop storm's variant (set by [`storm::run`]): no planned
+    /// faults, no SMTP outages, the app's upstream policy as the variant
+    /// says. `None` for a heal run.
+    pub storm: Option<crate::report::StormVariant>,
     /// How long users act.
     pub duration: Duration,
     /// Concurrent virtual users.

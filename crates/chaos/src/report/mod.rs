@@ -32,6 +32,7 @@
 mod chart;
 mod record;
 mod render;
+mod storm;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,11 @@ use crate::plan::Plan;
 
 pub use record::{Counter, LiveStats, Recorder};
 pub use render::{ReportError, Table, WrittenFiles};
+// chaos-integ (issue 14, item 6): the open-loop storm.
+pub use storm::{
+    Got, OpenLoopStorm, StormSample, StormSchedule, StormVariant, UpstreamCalls,
+    table as open_loop_storm_table, time_to_fail_fast, time_to_recover,
+};
 pub use summary::{
     HardFailures, LatencySummary, RunSummary, SecondBucket, StepSummary, percentile,
 };
@@ -56,6 +62,14 @@ pub mod runs {
     pub const STORM_WITH_BUDGET: &str = "storm_with_budget";
     /// Storm without the retry budget.
     pub const STORM_WITHOUT_BUDGET: &str = "storm_without_budget";
+    // --- chaos-integ (issue 14, item 6): the open-loop storm's variants.
+    /// Open-loop storm, healing off.
+    pub const STORM_NO_HEALING: &str = "storm_no_healing";
+    /// Open-loop storm, retry budget only.
+    pub const STORM_BUDGET: &str = "storm_budget";
+    /// Open-loop storm, retry budget and circuit breaker.
+    pub const STORM_BUDGET_BREAKER: &str = "storm_budget_breaker";
+    // --- end chaos-integ
 }
 
 /// Counter names used by the harness.
@@ -304,6 +318,9 @@ pub struct Report {
     /// The storm comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormReport>,
+    /// The open-loop storm, one entry per variant (chaos-integ, issue 14, item 6).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub open_loop_storm: Vec<OpenLoopStorm>,
 }
 
 impl Report {

@@ -343,3 +343,13 @@ impl User {
         (seen, body)
     }
 }
+
+// --- chaos-integ (issue 14, item 6): the storm judges its answers as users do.
+/// Judges one answer as a user does (`ok` decides success for a 2xx page).
+pub(super) async fn judge_answer(
+    response: Result<reqwest::Response, reqwest::Error>,
+    ok: impl Fn(&str) -> bool,
+) -> Outcome {
+    User::judge(response, ok).await.0.outcome()
+}
+// --- end chaos-integ
