@@ -262,7 +262,7 @@ impl Default for PanicPlan {
 impl Default for StormPlan {
     fn default() -> Self {
         Self {
-            duration: Duration::from_secs(25),
+            duration: Duration::from_secs(20),
             rate: 50.0,
         }
     }
@@ -430,6 +430,20 @@ mod tests {
     fn default_file_equals_default_plan() {
         let text = include_str!("../plan.default.toml");
         assert_eq!(Plan::from_toml_str(text).unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn the_harsh_plan_is_valid_and_harsher_everywhere() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("plan.harsh.toml");
+        let harsh = Plan::load(&path).unwrap();
+        let default = Plan::default();
+        assert!(harsh.upstream.fault_probability > 0.5);
+        assert!(harsh.sqlite_lock.burst.max > Duration::from_secs(5));
+        assert!(harsh.smtp.down_fraction > 0.5);
+        assert!(harsh.panic.probability > default.panic.probability);
+        assert!(harsh.panic.after_commit_probability > default.panic.after_commit_probability);
+        assert!(harsh.sessions.corrupt_fraction > default.sessions.corrupt_fraction);
+        assert!(harsh.client.disconnect_probability > default.client.disconnect_probability);
     }
 
     #[test]

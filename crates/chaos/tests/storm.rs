@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use chaos::driver::AppMode;
 use chaos::driver::storm::{self, StormOptions};
 use chaos::progress::Progress;
 use chaos::report::{OpenLoopStorm, Recorder, StormVariant};
@@ -26,6 +27,7 @@ async fn storm(variant: StormVariant) -> OpenLoopStorm {
         max_in_flight: 400,
         seed: 6,
         database_url: None,
+        app: AppMode::InProcess,
     };
     let measured = storm::run(options, &Recorder::new(), &Progress::hidden())
         .await

@@ -101,11 +101,17 @@ impl FaultHooks {
     /// armed.
     pub const PANIC_HEADER: &'static str = "x-cozmic-chaos-panic";
 
+    /// The request header that makes the request panic *after* its handler
+    /// answered (its writes committed) when the hooks are armed.
+    pub const PANIC_AFTER_HEADER: &'static str = "x-cozmic-chaos-panic-after";
+
     /// The message of the panic the hook raises.
     pub const PANIC_MESSAGE: &'static str = "chaos: panic requested by the fault hook";
 
     /// Hooks on: a request carrying [`PANIC_HEADER`](Self::PANIC_HEADER)
-    /// makes its handler panic. For the chaos harness only.
+    /// makes its handler panic, one carrying
+    /// [`PANIC_AFTER_HEADER`](Self::PANIC_AFTER_HEADER) panics once the
+    /// handler has answered. For the chaos harness only.
     pub const fn armed() -> Self {
         Self { armed: true }
     }

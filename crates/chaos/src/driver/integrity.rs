@@ -199,7 +199,7 @@ fn check_payments(w: &Witnesses, findings: &mut Findings) {
 /// database, the SMTP server's inbox and the Stripe-compatible server's
 /// charges.
 pub(super) async fn gather(world: &World, shared: &Shared) -> anyhow::Result<Witnesses> {
-    let db = world.app.state().db();
+    let db = world.app.db();
     let users = shared.progress.lock().expect("progress").clone();
     let mut students = Vec::new();
     for (id, email) in db.students().await? {
@@ -255,6 +255,7 @@ pub(super) async fn run_checks(world: &World, shared: &Shared) -> anyhow::Result
         problems,
         emails_expected: witnesses.outbox.len() as u64,
         students: witnesses.students.len() as u64,
+        ..RunOutcome::default()
     })
 }
 

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use cozmic::config::{Healing, UpstreamPolicy};
 use tokio::task::JoinHandle;
 
-use super::RunOptions;
 use super::user::judge_answer;
 use super::world::World;
+use super::{AppMode, RunOptions};
 use crate::plan::{Plan, StormPlan};
 use crate::progress::{Progress, RunBar};
 use crate::proxy::{FaultProxy, Mode, ProxyStats};
@@ -65,6 +65,8 @@ pub struct StormOptions {
     pub seed: u64,
     /// Where the run's database is made (as [`RunOptions::database_url`]).
     pub database_url: Option<String>,
+    /// Where the app runs (as [`RunOptions::app`]).
+    pub app: AppMode,
 }
 
 impl StormOptions {
@@ -72,7 +74,8 @@ impl StormOptions {
     /// upstream down from 20 % to 60 % of the run (a warm-up long enough to
     /// fill the breaker's window with successes, an outage long enough for
     /// it to open, and as long again to recover), a 10 s user timeout, 8
-    /// browsers, and at most 10 s of arrivals in flight.
+    /// browsers, at most 10 s of arrivals in flight, the app in this
+    /// process.
     pub fn from_plan(
         variant: StormVariant,
         plan: &StormPlan,
@@ -91,6 +94,7 @@ impl StormOptions {
             max_in_flight: ((plan.rate * timeout.as_secs_f64()).ceil() as usize).max(1),
             seed,
             database_url,
+            app: AppMode::default(),
         }
     }
 
@@ -148,6 +152,7 @@ pub async fn run(
         plan: Plan::default(),
         seed: options.seed,
         database_url: options.database_url.clone(),
+        app: options.app.clone(),
     })
     .await?;
     let measured = drive(&options, &world, recorder, progress).await;

@@ -100,6 +100,13 @@ impl Db {
         .await)
     }
 
+    /// Every outbox email's id and when it was committed (milliseconds since
+    /// the Unix epoch), for delivery checks that ask when a lost one was
+    /// sent.
+    pub async fn outbox_created(&self) -> std::result::Result<Vec<(i64, i64)>, sqlx::Error> {
+        on_db!(self, r => sqlx::query_as("SELECT id, created_at FROM outbox ORDER BY id").fetch_all(r.pool()).await)
+    }
+
     /// The ids of every outbox email (for delivery checks).
     pub async fn outbox_ids(&self) -> std::result::Result<Vec<i64>, sqlx::Error> {
         on_db!(self, r => sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(r.pool()).await)
