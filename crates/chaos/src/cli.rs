@@ -1,8 +1,9 @@
 //! The command line, and the list of runs it implies.
 //!
-//! Why the defaults: heal on + heal off (40 s each) + two storm runs (30 s
-//! each, from the plan) must finish in under three minutes on a 2-core
-//! machine, so CI can run the whole comparison.
+//! Why the defaults: heal on + heal off (40 s each) + three open-loop storm
+//! runs (20 s each, from the plan) + two kill -9 runs (20 s each) must
+//! finish in under four minutes on a 2-core machine, so CI can run the
+//! whole comparison.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -41,7 +42,8 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Whether to run the two storm runs (retry budget on vs off).
+    /// Whether to run the open-loop storm (no healing, retry budget, budget
+    /// and breaker).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub storm: Switch,
 
@@ -119,10 +121,10 @@ pub enum RunKind {
         /// Whether selfheal's healing is on.
         heal: bool,
     },
-    /// The upstream completely down, with or without the retry budget.
+    /// The open-loop storm: the AI upstream down for the middle of the run.
     Storm {
-        /// Whether the retry budget is on.
-        budget: bool,
+        /// How the app calls its upstream.
+        variant: crate::report::StormVariant,
     },
     /// The app as a child process, killed with SIGKILL mid-run and restarted.
     Kill {
@@ -156,8 +158,15 @@ impl fmt::Display for RunSpec {
         let what = match self.kind {
             RunKind::Heal { heal: true } => "fault plan, healing on",
             RunKind::Heal { heal: false } => "fault plan, healing off",
-            RunKind::Storm { budget: true } => "upstream down, retry budget on",
-            RunKind::Storm { budget: false } => "upstream down, retry budget off",
+            RunKind::Storm { variant } => {
+                return write!(
+                    f,
+                    "{:<22} {:>6}  open-loop storm, {}",
+                    self.name,
+                    humantime::format_duration(self.duration).to_string(),
+                    variant.label()
+                );
+            }
             RunKind::Kill { heal: true } => "kill -9 of the app mid-run, healing on",
             RunKind::Kill { heal: false } => "kill -9 of the app mid-run, healing off",
             RunKind::Fleet { .. } => "fleet on PostgreSQL, one instance killed",
@@ -191,10 +200,10 @@ impl Cli {
             });
         }
         if self.storm == Switch::On {
-            for (name, budget) in [(STORM_WITH_BUDGET, true), (STORM_WITHOUT_BUDGET, false)] {
+            for variant in crate::report::StormVariant::ALL {
                 runs.push(RunSpec {
-                    name,
-                    kind: RunKind::Storm { budget },
+                    name: variant.run_name(),
+                    kind: RunKind::Storm { variant },
                     duration: storm_duration,
                 });
             }
@@ -278,15 +287,16 @@ mod tests {
         assert_eq!(cli.users, 32);
         assert_eq!(cli.heal, HealMode::Both);
         assert_eq!(cli.out, PathBuf::from("chaos-report"));
-        let runs = cli.runs(Duration::from_secs(30));
-        // heal on/off, two storms, kill -9 with healing on/off (no fleet
-        // on SQLite, and a line says so).
-        assert_eq!(runs.len(), 6);
+        let storm = crate::plan::StormPlan::default().duration;
+        let runs = cli.runs(storm);
+        // heal on/off, three storm variants, kill -9 with healing on/off
+        // (no fleet on SQLite, and a line says so).
+        assert_eq!(runs.len(), 7);
         assert_eq!(cli.skipped_runs().len(), 1);
         let total: Duration = runs.iter().map(|r| r.duration).sum();
         assert!(total <= Duration::from_secs(180), "{total:?}");
         let pg = Cli::try_parse_from(["chaos", "--database-url", "postgres://h/db"]).unwrap();
-        assert_eq!(pg.runs(Duration::from_secs(30)).len(), 7);
+        assert_eq!(pg.runs(storm).len(), 8);
         assert!(pg.skipped_runs().is_empty());
     }
 

@@ -13,12 +13,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chaos::cli::{Cli, RunKind, RunSpec};
+use chaos::driver::storm::StormOptions;
 use chaos::driver::{self, AppMode, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
 use chaos::report::{
     ProcessReport, Recorder, Report, ReportMeta, RunReport, RunSummary, SeedRuns, StormReport,
-    StormRun, mean, runs,
+    StormVariant, mean, runs,
 };
 use clap::Parser;
 use cozmic::config::Healing;
@@ -122,13 +123,11 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         update_readme(readme, &cli.readme_block, &report, &cli.out)?;
         println!("updated {}", readme.display());
     }
-    let broken = report.heal_on.as_ref().is_some_and(|r| {
-        r.integrity.integrity_violations
-            + r.integrity.emails_lost
-            + r.integrity.emails_duplicated
-            + r.integrity.payments_duplicated
-            > 0
-    });
+    // chaos-integ: every integrity check counts.
+    let broken = report
+        .heal_on
+        .as_ref()
+        .is_some_and(|r| r.integrity.defects() > 0);
     Ok(if broken {
         ExitCode::FAILURE
     } else {
@@ -161,9 +160,8 @@ async fn run_all(
         runs: Vec::new(),
         storm: None,
         process: Default::default(),
+        open_loop_storm: Vec::new(),
     };
-    let mut storm_with = None;
-    let mut storm_without = None;
     let mut problems = Vec::new();
     let mut per_seed = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
@@ -184,6 +182,26 @@ async fn run_all(
             if i > 0 && !heal {
                 continue;
             }
+            // --- chaos-integ (issue 14, item 6): the open-loop storm.
+            if let RunKind::Storm { variant } = spec.kind {
+                let began = Instant::now();
+                let mut options =
+                    StormOptions::from_plan(variant, &plan.storm, seed, cli.database_url.clone());
+                options.app = AppMode::children_of_this_exe(1, false)?;
+                let storm = driver::storm::run(options, &recorder, &progress).await?;
+                println!(
+                    "{:<22} {:>6} requests at {:.0}/s, {:.1} upstream calls/s while down, {:.2}% ok, {:.0} s",
+                    spec.name,
+                    storm.requests,
+                    storm.offered_rate,
+                    storm.upstream_calls_per_sec_down,
+                    storm.success_rate * 100.0,
+                    began.elapsed().as_secs_f64()
+                );
+                report.open_loop_storm.push(storm);
+                continue;
+            }
+            // --- end chaos-integ
             let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
             match spec.name {
                 runs::HEAL_ON => {
@@ -204,7 +222,6 @@ async fn run_all(
                     );
                     these.heal_off = Some(run_report(summary, &outcome));
                 }
-                runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
                 name if outcome.process.is_some() => {
                     problems.extend(outcome.problems.iter().map(|p| format!("{name}: {p}")));
                     let run = run_report(summary, &outcome);
@@ -218,7 +235,7 @@ async fn run_all(
                         },
                     );
                 }
-                _ => storm_without = Some(StormRun::from_summary(&summary)),
+                _ => {}
             }
         }
         per_seed.push(these);
@@ -234,12 +251,19 @@ async fn run_all(
         report.heal_off = mean(&off);
         report.runs = per_seed;
     }
-    if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
+    // --- chaos-integ: today's `storm` key, from the open-loop runs (with the
+    // budget: the budget-only variant; without: no healing at all).
+    let variant = |v| report.open_loop_storm.iter().find(|s| s.variant == v);
+    if let (Some(with_budget), Some(without_budget)) = (
+        variant(StormVariant::Budget),
+        variant(StormVariant::NoHealing),
+    ) {
         report.storm = Some(StormReport {
-            with_budget,
-            without_budget,
+            with_budget: with_budget.storm_run(),
+            without_budget: without_budget.storm_run(),
         });
     }
+    // --- end chaos-integ
     Ok((report, problems))
 }
 
@@ -270,7 +294,8 @@ async fn run_one(
     let alone = || AppMode::children_of_this_exe(1, false);
     let (healing, storm, app) = match spec.kind {
         RunKind::Heal { heal } => (healing(heal), None, alone()?),
-        RunKind::Storm { budget } => (Healing::On, Some(budget), alone()?),
+        // chaos-integ: storms are run by `driver::storm::run`.
+        RunKind::Storm { .. } => anyhow::bail!("{} is a storm, not a heal run", spec.name),
         RunKind::Kill { heal } => (healing(heal), None, AppMode::children_of_this_exe(1, true)?),
         RunKind::Fleet { instances } => (
             Healing::On,

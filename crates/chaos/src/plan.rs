@@ -127,13 +127,19 @@ pub struct ClientPlan {
     pub disconnect_after: DurationRange,
 }
 
-/// `[storm]`: the upstream is completely down (every connection reset).
+/// `[storm]`: the open-loop storm, requests at a fixed offered rate while the
+/// AI upstream goes down (every connection reset) for the middle of the run
+/// and comes back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StormPlan {
-    /// How long one storm run lasts.
+    /// How long one storm run lasts (the upstream is down from 20 % to 60 %
+    /// of it).
     #[serde(with = "humantime_serde_str")]
     pub duration: Duration,
+    /// Offered rate, requests per second (at most 200: the run is on the
+    /// same machine as the app).
+    pub rate: f64,
 }
 
 /// An inclusive range of durations, written `{ min = "100ms", max = "600ms" }`.
@@ -256,7 +262,8 @@ impl Default for PanicPlan {
 impl Default for StormPlan {
     fn default() -> Self {
         Self {
-            duration: Duration::from_secs(30),
+            duration: Duration::from_secs(20),
+            rate: 50.0,
         }
     }
 }
@@ -381,6 +388,12 @@ impl Plan {
             return Err(PlanError::Invalid(
                 "sqlite_lock.burst.max must be greater than zero when the lock is enabled".into(),
             ));
+        }
+        if !(self.storm.rate > 0.0 && self.storm.rate <= 200.0) {
+            return Err(PlanError::Invalid(format!(
+                "storm.rate = {} must be within 0 < rate <= 200 requests per second",
+                self.storm.rate
+            )));
         }
         Ok(())
     }

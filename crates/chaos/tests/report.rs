@@ -5,8 +5,9 @@ use std::time::Duration;
 use chaos::ledger::{Fault, Target, TryRecord, Verdict, judge};
 use chaos::plan::Plan;
 use chaos::report::{
-    FailureKind, Integrity, Outcome, Recorder, Report, ReportMeta, RunReport, SeedRuns,
-    StormReport, StormRun, counters, percentile, runs,
+    FailureKind, Integrity, OpenLoopStorm, Outcome, Recorder, Report, ReportMeta, RunReport,
+    SeedRuns, StormReport, StormRun, StormSchedule, StormVariant, UpstreamCalls, counters,
+    percentile, runs,
 };
 
 fn ms(n: u64) -> Duration {
@@ -76,6 +77,7 @@ fn report(rec: &Recorder) -> Report {
                 emails_lost: 5,
                 emails_duplicated: 1,
                 payments_duplicated: 3,
+                ..Integrity::default()
             },
         )),
         runs: Vec::new(),
@@ -84,6 +86,20 @@ fn report(rec: &Recorder) -> Report {
             with_budget: StormRun::new(100, 120, 0.0),
             without_budget: StormRun::new(100, 400, 0.0),
         }),
+        open_loop_storm: vec![OpenLoopStorm::measure(
+            StormVariant::Budget,
+            50.0,
+            StormSchedule {
+                duration: Duration::from_secs(25),
+                outage_start: Duration::from_secs(5),
+                outage_end: Duration::from_secs(15),
+            },
+            &[],
+            UpstreamCalls {
+                during_outage: 25,
+                total: 600,
+            },
+        )],
     }
 }
 
@@ -164,7 +180,14 @@ fn json_has_the_required_keys() {
     );
     assert!(num("/heal_on/steps/ask_tutor/latency/p95_ms") > 0.0);
     assert!(v.pointer("/heal_on/timeline/0/p95_ms").is_some());
-    assert_eq!(v.pointer("/meta/plan/storm/duration").unwrap(), "30s");
+    assert_eq!(v.pointer("/meta/plan/storm/duration").unwrap(), "20s");
+    assert_eq!(v.pointer("/open_loop_storm/0/variant").unwrap(), "budget");
+    assert_eq!(num("/open_loop_storm/0/upstream_calls_per_sec_down"), 2.5);
+    assert!(
+        v.pointer("/open_loop_storm/0/time_to_recover_secs")
+            .unwrap()
+            .is_null()
+    );
 }
 
 #[test]

@@ -27,7 +27,8 @@
 //! a `World` (`world`: everything a run sets up, the upstream servers behind
 //! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
-//! the outbox has drained, that nothing was lost or applied twice.
+//! the outbox has drained, that nothing was lost or applied twice; `storm`
+//! is the open-loop storm, a run of its own.
 //!
 //! The app runs in this process or as child processes ([`AppMode`]; the
 //! command line uses children, so that the app's memory and CPU are
@@ -42,6 +43,7 @@ mod integrity;
 mod lock;
 mod process;
 mod resources;
+pub mod storm;
 mod user;
 mod world;
 
@@ -73,9 +75,10 @@ pub struct RunOptions {
     pub name: &'static str,
     /// Healing on or off.
     pub healing: Healing,
-    /// Storm: the upstreams completely down, users only ask the tutor;
-    /// `Some(budget)` says whether the retry budget is on.
-    pub storm: Option<bool>,
+    /// The open-loop storm's variant (set by [`storm::run`]): no planned
+    /// faults, no SMTP outages, the app's upstream policy as the variant
+    /// says. `None` for a heal run.
+    pub storm: Option<crate::report::StormVariant>,
     /// How long users act.
     pub duration: Duration,
     /// Concurrent virtual users.
@@ -132,12 +135,14 @@ struct Shared {
 }
 
 /// What one student sent and saw acknowledged.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct UserProgress {
     /// Lesson nonces the app confirmed.
     acknowledged: BTreeSet<String>,
     /// Every lesson nonce sent.
     sent: BTreeSet<String>,
+    /// How many times each question was sent to the tutor.
+    questions: BTreeMap<String, u64>,
 }
 
 impl RunOptions {
@@ -185,9 +190,22 @@ impl Shared {
 
 /// Runs one scenario and records it into `recorder` under `options.name`.
 pub async fn run(
+    options: RunOptions,
+    recorder: &Recorder,
+    progress: &Progress,
+) -> anyhow::Result<RunOutcome> {
+    run_tampered(options, recorder, progress, async |_| Ok(())).await
+}
+
+/// Like [`run`], but `tamper` gets the app's database after the outbox has
+/// drained and before the integrity check: the tests use it to plant a
+/// defect (delete an acknowledged ledger row, set a premium flag nobody
+/// paid for) and see the check report it. Runs never call it otherwise.
+pub async fn run_tampered(
     mut options: RunOptions,
     recorder: &Recorder,
     progress: &Progress,
+    tamper: impl AsyncFnOnce(&cozmic::db::Db) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunOutcome> {
     if let Some(reason) = skip_reason(&options) {
         anyhow::bail!(reason);
@@ -213,10 +231,21 @@ pub async fn run(
     shared.record(options.name, recorder);
     world.record_health(options.name, recorder).await;
     world.drain(&options, recorder).await?;
-    let mut outcome = if options.is_storm() {
-        RunOutcome::default()
+    let checked = if options.is_storm() {
+        Ok(RunOutcome::default())
     } else {
-        integrity::check(&world, &shared).await?
+        match tamper(world.app.db()).await {
+            Ok(()) => integrity::run_checks(&world, &shared).await,
+            Err(error) => Err(error),
+        }
+    };
+    let mut outcome = match checked {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // Shut down (and drop the run's database) whatever went wrong.
+            world.shutdown().await;
+            return Err(error);
+        }
     };
     if let Some(killed) = killed {
         outcome.process =

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe, UpstreamPolicy};
+use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe};
 use tempfile::TempDir;
 
 use super::RunOptions;
@@ -20,7 +20,7 @@ use super::app::{App, AppAccess, AppMode};
 use super::database::RunDatabase;
 use crate::faults::{FaultKind, UpstreamFaults};
 use crate::ledger::FaultLedger;
-use crate::proxy::{FaultProxy, Mode};
+use crate::proxy::FaultProxy;
 use crate::report::{Recorder, counters};
 use crate::smtp::{Outage, SmtpServer};
 use crate::upstream::{OpenAiServer, StripeServer};
@@ -41,8 +41,9 @@ pub(super) struct World {
     pub(super) smtp: SmtpServer,
     /// The proxy in front of the Stripe-compatible server.
     pay_proxy: FaultProxy,
-    /// The proxy in front of the OpenAI-compatible server.
-    ai_proxy: FaultProxy,
+    /// The proxy in front of the OpenAI-compatible server (the storm takes
+    /// it down and back).
+    pub(super) ai_proxy: FaultProxy,
     /// The Stripe-compatible server.
     pub(super) stripe: StripeServer,
     /// The OpenAI-compatible server.
@@ -82,10 +83,6 @@ impl World {
         let stripe = StripeServer::start(pay_faults.clone()).await?;
         let ai_proxy = FaultProxy::start(openai.addr(), ai_faults.clone()).await?;
         let pay_proxy = FaultProxy::start(stripe.addr(), pay_faults.clone()).await?;
-        if storm {
-            ai_proxy.set_mode(Mode::Down);
-            pay_proxy.set_mode(Mode::Down);
-        }
         let smtp = SmtpServer::start().await?;
         let outages = (!storm).then(|| smtp.start_outages(&plan.smtp, seed.wrapping_add(2)));
 
@@ -228,8 +225,7 @@ impl World {
 }
 
 /// The app's configuration: fault hooks armed, compressed mail timings, the
-/// upstreams through their proxies, and in a storm only the retry budget
-/// (no breaker).
+/// upstreams through their proxies, and in a storm the variant's policy.
 fn app_config(
     options: &RunOptions,
     dir: &Path,
@@ -258,13 +254,8 @@ fn app_config(
         api_key: Secret::new("sk_chaos"),
         base_url: pay_proxy.url(),
     });
-    if let Some(budget) = options.storm {
-        // Isolate the budget: no breaker in either storm run.
-        config.upstream = UpstreamPolicy {
-            budget,
-            breaker: false,
-            ..UpstreamPolicy::default()
-        };
+    if let Some(variant) = options.storm {
+        config.upstream = super::storm::policy(variant);
     }
     config
 }

@@ -34,6 +34,7 @@ mod ledger;
 mod mean;
 mod record;
 mod render;
+mod storm;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,11 @@ pub use ledger::NO_FAULT;
 pub use mean::mean;
 pub use record::{Counter, LiveStats, Recorder};
 pub use render::{ReportError, Table, WrittenFiles};
+// chaos-integ (issue 14, item 6): the open-loop storm.
+pub use storm::{
+    Got, OpenLoopStorm, StormSample, StormSchedule, StormVariant, UpstreamCalls,
+    table as open_loop_storm_table, time_to_fail_fast, time_to_recover,
+};
 pub use summary::{
     HardFailures, LatencySummary, RunSummary, SecondBucket, StepSummary, percentile,
 };
@@ -61,6 +67,14 @@ pub mod runs {
     pub const STORM_WITH_BUDGET: &str = "storm_with_budget";
     /// Storm without the retry budget.
     pub const STORM_WITHOUT_BUDGET: &str = "storm_without_budget";
+    // --- chaos-integ (issue 14, item 6): the open-loop storm's variants.
+    /// Open-loop storm, healing off.
+    pub const STORM_NO_HEALING: &str = "storm_no_healing";
+    /// Open-loop storm, retry budget only.
+    pub const STORM_BUDGET: &str = "storm_budget";
+    /// Open-loop storm, retry budget and circuit breaker.
+    pub const STORM_BUDGET_BREAKER: &str = "storm_budget_breaker";
+    // --- end chaos-integ
 }
 
 /// Counter names used by the harness.
@@ -132,7 +146,8 @@ pub enum Outcome {
 /// database, the SMTP server and the payment ledger).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integrity {
-    /// Database invariants found broken.
+    /// Database invariants found broken: the sum of `acknowledged_missing`,
+    /// `writes_never_sent` and `xp_ledger_mismatches`.
     pub integrity_violations: u64,
     /// Emails the app committed to send that never arrived.
     pub emails_lost: u64,
@@ -140,7 +155,37 @@ pub struct Integrity {
     pub emails_duplicated: u64,
     /// Purchases charged more than once.
     pub payments_duplicated: u64,
+    // --- chaos-integ (issue 14, item 5): each check counted on its own.
+    /// Lesson completions the user saw acknowledged that are not in the ledger.
+    pub acknowledged_missing: u64,
+    /// Ledger rows the user never sent.
+    pub writes_never_sent: u64,
+    /// Students whose XP disagrees with their ledger.
+    pub xp_ledger_mismatches: u64,
+    /// Students the payment provider charged who are not premium.
+    pub charges_without_premium: u64,
+    /// Premium students the payment provider never charged.
+    pub premium_without_charge: u64,
+    /// Tutor questions stored more often than the user asked them.
+    pub answers_duplicated: u64,
+    // --- end chaos-integ
 }
+
+// --- chaos-integ (issue 14, item 5)
+impl Integrity {
+    /// Every defect found, each counted once (`integrity_violations` stands
+    /// for its three parts): 0 when the run kept its promises.
+    pub fn defects(&self) -> u64 {
+        self.integrity_violations
+            + self.emails_lost
+            + self.emails_duplicated
+            + self.payments_duplicated
+            + self.charges_without_premium
+            + self.premium_without_charge
+            + self.answers_duplicated
+    }
+}
+// --- end chaos-integ
 
 /// One run in `report.json`: the headline numbers at the top level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,6 +363,9 @@ pub struct Report {
     /// The storm comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormReport>,
+    /// The open-loop storm, one entry per variant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub open_loop_storm: Vec<OpenLoopStorm>,
     /// The process-fault runs (`kill_heal_on`, `kill_heal_off`,
     /// `fleet_heal_on`), by run name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

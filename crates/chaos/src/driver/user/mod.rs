@@ -466,23 +466,55 @@ impl User {
             Ok(body) => body,
             Err(_) => return (Seen::Hard(FailureKind::Connection), String::new()),
         };
-        // Degraded means a truthful answer that loses nothing: the app's
-        // own notice ("temporarily unavailable, your question is saved") or
-        // a 503 that says when to come back. A generic error page is a
-        // failure, request id or not.
-        let friendly = body.contains("data-friendly")
-            || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && says_when);
-        let seen = if status.is_success() && signed_out {
-            Seen::SignedOut
-        } else if status.is_success() && ok(&body) {
-            Seen::Ok
-        } else if status.is_server_error() && friendly {
-            Seen::Friendly
-        } else if status.is_server_error() {
-            Seen::Hard(FailureKind::ServerError)
-        } else {
-            Seen::Hard(FailureKind::Unexpected)
-        };
-        (seen, body)
+        (classify(status, signed_out, says_when, &body, ok), body)
     }
 }
+
+/// What a page means to the user: the rules of [`User::judge`], apart so
+/// that the storm judges its answers by them too.
+fn classify(
+    status: reqwest::StatusCode,
+    signed_out: bool,
+    says_when: bool,
+    body: &str,
+    ok: impl Fn(&str) -> bool,
+) -> Seen {
+    // Degraded means a truthful answer that loses nothing: the app's
+    // own notice ("temporarily unavailable, your question is saved") or
+    // a 503 that says when to come back. A generic error page is a
+    // failure, request id or not.
+    let friendly = body.contains("data-friendly")
+        || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && says_when);
+    if status.is_success() && signed_out {
+        Seen::SignedOut
+    } else if status.is_success() && ok(body) {
+        Seen::Ok
+    } else if status.is_server_error() && friendly {
+        Seen::Friendly
+    } else if status.is_server_error() {
+        Seen::Hard(FailureKind::ServerError)
+    } else {
+        Seen::Hard(FailureKind::Unexpected)
+    }
+}
+
+// --- chaos-integ (issue 14, item 6): the storm judges its answers as users do.
+/// Judges one answer by the users' rules (`ok` decides success for a 2xx page).
+pub(super) async fn judge_answer(
+    response: Result<reqwest::Response, reqwest::Error>,
+    ok: impl Fn(&str) -> bool,
+) -> Outcome {
+    let Ok(response) = response else {
+        return Outcome::HardFailure(FailureKind::Connection);
+    };
+    let status = response.status();
+    let signed_out = response.url().path() == "/login";
+    let says_when = response
+        .headers()
+        .contains_key(reqwest::header::RETRY_AFTER);
+    match response.text().await {
+        Ok(body) => classify(status, signed_out, says_when, &body, ok).outcome(),
+        Err(_) => Outcome::HardFailure(FailureKind::Connection),
+    }
+}
+// --- end chaos-integ

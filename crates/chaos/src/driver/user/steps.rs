@@ -151,6 +151,10 @@ impl User {
             "Can you explain {}?",
             topics[self.rng.usize(..topics.len())]
         );
+        // chaos-integ (issue 14, item 5): the witness for duplicate answers.
+        self.shared.update_progress(self.email(), |p| {
+            *p.questions.entry(question.clone()).or_default() += 1;
+        });
         let request = self.maybe_panic(
             http.post(format!("{}/tutor", self.base))
                 .form(&[("question", question)]),
