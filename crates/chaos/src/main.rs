@@ -196,6 +196,7 @@ async fn run_one(
             plan: plan.clone(),
             seed,
             database_url: cli.database_url.clone(),
+            redis_url: cli.redis_url.clone(),
         },
         recorder,
         progress,

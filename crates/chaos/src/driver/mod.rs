@@ -31,6 +31,7 @@
 
 mod database;
 mod integrity;
+mod links;
 mod lock;
 mod user;
 mod world;
@@ -71,6 +72,9 @@ pub struct RunOptions {
     /// on that server, dropped after the run) or a SQLite file (a new file
     /// beside it); a temporary SQLite file when `None`. Runs never share one.
     pub database_url: Option<String>,
+    /// Keep the app's sessions in Redis at this URL (through a link proxy
+    /// that the `[redis]` plan faults); in the database when `None`.
+    pub redis_url: Option<String>,
 }
 
 /// What a run measured besides the recorder's samples.
