@@ -149,7 +149,7 @@ fn keep_connected(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 fn dense_plan() -> LinkPlan {
     LinkPlan {
         enabled: true,
-        every: DurationRange::new(Duration::from_millis(100), Duration::from_millis(150)),
+        every: DurationRange::new(Duration::from_millis(300), Duration::from_millis(400)),
         weights: LinkWeights {
             reset: 1.0,
             stall: 1.0,
@@ -201,10 +201,9 @@ async fn the_schedule_draws_from_its_seed_and_writes_every_fault_to_the_ledger()
             let length = to - from;
             let expected = match fault.kind {
                 "db_reset" => RESET_WINDOW..=RESET_WINDOW,
-                "db_stall" => plan.stall.min..=plan.stall.max + Duration::from_millis(100),
-                "db_partition" => {
-                    plan.partition.min..=plan.partition.max + Duration::from_millis(100)
-                }
+                // Timers on a loaded machine fire late, never early.
+                "db_stall" => plan.stall.min..=plan.stall.max + Duration::from_secs(1),
+                "db_partition" => plan.partition.min..=plan.partition.max + Duration::from_secs(1),
                 other => panic!("unexpected kind {other}"),
             };
             // The last one may have been cut short by the stop.
@@ -221,7 +220,7 @@ async fn the_schedule_draws_from_its_seed_and_writes_every_fault_to_the_ledger()
         proxy.shutdown().await;
     }
     let common = sequences[0].len().min(sequences[1].len());
-    assert!(common >= 5, "{sequences:?}");
+    assert!(common >= 4, "{sequences:?}");
     assert_eq!(sequences[0][..common], sequences[1][..common]);
 }
 

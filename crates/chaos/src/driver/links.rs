@@ -322,8 +322,10 @@ pub(crate) async fn restart_postgres(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The `(version, cluster)` under `etc` (`/etc/postgresql/<version>/<cluster>/postgresql.conf`)
-/// whose `port` is `port` (5432 when the file does not set one).
+/// The `(version, cluster)` under `etc` (`/etc/postgresql/<version>/<cluster>/`)
+/// whose port is `port`: the last `port = N` of its `postgresql.conf` and
+/// then of its `conf.d/*.conf` in name order (Debian's include order), 5432
+/// when none sets one.
 fn local_cluster(etc: &Path, port: u16) -> anyhow::Result<(String, String)> {
     let versions = std::fs::read_dir(etc)
         .with_context(|| format!("no PostgreSQL clusters under {}", etc.display()))?;
@@ -332,9 +334,22 @@ fn local_cluster(etc: &Path, port: u16) -> anyhow::Result<(String, String)> {
             continue;
         };
         for cluster in clusters.flatten() {
-            let Ok(conf) = std::fs::read_to_string(cluster.path().join("postgresql.conf")) else {
+            let Ok(mut conf) = std::fs::read_to_string(cluster.path().join("postgresql.conf"))
+            else {
                 continue;
             };
+            let mut included: Vec<_> = std::fs::read_dir(cluster.path().join("conf.d"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                .collect();
+            included.sort();
+            for file in included {
+                conf.push('\n');
+                conf.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+            }
             if configured_port(&conf) == port {
                 return Ok((
                     version.file_name().to_string_lossy().into_owned(),
@@ -379,6 +394,12 @@ mod tests {
             ("15".to_owned(), "other".to_owned())
         );
         assert!(local_cluster(etc.path(), 5432).is_err());
+        // conf.d is read after postgresql.conf.
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::write(dir.join("conf.d").join("90-port.conf"), "port = 5432\n").unwrap();
+        std::fs::write(dir.join("conf.d").join("10-x.conf"), "port = 5111\n").unwrap();
+        assert!(local_cluster(etc.path(), 5999).is_err());
+        assert_eq!(local_cluster(etc.path(), 5432).unwrap().1, "other");
     }
 
     #[tokio::test]

@@ -25,7 +25,9 @@
 //!
 //! The parts: this file holds the run itself, a short sequence of steps over
 //! a `World` (`world`: everything a run sets up, the upstream servers behind
-//! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
+//! their fault proxies, the SMTP server and its outages, the app); `links`
+//! puts link proxies in front of PostgreSQL and Redis and faults them (and
+//! may restart PostgreSQL); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice.
 
