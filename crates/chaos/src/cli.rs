@@ -51,18 +51,50 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub storm: Switch,
 
+    /// Whether to run the process-fault runs: the app as a child process
+    /// killed with SIGKILL mid-run (healing on and off), and on PostgreSQL a
+    /// fleet of instances behind a balancer with one killed.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub process: Switch,
+
+    /// Duration of each process-fault run.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub process_duration: Duration,
+
     /// RNG seed for every fault decision (random when absent; printed).
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Run each heal mode this many times, with seeds `seed`, `seed + 1`…,
+    /// and report the mean and range of every headline figure (the storm
+    /// runs once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub seeds: u16,
 
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
 
     /// Also write the headline table and chart into this README, between
-    /// `<!-- chaos:begin -->` and `<!-- chaos:end -->`.
+    /// `<!-- NAME:begin -->` and `<!-- NAME:end -->` (NAME from
+    /// `--readme-block`).
     #[arg(long)]
     pub readme: Option<PathBuf>,
+
+    /// The README block to replace (`chaos` for the default plan; one block
+    /// per plan, e.g. `chaos-harsh`).
+    #[arg(long, default_value = "chaos", value_parser = block_name)]
+    pub readme_block: String,
+}
+
+/// A README block name: letters, digits and `-` only (it goes into an
+/// HTML comment).
+fn block_name(name: &str) -> Result<String, String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{name:?}: use letters, digits and '-' only"))
+    }
 }
 
 /// `--heal`.
@@ -98,7 +130,21 @@ pub enum RunKind {
         /// Whether the retry budget is on.
         budget: bool,
     },
+    /// The app as a child process, killed with SIGKILL mid-run and restarted.
+    Kill {
+        /// Whether selfheal's healing is on.
+        heal: bool,
+    },
+    /// Several instances on one PostgreSQL database behind a round-robin
+    /// balancer, one killed mid-run and restarted (healing on).
+    Fleet {
+        /// How many instances.
+        instances: usize,
+    },
 }
+
+/// Instances in the fleet run.
+pub const FLEET_INSTANCES: usize = 2;
 
 /// One run of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +164,9 @@ impl fmt::Display for RunSpec {
             RunKind::Heal { heal: false } => "fault plan, healing off",
             RunKind::Storm { budget: true } => "upstream down, retry budget on",
             RunKind::Storm { budget: false } => "upstream down, retry budget off",
+            RunKind::Kill { heal: true } => "kill -9 of the app mid-run, healing on",
+            RunKind::Kill { heal: false } => "kill -9 of the app mid-run, healing off",
+            RunKind::Fleet { .. } => "fleet on PostgreSQL, one instance killed",
         };
         write!(
             f,
@@ -156,7 +205,51 @@ impl Cli {
                 });
             }
         }
+        if self.process == Switch::On {
+            use crate::driver::process_runs::*;
+            for (name, heal) in [(KILL_HEAL_ON, true), (KILL_HEAL_OFF, false)] {
+                if matches!(
+                    (self.heal, heal),
+                    (HealMode::Both, _) | (HealMode::On, true) | (HealMode::Off, false)
+                ) {
+                    runs.push(RunSpec {
+                        name,
+                        kind: RunKind::Kill { heal },
+                        duration: self.process_duration,
+                    });
+                }
+            }
+            if self.on_postgres() && self.heal != HealMode::Off {
+                runs.push(RunSpec {
+                    name: FLEET_HEAL_ON,
+                    kind: RunKind::Fleet {
+                        instances: FLEET_INSTANCES,
+                    },
+                    duration: self.process_duration,
+                });
+            }
+        }
         runs
+    }
+
+    /// Whether the runs' databases are on PostgreSQL.
+    fn on_postgres(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+
+    /// One line per run left out for a reason the user should see (the
+    /// fleet run on SQLite).
+    pub fn skipped_runs(&self) -> Vec<String> {
+        if self.process == Switch::On && !self.on_postgres() && self.heal != HealMode::Off {
+            vec![format!(
+                "{}: skipped: a fleet of {FLEET_INSTANCES} instances needs PostgreSQL (--database-url postgres://…); these runs are on SQLite",
+                crate::driver::process_runs::FLEET_HEAL_ON
+            )]
+        } else {
+            Vec::new()
+        }
     }
 
     /// The seed given, or one from the clock.
@@ -173,6 +266,9 @@ impl Cli {
         if self.duration.is_zero() {
             return Err("--duration must be greater than zero".into());
         }
+        if self.process_duration.is_zero() {
+            return Err("--process-duration must be greater than zero".into());
+        }
         Ok(())
     }
 }
@@ -182,16 +278,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_fit_in_three_minutes() {
+    fn defaults_fit_in_four_minutes() {
         let cli = Cli::try_parse_from(["chaos"]).unwrap();
         assert_eq!(cli.duration, Duration::from_secs(40));
         assert_eq!(cli.users, 32);
         assert_eq!(cli.heal, HealMode::Both);
         assert_eq!(cli.out, PathBuf::from("chaos-report"));
         let runs = cli.runs(Duration::from_secs(30));
-        assert_eq!(runs.len(), 4);
+        // heal on/off, two storms, kill -9 with healing on/off (no fleet
+        // on SQLite, and a line says so).
+        assert_eq!(runs.len(), 6);
+        assert_eq!(cli.skipped_runs().len(), 1);
         let total: Duration = runs.iter().map(|r| r.duration).sum();
-        assert!(total < Duration::from_secs(180), "{total:?}");
+        assert!(total <= Duration::from_secs(180), "{total:?}");
+        let pg = Cli::try_parse_from(["chaos", "--database-url", "postgres://h/db"]).unwrap();
+        assert_eq!(pg.runs(Duration::from_secs(30)).len(), 7);
+        assert!(pg.skipped_runs().is_empty());
     }
 
     #[test]
@@ -211,6 +313,8 @@ mod tests {
             "--database-url",
             "sqlite://x.db",
             "--storm",
+            "off",
+            "--process",
             "off",
             "--seed",
             "7",

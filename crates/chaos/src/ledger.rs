@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,8 @@ pub struct TryRecord {
 #[derive(Debug)]
 pub struct FaultLedger {
     started: Instant,
+    /// `started` on the wall clock, in milliseconds since the Unix epoch.
+    started_unix_ms: i64,
     next: AtomicU64,
     faults: Mutex<Vec<Fault>>,
 }
@@ -128,11 +130,28 @@ impl FaultLedger {
 
     /// An empty ledger whose offsets count from `started`.
     pub fn starting_at(started: Instant) -> Self {
+        let since = Instant::now().saturating_duration_since(started);
+        let wall = SystemTime::now()
+            .checked_sub(since)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
         Self {
             started,
+            started_unix_ms: wall,
             next: AtomicU64::new(1),
             faults: Mutex::new(Vec::new()),
         }
+    }
+
+    /// When offsets count from.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The offset of a wall-clock time (milliseconds since the Unix epoch,
+    /// as the app's tables store them) from the run's start (zero before it).
+    pub fn offset_of_unix_ms(&self, unix_ms: i64) -> Duration {
+        Duration::from_millis(unix_ms.saturating_sub(self.started_unix_ms).max(0) as u64)
     }
 
     /// The offset of `at` from the run's start (zero before it).

@@ -13,11 +13,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chaos::cli::{Cli, RunKind, RunSpec};
-use chaos::driver::{self, RunOptions, RunOutcome};
+use chaos::driver::{self, AppMode, RunOptions, RunOutcome};
 use chaos::plan::Plan;
 use chaos::progress::Progress;
 use chaos::report::{
-    Recorder, Report, ReportMeta, RunReport, RunSummary, StormReport, StormRun, runs,
+    Recorder, Report, ReportMeta, RunReport, RunSummary, SeedRuns, StormReport, StormRun, mean,
+    runs,
 };
 use clap::Parser;
 use cozmic::config::Healing;
@@ -44,6 +45,19 @@ async fn main() -> ExitCode {
             default_hook(info);
         }
     }));
+    // The hidden child mode of the process-fault runs: serve the app.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [flag, spec] = args.as_slice()
+        && flag == driver::SERVE_APP
+    {
+        return match driver::serve_app(std::path::Path::new(spec)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("chaos app child: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         eprintln!("chaos: {e}");
@@ -82,6 +96,9 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
             "temporary SQLite"
         }
     );
+    for line in cli.skipped_runs() {
+        println!("{line}");
+    }
     let began = Instant::now();
     let (report, problems) = run_all(cli, &plan, seed, &specs).await?;
     let files = report.write_to(&cli.out)?;
@@ -102,7 +119,7 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         began.elapsed().as_secs_f64()
     );
     if let Some(readme) = &cli.readme {
-        update_readme(readme, &report, &cli.out)?;
+        update_readme(readme, &cli.readme_block, &report, &cli.out)?;
         println!("updated {}", readme.display());
     }
     let broken = report.heal_on.as_ref().is_some_and(|r| {
@@ -119,49 +136,109 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs every spec in turn and gathers the report, with the integrity
-/// findings of the heal runs.
+/// Runs every spec in turn (the heal runs once per seed) and gathers the
+/// report, with the integrity findings of the heal runs.
 async fn run_all(
     cli: &Cli,
     plan: &Plan,
     seed: u64,
     specs: &[RunSpec],
 ) -> anyhow::Result<(Report, Vec<String>)> {
-    let recorder = Recorder::new();
     let progress = Progress::new(cli.quiet);
+    let seeds: Vec<u64> = (0..u64::from(cli.seeds))
+        .map(|i| seed.wrapping_add(i))
+        .collect();
     let mut report = Report {
         meta: ReportMeta {
             users: usize::from(cli.users),
             duration_secs: cli.duration.as_secs_f64(),
             seed,
+            seeds: seeds.clone(),
             plan: plan.clone(),
         },
         heal_on: None,
         heal_off: None,
+        runs: Vec::new(),
         storm: None,
     };
     let mut storm_with = None;
     let mut storm_without = None;
     let mut problems = Vec::new();
-    for spec in specs {
-        let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
-        match spec.name {
-            runs::HEAL_ON => {
-                problems.extend(outcome.problems.iter().map(|p| format!("heal on: {p}")));
-                report.heal_on = Some(RunReport::new(summary, outcome.integrity));
+    let mut per_seed = Vec::new();
+    for (i, &seed) in seeds.iter().enumerate() {
+        // A recorder per seed: the same run names, separate samples.
+        let recorder = Recorder::new();
+        let mut these = SeedRuns {
+            seed,
+            heal_on: None,
+            heal_off: None,
+        };
+        let label = if seeds.len() > 1 {
+            format!(" (seed {seed})")
+        } else {
+            String::new()
+        };
+        for spec in specs {
+            let heal = matches!(spec.kind, RunKind::Heal { .. });
+            if i > 0 && !heal {
+                continue;
             }
-            runs::HEAL_OFF => {
-                problems.extend(
-                    outcome
-                        .problems
-                        .iter()
-                        .map(|p| format!("heal off (expected): {p}")),
-                );
-                report.heal_off = Some(RunReport::new(summary, outcome.integrity));
+            let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
+            match spec.name {
+                runs::HEAL_ON => {
+                    problems.extend(
+                        outcome
+                            .problems
+                            .iter()
+                            .map(|p| format!("heal on{label}: {p}")),
+                    );
+                    these.heal_on = Some(run_report(summary, &outcome));
+                }
+                runs::HEAL_OFF => {
+                    problems.extend(
+                        outcome
+                            .problems
+                            .iter()
+                            .map(|p| format!("heal off{label} (expected): {p}")),
+                    );
+                    these.heal_off = Some(run_report(summary, &outcome));
+                }
+                runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
+                // Process faults: printed here until the report has a place for them.
+                name if outcome.process.is_some() => {
+                    if let Some(p) = &outcome.process {
+                        println!(
+                            "{name:<22} kills {}, restarts {}, back in {:.2} s, {} first tries failed, {} emails waiting at the kill; lost: {} acknowledged writes, {} of {} emails ({} duplicated), {} of {} sessions",
+                            p.kills,
+                            p.restarts,
+                            p.recovery_secs,
+                            p.first_try_failures,
+                            p.emails_waiting_at_kill,
+                            p.acknowledged_writes_lost,
+                            p.emails_lost,
+                            p.emails_expected,
+                            p.emails_duplicated,
+                            p.sessions_lost,
+                            p.sessions_checked
+                        );
+                    }
+                    problems.extend(outcome.problems.iter().map(|p| format!("{name}: {p}")));
+                }
+                _ => storm_without = Some(StormRun::from_summary(&summary)),
             }
-            runs::STORM_WITH_BUDGET => storm_with = Some(StormRun::from_summary(&summary)),
-            _ => storm_without = Some(StormRun::from_summary(&summary)),
         }
+        per_seed.push(these);
+    }
+    if per_seed.len() == 1 {
+        let only = per_seed.pop().expect("one seed");
+        report.heal_on = only.heal_on;
+        report.heal_off = only.heal_off;
+    } else {
+        let on: Vec<RunReport> = per_seed.iter().filter_map(|s| s.heal_on.clone()).collect();
+        let off: Vec<RunReport> = per_seed.iter().filter_map(|s| s.heal_off.clone()).collect();
+        report.heal_on = mean(&on);
+        report.heal_off = mean(&off);
+        report.runs = per_seed;
     }
     if let (Some(with_budget), Some(without_budget)) = (storm_with, storm_without) {
         report.storm = Some(StormReport {
@@ -170,6 +247,17 @@ async fn run_all(
         });
     }
     Ok((report, problems))
+}
+
+/// A heal run's report: its summary, the integrity found after it, the
+/// ledger's verdicts and what it cost.
+fn run_report(summary: RunSummary, outcome: &RunOutcome) -> RunReport {
+    let mut report =
+        RunReport::new(summary, outcome.integrity).with_ledger(&outcome.tries, &outcome.judged);
+    report.peak_rss_bytes = outcome.resources.peak_rss_bytes;
+    report.cpu_ms_per_action =
+        outcome.resources.cpu.as_secs_f64() * 1000.0 / report.actions.max(1) as f64;
+    report
 }
 
 /// Runs one spec, prints its one-line summary and returns what it measured.
@@ -182,9 +270,19 @@ async fn run_one(
     progress: &Progress,
 ) -> anyhow::Result<(RunOutcome, RunSummary)> {
     let run_began = Instant::now();
-    let (healing, storm) = match spec.kind {
-        RunKind::Heal { heal } => (if heal { Healing::On } else { Healing::Off }, None),
-        RunKind::Storm { budget } => (Healing::On, Some(budget)),
+    let healing = |heal| if heal { Healing::On } else { Healing::Off };
+    // Every run's app is a child process: its memory and CPU are its own
+    // (peak RSS exactly), and it does not share a runtime with the users.
+    let alone = || AppMode::children_of_this_exe(1, false);
+    let (healing, storm, app) = match spec.kind {
+        RunKind::Heal { heal } => (healing(heal), None, alone()?),
+        RunKind::Storm { budget } => (Healing::On, Some(budget), alone()?),
+        RunKind::Kill { heal } => (healing(heal), None, AppMode::children_of_this_exe(1, true)?),
+        RunKind::Fleet { instances } => (
+            Healing::On,
+            None,
+            AppMode::children_of_this_exe(instances, true)?,
+        ),
     };
     let outcome = driver::run(
         RunOptions {
@@ -197,6 +295,7 @@ async fn run_one(
             seed,
             database_url: cli.database_url.clone(),
             redis_url: cli.redis_url.clone(),
+            app,
         },
         recorder,
         progress,
@@ -218,36 +317,59 @@ async fn run_one(
     Ok((outcome, summary))
 }
 
-/// One line per heal run: actions that succeeded at the first try.
+/// One line per heal run: the headline figures in words.
 fn first_try_lines(report: &Report) -> String {
     let mut out = String::new();
     for (name, run) in [("heal on", &report.heal_on), ("heal off", &report.heal_off)] {
         if let Some(run) = run {
-            let failures = run.counters.get("first_try_failures").copied().unwrap_or(0);
-            let first_try_ok = 1.0 - failures as f64 / run.actions.max(1) as f64;
+            let injected: u64 = run.faults.values().map(|t| t.injected).sum();
             out.push_str(&format!(
-                "{name}: {:.2}% of actions succeeded at the first try; after a friendly or failed answer the user pressed again {} times (the table counts the final outcome)\n",
-                first_try_ok * 100.0,
-                failures
+                "{name}: {:.2}% of first tries succeeded, {:.2}% after pressing again once; {:.2}% of the {injected} injected faults were seen by no user\n",
+                run.first_try_success_rate * 100.0,
+                run.success_rate * 100.0,
+                run.faults_hidden_rate * 100.0,
             ));
         }
     }
     out
 }
 
-/// Replaces the README block between the chaos markers with the report's
-/// Markdown and a link to the chart.
-fn update_readme(readme: &Path, report: &Report, out: &Path) -> anyhow::Result<()> {
-    const BEGIN: &str = "<!-- chaos:begin -->";
-    const END: &str = "<!-- chaos:end -->";
+/// The command line as shown in the README: a URL (it may hold a
+/// password) replaced by `<url>`.
+fn shown_command(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut shown = Vec::new();
+    let mut next_is_url = false;
+    for arg in args {
+        let is_url_flag = |a: &str| a == "--database-url" || a == "--redis-url";
+        if next_is_url {
+            shown.push("<url>".to_owned());
+            next_is_url = false;
+        } else if is_url_flag(&arg) {
+            next_is_url = true;
+            shown.push(arg);
+        } else if let Some((flag, _)) = arg.split_once('=').filter(|(f, _)| is_url_flag(f)) {
+            shown.push(format!("{flag}=<url>"));
+        } else {
+            shown.push(arg);
+        }
+    }
+    shown
+}
+
+/// Replaces the README block `name` (between its markers) with the
+/// report's Markdown and a link to the chart.
+fn update_readme(readme: &Path, name: &str, report: &Report, out: &Path) -> anyhow::Result<()> {
+    let begin = format!("<!-- {name}:begin -->");
+    let end_marker = format!("<!-- {name}:end -->");
     let text = std::fs::read_to_string(readme)?;
-    let (Some(start), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        anyhow::bail!("{} has no {BEGIN} … {END} block", readme.display());
+    let (Some(start), Some(end)) = (text.find(&begin), text.find(&end_marker)) else {
+        anyhow::bail!("{} has no {begin} … {end_marker} block", readme.display());
     };
     let chart = out.join("chart.svg");
+    let command = shown_command(std::env::args().skip(1));
     let block = format!(
-        "{BEGIN}\n<!-- generated by `cargo run --release -p chaos -- --readme README.md --out {}`; do not edit -->\n\n{}\n\n{}\n![success and p95 latency over time, heal on vs off]({})\n\n{END}",
-        out.display(),
+        "{begin}\n<!-- generated by `cargo run --release -p chaos -- {}`; do not edit -->\n\n{}\n\n{}\n![success and p95 latency over time, heal on vs off]({})\n\n{end_marker}",
+        command.join(" "),
         report.markdown().trim_end(),
         first_try_lines(report)
             .lines()
@@ -256,7 +378,30 @@ fn update_readme(readme: &Path, report: &Report, out: &Path) -> anyhow::Result<(
             .join("\n"),
         chart.display()
     );
-    let updated = format!("{}{block}{}", &text[..start], &text[end + END.len()..]);
+    let updated = format!(
+        "{}{block}{}",
+        &text[..start],
+        &text[end + end_marker.len()..]
+    );
     std::fs::write(readme, updated)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_reach_the_readme() {
+        let args = [
+            "--database-url",
+            "postgres://u:secret@h/db",
+            "--redis-url=redis://:pw@h",
+            "--seeds",
+            "3",
+        ]
+        .map(str::to_owned);
+        let shown = shown_command(args.into_iter()).join(" ");
+        assert_eq!(shown, "--database-url <url> --redis-url=<url> --seeds 3");
+    }
 }

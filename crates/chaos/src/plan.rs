@@ -598,6 +598,20 @@ mod tests {
     }
 
     #[test]
+    fn the_harsh_plan_is_valid_and_harsher_everywhere() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("plan.harsh.toml");
+        let harsh = Plan::load(&path).unwrap();
+        let default = Plan::default();
+        assert!(harsh.upstream.fault_probability > 0.5);
+        assert!(harsh.sqlite_lock.burst.max > Duration::from_secs(5));
+        assert!(harsh.smtp.down_fraction > 0.5);
+        assert!(harsh.panic.probability > default.panic.probability);
+        assert!(harsh.panic.after_commit_probability > default.panic.after_commit_probability);
+        assert!(harsh.sessions.corrupt_fraction > default.sessions.corrupt_fraction);
+        assert!(harsh.client.disconnect_probability > default.client.disconnect_probability);
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(Plan::from_toml_str("").unwrap(), Plan::default());
     }

@@ -377,6 +377,7 @@ async fn short_run(
             seed: 14,
             database_url,
             redis_url,
+            app: Default::default(),
         },
         &recorder,
         &Progress::hidden(),

@@ -224,3 +224,56 @@ async fn down_mode_resets_every_connection_until_normal_again() {
         .unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+/// A charge through the proxy: `POST /v1/payment_intents` tagged `tag`.
+async fn charge(proxy: SocketAddr, tag: &str) -> Result<reqwest::Response, reqwest::Error> {
+    selfheal::tls::install_default_crypto_provider();
+    reqwest::Client::new()
+        .post(format!("http://{proxy}/v1/payment_intents"))
+        .bearer_auth("sk_test")
+        .header("x-request-id", tag)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=900&currency=usd&metadata[student_id]=7")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn a_lost_response_comes_after_the_upstream_acted_and_is_linked_to_its_request() {
+    let faults = Arc::new(UpstreamFaults::new(&only(FaultKind::LostResponse), 1));
+    let server = chaos::upstream::StripeServer::start(Arc::new(UpstreamFaults::disabled()))
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.addr(), Arc::clone(&faults))
+        .await
+        .unwrap();
+    let result = timeout(BOUND, charge(proxy.addr(), "try-1")).await.unwrap();
+    assert!(result.is_err(), "the answer should be lost: {result:?}");
+    // The upstream acted: the student was charged.
+    assert_eq!(server.stats().created, 1);
+    assert_eq!(proxy.stats().injected.lost_response, 1);
+    let ledger = faults.ledger().faults();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].kind, "upstream_lost_response");
+    assert_eq!(
+        ledger[0].target,
+        chaos::ledger::Target::Request("try-1".into())
+    );
+}
+
+#[tokio::test]
+async fn a_late_response_is_held_past_the_client_timeout_after_the_upstream_acted() {
+    let faults = Arc::new(UpstreamFaults::new(&only(FaultKind::LateResponse), 1));
+    let server = chaos::upstream::StripeServer::start(Arc::new(UpstreamFaults::disabled()))
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.addr(), Arc::clone(&faults))
+        .await
+        .unwrap();
+    let result = timeout(BOUND, charge(proxy.addr(), "try-2")).await.unwrap();
+    let error = result.expect_err("the client should time out");
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(server.stats().created, 1);
+    assert_eq!(faults.ledger().count("upstream_late_response"), 1);
+}

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use chaos::ledger::{Fault, Target, TryRecord, Verdict, judge};
 use chaos::plan::Plan;
 use chaos::report::{
-    FailureKind, Integrity, Outcome, Recorder, Report, ReportMeta, RunReport, StormReport,
-    StormRun, counters, percentile, runs,
+    FailureKind, Integrity, Outcome, Recorder, Report, ReportMeta, RunReport, SeedRuns,
+    StormReport, StormRun, counters, percentile, runs,
 };
 
 fn ms(n: u64) -> Duration {
@@ -58,6 +59,7 @@ fn report(rec: &Recorder) -> Report {
             users: 32,
             duration_secs: 6.0,
             seed: 1,
+            seeds: vec![1],
             plan: Plan::default(),
         },
         heal_on: Some(RunReport::new(
@@ -76,6 +78,7 @@ fn report(rec: &Recorder) -> Report {
                 payments_duplicated: 3,
             },
         )),
+        runs: Vec::new(),
         storm: Some(StormReport {
             with_budget: StormRun::new(100, 120, 0.0),
             without_budget: StormRun::new(100, 400, 0.0),
@@ -254,4 +257,111 @@ fn a_lost_session_is_counted_as_signed_out() {
     assert_eq!(s.signed_out_rate, 0.25);
     let sum = s.success_rate + s.degraded_rate + s.signed_out_rate + s.hard_failure_rate;
     assert!((sum - 1.0).abs() < 1e-12, "{sum}");
+}
+
+/// `n` first tries of `step`, the first `ok` of them hidden, the rest
+/// failed; every failed one struck by an `upstream_reset` fault.
+fn tries(step: &'static str, n: usize, ok: usize) -> (Vec<TryRecord>, Vec<Fault>) {
+    let mut tries = Vec::new();
+    let mut faults = Vec::new();
+    for i in 0..n {
+        let tag = format!("{step}-{i}");
+        let verdict = if i < ok {
+            Verdict::Hidden
+        } else {
+            Verdict::Failed
+        };
+        if verdict == Verdict::Failed {
+            faults.push(Fault {
+                id: i as u64,
+                kind: "upstream_reset",
+                at: Duration::ZERO,
+                target: Target::Request(tag.clone()),
+            });
+        }
+        tries.push(TryRecord {
+            tag,
+            step,
+            attempt: 1,
+            started: Duration::ZERO,
+            ended: ms(1),
+            verdict,
+        });
+    }
+    (tries, faults)
+}
+
+/// A heal run of `n` tutor first tries of which `ok` succeeded.
+fn tutor_run(n: usize, ok: usize) -> RunReport {
+    let rec = Recorder::new();
+    for _ in 0..n {
+        rec.record(runs::HEAL_ON, "tutor", ms(0), ms(5), Outcome::Success);
+    }
+    let (tries, faults) = tries("tutor", n, ok);
+    let judged = judge(&faults, &tries, &[]);
+    RunReport::new(rec.summary(runs::HEAL_ON), Integrity::default()).with_ledger(&tries, &judged)
+}
+
+#[test]
+fn first_tries_and_faults_come_from_the_ledger_and_a_loss_is_said_plainly() {
+    let on = tutor_run(200, 120);
+    assert!((on.first_try_success_rate - 0.6).abs() < 1e-9);
+    assert!((on.steps["tutor"].first_try_success_rate - 0.6).abs() < 1e-9);
+    assert_eq!(on.steps["tutor"].first_try_causes["upstream_reset"], 80);
+    assert_eq!(on.faults["upstream_reset"].injected, 80);
+    assert_eq!(on.faults["upstream_reset"].failed, 80);
+    assert_eq!(on.faults_hidden_rate, 0.0);
+    let off = tutor_run(200, 180);
+    let mut report = report(&filled());
+    report.heal_on = Some(on.clone());
+    report.heal_off = Some(off.clone());
+    let text = report.text();
+    assert!(text.contains("First try, per journey step"), "{text}");
+    assert!(text.contains("upstream_reset 80"), "{text}");
+    assert!(text.contains("-30.0 pts, HEALING LOSES"), "{text}");
+    // A difference chance explains is not called a loss.
+    report.heal_off = Some(tutor_run(200, 122));
+    assert!(report.text().contains("-1.0 pts, within noise"));
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    for key in [
+        "/heal_on/first_try_success_rate",
+        "/heal_on/steps/tutor/first_try_success_rate",
+        "/heal_on/faults/upstream_reset/injected",
+        "/heal_on/faults/upstream_reset/hidden",
+        "/heal_on/faults/upstream_reset/degraded",
+        "/heal_on/faults/upstream_reset/failed",
+        "/heal_on/faults_hidden_rate",
+        "/heal_on/peak_rss_bytes",
+    ] {
+        assert!(v.pointer(key).is_some(), "report.json lacks {key}");
+    }
+}
+
+#[test]
+fn several_seeds_report_the_mean_and_the_range() {
+    let seeds = [tutor_run(100, 50), tutor_run(100, 70), tutor_run(100, 90)];
+    let mean = chaos::report::mean(&seeds).unwrap();
+    assert!((mean.first_try_success_rate - 0.7).abs() < 1e-9);
+    assert_eq!(mean.faults["upstream_reset"].injected, 30);
+    let mut report = report(&filled());
+    report.heal_on = Some(mean);
+    report.heal_off = None;
+    report.meta.seeds = vec![1, 2, 3];
+    report.runs = seeds
+        .iter()
+        .zip(1..)
+        .map(|(r, seed)| SeedRuns {
+            seed,
+            heal_on: Some(r.clone()),
+            heal_off: None,
+        })
+        .collect();
+    let text = report.text();
+    assert!(text.contains("70.00% (50.0–90.0)"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(v.pointer("/runs").unwrap().as_array().unwrap().len(), 3);
+    assert!(
+        v.pointer("/runs/2/heal_on/first_try_success_rate")
+            .is_some()
+    );
 }

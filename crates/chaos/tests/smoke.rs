@@ -29,6 +29,7 @@ async fn healing_on_under_the_default_plan_keeps_integrity() {
             seed: 42,
             database_url: None,
             redis_url: None,
+            app: Default::default(),
         },
         &recorder,
         &Progress::hidden(),
@@ -76,6 +77,38 @@ async fn healing_on_under_the_default_plan_keeps_integrity() {
         "healing on: {:?}",
         summary.overall
     );
+    // Every upstream fault is in the ledger, linked to the try it struck
+    // (the app passed the try's request id on), and judged.
+    let faults = &outcome.judged.faults;
+    let upstream: u64 = faults
+        .iter()
+        .filter(|(kind, _)| kind.starts_with("upstream_"))
+        .map(|(_, t)| t.injected)
+        .sum();
+    let counted: u64 = summary
+        .counters
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("faults_injected.")
+                && chaos::faults::FaultKind::ALL
+                    .iter()
+                    .any(|k| name.ends_with(&format!(".{}", k.name())))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(upstream, counted, "{faults:#?} vs {:?}", summary.counters);
+    let unlinked: u64 = faults.values().map(|t| t.unlinked).sum();
+    assert_eq!(unlinked, 0, "every fault linked to a try: {faults:#?}");
+    for (kind, t) in faults {
+        assert_eq!(
+            t.injected,
+            t.hidden + t.degraded + t.failed + t.unlinked,
+            "{kind}"
+        );
+    }
+    assert!(faults.contains_key("panic_before_handler"), "{faults:#?}");
+    assert!(!outcome.tries.is_empty());
+    assert!(outcome.resources.peak_rss_bytes > 0);
 }
 
 /// Two runs on the same PostgreSQL URL, one after the other: each gets its
@@ -86,6 +119,7 @@ async fn two_runs_on_one_postgres_url_are_isolated() {
     let Some(url) = postgres_url() else {
         return;
     };
+    let mut made = Vec::new();
     for (name, seed) in [(runs::HEAL_ON, 1), (runs::HEAL_OFF, 2), (runs::HEAL_ON, 3)] {
         let recorder = Recorder::new();
         let outcome = driver::run(
@@ -103,6 +137,7 @@ async fn two_runs_on_one_postgres_url_are_isolated() {
                 seed,
                 database_url: Some(url.clone()),
                 redis_url: None,
+                app: Default::default(),
             },
             &recorder,
             &Progress::hidden(),
@@ -122,16 +157,20 @@ async fn two_runs_on_one_postgres_url_are_isolated() {
         // 3 s with think times), never another run's: shared, the third run
         // would count at least 12.
         assert!(outcome.students <= 8, "{name}: {}", outcome.students);
+        made.push(outcome.postgres_database.expect("a database was made"));
     }
-    // Every run's database was dropped.
+    // Every run's database was dropped (other runs on this server, say a
+    // concurrent test, may have theirs: only these three are checked).
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();
     let left: Vec<(String,)> =
-        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'chaos\\_%'")
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname = ANY($1)")
+            .bind(&made)
             .fetch_all(&mut admin)
             .await
             .unwrap();
+    assert_eq!(made.len(), 3);
     assert!(left.is_empty(), "{left:?}");
 }
 

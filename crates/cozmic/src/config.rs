@@ -101,11 +101,17 @@ impl FaultHooks {
     /// armed.
     pub const PANIC_HEADER: &'static str = "x-cozmic-chaos-panic";
 
+    /// The request header that makes the request panic *after* its handler
+    /// answered (its writes committed) when the hooks are armed.
+    pub const PANIC_AFTER_HEADER: &'static str = "x-cozmic-chaos-panic-after";
+
     /// The message of the panic the hook raises.
     pub const PANIC_MESSAGE: &'static str = "chaos: panic requested by the fault hook";
 
     /// Hooks on: a request carrying [`PANIC_HEADER`](Self::PANIC_HEADER)
-    /// makes its handler panic. For the chaos harness only.
+    /// makes its handler panic, one carrying
+    /// [`PANIC_AFTER_HEADER`](Self::PANIC_AFTER_HEADER) panics once the
+    /// handler has answered. For the chaos harness only.
     pub const fn armed() -> Self {
         Self { armed: true }
     }
@@ -175,6 +181,12 @@ pub struct Config {
     pub faults: FaultHooks,
     /// How often the email worker looks for due messages. Default 500 ms.
     pub mail_poll: Duration,
+    /// How long an email the worker claimed is its alone (other instances
+    /// on the same database skip it); after a crash mid-delivery, the
+    /// longest an email waits before another worker takes it over. At least
+    /// [`MIN_LEASE`](crate::mail::MIN_LEASE) (one SMTP attempt and a
+    /// margin; a shorter value is raised to it). Default 60 s.
+    pub mail_lease: Duration,
     /// `COZMIC_LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
     /// `COZMIC_CLIENT_IP_HEADER`: the header a trusted reverse proxy puts
@@ -217,6 +229,7 @@ impl Config {
             healing: Healing::On,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
+            mail_lease: Duration::from_secs(60),
             log_format: LogFormat::Text,
             client_ip_header: None,
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),

@@ -59,6 +59,13 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// The longest one SMTP attempt takes before it is given up.
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shortest lease on a claimed email: one SMTP attempt and a margin,
+/// so that a lease never runs out while its worker is still sending.
+pub const MIN_LEASE: Duration = Duration::from_secs(12);
+
 impl Transport {
     /// The transport `config` asks for.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
@@ -66,7 +73,7 @@ impl Transport {
             Some(url) => {
                 let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
                     .map_err(|_| anyhow::anyhow!("SMTP_URL is not a valid SMTP URL"))?
-                    .timeout(Some(Duration::from_secs(10)))
+                    .timeout(Some(SMTP_TIMEOUT))
                     .build();
                 Ok(Transport::Smtp(transport))
             }
@@ -87,6 +94,8 @@ pub struct Mailer {
     from: Mailbox,
     healing: Healing,
     poll: Duration,
+    /// How long a claimed email is this worker's alone.
+    lease: Duration,
     backoff: Backoff,
     wake: Arc<Notify>,
     /// Delivered, but the row could not be marked sent yet (the database
@@ -108,6 +117,7 @@ impl Mailer {
                 .map_err(|_| anyhow::anyhow!("COZMIC_MAIL_FROM is not a mailbox"))?,
             healing: config.healing,
             poll: config.mail_poll,
+            lease: config.mail_lease.max(MIN_LEASE),
             backoff: Backoff::exponential(config.mail_backoff.0, 2.0, config.mail_backoff.1)
                 .map_err(|e| anyhow::anyhow!("mail backoff: {e}"))?
                 .with_jitter(Jitter::Full),
@@ -143,16 +153,16 @@ impl Mailer {
     async fn run(self, mut shutdown: ShutdownSignal) -> anyhow::Result<()> {
         let tag = self.db.instance_tag().await?;
         loop {
-            let due = self.db.due_emails(20).await?;
-            let busy = due.len() == 20;
-            for email in due {
+            // One email at a time, claimed first: another instance on the
+            // same database never sends it too.
+            loop {
                 if shutdown.is_shutdown() {
                     return Ok(());
                 }
+                let Some(email) = self.db.claim_due_email(self.lease).await? else {
+                    break;
+                };
                 self.deliver(&tag, email).await?;
-            }
-            if busy {
-                continue;
             }
             tokio::select! {
                 () = shutdown.recv() => return Ok(()),

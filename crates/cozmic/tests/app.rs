@@ -117,6 +117,7 @@ both_backends!(
     a_sign_up_sent_again_signs_in_with_the_right_password_only,
     an_unknown_email_costs_a_hash_like_a_wrong_password,
     every_answer_carries_the_security_headers,
+    two_outbox_workers_never_claim_the_same_email_and_a_lapsed_claim_is_taken_over,
 );
 
 /// A sign-up whose answer was lost (the session store failed after the
@@ -1414,4 +1415,69 @@ async fn every_answer_carries_the_security_headers(fixture: Fixture) {
         check(path, &response);
     }
     app.shutdown().await;
+}
+
+/// Two workers on one database (two pools, as two instances have) claim
+/// every due email between them, none twice; a claim whose lease ran out is
+/// taken over.
+async fn two_outbox_workers_never_claim_the_same_email_and_a_lapsed_claim_is_taken_over(
+    fixture: Fixture,
+) {
+    let monitor = selfheal::health::Monitor::builder()
+        .with_global(false)
+        .build()
+        .unwrap();
+    let config = fixture.config();
+    let a = cozmic::db::Db::open(&config, &monitor).await.unwrap();
+    let b = cozmic::db::Db::open(&config, &monitor).await.unwrap();
+    let insert = "INSERT INTO outbox (recipient, subject, body, kind, created_at, next_attempt_at) \
+                  VALUES ('s@example.com', 'hi', 'body', 'welcome', 0, 0)";
+    for _ in 0..40 {
+        match (a.sqlite(), a.postgres()) {
+            (Some(pool), _) => drop(sqlx::query(insert).execute(pool).await.unwrap()),
+            (_, Some(pool)) => drop(sqlx::query(insert).execute(pool).await.unwrap()),
+            _ => unreachable!(),
+        }
+    }
+    let lease = Duration::from_secs(60);
+    let drain = |db: cozmic::db::Db| async move {
+        let mut ids = Vec::new();
+        while let Some(email) = db.claim_due_email(lease).await.unwrap() {
+            ids.push(email.id);
+        }
+        ids
+    };
+    let (mut first, second) = tokio::join!(drain(a.clone()), drain(b.clone()));
+    let both = first.len() + second.len();
+    first.extend(second);
+    first.sort_unstable();
+    first.dedup();
+    assert_eq!(both, 40, "every email claimed once");
+    assert_eq!(first.len(), 40, "no email claimed twice");
+    // Live leases: nothing left to claim.
+    assert!(a.claim_due_email(lease).await.unwrap().is_none());
+    // A lapsed lease (a worker that died): the email is taken over.
+    let id = first[0];
+    let lapse = format!("UPDATE outbox SET claimed_until = 1 WHERE id = {id}");
+    match (a.sqlite(), a.postgres()) {
+        (Some(pool), _) => drop(sqlx::query(&lapse).execute(pool).await.unwrap()),
+        (_, Some(pool)) => drop(sqlx::query(&lapse).execute(pool).await.unwrap()),
+        _ => unreachable!(),
+    }
+    let taken = b.claim_due_email(lease).await.unwrap().expect("taken over");
+    assert_eq!(taken.id, id);
+    // Sent: never claimed again.
+    b.mark_sent(id).await.unwrap();
+    let lapse_all = "UPDATE outbox SET claimed_until = 1";
+    match (a.sqlite(), a.postgres()) {
+        (Some(pool), _) => drop(sqlx::query(lapse_all).execute(pool).await.unwrap()),
+        (_, Some(pool)) => drop(sqlx::query(lapse_all).execute(pool).await.unwrap()),
+        _ => unreachable!(),
+    }
+    let mut again = Vec::new();
+    while let Some(email) = a.claim_due_email(lease).await.unwrap() {
+        again.push(email.id);
+    }
+    assert_eq!(again.len(), 39);
+    assert!(!again.contains(&id));
 }

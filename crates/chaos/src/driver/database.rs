@@ -90,6 +90,14 @@ impl RunDatabase {
         }
     }
 
+    /// The name of the PostgreSQL database made for the run (`None` on SQLite).
+    pub(crate) fn postgres_name(&self) -> Option<String> {
+        match self {
+            Self::Postgres { name, .. } => Some(name.clone()),
+            _ => None,
+        }
+    }
+
     /// Drops the run's database (after the app has shut down).
     pub(crate) async fn remove(self) -> anyhow::Result<()> {
         match self {

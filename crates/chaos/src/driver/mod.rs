@@ -30,13 +30,28 @@
 //! may restart PostgreSQL); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice.
+//!
+//! The app runs in this process or as child processes ([`AppMode`]; the
+//! command line uses children, so that the app's memory and CPU are
+//! measured apart from the harness): `app` is what the driver needs from
+//! it either way, `child` serves and supervises one instance as a process,
+//! and `process` kills one mid-run (`kill -9`) and counts what that lost.
 
+mod app;
+mod child;
 mod database;
 mod integrity;
 mod links;
 mod lock;
+mod process;
+mod resources;
 mod user;
 mod world;
+
+// Process faults (issue 14): the app as child processes, kill -9, a fleet.
+pub use app::AppMode;
+pub use child::{ProcStats, SERVE_APP, serve_app};
+pub use process::{PROCESS_KILL, ProcessFaults, process_runs, skip_reason};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +61,12 @@ use std::time::{Duration, Instant};
 use cozmic::config::Healing;
 use tokio::task::JoinHandle;
 
+use crate::ledger::{self, Judged, TryRecord};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{Integrity, Recorder, counters};
 use lock::LockHolder;
+pub use resources::Resources;
 use world::World;
 
 /// What to run.
@@ -77,6 +94,9 @@ pub struct RunOptions {
     /// Keep the app's sessions in Redis at this URL (through a link proxy
     /// that the `[redis]` plan faults); in the database when `None`.
     pub redis_url: Option<String>,
+    /// Where the app runs: in this process, or as child processes (which
+    /// the process-fault runs kill).
+    pub app: AppMode,
 }
 
 /// What a run measured besides the recorder's samples.
@@ -90,6 +110,17 @@ pub struct RunOutcome {
     pub emails_expected: u64,
     /// Students at the end.
     pub students: u64,
+    /// What the process faults cost (`None`: the run killed nothing).
+    pub process: Option<ProcessFaults>,
+    /// Every try of every user action, with what the user saw.
+    pub tries: Vec<TryRecord>,
+    /// The fault ledger's verdicts.
+    pub judged: Judged,
+    /// What the run cost the process.
+    pub resources: Resources,
+    /// The PostgreSQL database made for the run (dropped after it); `None`
+    /// on SQLite.
+    pub postgres_database: Option<String>,
 }
 
 /// Counters shared by the users of one run.
@@ -102,6 +133,8 @@ struct Shared {
     panics_requested: AtomicU64,
     sessions_corrupted: AtomicU64,
     relogins: AtomicU64,
+    /// Every try, in the order they ended.
+    tries: Mutex<Vec<TryRecord>>,
 }
 
 /// What one student sent and saw acknowledged.
@@ -133,6 +166,11 @@ impl Shared {
         );
     }
 
+    /// Records one try of a user action.
+    fn record_try(&self, record: TryRecord) {
+        self.tries.lock().expect("tries").push(record);
+    }
+
     /// Adds the users' own counters to `run`'s.
     fn record(&self, run: &str, recorder: &Recorder) {
         let counts = [
@@ -153,28 +191,85 @@ impl Shared {
 
 /// Runs one scenario and records it into `recorder` under `options.name`.
 pub async fn run(
-    options: RunOptions,
+    mut options: RunOptions,
     recorder: &Recorder,
     progress: &Progress,
 ) -> anyhow::Result<RunOutcome> {
+    if let Some(reason) = skip_reason(&options) {
+        anyhow::bail!(reason);
+    }
+    if options.app.kills() {
+        options.plan = process::quiet(&options.plan);
+    }
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);
     let shared = Arc::new(Shared::default());
-    let started = Instant::now();
+    let sampler = resources::Sampler::start();
+    let started = world.ledger.started();
+    let killer = process::Killer::start(&world, &options, started);
     let users = user::spawn(&options, &world, recorder, &shared, started);
     watch(&options, recorder, progress, started, users).await?;
+    let resources = sampler.stop().await;
     locker.stop().await?;
+    let killed = match killer {
+        Some(killer) => Some(killer.stop().await?),
+        None => None,
+    };
     world.record_counters(&options, recorder);
     shared.record(options.name, recorder);
-    world.record_health(options.name, recorder);
+    world.record_health(options.name, recorder).await;
     world.drain(&options, recorder).await?;
-    let outcome = if options.is_storm() {
+    let mut outcome = if options.is_storm() {
         RunOutcome::default()
     } else {
         integrity::check(&world, &shared).await?
     };
+    if let Some(killed) = killed {
+        outcome.process =
+            Some(process::finish(killed, &options, &world, &shared, &outcome, recorder).await?);
+    }
+    let tries = std::mem::take(&mut *shared.tries.lock().expect("tries"));
+    let mail_failures = if options.is_storm() {
+        Vec::new()
+    } else {
+        mail_failures(&world).await?
+    };
+    outcome.judged = ledger::judge(&world.ledger.faults(), &tries, &mail_failures);
+    outcome.tries = tries;
+    outcome.resources = resources;
+    if let (Some(peak), Some(cpu)) = (world.peak_rss_bytes().await, world.app.cpu_secs().await) {
+        // The app in processes of its own: its figures (every instance and
+        // life, start-up and drain included), not the harness'.
+        outcome.resources = resources::Resources {
+            peak_rss_bytes: peak,
+            cpu: Duration::from_secs_f64(cpu),
+        };
+    }
+    outcome.postgres_database = world.postgres_database();
     world.shutdown().await;
     Ok(outcome)
+}
+
+/// When (offset from the run's start) each email was committed that was
+/// then lost or delivered twice: what an SMTP outage is judged by.
+async fn mail_failures(world: &World) -> anyhow::Result<Vec<Duration>> {
+    let db = world.app.db();
+    let tag = db.instance_tag().await?;
+    let delivery = world.smtp.delivery_report();
+    Ok(db
+        .outbox_created()
+        .await?
+        .into_iter()
+        .filter(|(id, _)| {
+            let received = delivery
+                .received
+                .get(&cozmic::mail::message_id(*id, &tag))
+                .copied()
+                .unwrap_or(0);
+            received != 1
+        })
+        .map(|(_, created_ms)| world.ledger.offset_of_unix_ms(created_ms))
+        .collect())
 }
 
 /// Shows the run's progress until its deadline, then waits for every user.

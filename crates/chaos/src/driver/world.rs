@@ -16,6 +16,7 @@ use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe, UpstreamPolicy}
 use tempfile::TempDir;
 
 use super::RunOptions;
+use super::app::{App, AppAccess, AppMode};
 use super::database::RunDatabase;
 use super::links::Links;
 use crate::faults::{FaultKind, UpstreamFaults};
@@ -29,8 +30,8 @@ use crate::upstream::{OpenAiServer, StripeServer};
 /// their creation, so that on an early return they are dropped as the locals
 /// they were built from would be (the temporary directory last).
 pub(super) struct World {
-    /// The app under test.
-    pub(super) app: cozmic::Running,
+    /// The app under test (in this process, or child processes).
+    pub(super) app: App,
     /// The app's SQLite file (`None` on PostgreSQL).
     pub(super) sqlite_path: Option<PathBuf>,
     /// The link proxies in front of PostgreSQL and Redis, and their faults.
@@ -96,9 +97,19 @@ impl World {
         let (mut links, urls) = Links::start(database.url(), options.redis_url.as_deref()).await?;
         config.database_url = urls.database.map(Secret::new);
         config.redis_url = urls.redis.map(Secret::new);
-        let app = cozmic::start(config).await?;
+        if options.app != AppMode::InProcess {
+            // Every instance (and every life of one) signs sessions alike.
+            config.secret_key = Some(Secret::new(format!(
+                "{:016x}{:016x}{:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..),
+                fastrand::u64(..),
+                fastrand::u64(..)
+            )));
+        }
+        let app = App::start(&options.app, config, dir.path()).await?;
         links.start_faults(options, &ledger);
-        let sqlite_path = app.state().db().sqlite().map(|_| match &database {
+        let sqlite_path = app.db().sqlite().map(|_| match &database {
             RunDatabase::Sqlite { path, .. } => path.clone(),
             _ => dir.path().join("cozmic.db"),
         });
@@ -118,6 +129,11 @@ impl World {
             ledger,
             _dir: dir,
         })
+    }
+
+    /// The name of the PostgreSQL database made for the run (`None` on SQLite).
+    pub(super) fn postgres_database(&self) -> Option<String> {
+        self.database.postgres_name()
     }
 
     /// Adds what reached the upstreams and which faults were injected to
@@ -141,19 +157,25 @@ impl World {
 
     /// Adds what the app's health monitor saw (faults healed, alerts fired)
     /// to `run`'s counters.
-    pub(super) fn record_health(&self, run: &str, recorder: &Recorder) {
-        let report = self.app.state().monitor().report(Duration::from_secs(3600));
-        let heals: u64 = report.heals.values().sum();
+    pub(super) async fn record_health(&self, run: &str, recorder: &Recorder) {
+        let health = self.app.health().await;
+        let heals: u64 = health.heals.values().sum();
         recorder.add(run, counters::FAULTS_RECOVERED, heals);
-        for (kind, count) in &report.heals {
-            recorder.add(run, &format!("heals.{}", kind.as_str()), *count);
+        for (kind, count) in &health.heals {
+            recorder.add(run, &format!("heals.{kind}"), *count);
         }
-        let fired = report
-            .recent_alerts
-            .iter()
-            .filter(|a| a.state == selfheal::health::AlertState::Firing)
-            .count();
-        recorder.add(run, counters::ALERTS_FIRED, fired as u64);
+        recorder.add(run, counters::ALERTS_FIRED, health.alerts_fired);
+    }
+
+    /// What the users need from the app (its URL, the session table, the
+    /// database pools).
+    pub(super) fn access(&self) -> AppAccess {
+        self.app.access()
+    }
+
+    /// The app's peak RSS so far, bytes (`None` when it runs in this process).
+    pub(super) async fn peak_rss_bytes(&self) -> Option<u64> {
+        self.app.peak_rss_bytes().await
     }
 
     /// Stops the database and Redis link faults, brings the SMTP server up
@@ -168,6 +190,9 @@ impl World {
             .await?;
         if let Some(outages) = self.outages.take() {
             let stats = outages.stop().await?;
+            for (from, to) in &stats.windows {
+                self.ledger.mail_window("smtp_outage", *from, *to);
+            }
             recorder.add(
                 options.name,
                 &counters::faults_injected("smtp_outage"),
@@ -175,21 +200,20 @@ impl World {
             );
         }
         self.smtp.set_up(true).await?;
-        let state = self.app.state();
-        let db = state.db();
-        state.mailer().wake();
+        let db = self.app.db();
+        self.app.wake_mailer();
         // The same rule in both modes: wait until the outbox is empty, or until
-        // it has made no progress for 5 s (a worker that gave up, emails marked
-        // failed), at most 45 s. What is still waiting then counts as lost.
+        // it has made no progress for longer than a claim's lease (a worker
+        // that gave up, emails marked failed; an email claimed by a killed
+        // instance is taken over once its lease runs out), at most 45 s. What
+        // is still waiting then counts as lost.
+        let patience = cozmic::mail::MIN_LEASE + Duration::from_secs(3);
         let drain_deadline =
             Instant::now() + Duration::from_secs(if options.is_storm() { 3 } else { 45 });
         let mut last = db.outbox_counts().await?;
         let mut last_change = Instant::now();
-        while Instant::now() < drain_deadline
-            && last.0 > 0
-            && last_change.elapsed() < Duration::from_secs(5)
-        {
-            state.mailer().wake();
+        while Instant::now() < drain_deadline && last.0 > 0 && last_change.elapsed() < patience {
+            self.app.wake_mailer();
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = db.outbox_counts().await?;
             if now != last {
@@ -230,6 +254,9 @@ fn app_config(
     config.healing = options.healing;
     config.faults = FaultHooks::armed();
     config.mail_poll = Duration::from_millis(200);
+    // An email claimed by an instance killed mid-delivery is taken over
+    // after this (the shortest lease the app allows).
+    config.mail_lease = cozmic::mail::MIN_LEASE;
     // Compressed time: the outbox retries within seconds instead of up to an
     // hour, so that a run drains in seconds after the SMTP server is back.
     config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));

@@ -30,16 +30,21 @@
 //! * `chart`: the SVG chart.
 
 mod chart;
+mod ledger;
+mod mean;
 mod record;
 mod render;
 mod summary;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::ledger::Tally;
 use crate::plan::Plan;
 
+pub use ledger::NO_FAULT;
+pub use mean::mean;
 pub use record::{Counter, LiveStats, Recorder};
 pub use render::{ReportError, Table, WrittenFiles};
 pub use summary::{
@@ -125,7 +130,7 @@ pub enum Outcome {
 
 /// Integrity numbers the caller measured after a run (against the app's
 /// database, the SMTP server and the payment ledger).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integrity {
     /// Database invariants found broken.
     pub integrity_violations: u64,
@@ -138,7 +143,7 @@ pub struct Integrity {
 }
 
 /// One run in `report.json`: the headline numbers at the top level.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// Actions recorded.
     pub actions: u64,
@@ -165,6 +170,20 @@ pub struct RunReport {
     pub counters: BTreeMap<String, u64>,
     /// 1-second buckets.
     pub timeline: Vec<SecondBucket>,
+    /// Fraction of first tries that succeeded (before any press again), 0..=1.
+    pub first_try_success_rate: f64,
+    /// Per fault kind (`upstream_reset`, `db_lock`, `panic_after_commit`…):
+    /// injected, and hidden / degraded / failed by what the user who met it
+    /// saw (see [`ledger`](crate::ledger)).
+    pub faults: BTreeMap<String, Tally>,
+    /// Share of the judged faults that no user saw, all kinds together.
+    pub faults_hidden_rate: f64,
+    /// Peak resident memory during the run, in bytes (of the process that
+    /// ran the app; 0 when not measured).
+    pub peak_rss_bytes: u64,
+    /// CPU time (user + system) of that process per recorded action, in
+    /// milliseconds.
+    pub cpu_ms_per_action: f64,
 }
 
 impl RunReport {
@@ -183,6 +202,11 @@ impl RunReport {
             steps: summary.steps,
             counters: summary.counters,
             timeline: summary.timeline,
+            first_try_success_rate: 0.0,
+            faults: BTreeMap::new(),
+            faults_hidden_rate: 1.0,
+            peak_rss_bytes: 0,
+            cpu_ms_per_action: 0.0,
         }
     }
 
@@ -198,12 +222,14 @@ impl RunReport {
             signed_out_rate: self.signed_out_rate,
             hard_failure_rate: self.hard_failure_rate,
             latency: self.latency,
+            first_try_success_rate: self.first_try_success_rate,
+            first_try_causes: BTreeMap::new(),
         }
     }
 }
 
 /// One storm run: the upstream completely down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StormRun {
     /// User requests during the storm.
     pub requests: u64,
@@ -238,7 +264,7 @@ impl StormRun {
 }
 
 /// The storm comparison: retry budget on vs off.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StormReport {
     /// With selfheal's retry budget.
     pub with_budget: StormRun,
@@ -253,10 +279,25 @@ pub struct ReportMeta {
     pub users: usize,
     /// Duration of each heal run, in seconds.
     pub duration_secs: f64,
-    /// RNG seed.
+    /// RNG seed (the first one, with several).
     pub seed: u64,
+    /// Every seed the heal runs were made with (`--seeds N`: N of them).
+    pub seeds: Vec<u64>,
     /// The fault plan.
     pub plan: Plan,
+}
+
+/// The heal runs of one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRuns {
+    /// The seed.
+    pub seed: u64,
+    /// Healing on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_on: Option<RunReport>,
+    /// Healing off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_off: Option<RunReport>,
 }
 
 /// The whole report. Missing runs are left out of every output.
@@ -264,12 +305,16 @@ pub struct ReportMeta {
 pub struct Report {
     /// How the runs were made.
     pub meta: ReportMeta,
-    /// Healing on.
+    /// Healing on (with several seeds, the mean of every figure).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heal_on: Option<RunReport>,
-    /// Healing off.
+    /// Healing off (with several seeds, the mean of every figure).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heal_off: Option<RunReport>,
+    /// With several seeds: each seed's heal runs (the means above come
+    /// from these).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<SeedRuns>,
     /// The storm comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormReport>,

@@ -12,6 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{FailureKind, Integrity, Report, RunReport, StepSummary, StormReport, StormRun};
+use crate::ledger::Tally;
 
 /// A table rendered as aligned text or as Markdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,14 +128,38 @@ pub struct WrittenFiles {
 }
 
 impl Report {
-    /// The report's tables: steps, hard failures, storm, integrity.
+    /// One column per heal run present (on before off), with each seed's
+    /// report of that run.
+    fn columns(&self) -> Vec<Col<'_>> {
+        self.heal_runs()
+            .into_iter()
+            .map(|(name, mean)| Col {
+                name,
+                mean,
+                seeds: self
+                    .runs
+                    .iter()
+                    .filter_map(|seed| match name {
+                        "heal on" => seed.heal_on.as_ref(),
+                        _ => seed.heal_off.as_ref(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The report's tables: first try per step, faults, final outcome per
+    /// step, hard failures, integrity, resources, storm.
     pub fn tables(&self) -> Vec<Table> {
-        let runs = self.heal_runs();
+        let cols = self.columns();
         let mut tables = Vec::new();
-        if !runs.is_empty() {
-            tables.push(step_table(&runs));
-            tables.push(failure_table(&runs));
-            tables.push(integrity_table(&runs));
+        if !cols.is_empty() {
+            tables.push(first_try_table(&cols));
+            tables.push(fault_table(&cols));
+            tables.push(step_table(&cols));
+            tables.push(failure_table(&cols));
+            tables.push(integrity_table(&cols));
+            tables.push(resource_table(&cols));
         }
         if let Some(storm) = &self.storm {
             tables.push(storm_table(storm));
@@ -195,20 +220,228 @@ impl Report {
     }
 }
 
-/// The heal runs present, each with its display name.
-type HealRuns<'a> = [(&'static str, &'a RunReport)];
+/// One heal run's column: its report (the mean, with several seeds) and,
+/// with several seeds, each seed's, for the range.
+struct Col<'a> {
+    name: &'static str,
+    mean: &'a RunReport,
+    seeds: Vec<&'a RunReport>,
+}
+
+impl Col<'_> {
+    /// The seeds' lowest and highest value of `get` (`None` with one seed).
+    fn range(&self, get: &dyn Fn(&RunReport) -> Option<f64>) -> Option<(f64, f64)> {
+        if self.seeds.len() < 2 {
+            return None;
+        }
+        let values: Vec<f64> = self.seeds.iter().filter_map(|r| get(r)).collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo <= hi).then_some((lo, hi))
+    }
+
+    /// `get` of the mean as a percentage, with the seeds' range.
+    fn pct(&self, get: &dyn Fn(&RunReport) -> Option<f64>) -> String {
+        match get(self.mean) {
+            None => "-".to_owned(),
+            Some(v) => match self.range(get) {
+                Some((lo, hi)) => format!("{} ({:.1}–{:.1})", pct(v), lo * 100.0, hi * 100.0),
+                None => pct(v),
+            },
+        }
+    }
+
+    /// `get` of the mean with `decimals`, with the seeds' range.
+    fn num(&self, get: &dyn Fn(&RunReport) -> Option<f64>, decimals: usize) -> String {
+        match get(self.mean) {
+            None => "-".to_owned(),
+            Some(v) => match self.range(get) {
+                Some((lo, hi)) => format!("{v:.decimals$} ({lo:.decimals$}–{hi:.decimals$})"),
+                None => format!("{v:.decimals$}"),
+            },
+        }
+    }
+}
+
+/// Reads one rate of a run report.
+type Rate<'a> = &'a dyn Fn(&RunReport) -> Option<f64>;
+
+/// Heal on against heal off for one rate where more is better, measured
+/// over `n` trials per seed: the difference in points, and whether it is
+/// beyond chance (a two-proportion z-test at 95 %, over every seed's
+/// trials) — a win, a loss (said in capitals), or within noise.
+fn verdict(cols: &[Col<'_>], get: Rate<'_>, n: Rate<'_>) -> String {
+    let (Some(on), Some(off)) = (
+        cols.iter().find(|c| c.name == "heal on"),
+        cols.iter().find(|c| c.name == "heal off"),
+    ) else {
+        return "-".to_owned();
+    };
+    let (Some(p1), Some(p2), Some(n1), Some(n2)) =
+        (get(on.mean), get(off.mean), n(on.mean), n(off.mean))
+    else {
+        return "-".to_owned();
+    };
+    let n1 = n1 * on.seeds.len().max(1) as f64;
+    let n2 = n2 * off.seeds.len().max(1) as f64;
+    let points = (p1 - p2) * 100.0;
+    let word = if beyond_chance(p1, n1, p2, n2) {
+        if points > 0.0 {
+            "healing wins"
+        } else {
+            "HEALING LOSES"
+        }
+    } else {
+        "within noise"
+    };
+    format!("{points:+.1} pts, {word}")
+}
+
+/// Whether rates `p1` of `n1` trials and `p2` of `n2` differ beyond chance
+/// (|z| ≥ 1.96).
+fn beyond_chance(p1: f64, n1: f64, p2: f64, n2: f64) -> bool {
+    if n1 < 1.0 || n2 < 1.0 {
+        return false;
+    }
+    let pooled = (p1 * n1 + p2 * n2) / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    if se == 0.0 {
+        return false;
+    }
+    ((p1 - p2) / se).abs() >= 1.96
+}
 
 /// `first` followed by one column per run.
-fn run_header(first: &str, runs: &HealRuns<'_>) -> Vec<String> {
+fn run_header(first: &str, cols: &[Col<'_>]) -> Vec<String> {
     let mut header = vec![first.to_owned()];
-    header.extend(runs.iter().map(|(n, _)| (*n).to_owned()));
+    header.extend(cols.iter().map(|c| c.name.to_owned()));
     header
 }
 
-/// Outcomes and latency per journey step, then overall, runs side by side.
-fn step_table(runs: &HealRuns<'_>) -> Table {
+/// The headline: first-try success per step (what healing alone
+/// achieved), with what struck the tries that missed.
+fn first_try_table(cols: &[Col<'_>]) -> Table {
     let mut header = vec!["step".to_owned()];
-    for (name, _) in runs {
+    for c in cols {
+        header.push(format!("{}: first try ok", c.name));
+        header.push(format!("{}: misses by cause", c.name));
+    }
+    header.push("on − off".to_owned());
+    let steps: BTreeSet<&String> = cols.iter().flat_map(|c| c.mean.steps.keys()).collect();
+    let mut rows = Vec::new();
+    for step in steps {
+        let get = |r: &RunReport| r.steps.get(step).map(|s| s.first_try_success_rate);
+        let mut row = vec![step.clone()];
+        let n = |r: &RunReport| r.steps.get(step).map(|s| s.total as f64);
+        for c in cols {
+            row.push(c.pct(&get));
+            row.push(top_causes(c.mean.steps.get(step)));
+        }
+        row.push(verdict(cols, &get, &n));
+        rows.push(row);
+    }
+    let get = |r: &RunReport| Some(r.first_try_success_rate);
+    let mut row = vec!["overall".to_owned()];
+    for c in cols {
+        row.push(c.pct(&get));
+        let mut all = std::collections::BTreeMap::<String, u64>::new();
+        for s in c.mean.steps.values() {
+            for (k, v) in &s.first_try_causes {
+                *all.entry(k.clone()).or_default() += v;
+            }
+        }
+        row.push(format_causes(&all));
+    }
+    row.push(verdict(cols, &get, &|r| Some(r.actions as f64)));
+    rows.push(row);
+    Table {
+        title: "First try, per journey step (before anyone pressed again)".into(),
+        header,
+        rows,
+    }
+}
+
+fn top_causes(step: Option<&StepSummary>) -> String {
+    step.map_or_else(|| "-".to_owned(), |s| format_causes(&s.first_try_causes))
+}
+
+/// The three most frequent causes, `kind n`, most frequent first.
+fn format_causes(causes: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut sorted: Vec<(&String, &u64)> = causes.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = sorted
+        .iter()
+        .take(3)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let rest: u64 = sorted.iter().skip(3).map(|(_, v)| **v).sum();
+    match (shown.is_empty(), rest) {
+        (true, _) => "none".to_owned(),
+        (false, 0) => shown.join(", "),
+        (false, rest) => format!("{}, other {rest}", shown.join(", ")),
+    }
+}
+
+/// Per fault kind: injected, and what the users who met them saw; the
+/// share no user saw is the guide's "auto-recover" figure.
+fn fault_table(cols: &[Col<'_>]) -> Table {
+    let mut header = vec!["fault".to_owned()];
+    for c in cols {
+        for col in ["injected", "hidden", "degraded", "failed", "no user saw"] {
+            header.push(format!("{}: {col}", c.name));
+        }
+    }
+    header.push("on − off".to_owned());
+    let kinds: BTreeSet<&String> = cols.iter().flat_map(|c| c.mean.faults.keys()).collect();
+    let mut rows = Vec::new();
+    let tally_cells =
+        |c: &Col<'_>, t: Option<&Tally>, get: &dyn Fn(&RunReport) -> Option<f64>| match t {
+            Some(t) => vec![
+                t.injected.to_string(),
+                t.hidden.to_string(),
+                t.degraded.to_string(),
+                t.failed.to_string(),
+                c.pct(get),
+            ],
+            None => vec!["-".to_owned(); 5],
+        };
+    for kind in kinds {
+        let get = |r: &RunReport| r.faults.get(kind).map(Tally::hidden_rate);
+        let n = |r: &RunReport| r.faults.get(kind).map(judged);
+        let mut row = vec![kind.clone()];
+        for c in cols {
+            row.extend(tally_cells(c, c.mean.faults.get(kind), &get));
+        }
+        row.push(verdict(cols, &get, &n));
+        rows.push(row);
+    }
+    let get = |r: &RunReport| Some(r.faults_hidden_rate);
+    let mut row = vec!["all faults".to_owned()];
+    for c in cols {
+        let total = Tally::sum(c.mean.faults.values());
+        row.extend(tally_cells(c, Some(&total), &get));
+    }
+    row.push(verdict(cols, &get, &|r| {
+        Some(judged(&Tally::sum(r.faults.values())))
+    }));
+    rows.push(row);
+    Table {
+        title: "Injected faults, and whether a user saw them".into(),
+        header,
+        rows,
+    }
+}
+
+/// The faults of a tally that were judged (not unlinked).
+fn judged(t: &Tally) -> f64 {
+    (t.hidden + t.degraded + t.failed) as f64
+}
+
+/// Outcomes and latency per journey step, then overall, runs side by side,
+/// after the user pressed again once.
+fn step_table(cols: &[Col<'_>]) -> Table {
+    let mut header = vec!["step".to_owned()];
+    for c in cols {
         for col in [
             "actions",
             "ok",
@@ -218,15 +451,16 @@ fn step_table(runs: &HealRuns<'_>) -> Table {
             "p50 ms",
             "p95 ms",
         ] {
-            header.push(format!("{name}: {col}"));
+            header.push(format!("{}: {col}", c.name));
         }
     }
-    let steps: BTreeSet<&String> = runs.iter().flat_map(|(_, r)| r.steps.keys()).collect();
-    let cells = |s: Option<&StepSummary>| -> Vec<String> {
-        match s {
+    header.push("on − off".to_owned());
+    let steps: BTreeSet<&String> = cols.iter().flat_map(|c| c.mean.steps.keys()).collect();
+    let cells =
+        |c: &Col<'_>, s: Option<&StepSummary>, get: &dyn Fn(&RunReport) -> Option<f64>| match s {
             Some(s) => vec![
                 s.total.to_string(),
-                pct(s.success_rate),
+                c.pct(get),
                 pct(s.degraded_rate),
                 pct(s.signed_out_rate),
                 pct(s.hard_failure_rate),
@@ -234,56 +468,60 @@ fn step_table(runs: &HealRuns<'_>) -> Table {
                 ms(s.latency.p95_ms),
             ],
             None => vec!["-".to_owned(); 7],
-        }
-    };
+        };
     let mut rows = Vec::new();
     for step in steps {
+        let get = |r: &RunReport| r.steps.get(step).map(|s| s.success_rate);
+        let n = |r: &RunReport| r.steps.get(step).map(|s| s.total as f64);
         let mut row = vec![step.clone()];
-        for (_, r) in runs {
-            row.extend(cells(r.steps.get(step)));
+        for c in cols {
+            row.extend(cells(c, c.mean.steps.get(step), &get));
         }
+        row.push(verdict(cols, &get, &n));
         rows.push(row);
     }
+    let get = |r: &RunReport| Some(r.success_rate);
     let mut row = vec!["overall".to_owned()];
-    for (_, r) in runs {
-        row.extend(cells(Some(&r.overall())));
+    for c in cols {
+        row.extend(cells(c, Some(&c.mean.overall()), &get));
     }
+    row.push(verdict(cols, &get, &|r| Some(r.actions as f64)));
     rows.push(row);
     Table {
-        title: "What users saw, per journey step".into(),
+        title: "After pressing again once (the final outcome), per journey step".into(),
         header,
         rows,
     }
 }
 
 /// Hard failures by kind, and the upstream calls per action.
-fn failure_table(runs: &HealRuns<'_>) -> Table {
+fn failure_table(cols: &[Col<'_>]) -> Table {
     let mut rows: Vec<Vec<String>> = FailureKind::ALL
         .iter()
         .map(|k| {
             let mut row = vec![k.name().to_owned()];
             row.extend(
-                runs.iter()
-                    .map(|(_, r)| r.hard_failures.get(*k).to_string()),
+                cols.iter()
+                    .map(|c| c.mean.hard_failures.get(*k).to_string()),
             );
             row
         })
         .collect();
     let mut row = vec!["upstream calls per action".to_owned()];
     row.extend(
-        runs.iter()
-            .map(|(_, r)| format!("{:.2}", r.upstream_calls_per_action)),
+        cols.iter()
+            .map(|c| c.num(&|r| Some(r.upstream_calls_per_action), 2)),
     );
     rows.push(row);
     Table {
-        title: "Hard failures by kind".into(),
-        header: run_header("hard failure", runs),
+        title: "Hard failures by kind (final outcome)".into(),
+        header: run_header("hard failure", cols),
         rows,
     }
 }
 
 /// The integrity numbers measured after each run.
-fn integrity_table(runs: &HealRuns<'_>) -> Table {
+fn integrity_table(cols: &[Col<'_>]) -> Table {
     let fields: [(&str, IntegrityField); 4] = [
         ("integrity_violations", |i| i.integrity_violations),
         ("emails_lost", |i| i.emails_lost),
@@ -294,14 +532,36 @@ fn integrity_table(runs: &HealRuns<'_>) -> Table {
         .iter()
         .map(|(name, get)| {
             let mut row = vec![(*name).to_owned()];
-            row.extend(runs.iter().map(|(_, r)| get(&r.integrity).to_string()));
+            row.extend(
+                cols.iter()
+                    .map(|c| c.num(&|r| Some(get(&r.integrity) as f64), 0)),
+            );
             row
         })
         .collect();
     Table {
         title: "Integrity".into(),
-        header: run_header("integrity", runs),
+        header: run_header("integrity", cols),
         rows,
+    }
+}
+
+/// What each run cost the process that ran the app.
+fn resource_table(cols: &[Col<'_>]) -> Table {
+    let mut rss = vec!["peak RSS (MiB)".to_owned()];
+    rss.extend(
+        cols.iter()
+            .map(|c| c.num(&|r| Some(r.peak_rss_bytes as f64 / (1024.0 * 1024.0)), 0)),
+    );
+    let mut cpu = vec!["CPU ms per action".to_owned()];
+    cpu.extend(
+        cols.iter()
+            .map(|c| c.num(&|r| Some(r.cpu_ms_per_action), 2)),
+    );
+    Table {
+        title: "Resources (the process running the app and the virtual users)".into(),
+        header: run_header("resource", cols),
+        rows: vec![rss, cpu],
     }
 }
 

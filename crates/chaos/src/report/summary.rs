@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::record::Sample;
 use super::{FailureKind, Outcome, counters, ratio};
@@ -25,7 +25,7 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
 }
 
 /// Hard failures by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardFailures {
     /// 5xx without a friendly page.
     pub server_error: u64,
@@ -55,7 +55,7 @@ impl HardFailures {
 }
 
 /// Latency percentiles in milliseconds (exact, nearest rank).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Median.
     pub p50_ms: f64,
@@ -91,7 +91,7 @@ impl LatencySummary {
 }
 
 /// Outcomes and latency of one step (or of a whole run).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepSummary {
     /// Actions.
     pub total: u64,
@@ -113,6 +113,13 @@ pub struct StepSummary {
     pub hard_failure_rate: f64,
     /// Latency percentiles.
     pub latency: LatencySummary,
+    /// Fraction of this step's first tries that succeeded, 0..=1 (before
+    /// the user pressed again).
+    pub first_try_success_rate: f64,
+    /// First tries that did not succeed, by the kind of fault that struck
+    /// them (`no_fault` when none did; a try struck by two kinds counts
+    /// under both).
+    pub first_try_causes: BTreeMap<String, u64>,
 }
 
 impl StepSummary {
@@ -145,7 +152,7 @@ impl StepSummary {
 }
 
 /// One second of a run (only seconds in which an action started).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SecondBucket {
     /// Seconds since the run began.
     pub second: u64,

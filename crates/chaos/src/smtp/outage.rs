@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -35,11 +35,13 @@ impl SmtpServer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                let began = Instant::now();
                 {
                     let mut s = task_stats.lock().expect("outage stats");
                     if down {
                         s.outages += 1;
                         s.down_time += period;
+                        s.windows.push((began, began + period));
                     } else {
                         s.up_time += period;
                     }
@@ -56,7 +58,7 @@ impl SmtpServer {
 }
 
 /// What an [`Outage`] did (scheduled times; the last period may be cut short).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutageStats {
     /// Down periods started.
     pub outages: u64,
@@ -64,6 +66,9 @@ pub struct OutageStats {
     pub down_time: Duration,
     /// Scheduled time up.
     pub up_time: Duration,
+    /// Each down period: when it began and when it ended (the last one
+    /// ends when the schedule was stopped, if that was earlier).
+    pub windows: Vec<(Instant, Instant)>,
 }
 
 /// A task flipping an [`SmtpServer`] up and down. Dropping it stops the
@@ -78,7 +83,7 @@ pub struct Outage {
 impl Outage {
     /// What it did so far.
     pub fn stats(&self) -> OutageStats {
-        *self.stats.lock().expect("outage stats")
+        self.stats.lock().expect("outage stats").clone()
     }
 
     /// Stops flipping and brings the server back up.
@@ -88,7 +93,12 @@ impl Outage {
             let _ = task.await;
         }
         self.server.set_up(true).await?;
-        Ok(self.stats())
+        let mut stats = self.stats();
+        let now = Instant::now();
+        for window in &mut stats.windows {
+            window.1 = window.1.min(now);
+        }
+        Ok(stats)
     }
 }
 

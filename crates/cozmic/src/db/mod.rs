@@ -218,6 +218,7 @@ fn schema() -> Schema {
                 .column(bigint("attempts"))
                 .column(Column::new("failed_at", "BIGINT").nullable())
                 .column(Column::new("last_error", "TEXT").nullable())
+                .column(Column::new("claimed_until", "BIGINT").nullable())
                 .index(Index::new("outbox_due", ["sent_at", "next_attempt_at"])),
         )
 }

@@ -1,4 +1,13 @@
 //! The email outbox the mailer drains.
+//!
+//! Several instances may drain one outbox (a fleet on one PostgreSQL): an
+//! email is *claimed* before it is sent ([`Db::claim_due_email`]: one
+//! statement that picks a due, unclaimed row and stamps a lease on it;
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, SQLite's single writer
+//! elsewhere), so no two workers send it. A worker that dies mid-delivery
+//! keeps its claim until the lease runs out; then another takes it over (the
+//! one duplicate this can cause, an email sent but not yet marked, carries
+//! the same `Message-ID`, so receivers drop it).
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,25 +41,59 @@ pub struct NewEmail {
 }
 
 impl Db {
-    /// Emails due for an attempt.
-    pub async fn due_emails(
+    /// Claims the oldest due email that no live lease holds, for `lease`:
+    /// `None` when there is none. Only the claimer sends it (until the lease
+    /// runs out).
+    pub fn claim_due_email(
         &self,
-        limit: i64,
-    ) -> std::result::Result<Vec<OutboxEmail>, sqlx::Error> {
-        on_db!(self, r => sqlx::query_as(
-            "SELECT id, recipient, subject, body, attempts FROM outbox \
-             WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
-        )
-        .bind(now_ms())
-        .bind(limit)
-        .fetch_all(r.pool())
-        .await)
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<OutboxEmail>>> + Send + 'static {
+        // The row is picked and stamped in one statement; PostgreSQL skips
+        // rows another worker's transaction is stamping right now, SQLite
+        // has one writer at a time.
+        const PICK: &str = "SELECT id FROM outbox \
+             WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
+             AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY id LIMIT 1";
+        const RETURNING: &str = "RETURNING id, recipient, subject, body, attempts";
+        let lease_ms = lease.as_millis() as i64;
+        let this = self.clone();
+        async move {
+            match &this {
+                Db::Sqlite(r) => {
+                    r.run("outbox_claim", async move |tx| {
+                        let now = now_ms();
+                        sqlx::query_as(&format!(
+                            "UPDATE outbox SET claimed_until = $2 WHERE id = ({PICK}) {RETURNING}"
+                        ))
+                        .bind(now)
+                        .bind(now + lease_ms)
+                        .fetch_optional(&mut **tx)
+                        .await
+                    })
+                    .await
+                }
+                Db::Postgres(r) => {
+                    r.run("outbox_claim", async move |tx| {
+                        let now = now_ms();
+                        sqlx::query_as(&format!(
+                            "UPDATE outbox SET claimed_until = $2 \
+                             WHERE id = ({PICK} FOR UPDATE SKIP LOCKED) {RETURNING}"
+                        ))
+                        .bind(now)
+                        .bind(now + lease_ms)
+                        .fetch_optional(&mut **tx)
+                        .await
+                    })
+                    .await
+                }
+            }
+        }
     }
 
     /// Marks an email sent.
     pub fn mark_sent(&self, id: i64) -> impl Future<Output = Result<()>> + Send + 'static {
         transaction!(self, "outbox_sent", |tx| {
-            sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
+            sqlx::query("UPDATE outbox SET sent_at = $1, claimed_until = NULL WHERE id = $2")
                 .bind(now_ms())
                 .bind(id)
                 .execute(&mut **tx)
@@ -75,7 +118,8 @@ impl Db {
                 None => (now, Some(now)),
             };
             sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, failed_at = $2, last_error = $3 WHERE id = $4",
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, failed_at = $2, \
+                 last_error = $3, claimed_until = NULL WHERE id = $4",
             )
             .bind(next)
             .bind(failed_at)
@@ -98,6 +142,13 @@ impl Db {
         )
         .fetch_one(r.pool())
         .await)
+    }
+
+    /// Every outbox email's id and when it was committed (milliseconds since
+    /// the Unix epoch), for delivery checks that ask when a lost one was
+    /// sent.
+    pub async fn outbox_created(&self) -> std::result::Result<Vec<(i64, i64)>, sqlx::Error> {
+        on_db!(self, r => sqlx::query_as("SELECT id, created_at FROM outbox ORDER BY id").fetch_all(r.pool()).await)
     }
 
     /// The ids of every outbox email (for delivery checks).

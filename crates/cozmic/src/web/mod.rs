@@ -169,8 +169,10 @@ pub(crate) fn admin_guard(config: &crate::config::Config, db: &crate::db::Db) ->
     }
 }
 
-/// The chaos hook: a request with the panic header panics in the handler
-/// chain (armed hooks only: this layer is not even installed otherwise).
+/// The chaos hook: a request with the panic header panics before its
+/// handler, one with the panic-after header once its handler has answered
+/// (its writes committed). Armed hooks only: this layer is not even
+/// installed otherwise.
 async fn panic_on_demand(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -178,7 +180,14 @@ async fn panic_on_demand(
     if request.headers().contains_key(FaultHooks::PANIC_HEADER) {
         std::panic::panic_any(FaultHooks::PANIC_MESSAGE);
     }
-    next.run(request).await
+    let after = request
+        .headers()
+        .contains_key(FaultHooks::PANIC_AFTER_HEADER);
+    let response = next.run(request).await;
+    if after {
+        std::panic::panic_any(FaultHooks::PANIC_MESSAGE);
+    }
+    response
 }
 
 /// What every page needs for its header.

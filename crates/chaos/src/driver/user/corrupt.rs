@@ -18,7 +18,7 @@ impl User {
     /// Corrupts this user's session: half the time the cookie (a forged
     /// value the app did not sign), half the time its stored record (garbage
     /// bytes in the store's row for this user's session id). Counted only
-    /// when it happened.
+    /// when it happened; the next try is the one it strikes (in the ledger).
     pub(super) async fn corrupt_session(&mut self) {
         let url: reqwest::Url = self.base.parse().expect("base url");
         if self.rng.bool() {
@@ -29,6 +29,7 @@ impl User {
             self.shared
                 .sessions_corrupted
                 .fetch_add(1, Ordering::Relaxed);
+            self.session_struck = true;
             return;
         }
         use reqwest::cookie::CookieStore;
@@ -70,6 +71,7 @@ impl User {
                 self.shared
                     .sessions_corrupted
                     .fetch_add(1, Ordering::Relaxed);
+                self.session_struck = true;
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not corrupt a session row"),

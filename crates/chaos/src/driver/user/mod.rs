@@ -6,6 +6,21 @@
 //! again once on anything but success, record the final outcome) are here;
 //! `steps` holds what each action sends and expects, and `corrupt` how a
 //! user's session is damaged mid-run.
+//!
+//! Every try of an action is tagged: its requests carry one `X-Request-Id`
+//! (the app passes it on to its upstream calls), and the try is recorded
+//! with its tag and what the user saw, so that the fault ledger can judge
+//! each fault by the try it struck. The faults the user brings along (a
+//! panic asked of the app, a corrupted session, a request abandoned
+//! mid-way) are written to the ledger here, against the try they strike.
+//!
+//! What a user does after anything but success is the same with healing on
+//! or off, because it is what a person would do: press again once; if the
+//! answer said when to come back (`Retry-After`), wait that long first (a
+//! person told to come back in more than 10 s has left, and the degraded
+//! answer is final); if the login page came instead, sign in, then press
+//! again; if the app failed twice in a row, clear the cookies (a fresh
+//! browser) and sign in before the next action.
 
 mod corrupt;
 mod steps;
@@ -19,7 +34,12 @@ use tokio::task::JoinHandle;
 
 use super::world::World;
 use super::{RunOptions, Shared};
+use crate::ledger::{FaultLedger, REQUEST_ID, TryRecord, Verdict};
+use crate::plan::DurationRange;
 use crate::report::{FailureKind, Outcome, Recorder};
+
+/// The longest `Retry-After` a user waits before pressing again.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Starts `options.users` users on the world's app, acting until
 /// `options.duration` after `started`.
@@ -32,8 +52,7 @@ pub(super) fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let plan = &options.plan;
     let storm = options.is_storm();
-    let state = world.app.state();
-    let base = world.app.url();
+    let access = world.access();
     let deadline = started + options.duration;
     let corrupt_users = ((options.users as f64) * plan.sessions.corrupt_fraction).round() as usize;
     let mut tasks = Vec::new();
@@ -41,7 +60,7 @@ pub(super) fn spawn(
         let ctx = User {
             run: options.name,
             index: user,
-            base: base.clone(),
+            base: access.base.clone(),
             recorder: recorder.clone(),
             shared: shared.clone(),
             started,
@@ -50,6 +69,22 @@ pub(super) fn spawn(
                 options.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
             panic_probability: if storm { 0.0 } else { plan.panic.probability },
+            panic_after_probability: if storm {
+                0.0
+            } else {
+                plan.panic.after_commit_probability
+            },
+            disconnect_probability: if storm {
+                0.0
+            } else {
+                plan.client.disconnect_probability
+            },
+            disconnect_after: plan.client.disconnect_after,
+            ledger: world.ledger.clone(),
+            seq: 0,
+            tag: String::new(),
+            retry_after: None,
+            session_struck: false,
             corrupt: !storm
                 && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
             panic_sent: false,
@@ -58,9 +93,9 @@ pub(super) fn spawn(
             done: Vec::new(),
             generation: 0,
             jar: Arc::default(),
-            session_table: state.sessions().table(),
-            sqlite: state.db().sqlite().cloned(),
-            postgres: state.db().postgres().cloned(),
+            session_table: access.session_table,
+            sqlite: access.sqlite.clone(),
+            postgres: access.postgres.clone(),
             storm,
         };
         tasks.push(tokio::spawn(ctx.live()));
@@ -79,6 +114,23 @@ struct User {
     deadline: Instant,
     rng: fastrand::Rng,
     panic_probability: f64,
+    /// Probability that a form panics after its handler committed.
+    panic_after_probability: f64,
+    /// Probability that a lesson form is abandoned mid-request.
+    disconnect_probability: f64,
+    /// How long after sending it is abandoned.
+    disconnect_after: DurationRange,
+    /// The run's fault ledger.
+    ledger: Arc<FaultLedger>,
+    /// Actions started so far (numbers the tags).
+    seq: u64,
+    /// The current try's tag (its requests' `X-Request-Id`).
+    tag: String,
+    /// The `Retry-After` of the last answer judged, if it had one.
+    retry_after: Option<Duration>,
+    /// Whether the session was corrupted since the last try (the next try
+    /// is the one it strikes).
+    session_struck: bool,
     corrupt: bool,
     /// Whether the last request of the current try asked for a panic.
     panic_sent: bool,
@@ -104,6 +156,8 @@ struct User {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     SignUp,
+    /// Signing in again (after a lost session or cleared cookies).
+    LogIn,
     Dashboard,
     CompleteLesson,
     Tutor,
@@ -114,6 +168,7 @@ impl Action {
     fn step(self) -> &'static str {
         match self {
             Action::SignUp => "signup",
+            Action::LogIn => "login",
             Action::Dashboard => "dashboard",
             Action::CompleteLesson => "complete_lesson",
             Action::Tutor => "tutor",
@@ -133,6 +188,15 @@ enum Seen {
 }
 
 impl Seen {
+    /// What a fault that struck this try comes to.
+    fn verdict(self) -> Verdict {
+        match self {
+            Seen::Ok => Verdict::Hidden,
+            Seen::Friendly => Verdict::Degraded,
+            Seen::SignedOut | Seen::Hard(_) => Verdict::Failed,
+        }
+    }
+
     fn outcome(self) -> Outcome {
         match self {
             Seen::Ok => Outcome::Success,
@@ -226,14 +290,35 @@ impl User {
         }
     }
 
-    async fn perform(&mut self, action: Action, http: &reqwest::Client) -> Seen {
+    /// One try of `action` (`attempt` 1 or 2), tagged and recorded.
+    async fn perform(&mut self, action: Action, attempt: u8, http: &reqwest::Client) -> Seen {
+        self.tag = format!("{}-u{}-a{}-t{attempt}", self.run, self.index, self.seq);
+        if std::mem::take(&mut self.session_struck) {
+            self.ledger.request("session_corrupted", Some(&self.tag));
+        }
+        let began = Instant::now();
+        let seen = self.perform_untracked(action, http).await;
+        self.shared.record_try(TryRecord {
+            tag: self.tag.clone(),
+            step: action.step(),
+            attempt,
+            started: began - self.started,
+            ended: self.started.elapsed(),
+            verdict: seen.verdict(),
+        });
+        seen
+    }
+
+    async fn perform_untracked(&mut self, action: Action, http: &reqwest::Client) -> Seen {
         self.panic_sent = false;
+        self.retry_after = None;
         let seen = match action {
             Action::SignUp => self.sign_up(http).await,
             Action::Dashboard => self.dashboard(http).await,
             Action::CompleteLesson => self.complete(http).await,
             Action::Tutor => self.ask(http).await,
             Action::Subscribe => self.subscribe(http).await,
+            Action::LogIn => self.log_in(http).await,
         };
         match seen {
             // The connection died under a request that asked for a panic:
@@ -254,50 +339,100 @@ impl User {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
-    /// Runs `action`; on anything but success the user presses again once
-    /// (signing in again if the session was lost, or with a fresh browser
-    /// if the app keeps failing). Records the final outcome.
+    /// Runs `action`; on anything but success the user presses again once,
+    /// as the module docs say. Records the final outcome.
     async fn act(&mut self, action: Action, http: &mut reqwest::Client) -> bool {
+        self.seq += 1;
         let step = action.step();
         let begin = Instant::now();
         let started_at = begin - self.started;
-        let mut seen = self.perform(action, http).await;
+        let mut seen = self.perform(action, 1, http).await;
         if seen != Seen::Ok && !self.storm {
             self.shared
                 .first_try_failures
                 .fetch_add(1, Ordering::Relaxed);
-            self.shared.user_retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if seen == Seen::SignedOut || matches!(seen, Seen::Hard(FailureKind::ServerError)) {
-                // Lost the session, or the app errors on every request
-                // with this cookie: a fresh browser, signed in again.
-                if matches!(seen, Seen::Hard(_)) {
-                    *http = self.new_browser();
+            let wait = match self.retry_after {
+                Some(after) if seen == Seen::Friendly => after,
+                _ => Duration::from_millis(500),
+            };
+            if wait <= PATIENCE {
+                self.shared.user_retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+                if seen == Seen::SignedOut {
+                    self.sign_in_again(http).await;
                 }
-                self.shared.relogins.fetch_add(1, Ordering::Relaxed);
-                let login_began = Instant::now();
-                let login = self.log_in(http).await;
-                self.recorder.record(
-                    self.run,
-                    "login",
-                    login_began - self.started,
-                    login_began.elapsed(),
-                    login.outcome(),
-                );
+                // The same form again (the same lesson nonce, the same purchase).
+                self.retrying = true;
+                let again = self.perform(action, 2, http).await;
+                self.retrying = false;
+                if matches!(seen, Seen::Hard(FailureKind::ServerError))
+                    && matches!(again, Seen::Hard(FailureKind::ServerError))
+                {
+                    // The app failed twice in a row: clear the cookies and
+                    // sign in before going on.
+                    *http = self.new_browser();
+                    self.sign_in_again(http).await;
+                }
+                seen = again;
             }
-            // The same form again (the same lesson nonce, the same purchase).
-            self.retrying = true;
-            seen = self.perform(action, http).await;
-            self.retrying = false;
         }
         self.recorder
             .record(self.run, step, started_at, begin.elapsed(), seen.outcome());
         seen == Seen::Ok
     }
 
+    /// Signs in again, recorded as a `login` action of its own.
+    async fn sign_in_again(&mut self, http: &reqwest::Client) {
+        self.shared.relogins.fetch_add(1, Ordering::Relaxed);
+        self.seq += 1;
+        let began = Instant::now();
+        let login = self.perform(Action::LogIn, 1, http).await;
+        self.recorder.record(
+            self.run,
+            "login",
+            began - self.started,
+            began.elapsed(),
+            login.outcome(),
+        );
+    }
+
+    /// Sends `request` tagged with the current try's tag.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        request.header(REQUEST_ID, &self.tag).send().await
+    }
+
+    /// Sends a form the way a user who closes the tab mid-way does, with
+    /// the plan's probability: gone after `disconnect_after`, whatever the
+    /// app did with it (written to the ledger); the user then sends it again.
+    async fn maybe_abandon(&mut self, request: Option<reqwest::RequestBuilder>) {
+        let Some(request) = request else { return };
+        if self.disconnect_probability <= 0.0 || self.rng.f64() >= self.disconnect_probability {
+            return;
+        }
+        let after = self.disconnect_after.sample(&mut self.rng);
+        self.ledger.request("client_disconnect", Some(&self.tag));
+        let _ = self.send(request.timeout(after)).await;
+    }
+
+    /// Asks, with the plan's probability, for a panic after the handler of
+    /// this form committed.
+    fn maybe_panic_after(&mut self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.panic_after_probability > 0.0 && self.rng.f64() < self.panic_after_probability {
+            self.ledger.request("panic_after_commit", Some(&self.tag));
+            self.panic_sent = true;
+            request.header(FaultHooks::PANIC_AFTER_HEADER, "1")
+        } else {
+            request
+        }
+    }
+
     fn maybe_panic(&mut self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if self.panic_probability > 0.0 && self.rng.f64() < self.panic_probability {
             self.shared.panics_requested.fetch_add(1, Ordering::Relaxed);
+            self.ledger.request("panic_before_handler", Some(&self.tag));
             self.panic_sent = true;
             request.header(FaultHooks::PANIC_HEADER, "1")
         } else {
@@ -305,8 +440,10 @@ impl User {
         }
     }
 
-    /// Judges a response: `ok` decides success for a 2xx page.
+    /// Judges a response: `ok` decides success for a 2xx page. Notes its
+    /// `Retry-After` (seconds) for the user's next move.
     async fn judge(
+        &mut self,
         response: Result<reqwest::Response, reqwest::Error>,
         ok: impl Fn(&str) -> bool,
     ) -> (Seen, String) {
@@ -316,6 +453,12 @@ impl User {
         };
         let status = response.status();
         let signed_out = response.url().path() == "/login";
+        self.retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let says_when = response
             .headers()
             .contains_key(reqwest::header::RETRY_AFTER);

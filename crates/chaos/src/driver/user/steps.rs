@@ -25,7 +25,10 @@ impl User {
             ("password", "chaos-password-123".to_owned()),
         ]);
         let request = self.maybe_panic(request);
-        let (seen, body) = Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await;
+        let request = self.maybe_panic_after(request);
+        let (seen, body) = self
+            .judge(self.send(request).await, |b| b.contains("id=\"xp\""))
+            .await;
         if seen == Seen::Hard(FailureKind::Unexpected) && body.contains("already exists") {
             // An earlier try did sign up (its answer was lost): log in.
             return self.log_in(http).await;
@@ -42,7 +45,9 @@ impl User {
             ("email", self.email()),
             ("password", "chaos-password-123".to_owned()),
         ]);
-        let (seen, body) = Self::judge(request.send().await, |b| b.contains("id=\"xp\"")).await;
+        let (seen, body) = self
+            .judge(self.send(request).await, |b| b.contains("id=\"xp\""))
+            .await;
         if seen != Seen::Ok && body.contains("do not match") {
             // Never signed up (every try failed): sign up now.
             return Box::pin(self.sign_up(http)).await;
@@ -52,7 +57,7 @@ impl User {
 
     pub(super) async fn dashboard(&mut self, http: &reqwest::Client) -> Seen {
         let request = self.maybe_panic(http.get(format!("{}/dashboard", self.base)));
-        Self::judge(request.send().await, |b| b.contains("id=\"xp\""))
+        self.judge(self.send(request).await, |b| b.contains("id=\"xp\""))
             .await
             .0
     }
@@ -76,11 +81,14 @@ impl User {
         self.shared.update_progress(email.clone(), |p| {
             p.sent.insert(nonce.clone());
         });
-        let request = http
-            .post(format!("{}/lessons/{lesson}/complete", self.base))
-            .form(&[("nonce", nonce.as_str())]);
-        let request = self.maybe_panic(request);
-        let (seen, _) = Self::judge(request.send().await, |b| b.contains("Lesson complete:")).await;
+        let url = format!("{}/lessons/{lesson}/complete", self.base);
+        let form = || http.post(&url).form(&[("nonce", nonce.as_str())]);
+        self.maybe_abandon(Some(form())).await;
+        let request = self.maybe_panic(form());
+        let request = self.maybe_panic_after(request);
+        let (seen, _) = self
+            .judge(self.send(request).await, |b| b.contains("Lesson complete:"))
+            .await;
         if seen == Seen::Ok {
             if !self.done.contains(&lesson) {
                 self.done.push(lesson);
@@ -108,13 +116,13 @@ impl User {
         let Some(&lesson) = left.get(self.rng.usize(..left.len().max(1))) else {
             return Err(Seen::Ok);
         };
-        let (seen, page) = Self::judge(
-            http.get(format!("{}/lessons/{lesson}", self.base))
-                .send()
-                .await,
-            |b| b.contains("name=\"nonce\"") || b.contains("id=\"completed\""),
-        )
-        .await;
+        let (seen, page) = self
+            .judge(
+                self.send(http.get(format!("{}/lessons/{lesson}", self.base)))
+                    .await,
+                |b| b.contains("name=\"nonce\"") || b.contains("id=\"completed\""),
+            )
+            .await;
         if seen != Seen::Ok {
             return Err(seen);
         }
@@ -147,17 +155,18 @@ impl User {
             http.post(format!("{}/tutor", self.base))
                 .form(&[("question", question)]),
         );
-        Self::judge(request.send().await, |b| b.contains("id=\"answer\""))
+        self.judge(self.send(request).await, |b| b.contains("id=\"answer\""))
             .await
             .0
     }
 
     pub(super) async fn subscribe(&mut self, http: &reqwest::Client) -> Seen {
-        let (seen, page) = Self::judge(
-            http.get(format!("{}/premium", self.base)).send().await,
-            |b| b.contains("Premium"),
-        )
-        .await;
+        let (seen, page) = self
+            .judge(
+                self.send(http.get(format!("{}/premium", self.base))).await,
+                |b| b.contains("Premium"),
+            )
+            .await;
         if seen != Seen::Ok {
             return seen;
         }
@@ -171,7 +180,7 @@ impl User {
             .post(format!("{}/premium/subscribe", self.base))
             .form(&[("purchase", purchase.as_str())]);
         let request = self.maybe_panic(request);
-        Self::judge(request.send().await, |b| {
+        self.judge(self.send(request).await, |b| {
             b.contains("welcome to Premium") || b.contains("You are a premium student")
         })
         .await
