@@ -42,6 +42,12 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Keep the app's sessions in Redis at this URL (`redis://…`), reached
+    /// through a link proxy that the plan's `[redis]` section faults; in the
+    /// database when absent.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Whether to run the open-loop storm (no healing, retry budget, budget
     /// and breaker).
     #[arg(long, value_enum, default_value_t = Switch::On)]

@@ -15,6 +15,8 @@
 //! * [`faults`]: the per-request upstream fault decision shared by proxy and servers.
 //! * [`ledger`]: every injected fault, what it struck, and what the user saw there.
 //! * [`proxy`]: a TCP fault proxy (reset, stall, latency, storm).
+//! * [`link`]: a TCP link-fault proxy for database and Redis connections
+//!   (reset, stall, partition on a seeded schedule).
 //! * [`balancer`]: a round-robin TCP load balancer in front of app instances (the fleet run).
 //! * [`upstream`]: local OpenAI- and Stripe-compatible HTTP servers.
 //! * [`smtp`]: a real SMTP server that can go down and come back on the same port.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod driver;
 pub mod faults;
 pub mod ledger;
+pub mod link;
 pub mod plan;
 pub mod progress;
 pub mod proxy;

@@ -313,6 +313,7 @@ async fn run_one(
             plan: plan.clone(),
             seed,
             database_url: cli.database_url.clone(),
+            redis_url: cli.redis_url.clone(),
             app,
         },
         recorder,

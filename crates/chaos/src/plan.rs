@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Everything chaos may break, section by section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Plan {
     /// A writer holding the SQLite write lock in bursts.
@@ -32,6 +32,29 @@ pub struct Plan {
     pub client: ClientPlan,
     /// The upstream storm: every upstream connection refused for a while.
     pub storm: StormPlan,
+    /// Faults on the app's PostgreSQL connections (through the link proxy).
+    pub database: LinkPlan,
+    /// Faults on the app's Redis connections (sessions in Redis).
+    pub redis: LinkPlan,
+    /// A real restart of the PostgreSQL server, once per run (opt-in).
+    pub postgres_restart: RestartPlan,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            sqlite_lock: SqliteLockPlan::default(),
+            upstream: UpstreamPlan::default(),
+            smtp: SmtpPlan::default(),
+            sessions: SessionsPlan::default(),
+            panic: PanicPlan::default(),
+            client: ClientPlan::default(),
+            storm: StormPlan::default(),
+            database: LinkPlan::default(),
+            redis: LinkPlan::redis_default(),
+            postgres_restart: RestartPlan::default(),
+        }
+    }
 }
 
 /// `[sqlite_lock]`: bursts during which another connection holds the write lock.
@@ -140,6 +163,59 @@ pub struct StormPlan {
     /// Offered rate, requests per second (at most 200: the run is on the
     /// same machine as the app).
     pub rate: f64,
+}
+
+/// `[database]` and `[redis]`: faults on the TCP link between the app and
+/// its PostgreSQL or Redis server, injected by the
+/// [`link`](crate::link) proxy on a seeded schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkPlan {
+    /// Whether the link is faulted at all (it only exists when the run uses
+    /// that server: `--database-url postgres://…`, `--redis-url`).
+    pub enabled: bool,
+    /// The gap between the end of one fault and the start of the next.
+    pub every: DurationRange,
+    /// Relative weights of the fault kinds.
+    pub weights: LinkWeights,
+    /// How long a `stall` stops forwarding on every connection.
+    pub stall: DurationRange,
+    /// How long a `partition` lasts (open connections reset, new ones
+    /// black-holed).
+    pub partition: DurationRange,
+}
+
+/// Relative weights of the link fault kinds (they need not sum to 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkWeights {
+    /// Every open connection is reset (RST).
+    pub reset: f64,
+    /// Every connection stops forwarding for `stall`, then resumes.
+    pub stall: f64,
+    /// For `partition`: open connections reset, new ones accepted but never
+    /// answered; then the link comes back.
+    pub partition: f64,
+}
+
+impl LinkWeights {
+    /// Sum of all weights.
+    pub fn total(&self) -> f64 {
+        self.reset + self.stall + self.partition
+    }
+}
+
+/// `[postgres_restart]`: a real restart of the PostgreSQL server the run's
+/// database is on (`pg_ctlcluster … restart`, as root, on this machine).
+/// Off by default: it disconnects every client of that server, other
+/// tests' too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPlan {
+    /// Whether to restart the server (once per heal run, on PostgreSQL only).
+    pub enabled: bool,
+    /// When, as a fraction of the run's duration (0..=1).
+    pub at: f64,
 }
 
 /// An inclusive range of durations, written `{ min = "100ms", max = "600ms" }`.
@@ -268,6 +344,52 @@ impl Default for StormPlan {
     }
 }
 
+impl Default for LinkPlan {
+    /// The `[database]` defaults: a fault every 6–12 s, mostly resets, the
+    /// odd stall of up to 2 s and partition of 3–5 s (longer than the app's
+    /// 3 s pool acquire timeout).
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every: DurationRange::new(Duration::from_secs(6), Duration::from_secs(12)),
+            weights: LinkWeights::default(),
+            stall: DurationRange::new(Duration::from_millis(500), Duration::from_secs(2)),
+            partition: DurationRange::new(Duration::from_secs(3), Duration::from_secs(5)),
+        }
+    }
+}
+
+impl LinkPlan {
+    /// The `[redis]` defaults: rarer than the database's (every 8–15 s),
+    /// partitions of 2–4 s (past the app's 2 s Redis command timeout).
+    pub fn redis_default() -> Self {
+        Self {
+            every: DurationRange::new(Duration::from_secs(8), Duration::from_secs(15)),
+            partition: DurationRange::new(Duration::from_secs(2), Duration::from_secs(4)),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for LinkWeights {
+    fn default() -> Self {
+        Self {
+            reset: 0.5,
+            stall: 0.3,
+            partition: 0.2,
+        }
+    }
+}
+
+impl Default for RestartPlan {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            at: 0.5,
+        }
+    }
+}
+
 /// Why a plan could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -331,6 +453,7 @@ impl Plan {
                 "client.disconnect_probability",
                 self.client.disconnect_probability,
             ),
+            ("postgres_restart.at", self.postgres_restart.at),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -376,6 +499,9 @@ impl Plan {
                 )));
             }
         }
+        for (name, link) in [("database", &self.database), ("redis", &self.redis)] {
+            link.validate(name)?;
+        }
         if self.smtp.period.min.is_zero() {
             return Err(PlanError::Invalid(
                 "smtp.period.min must be greater than zero".into(),
@@ -394,6 +520,58 @@ impl Plan {
                 "storm.rate = {} must be within 0 < rate <= 200 requests per second",
                 self.storm.rate
             )));
+        }
+        Ok(())
+    }
+}
+
+impl LinkPlan {
+    /// Checks the `[name]` section: finite non-negative weights, not all
+    /// zero, ranges with min <= max, and (when enabled) a gap and fault
+    /// lengths greater than zero.
+    fn validate(&self, name: &str) -> Result<(), PlanError> {
+        let w = &self.weights;
+        for (kind, value) in [
+            ("reset", w.reset),
+            ("stall", w.stall),
+            ("partition", w.partition),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(PlanError::Invalid(format!(
+                    "{name}.weights.{kind} = {value} must be a finite number >= 0"
+                )));
+            }
+        }
+        for (field, r) in [
+            ("every", self.every),
+            ("stall", self.stall),
+            ("partition", self.partition),
+        ] {
+            if r.min > r.max {
+                return Err(PlanError::Invalid(format!(
+                    "{name}.{field}: min {} is greater than max {}",
+                    humantime::format_duration(r.min),
+                    humantime::format_duration(r.max)
+                )));
+            }
+        }
+        if self.enabled {
+            if w.total() <= 0.0 {
+                return Err(PlanError::Invalid(format!(
+                    "{name}.weights are all zero but {name}.enabled = true"
+                )));
+            }
+            for (field, r) in [
+                ("every", self.every),
+                ("stall", self.stall),
+                ("partition", self.partition),
+            ] {
+                if r.min.is_zero() {
+                    return Err(PlanError::Invalid(format!(
+                        "{name}.{field}.min must be greater than zero when {name}.enabled = true"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -489,6 +667,28 @@ mod tests {
         let err =
             Plan::from_toml_str("[smtp]\nperiod = { min = \"5s\", max = \"1s\" }\n").unwrap_err();
         assert!(err.to_string().contains("smtp.period"), "{err}");
+    }
+
+    #[test]
+    fn link_sections_are_validated() {
+        let plan = Plan::from_toml_str(
+            "[redis]\nenabled = false\n[database]\npartition = { min = \"1s\", max = \"2s\" }\n",
+        )
+        .unwrap();
+        assert!(!plan.redis.enabled);
+        assert_eq!(plan.database.partition.max, Duration::from_secs(2));
+        let err = Plan::from_toml_str("[database.weights]\nreset = 0\nstall = 0\npartition = 0\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("database.weights"), "{err}");
+        let err =
+            Plan::from_toml_str("[redis]\nevery = { min = \"0s\", max = \"1s\" }\n").unwrap_err();
+        assert!(err.to_string().contains("redis.every"), "{err}");
+        let err = Plan::from_toml_str("[database.weights]\nstall = -1\n").unwrap_err();
+        assert!(err.to_string().contains("database.weights.stall"), "{err}");
+        let err = Plan::from_toml_str("[postgres_restart]\nat = 2\n").unwrap_err();
+        assert!(err.to_string().contains("postgres_restart.at"), "{err}");
+        let err = Plan::from_toml_str("[database]\nrestart = true\n").unwrap_err();
+        assert!(err.to_string().contains("restart"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ async fn planted_defects_are_reported(database_url: Option<String>) {
             plan: calm_plan(),
             seed: 14,
             database_url,
+            redis_url: None,
             app: Default::default(),
         },
         &recorder,

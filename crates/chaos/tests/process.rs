@@ -29,6 +29,7 @@ fn options(name: &'static str, instances: usize, database_url: Option<String>) -
         plan: Plan::default(),
         seed: 14,
         database_url,
+        redis_url: None,
         app: AppMode::Children {
             exe: chaos_exe(),
             instances,

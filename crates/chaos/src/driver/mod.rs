@@ -25,7 +25,9 @@
 //!
 //! The parts: this file holds the run itself, a short sequence of steps over
 //! a `World` (`world`: everything a run sets up, the upstream servers behind
-//! their fault proxies, the SMTP server and its outages, the app); `lock` holds the SQLite write lock in bursts; `user` is one virtual
+//! their fault proxies, the SMTP server and its outages, the app); `links`
+//! puts link proxies in front of PostgreSQL and Redis and faults them (and
+//! may restart PostgreSQL); `lock` holds the SQLite write lock in bursts; `user` is one virtual
 //! user's journey and how it judges what it saw; `integrity` checks, once
 //! the outbox has drained, that nothing was lost or applied twice; `storm`
 //! is the open-loop storm, a run of its own.
@@ -40,6 +42,7 @@ mod app;
 mod child;
 mod database;
 mod integrity;
+mod links;
 mod lock;
 mod process;
 mod resources;
@@ -91,6 +94,9 @@ pub struct RunOptions {
     /// on that server, dropped after the run) or a SQLite file (a new file
     /// beside it); a temporary SQLite file when `None`. Runs never share one.
     pub database_url: Option<String>,
+    /// Keep the app's sessions in Redis at this URL (through a link proxy
+    /// that the `[redis]` plan faults); in the database when `None`.
+    pub redis_url: Option<String>,
     /// Where the app runs: in this process, or as child processes (which
     /// the process-fault runs kill).
     pub app: AppMode,

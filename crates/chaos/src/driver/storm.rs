@@ -152,6 +152,7 @@ pub async fn run(
         plan: Plan::default(),
         seed: options.seed,
         database_url: options.database_url.clone(),
+        redis_url: None,
         app: options.app.clone(),
     })
     .await?;

@@ -18,6 +18,7 @@ use tempfile::TempDir;
 use super::RunOptions;
 use super::app::{App, AppAccess, AppMode};
 use super::database::RunDatabase;
+use super::links::Links;
 use crate::faults::{FaultKind, UpstreamFaults};
 use crate::ledger::FaultLedger;
 use crate::proxy::FaultProxy;
@@ -33,6 +34,8 @@ pub(super) struct World {
     pub(super) app: App,
     /// The app's SQLite file (`None` on PostgreSQL).
     pub(super) sqlite_path: Option<PathBuf>,
+    /// The link proxies in front of PostgreSQL and Redis, and their faults.
+    links: Links,
     /// The run's own database, removed after the app has shut down.
     database: RunDatabase,
     /// The SMTP outage schedule (`None` in a storm, and once drained).
@@ -88,7 +91,9 @@ impl World {
 
         let database = RunDatabase::create(options.database_url.as_deref(), options.name).await?;
         let mut config = app_config(options, dir.path(), smtp.addr(), &ai_proxy, &pay_proxy);
-        config.database_url = database.url().map(Secret::new);
+        let (mut links, urls) = Links::start(database.url(), options.redis_url.as_deref()).await?;
+        config.database_url = urls.database.map(Secret::new);
+        config.redis_url = urls.redis.map(Secret::new);
         if options.app != AppMode::InProcess {
             // Every instance (and every life of one) signs sessions alike.
             config.secret_key = Some(Secret::new(format!(
@@ -100,6 +105,7 @@ impl World {
             )));
         }
         let app = App::start(&options.app, config, dir.path()).await?;
+        links.start_faults(options, &ledger);
         let sqlite_path = app.db().sqlite().map(|_| match &database {
             RunDatabase::Sqlite { path, .. } => path.clone(),
             _ => dir.path().join("cozmic.db"),
@@ -107,6 +113,7 @@ impl World {
         Ok(Self {
             app,
             sqlite_path,
+            links,
             database,
             outages,
             smtp,
@@ -168,12 +175,16 @@ impl World {
         self.app.peak_rss_bytes().await
     }
 
-    /// Brings the SMTP server up for good and gives the outbox time to empty.
+    /// Stops the database and Redis link faults, brings the SMTP server up
+    /// for good and gives the outbox time to empty.
     pub(super) async fn drain(
         &mut self,
         options: &RunOptions,
         recorder: &Recorder,
     ) -> anyhow::Result<()> {
+        self.links
+            .stop_faults(options.name, &self.ledger, recorder)
+            .await?;
         if let Some(outages) = self.outages.take() {
             let stats = outages.stop().await?;
             for (from, to) in &stats.windows {
@@ -213,6 +224,7 @@ impl World {
     /// Stops the app, then the proxies, the upstreams and the SMTP server.
     pub(super) async fn shutdown(self) {
         self.app.shutdown().await;
+        self.links.shutdown().await;
         self.ai_proxy.shutdown().await;
         self.pay_proxy.shutdown().await;
         self.openai.shutdown().await;
