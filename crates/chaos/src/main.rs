@@ -123,7 +123,7 @@ async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
         update_readme(readme, &cli.readme_block, &report, &cli.out)?;
         println!("updated {}", readme.display());
     }
-    // chaos-integ: every integrity check counts.
+    // every integrity check counts.
     let broken = report
         .heal_on
         .as_ref()
@@ -182,7 +182,7 @@ async fn run_all(
             if i > 0 && !heal {
                 continue;
             }
-            // --- chaos-integ (issue 14, item 6): the open-loop storm.
+            // the open-loop storm.
             if let RunKind::Storm { variant } = spec.kind {
                 let began = Instant::now();
                 let mut options =
@@ -201,7 +201,6 @@ async fn run_all(
                 report.open_loop_storm.push(storm);
                 continue;
             }
-            // --- end chaos-integ
             let (outcome, summary) = run_one(cli, plan, seed, spec, &recorder, &progress).await?;
             match spec.name {
                 runs::HEAL_ON => {
@@ -251,7 +250,7 @@ async fn run_all(
         report.heal_off = mean(&off);
         report.runs = per_seed;
     }
-    // --- chaos-integ: today's `storm` key, from the open-loop runs (with the
+    // today's `storm` key, from the open-loop runs (with the
     // budget: the budget-only variant; without: no healing at all).
     let variant = |v| report.open_loop_storm.iter().find(|s| s.variant == v);
     if let (Some(with_budget), Some(without_budget)) = (
@@ -263,7 +262,6 @@ async fn run_all(
             without_budget: without_budget.storm_run(),
         });
     }
-    // --- end chaos-integ
     Ok((report, problems))
 }
 
@@ -294,7 +292,7 @@ async fn run_one(
     let alone = || AppMode::children_of_this_exe(1, false);
     let (healing, storm, app) = match spec.kind {
         RunKind::Heal { heal } => (healing(heal), None, alone()?),
-        // chaos-integ: storms are run by `driver::storm::run`.
+        // storms are run by `driver::storm::run`.
         RunKind::Storm { .. } => anyhow::bail!("{} is a storm, not a heal run", spec.name),
         RunKind::Kill { heal } => (healing(heal), None, AppMode::children_of_this_exe(1, true)?),
         RunKind::Fleet { instances } => (

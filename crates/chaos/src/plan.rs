@@ -622,6 +622,9 @@ mod tests {
         assert!(harsh.panic.after_commit_probability > default.panic.after_commit_probability);
         assert!(harsh.sessions.corrupt_fraction > default.sessions.corrupt_fraction);
         assert!(harsh.client.disconnect_probability > default.client.disconnect_probability);
+        assert!(harsh.database.every.max <= default.database.every.min);
+        assert!(harsh.redis.every.max < default.redis.every.max);
+        assert_eq!(harsh.storm.duration, default.storm.duration);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use ledger::NO_FAULT;
 pub use mean::mean;
 pub use record::{Counter, LiveStats, Recorder};
 pub use render::{ReportError, Table, WrittenFiles};
-// chaos-integ (issue 14, item 6): the open-loop storm.
+// The open-loop storm.
 pub use storm::{
     Got, OpenLoopStorm, StormSample, StormSchedule, StormVariant, UpstreamCalls,
     table as open_loop_storm_table, time_to_fail_fast, time_to_recover,
@@ -67,14 +67,13 @@ pub mod runs {
     pub const STORM_WITH_BUDGET: &str = "storm_with_budget";
     /// Storm without the retry budget.
     pub const STORM_WITHOUT_BUDGET: &str = "storm_without_budget";
-    // --- chaos-integ (issue 14, item 6): the open-loop storm's variants.
+    // the open-loop storm's variants.
     /// Open-loop storm, healing off.
     pub const STORM_NO_HEALING: &str = "storm_no_healing";
     /// Open-loop storm, retry budget only.
     pub const STORM_BUDGET: &str = "storm_budget";
     /// Open-loop storm, retry budget and circuit breaker.
     pub const STORM_BUDGET_BREAKER: &str = "storm_budget_breaker";
-    // --- end chaos-integ
 }
 
 /// Counter names used by the harness.
@@ -155,7 +154,7 @@ pub struct Integrity {
     pub emails_duplicated: u64,
     /// Purchases charged more than once.
     pub payments_duplicated: u64,
-    // --- chaos-integ (issue 14, item 5): each check counted on its own.
+    // each check counted on its own.
     /// Lesson completions the user saw acknowledged that are not in the ledger.
     pub acknowledged_missing: u64,
     /// Ledger rows the user never sent.
@@ -168,10 +167,8 @@ pub struct Integrity {
     pub premium_without_charge: u64,
     /// Tutor questions stored more often than the user asked them.
     pub answers_duplicated: u64,
-    // --- end chaos-integ
 }
 
-// --- chaos-integ (issue 14, item 5)
 impl Integrity {
     /// Every defect found, each counted once (`integrity_violations` stands
     /// for its three parts): 0 when the run kept its promises.
@@ -185,7 +182,6 @@ impl Integrity {
             + self.answers_duplicated
     }
 }
-// --- end chaos-integ
 
 /// One run in `report.json`: the headline numbers at the top level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

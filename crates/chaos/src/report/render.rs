@@ -161,7 +161,9 @@ impl Report {
             tables.push(integrity_table(&cols));
             tables.push(resource_table(&cols));
         }
-        if let Some(storm) = &self.storm {
+        if !self.open_loop_storm.is_empty() {
+            tables.push(open_loop_storm_table(&self.open_loop_storm));
+        } else if let Some(storm) = &self.storm {
             tables.push(storm_table(storm));
         }
         if !self.process.is_empty() {
@@ -525,11 +527,17 @@ fn failure_table(cols: &[Col<'_>]) -> Table {
 
 /// The integrity numbers measured after each run.
 fn integrity_table(cols: &[Col<'_>]) -> Table {
-    let fields: [(&str, IntegrityField); 4] = [
-        ("integrity_violations", |i| i.integrity_violations),
-        ("emails_lost", |i| i.emails_lost),
-        ("emails_duplicated", |i| i.emails_duplicated),
-        ("payments_duplicated", |i| i.payments_duplicated),
+    let fields: [(&str, IntegrityField); 10] = [
+        ("acknowledged write missing", |i| i.acknowledged_missing),
+        ("write never sent", |i| i.writes_never_sent),
+        ("XP not the ledger's sum", |i| i.xp_ledger_mismatches),
+        ("email lost", |i| i.emails_lost),
+        ("email sent twice", |i| i.emails_duplicated),
+        ("charged twice", |i| i.payments_duplicated),
+        ("charge without premium", |i| i.charges_without_premium),
+        ("premium without charge", |i| i.premium_without_charge),
+        ("tutor answer stored twice", |i| i.answers_duplicated),
+        ("all defects", Integrity::defects),
     ];
     let rows = fields
         .iter()
@@ -610,6 +618,49 @@ fn process_table(process: &std::collections::BTreeMap<String, super::ProcessRepo
                 let mut row = vec![(*name).to_owned()];
                 row.extend(process.values().map(cell));
                 row
+            })
+            .collect(),
+    }
+}
+
+/// The open-loop storm: requests keep arriving at a fixed rate while the
+/// AI upstream is down, then back.
+fn open_loop_storm_table(storms: &[super::OpenLoopStorm]) -> Table {
+    let secs = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"));
+    Table {
+        title: format!(
+            "Storm: {:.0} requests/s offered, the AI upstream down for {:.0} s of {:.0} s",
+            storms[0].offered_rate, storms[0].outage_secs, storms[0].duration_secs
+        ),
+        header: [
+            "policy",
+            "requests",
+            "upstream calls/s while down",
+            "upstream calls/s overall",
+            "fail fast after (s)",
+            "recovered after (s)",
+            "p95 while down (ms)",
+            "ok",
+            "degraded",
+            "failed",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        rows: storms
+            .iter()
+            .map(|s| {
+                vec![
+                    s.variant.label().to_owned(),
+                    s.requests.to_string(),
+                    format!("{:.1}", s.upstream_calls_per_sec_down),
+                    format!("{:.1}", s.upstream_calls_per_sec_overall),
+                    secs(s.time_to_fail_fast_secs),
+                    secs(s.time_to_recover_secs),
+                    ms(s.latency_p95_down_ms),
+                    pct(s.success_rate),
+                    pct(s.degraded_rate),
+                    pct(s.failed_rate),
+                ]
             })
             .collect(),
     }

@@ -51,7 +51,6 @@ pub(super) fn spawn(
     started: Instant,
 ) -> Vec<JoinHandle<()>> {
     let plan = &options.plan;
-    let storm = options.is_storm();
     let access = world.access();
     let deadline = started + options.duration;
     let corrupt_users = ((options.users as f64) * plan.sessions.corrupt_fraction).round() as usize;
@@ -68,25 +67,16 @@ pub(super) fn spawn(
             rng: fastrand::Rng::with_seed(
                 options.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
-            panic_probability: if storm { 0.0 } else { plan.panic.probability },
-            panic_after_probability: if storm {
-                0.0
-            } else {
-                plan.panic.after_commit_probability
-            },
-            disconnect_probability: if storm {
-                0.0
-            } else {
-                plan.client.disconnect_probability
-            },
+            panic_probability: plan.panic.probability,
+            panic_after_probability: plan.panic.after_commit_probability,
+            disconnect_probability: plan.client.disconnect_probability,
             disconnect_after: plan.client.disconnect_after,
             ledger: world.ledger.clone(),
             seq: 0,
             tag: String::new(),
             retry_after: None,
             session_struck: false,
-            corrupt: !storm
-                && user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
+            corrupt: user < corrupt_users.max(usize::from(plan.sessions.corrupt_fraction > 0.0)),
             panic_sent: false,
             retrying: false,
             pending_lesson: None,
@@ -96,7 +86,6 @@ pub(super) fn spawn(
             session_table: access.session_table,
             sqlite: access.sqlite.clone(),
             postgres: access.postgres.clone(),
-            storm,
         };
         tasks.push(tokio::spawn(ctx.live()));
     }
@@ -149,7 +138,6 @@ struct User {
     session_table: Option<&'static str>,
     sqlite: Option<sqlx::SqlitePool>,
     postgres: Option<sqlx::PgPool>,
-    storm: bool,
 }
 
 /// The steps of a journey.
@@ -259,32 +247,28 @@ impl User {
                 corrupt_at = None;
                 self.corrupt_session().await;
             }
-            if self.storm {
+            if self.done.len() == LESSONS.len() {
+                // Every lesson completed (each pays once): the next
+                // student arrives.
+                self.generation += 1;
+                self.done.clear();
+                self.pending_lesson = None;
+                subscribed = false;
+                http = self.new_browser();
+                self.act(Action::SignUp, &mut http).await;
+                self.think().await;
+            }
+            self.act(Action::Dashboard, &mut http).await;
+            self.think().await;
+            self.act(Action::CompleteLesson, &mut http).await;
+            self.think().await;
+            if self.rng.f64() < 0.5 {
                 self.act(Action::Tutor, &mut http).await;
-            } else {
-                if self.done.len() == LESSONS.len() {
-                    // Every lesson completed (each pays once): the next
-                    // student arrives.
-                    self.generation += 1;
-                    self.done.clear();
-                    self.pending_lesson = None;
-                    subscribed = false;
-                    http = self.new_browser();
-                    self.act(Action::SignUp, &mut http).await;
-                    self.think().await;
-                }
-                self.act(Action::Dashboard, &mut http).await;
                 self.think().await;
-                self.act(Action::CompleteLesson, &mut http).await;
+            }
+            if !subscribed && self.rng.f64() < 0.1 {
+                subscribed = self.act(Action::Subscribe, &mut http).await;
                 self.think().await;
-                if self.rng.f64() < 0.5 {
-                    self.act(Action::Tutor, &mut http).await;
-                    self.think().await;
-                }
-                if !subscribed && self.rng.f64() < 0.1 {
-                    subscribed = self.act(Action::Subscribe, &mut http).await;
-                    self.think().await;
-                }
             }
             self.think().await;
         }
@@ -331,11 +315,7 @@ impl User {
     }
 
     async fn think(&mut self) {
-        let ms = if self.storm {
-            self.rng.u64(50..150)
-        } else {
-            self.rng.u64(100..400)
-        };
+        let ms = self.rng.u64(100..400);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
@@ -347,7 +327,7 @@ impl User {
         let begin = Instant::now();
         let started_at = begin - self.started;
         let mut seen = self.perform(action, 1, http).await;
-        if seen != Seen::Ok && !self.storm {
+        if seen != Seen::Ok {
             self.shared
                 .first_try_failures
                 .fetch_add(1, Ordering::Relaxed);
@@ -498,7 +478,7 @@ fn classify(
     }
 }
 
-// --- chaos-integ (issue 14, item 6): the storm judges its answers as users do.
+// the storm judges its answers as users do.
 /// Judges one answer by the users' rules (`ok` decides success for a 2xx page).
 pub(super) async fn judge_answer(
     response: Result<reqwest::Response, reqwest::Error>,
@@ -517,4 +497,3 @@ pub(super) async fn judge_answer(
         Err(_) => Outcome::HardFailure(FailureKind::Connection),
     }
 }
-// --- end chaos-integ

@@ -151,7 +151,7 @@ impl User {
             "Can you explain {}?",
             topics[self.rng.usize(..topics.len())]
         );
-        // chaos-integ (issue 14, item 5): the witness for duplicate answers.
+        // the witness for duplicate answers.
         self.shared.update_progress(self.email(), |p| {
             *p.questions.entry(question.clone()).or_default() += 1;
         });
