@@ -232,3 +232,129 @@ async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
     assert!(refused >= n - 10, "{refused}");
     assert!(events.lines().iter().any(|l| l.ends_with("closed->open")));
 }
+
+// ------------------------------------------------ the server's own limit
+
+/// A burst of 60 concurrent requests (30 to a slow handler, 30 to probes
+/// and the admin page) against a slow handler (two workers,
+/// 50 ms each) behind `HealLayer` with an adaptive limit (initially 4,
+/// between 2 and 8): the excess is answered at once with the friendly 503
+/// and `Retry-After`; the handler never sees more requests at once than the
+/// limit's maximum (so an accepted request waits at most 4 service times);
+/// probes and admin paths mounted *inside* the layer are never shed; the
+/// monitor's status and error rate do not move.
+#[tokio::test(start_paused = true)]
+async fn the_server_sheds_the_excess_early_and_never_its_probes() {
+    use selfheal::health::{Monitor, Status};
+    use selfheal::web::{AdaptiveLimit, HealLayer};
+
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
+    let limit = AdaptiveLimit::new("web")
+        .with_limits(4, 2, 8)
+        .unwrap()
+        .with_window(std::time::Duration::from_millis(10), 2)
+        .unwrap();
+    let workers = Arc::new(tokio::sync::Semaphore::new(2));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (w, i, m) = (workers.clone(), inside.clone(), most.clone());
+    let app = Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(move || {
+                let (w, i, m) = (w.clone(), i.clone(), m.clone());
+                async move {
+                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let _worker = w.acquire().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    i.fetch_sub(1, Ordering::SeqCst);
+                    "done"
+                }
+            }),
+        )
+        .route("/admin/health", axum::routing::get(|| async { "admin" }))
+        .merge(selfheal::web::probes(monitor.clone()))
+        .layer(HealLayer::new(monitor.clone()).with_adaptive_limit(limit.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    selfheal::tls::install_default_crypto_provider();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..60 {
+        let http = http.clone();
+        let path = match n % 6 {
+            0 => "/healthz",
+            1 => "/readyz",
+            2 => "/admin/health",
+            _ => "/slow",
+        };
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let response = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body = response.text().await.unwrap();
+            (path, status, retry_after, body, started.elapsed())
+        }));
+    }
+    let (mut ok, mut shed, mut probes) = (0, 0, 0);
+    let (mut slowest_ok, mut slowest_shed) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for task in tasks {
+        let (path, status, retry_after, body, took) = task.await.unwrap();
+        if path != "/slow" {
+            assert_eq!(status, 200, "{path} was shed");
+            probes += 1;
+            continue;
+        }
+        match status {
+            200 => {
+                ok += 1;
+                slowest_ok = slowest_ok.max(took);
+            }
+            503 => {
+                shed += 1;
+                slowest_shed = slowest_shed.max(took);
+                assert!(
+                    retry_after.is_some(),
+                    "a shed answer says when to come back"
+                );
+                assert!(body.contains("We are busy right now"), "{body}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    println!(
+        "burst of 30 slow requests: {ok} served (slowest {slowest_ok:?}), {shed} shed (slowest {slowest_shed:?}), {probes} probes all served; limit now {}, {} shed",
+        limit.limit(),
+        limit.shed()
+    );
+    assert_eq!(probes, 30);
+    assert!(shed > 0 && ok > 0, "{ok} served, {shed} shed");
+    assert_eq!(ok + shed, 30);
+    assert!(
+        most.load(Ordering::SeqCst) <= 8,
+        "{}",
+        most.load(Ordering::SeqCst)
+    );
+    // Shedding moved nothing on the monitor.
+    monitor.evaluate();
+    assert_eq!(monitor.status(), Status::Healthy);
+    let report = monitor.report(std::time::Duration::from_secs(60));
+    assert_eq!(report.total_errors, 0);
+    assert_eq!(report.requests.failed, 0);
+    // The limit reported its windows: the dashboard and /metrics read them.
+    assert_eq!(report.limiters.len(), 1, "{report:?}");
+    assert_eq!(report.limiters[0].name, "web");
+    assert!(
+        report.notes.iter().any(|n| n.starts_with("web sheds load")),
+        "{:?}",
+        report.notes
+    );
+}

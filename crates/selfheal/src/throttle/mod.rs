@@ -109,7 +109,7 @@ pub use self::error::{ThrottleError, Throttled};
 #[cfg(feature = "tower")]
 pub use self::layer::{ResponseFuture, ThrottleLayer, ThrottleService};
 pub use self::shedding::server_is_shedding;
-#[allow(unused_imports)]
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
 pub(crate) use self::shedding::set_shedding;
 use crate::ConfigError;
 use crate::breaker::window::Window;
