@@ -30,8 +30,8 @@
 //! back). Nothing flips: the rejection probability follows the dependency's
 //! answers smoothly in both directions.
 //!
-//! Two choices differ from the book, both measured (see `docs/design.md`,
-//! "Adaptive throttling"):
+//! Two choices differ from the book, both measured (see
+//! `docs/adaptive.md` in the repository):
 //!
 //! - **Locally rejected requests are not counted as requests.** The book
 //!   counts them, which is right when the dependency's failures are
