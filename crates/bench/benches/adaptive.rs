@@ -122,7 +122,7 @@ fn main() {
             .body(Body::empty())
             .unwrap()
     };
-    let mut rows = vec![
+    let mut rows = [
         Row {
             case: "throttle",
             name: "direct call (baseline)",
@@ -191,7 +191,7 @@ fn main() {
         let mut c = Criterion::default().configure_from_args();
         for row in rows.iter_mut() {
             let f = &mut row.f;
-            c.bench_function(&format!("{}/{}", row.case, row.name), |b| b.iter(|| f()));
+            c.bench_function(&format!("{}/{}", row.case, row.name), |b| b.iter(&mut *f));
         }
         c.final_summary();
     }
