@@ -125,6 +125,7 @@ pub mod retry;
 #[cfg(feature = "sessions")]
 pub mod session;
 pub mod supervise;
+pub mod throttle;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "axum")]

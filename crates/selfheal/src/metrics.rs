@@ -20,7 +20,10 @@
 //! | `selfheal_ready` | gauge, 0 or 1 | the monitor, at scrape time |
 //! | `selfheal_fingerprint_errors{fingerprint}` | gauge: errors within the monitor's horizon | the monitor, at scrape time |
 //! | `selfheal_check_passing{check}` | gauge, 0 or 1 | the monitor, at scrape time |
-//! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total` | counter | the monitor, at scrape time |
+//! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total`, `selfheal_throttle_rejections_total` | counter | the monitor, at scrape time |
+//! | `selfheal_throttling{throttle}` | gauge, 0 or 1 | adaptive throttles' events, read at scrape time |
+//! | `selfheal_concurrency_limit{limiter}`, `selfheal_concurrency_in_flight{limiter}` | gauge | the adaptive concurrency limit's last window, at scrape time |
+//! | `selfheal_shed_total{limiter}` | counter | the same |
 //!
 //! **One channel.** The metrics do not collect on their own: they are the
 //! monitor's [listener](Monitor::set_listener) ([`Metrics::routes`] and
@@ -201,6 +204,20 @@ impl Metrics {
         for breaker in &report.breakers {
             metrics::gauge!("selfheal_breaker_state", "breaker" => breaker.name.clone())
                 .set(breaker_gauge(breaker.state));
+        }
+        metrics::counter!("selfheal_throttle_rejections_total")
+            .absolute(report.throttle_rejections);
+        for throttle in &report.throttles {
+            metrics::gauge!("selfheal_throttling", "throttle" => throttle.name.clone())
+                .set(if throttle.throttling { 1.0 } else { 0.0 });
+        }
+        for limiter in &report.limiters {
+            let name = limiter.name.clone();
+            metrics::gauge!("selfheal_concurrency_limit", "limiter" => name.clone())
+                .set(f64::from(limiter.limit));
+            metrics::gauge!("selfheal_concurrency_in_flight", "limiter" => name.clone())
+                .set(f64::from(limiter.in_flight));
+            metrics::counter!("selfheal_shed_total", "limiter" => name).absolute(limiter.shed);
         }
         for check in &report.checks {
             let passing = if check.passing == Some(true) {

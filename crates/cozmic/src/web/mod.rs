@@ -83,6 +83,16 @@ pub fn app(state: AppState) -> Router {
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
+            // The server protects itself: the concurrency limit is found
+            // from latency (Gradient2) and the excess is answered at once
+            // with the friendly 503 + Retry-After; the admin pages are never
+            // shed (probes and /metrics are outside this layer anyway).
+            // Starts at 64 and never goes below 16 requests at once.
+            heal = heal.with_adaptive_limit(
+                selfheal::web::AdaptiveLimit::new("cozmic")
+                    .with_limits(64, 16, 1000)
+                    .expect("valid limits"),
+            );
             pages.layer(heal)
         }
         Healing::Off => pages

@@ -67,7 +67,7 @@ mod error;
 #[cfg(feature = "tower")]
 mod layer;
 mod state;
-mod window;
+pub(crate) mod window;
 
 #[cfg(test)]
 mod tests;

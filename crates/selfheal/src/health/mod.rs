@@ -94,7 +94,8 @@ pub use check::{CheckOptions, CheckResult};
 #[cfg(feature = "email")]
 pub use email::{EmailError, EmailSink};
 pub use report::{
-    BreakerReport, FingerprintReport, HealRecord, Report, RequestReport, Status, Summary,
+    BreakerReport, FingerprintReport, HealRecord, LimiterReport, Report, RequestReport, Status,
+    Summary, ThrottleReport,
 };
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
@@ -132,6 +133,11 @@ struct Inner {
     budget_refusals: AtomicU64,
     breaker_rejections: AtomicU64,
     breakers: Mutex<BTreeMap<String, (BreakerState, u64)>>,
+    throttle_rejections: AtomicU64,
+    /// Adaptive throttles that reported: name → (throttling, failure ratio, since ms).
+    throttles: Mutex<BTreeMap<String, (bool, f64, u64)>>,
+    /// Adaptive concurrency limits: name → their last window.
+    limiters: Mutex<BTreeMap<String, LimiterReport>>,
     checks: Mutex<Vec<Arc<Check>>>,
     /// Conditions set by components (a supervised worker waiting for a
     /// dependency, say): key → (status, reason).

@@ -19,6 +19,9 @@
 //! | `FallbackUsed` | an error and a `fallback_used` heal |
 //! | `BreakerTransition` | the breaker's state; `breaker_opened` / `breaker_closed` heals |
 //! | `BreakerRejected` | a rejection count |
+//! | `ThrottleChanged` | the throttle's regime, shown in the report's notes (never the status: throttling is the healing working) |
+//! | `ThrottleRejected` | a throttle rejection count |
+//! | `LimitChanged` | the concurrency limit's last window (limit, in flight, shed), shown in the report's notes (never the status: shedding is the server protecting itself) |
 //! | `Error`, `Heal` | recorded as they are (an error with its client, if any) |
 
 use std::sync::atomic::Ordering;
@@ -93,6 +96,38 @@ impl Monitor {
             }
             Event::BreakerRejected { .. } => {
                 m.inner.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::ThrottleRejected { .. } => {
+                m.inner.throttle_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::ThrottleChanged {
+                throttle,
+                throttling,
+                failure_ratio,
+            } => {
+                let mut throttles = lock(&m.inner.throttles);
+                if throttles.len() < 256 || throttles.contains_key(throttle) {
+                    throttles.insert(throttle.to_owned(), (throttling, failure_ratio, m.now().ms));
+                }
+            }
+            Event::LimitChanged {
+                limiter,
+                limit,
+                in_flight,
+                shed,
+            } => {
+                let mut limiters = lock(&m.inner.limiters);
+                if limiters.len() < 64 || limiters.contains_key(limiter) {
+                    limiters.insert(
+                        limiter.to_owned(),
+                        super::LimiterReport {
+                            name: limiter.to_owned(),
+                            limit,
+                            in_flight,
+                            shed,
+                        },
+                    );
+                }
             }
             _ => {}
         }

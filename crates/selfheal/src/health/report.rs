@@ -115,6 +115,32 @@ pub struct BreakerReport {
     pub since_secs: u64,
 }
 
+/// An adaptive client throttle, as last reported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThrottleReport {
+    /// The throttle's name (the dependency).
+    pub name: String,
+    /// Whether it refuses a share of the retries (or calls) now.
+    pub throttling: bool,
+    /// The share of calls the dependency refused or failed, when it changed.
+    pub failure_ratio: f64,
+    /// Seconds since it changed.
+    pub since_secs: u64,
+}
+
+/// An adaptive concurrency limit, as of its last window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimiterReport {
+    /// The limiter's name.
+    pub name: String,
+    /// The concurrency limit.
+    pub limit: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Requests shed since it started.
+    pub shed: u64,
+}
+
 /// Everything the monitor knows, for dashboards and `application/health+json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -150,6 +176,16 @@ pub struct Report {
     pub breaker_rejections: u64,
     /// Breakers, by name.
     pub breakers: Vec<BreakerReport>,
+    /// Calls and retries refused by an adaptive throttle since start.
+    pub throttle_rejections: u64,
+    /// Adaptive throttles, by name.
+    pub throttles: Vec<ThrottleReport>,
+    /// Adaptive concurrency limits, by name.
+    pub limiters: Vec<LimiterReport>,
+    /// What healing is doing that moves no status, in words: throttled
+    /// dependencies ("retries to api.openai.com throttled: 62 % of calls
+    /// failed"), a server shedding load.
+    pub notes: Vec<String>,
     /// Registered checks.
     pub checks: Vec<CheckResult>,
     /// Alerts currently firing (rule, fingerprint).
@@ -433,6 +469,33 @@ impl Monitor {
                 since_secs: now.ms.saturating_sub(*since) / 1000,
             })
             .collect();
+        let throttles: Vec<ThrottleReport> = lock(&self.inner.throttles)
+            .iter()
+            .map(
+                |(name, (throttling, failure_ratio, since))| ThrottleReport {
+                    name: name.clone(),
+                    throttling: *throttling,
+                    failure_ratio: *failure_ratio,
+                    since_secs: now.ms.saturating_sub(*since) / 1000,
+                },
+            )
+            .collect();
+        let limiters: Vec<LimiterReport> = lock(&self.inner.limiters).values().cloned().collect();
+        let mut notes = Vec::new();
+        for t in throttles.iter().filter(|t| t.throttling) {
+            notes.push(format!(
+                "retries to {} throttled: {:.0} % of calls failed ({}s ago)",
+                t.name,
+                t.failure_ratio * 100.0,
+                t.since_secs
+            ));
+        }
+        for l in limiters.iter().filter(|l| l.shed > 0) {
+            notes.push(format!(
+                "{} sheds load: limit {}, {} in flight, {} requests shed since start",
+                l.name, l.limit, l.in_flight, l.shed
+            ));
+        }
         let active_alerts = {
             let book = lock(&self.inner.book);
             let mut active: Vec<_> = book
@@ -464,6 +527,10 @@ impl Monitor {
             budget_refusals: self.inner.budget_refusals.load(Ordering::Relaxed),
             breaker_rejections: self.inner.breaker_rejections.load(Ordering::Relaxed),
             breakers,
+            throttle_rejections: self.inner.throttle_rejections.load(Ordering::Relaxed),
+            throttles,
+            limiters,
+            notes,
             checks: self.checks(),
             active_alerts,
             recent_alerts: lock(&self.inner.recent_alerts)

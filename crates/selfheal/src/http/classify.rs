@@ -221,18 +221,6 @@ impl Classifier {
     }
 }
 
-/// Whether an outcome counts as a failure of the dependency for its circuit
-/// breaker: a transient failure, or a `500` (the dependency is broken, even
-/// if repeating the request would not help). A `404` or a `400` is a
-/// healthy dependency answering a bad request.
-pub(crate) fn is_breaker_failure(
-    verdict: Option<Verdict>,
-    outcome: &Result<Response, reqwest_middleware::Error>,
-) -> bool {
-    matches!(verdict, Some(Verdict::Transient | Verdict::RetryAfter(_)))
-        || matches!(outcome, Ok(r) if r.status() == StatusCode::INTERNAL_SERVER_ERROR)
-}
-
 /// RFC 9110 §9.2.2: methods whose intended effect of several identical
 /// requests is the same as one's. TRACE too (it has no effect at all).
 pub(crate) fn is_idempotent_method(method: &Method) -> bool {

@@ -59,12 +59,20 @@
 //! certain timeout. Malformed hints are ignored (the parsers are
 //! property-tested on arbitrary bytes: the header is attacker-controlled).
 //!
-//! **One budget and one breaker per dependency.** A dependency is a host
-//! (with its port, unless it is the scheme's default), or a name given with
-//! [`Dependency`]. Its [`Budget`](crate::retry::Budget) stops retries during
-//! an outage (1,000 calls against a dead host make about 1,010 attempts, not
-//! 3,000), and its circuit breaker fails calls fast with [`Unavailable`]
-//! ([`is_circuit_open`]) once it is clearly down. The registry is bounded
+//! **One throttle, one budget and one breaker per dependency.** A
+//! dependency is a host (with its port, unless it is the scheme's default),
+//! or a name given with [`Dependency`]. Its
+//! [adaptive throttle](crate::throttle) weighs every attempt's outcome and
+//! sheds retries in proportion once the dependency refuses or fails more
+//! than half of what it is sent (a flaky dependency keeps being retried, an
+//! overloaded one gets no retry storm; first attempts are never refused,
+//! so healing never does worse than no healing); retries also stop while
+//! this server sheds its own load. Its [`Budget`](crate::retry::Budget)
+//! stops retries at once in a full outage (1,000 calls against a dead host
+//! make about 1,010 attempts, not 3,000), and its circuit breaker, which
+//! counts only attempts that got no answer (connect errors and timeouts,
+//! five in a row), fails calls fast with [`Unavailable`]
+//! ([`is_circuit_open`]) once the dependency is hard down. The registry is bounded
 //! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
 //! does not grow a breaker per attacker-chosen host.
 //!
@@ -193,7 +201,7 @@ pub use registry::Dependency;
 
 use crate::observe::GiveUpReason;
 use crate::retry::{Run, Step};
-use classify::{ErrorClass, is_breaker_failure};
+use classify::ErrorClass;
 use idempotency::Replay;
 use registry::Registry;
 
@@ -240,6 +248,12 @@ impl ResilientMiddleware {
     /// [`Breaker::snapshot`](crate::breaker::Breaker::snapshot).
     pub fn breaker(&self, name: &str) -> Option<crate::breaker::Breaker> {
         self.inner.registry.find(name)?.gate.breaker().cloned()
+    }
+
+    /// The adaptive throttle of the dependency `name`, once a request has
+    /// created it; `None` also without throttles.
+    pub fn throttle(&self, name: &str) -> Option<crate::throttle::AdaptiveThrottle> {
+        self.inner.registry.find(name)?.policy.throttle().cloned()
     }
 
     /// The retry budget of the dependency `name`, once a request has created
@@ -365,7 +379,12 @@ impl Inner {
                         outcome,
                         &dep.operation,
                         |run, outcome, verdict| {
-                            pass.record(is_breaker_failure(verdict, outcome));
+                            // The breaker answers "does it answer at all?"
+                            // only: no connection, or no answer in time.
+                            pass.record(matches!(
+                                &*outcome,
+                                Err(e) if matches!(ErrorClass::of(e), ErrorClass::Connect | ErrorClass::Timeout)
+                            ));
                             let Some(verdict) = verdict else { return };
                             if let Err(error) = outcome {
                                 redact(error);

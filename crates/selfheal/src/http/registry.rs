@@ -13,12 +13,14 @@ use crate::ConfigError;
 use crate::breaker::{Breaker, Permit};
 use crate::observe::Observer;
 use crate::retry::{Budget, Policy};
+use crate::throttle::AdaptiveThrottle;
 
 /// Names the dependency a request belongs to, as a reqwest-middleware
 /// extension; without it, the dependency is the request's host (with its
 /// port when not the scheme's default).
 ///
-/// Requests of one dependency share a retry budget and a circuit breaker,
+/// Requests of one dependency share a retry budget, an adaptive throttle
+/// and a circuit breaker,
 /// and report under the operation `http:<name>`. Name a dependency when one
 /// service sits behind several hosts, or when one host serves unrelated
 /// services (an API gateway).
@@ -78,7 +80,8 @@ impl fmt::Debug for GateFactory {
 impl GateFactory {
     fn make(&self, name: &str) -> Gate {
         let default = |observer: Option<&Arc<dyn Observer>>| {
-            let mut builder = Breaker::builder(name.to_owned());
+            // Hard down only: five attempts in a row that got no answer.
+            let mut builder = Breaker::builder(name.to_owned()).with_consecutive_failures(5);
             if let Some(observer) = observer {
                 builder = builder.with_observer(Arc::clone(observer));
             }
@@ -161,6 +164,9 @@ pub(crate) struct Template {
     pub(crate) policy: Policy<Classifier>,
     /// `(max_tokens, ratio)`, validated by the builder; `None`: no budget.
     pub(crate) budget: Option<(u32, f64)>,
+    /// The throttle's multiplier `K`, validated by the builder; `None`: no
+    /// throttle.
+    pub(crate) throttle: Option<f64>,
     pub(crate) gates: GateFactory,
     pub(crate) max_dependencies: usize,
 }
@@ -261,6 +267,14 @@ impl Registry {
             )),
             None => policy.without_budget(),
         };
+        if let Some(multiplier) = self.template.throttle {
+            let mut throttle =
+                AdaptiveThrottle::builder(name.to_string()).with_multiplier(multiplier);
+            if let Some(observer) = self.template.policy.observer() {
+                throttle = throttle.with_observer(Arc::clone(observer));
+            }
+            policy = policy.with_throttle(throttle.build().expect("validated by the builder"));
+        }
         Dep {
             gate: self.template.gates.make(&name),
             name,
@@ -299,6 +313,7 @@ mod tests {
                 transient: StatusSet::default_transient(),
             }),
             budget: Some((20, 0.5)),
+            throttle: Some(2.0),
             gates: GateFactory::Off,
             max_dependencies: max,
         })

@@ -44,6 +44,13 @@ pub enum GiveUpReason {
     Deadline,
     /// The dependency's retry budget is spent: retrying now would feed a retry storm.
     Budget,
+    /// The dependency's [adaptive throttle](crate::throttle) refused the
+    /// retry: it has been refusing or failing more than it can take.
+    Throttled,
+    /// This server is shedding its own requests
+    /// ([`server_is_shedding`](crate::throttle::server_is_shedding)): a
+    /// retry would hold the request longer and add load.
+    Overloaded,
 }
 
 impl GiveUpReason {
@@ -54,6 +61,8 @@ impl GiveUpReason {
             Self::MaxAttempts => "max_attempts",
             Self::Deadline => "deadline",
             Self::Budget => "budget",
+            Self::Throttled => "throttled",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -65,6 +74,8 @@ impl fmt::Display for GiveUpReason {
             Self::MaxAttempts => "the maximum number of attempts was reached",
             Self::Deadline => "the next wait would cross the deadline",
             Self::Budget => "the retry budget is exhausted",
+            Self::Throttled => "the dependency's throttle refused the retry",
+            Self::Overloaded => "the server is shedding load",
         })
     }
 }
@@ -224,6 +235,38 @@ pub enum Event<'a> {
         breaker: &'a str,
         /// How long until the breaker lets a probe through.
         retry_in: Duration,
+    },
+    /// An [adaptive throttle](crate::throttle) started (`throttling`) or
+    /// stopped refusing calls locally.
+    ThrottleChanged {
+        /// The throttle's name (the dependency).
+        throttle: &'a str,
+        /// Whether it now refuses a share of the calls.
+        throttling: bool,
+        /// The share of the calls in its window that the dependency
+        /// refused or failed.
+        failure_ratio: f64,
+    },
+    /// A call (or a retry) was refused locally by an adaptive throttle.
+    ThrottleRejected {
+        /// The throttle's name.
+        throttle: &'a str,
+        /// The probability of refusal it drew against.
+        probability: f64,
+    },
+    /// An adaptive concurrency limit closed a window: its limit, the
+    /// requests in flight and the requests it shed since it started. At
+    /// most once a window (1 s by default); shedding is the server
+    /// protecting itself, never an error.
+    LimitChanged {
+        /// The limiter's name.
+        limiter: &'a str,
+        /// The concurrency limit now.
+        limit: u32,
+        /// Requests in flight.
+        in_flight: u32,
+        /// Requests shed since the limiter started.
+        shed: u64,
     },
     /// An error was recorded (a 5xx or a panic answered by the web layer, a
     /// worker that failed, a transaction given up on, an alert that could

@@ -239,6 +239,10 @@ fn trace_event(event: &Event<'_>) {
                 // per call would be a log storm of its own. The health monitor
                 // counts them.
                 GiveUpReason::Budget => gave_up!(debug, "retry budget exhausted, not retrying"),
+                // Throttled and overloaded give-ups are the healing working:
+                // during an overload they come by the thousand.
+                GiveUpReason::Throttled => gave_up!(debug, "throttle refused the retry"),
+                GiveUpReason::Overloaded => gave_up!(debug, "server shedding, not retrying"),
                 GiveUpReason::MaxAttempts | GiveUpReason::Deadline => gave_up!(warn, "gave up"),
             }
         }
@@ -261,6 +265,39 @@ fn trace_event(event: &Event<'_>) {
             breaker,
             retry_in_ms = retry_in.as_millis() as u64,
             "circuit breaker open, call rejected"
+        ),
+        Event::ThrottleChanged {
+            throttle,
+            throttling,
+            failure_ratio,
+        } => tracing::warn!(
+            target: "selfheal",
+            throttle,
+            throttling,
+            failure_ratio,
+            "adaptive throttle changed regime"
+        ),
+        Event::ThrottleRejected {
+            throttle,
+            probability,
+        } => tracing::debug!(
+            target: "selfheal",
+            throttle,
+            probability,
+            "adaptive throttle refused a call"
+        ),
+        Event::LimitChanged {
+            limiter,
+            limit,
+            in_flight,
+            shed,
+        } => tracing::debug!(
+            target: "selfheal",
+            limiter,
+            limit,
+            in_flight,
+            shed,
+            "adaptive concurrency window"
         ),
         // Recorded errors and heals are logged by the component that reports
         // them, with its own context.

@@ -96,6 +96,31 @@ pub enum Recorded {
         /// How long until a probe is let through.
         retry_in: Duration,
     },
+    /// [`Event::ThrottleChanged`].
+    ThrottleChanged {
+        /// The throttle's name.
+        throttle: String,
+        /// Whether it now refuses a share of the calls.
+        throttling: bool,
+        /// The failure ratio, in whole percent.
+        failure_percent: u32,
+    },
+    /// [`Event::ThrottleRejected`].
+    ThrottleRejected {
+        /// The throttle's name.
+        throttle: String,
+    },
+    /// [`Event::LimitChanged`].
+    LimitChanged {
+        /// The limiter's name.
+        limiter: String,
+        /// The limit.
+        limit: u32,
+        /// Requests in flight.
+        in_flight: u32,
+        /// Requests shed since start.
+        shed: u64,
+    },
     /// [`Event::Error`].
     Error {
         /// Where it happened.
@@ -168,6 +193,29 @@ impl Recorded {
                 breaker: breaker.into(),
                 retry_in,
             },
+            Event::ThrottleChanged {
+                throttle,
+                throttling,
+                failure_ratio,
+            } => Self::ThrottleChanged {
+                throttle: throttle.into(),
+                throttling,
+                failure_percent: (failure_ratio * 100.0).round() as u32,
+            },
+            Event::ThrottleRejected { throttle, .. } => Self::ThrottleRejected {
+                throttle: throttle.into(),
+            },
+            Event::LimitChanged {
+                limiter,
+                limit,
+                in_flight,
+                shed,
+            } => Self::LimitChanged {
+                limiter: limiter.into(),
+                limit,
+                in_flight,
+                shed,
+            },
             Event::Error {
                 operation,
                 failure,
@@ -189,7 +237,8 @@ impl Recorded {
 /// One line per event, for assertions that read like a log:
 /// `retry KIND@OPERATION #ATTEMPT`, `recovered OPERATION #ATTEMPTS`,
 /// `gave_up KIND@OPERATION #ATTEMPTS (REASON)`, `fallback KIND@OPERATION`,
-/// `breaker NAME FROM->TO`, `rejected NAME`, `error KIND@OPERATION`,
+/// `breaker NAME FROM->TO`, `rejected NAME`, `throttle NAME on|off`,
+/// `throttled NAME`, `limit NAME LIMIT`, `error KIND@OPERATION`,
 /// `heal KIND@OPERATION`.
 impl fmt::Display for Recorded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,6 +272,17 @@ impl fmt::Display for Recorded {
                 write!(f, "breaker {breaker} {from}->{to}")
             }
             Self::BreakerRejected { breaker, .. } => write!(f, "rejected {breaker}"),
+            Self::ThrottleChanged {
+                throttle,
+                throttling,
+                ..
+            } => write!(
+                f,
+                "throttle {throttle} {}",
+                if *throttling { "on" } else { "off" }
+            ),
+            Self::ThrottleRejected { throttle } => write!(f, "throttled {throttle}"),
+            Self::LimitChanged { limiter, limit, .. } => write!(f, "limit {limiter} {limit}"),
             Self::Error {
                 operation, kind, ..
             } => write!(f, "error {kind}@{operation}"),

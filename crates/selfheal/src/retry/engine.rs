@@ -208,6 +208,9 @@ impl<C> Policy<C> {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
+        if let Some(throttle) = &self.throttle {
+            throttle.record(true);
+        }
         if run.attempts > 1 {
             observe::emit(
                 self.observer.as_deref(),
@@ -236,6 +239,9 @@ impl<C> Policy<C> {
         C: Classify<T, E>,
         E: fmt::Display,
     {
+        if let Some(throttle) = &self.throttle {
+            throttle.record(!crate::throttle::is_refusal(Some(verdict)));
+        }
         let step = self.plan(run, verdict, elapsed);
         let kind = self.classifier.failure_kind(outcome.as_ref());
         let message: &dyn fmt::Display = match outcome {
@@ -309,6 +315,16 @@ impl<C> Policy<C> {
         }
         if !budget_allows {
             return give_up(GiveUpReason::Budget);
+        }
+        if let Some(throttle) = &self.throttle {
+            // Health steers the policy: the server's own overload first (no
+            // event of the throttle's for a retry it never asked about).
+            if crate::throttle::server_is_shedding() {
+                return give_up(GiveUpReason::Overloaded);
+            }
+            if !throttle.admit() {
+                return give_up(GiveUpReason::Throttled);
+            }
         }
         run.previous_delay = delay;
         run.waited += delay;

@@ -76,6 +76,7 @@ pub use layer::{ResponseFuture, RetryLayer, RetryService};
 
 use crate::ConfigError;
 use crate::observe::Observer;
+use crate::throttle::AdaptiveThrottle;
 
 /// A retry policy: stop conditions, classification, backoff, budget and
 /// observer. Cheap to clone (the budget and observer are shared).
@@ -90,6 +91,7 @@ use crate::observe::Observer;
 /// | max delay (cap on server hints) | 30 s |
 /// | classifier | [`AlwaysTransient`] |
 /// | budget | a fresh [`Budget::default`] for this policy and its clones |
+/// | throttle | none ([`Policy::with_throttle`]) |
 /// | observer | the global one ([`observe::set_global`](crate::observe::set_global)) |
 /// | name | `"operation"` |
 #[derive(Clone)]
@@ -99,6 +101,7 @@ pub struct Policy<C = AlwaysTransient> {
     backoff: Backoff,
     max_delay: Duration,
     budget: Option<Arc<Budget>>,
+    throttle: Option<AdaptiveThrottle>,
     observer: Option<Arc<dyn Observer>>,
     random: Option<Arc<dyn Random>>,
     name: Cow<'static, str>,
@@ -113,6 +116,7 @@ impl Default for Policy {
             backoff: Backoff::default(),
             max_delay: Duration::from_secs(30),
             budget: Some(Arc::new(Budget::default())),
+            throttle: None,
             observer: None,
             random: None,
             name: Cow::Borrowed("operation"),
@@ -130,6 +134,7 @@ impl<C: fmt::Debug> fmt::Debug for Policy<C> {
             .field("backoff", &self.backoff)
             .field("max_delay", &self.max_delay)
             .field("budget", &self.budget)
+            .field("throttle", &self.throttle)
             .field("observer", &self.observer.as_ref().map(|_| "custom"))
             .field("classifier", &self.classifier)
             .finish()
@@ -186,6 +191,33 @@ impl<C> Policy<C> {
         self
     }
 
+    /// Asks `throttle` (shared with every other caller of the same
+    /// dependency) before each **retry**, and records every attempt's
+    /// outcome on it: a transient failure is a refusal by the dependency,
+    /// a success or a permanent failure an accept. A retry the throttle
+    /// refuses gives up with [`GiveUpReason::Throttled`](crate::observe::GiveUpReason::Throttled),
+    /// returning the last failure. First attempts are never refused: they
+    /// are what the caller would send without any healing (see the
+    /// [throttle's docs](crate::throttle) for why).
+    ///
+    /// A policy with a throttle also stops retrying while this server sheds
+    /// its own load ([`server_is_shedding`](crate::throttle::server_is_shedding);
+    /// [`GiveUpReason::Overloaded`](crate::observe::GiveUpReason::Overloaded)).
+    ///
+    /// With a throttle, the budget can be generous (the HTTP middleware
+    /// uses `Budget::new(20, 2.0)`): the throttle is what sheds the retries
+    /// an overloaded dependency refuses, in proportion, and the budget only
+    /// stops retries at once in a full outage.
+    pub fn with_throttle(mut self, throttle: AdaptiveThrottle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// The adaptive throttle, if any.
+    pub fn throttle(&self) -> Option<&AdaptiveThrottle> {
+        self.throttle.as_ref()
+    }
+
     /// Reports events to `observer` instead of the global observer.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
@@ -212,6 +244,7 @@ impl<C> Policy<C> {
             backoff: self.backoff,
             max_delay: self.max_delay,
             budget: self.budget,
+            throttle: self.throttle,
             observer: self.observer,
             random: self.random,
             name: self.name,

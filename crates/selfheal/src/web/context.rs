@@ -34,6 +34,7 @@ pub(crate) struct Shared {
     pub(crate) retry_after: Duration,
     pub(crate) responder: Arc<dyn Responder>,
     pub(super) status: Arc<StatusCache>,
+    pub(super) limit: Option<super::limit::AdaptiveLimit>,
     #[cfg(feature = "prometheus")]
     pub(crate) metrics: Option<crate::metrics::HttpMetrics>,
 }
@@ -60,6 +61,9 @@ pub(crate) struct RequestContext {
     start: Option<Instant>,
     /// Who asked: failures are recorded against this client.
     client: Client,
+    /// Its slot under the adaptive concurrency limit, if any: released
+    /// when the context is dropped, with a latency sample once answered.
+    permit: Option<super::limit::LimitPermit>,
 }
 
 impl RequestContext {
@@ -74,6 +78,22 @@ impl RequestContext {
             start: start_clock(&shared),
             client: shared.client_key.capture(req),
             shared,
+            permit: None,
+        }
+    }
+
+    /// Holds `permit` for the life of the request.
+    #[inline]
+    pub(super) fn with_permit(mut self, permit: super::limit::LimitPermit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
+    /// The handler answered: its latency is a sample for the limit.
+    #[inline]
+    pub(crate) fn answered(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.complete();
         }
     }
 

@@ -79,7 +79,10 @@ where
                 // The handler's state is abandoned after a panic (it is never
                 // polled again), so observing it broken is impossible.
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                    Ok(Poll::Ready(Ok(response))) => ctx.finish(response),
+                    Ok(Poll::Ready(Ok(response))) => {
+                        ctx.answered();
+                        ctx.finish(response)
+                    }
                     Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),
                     Ok(Poll::Pending) => {
                         let elapsed = sleep

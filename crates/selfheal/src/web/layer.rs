@@ -16,6 +16,7 @@ use tower_service::Service;
 use super::client::ClientKey;
 use super::context::{RequestContext, Shared, StatusCache};
 use super::future::ResponseFuture;
+use super::limit::AdaptiveLimit;
 use super::respond::{FriendlyResponder, Responder};
 use crate::health::Monitor;
 
@@ -43,6 +44,7 @@ impl fmt::Debug for HealLayer {
         f.debug_struct("HealLayer")
             .field("timeout", &self.shared.timeout)
             .field("load_shedding", &self.shared.shed)
+            .field("adaptive_limit", &self.shared.limit)
             .field("retry_after", &self.shared.retry_after)
             .finish_non_exhaustive()
     }
@@ -60,6 +62,7 @@ impl HealLayer {
                 retry_after: Duration::from_secs(5),
                 responder: Arc::new(FriendlyResponder),
                 status: Arc::new(StatusCache::new()),
+                limit: None,
                 #[cfg(feature = "prometheus")]
                 metrics: None,
             }),
@@ -97,6 +100,18 @@ impl HealLayer {
     /// routes outside the layer so that they still answer.
     pub fn with_load_shedding(mut self, on: bool) -> Self {
         self.shared_mut().shed = on;
+        self
+    }
+
+    /// Limits the requests in flight adaptively (see [`AdaptiveLimit`]):
+    /// the excess is answered at once with `503` and `Retry-After` (not
+    /// recorded: shedding is the server protecting itself, and moves no
+    /// status), except probes, `/metrics` and `/admin/` (and the limit's
+    /// other exempt paths). The limit reports its windows to this layer's
+    /// monitor unless it has an observer of its own. Default off.
+    pub fn with_adaptive_limit(mut self, limit: AdaptiveLimit) -> Self {
+        limit.observe_with(self.shared.monitor.observer());
+        self.shared_mut().limit = Some(limit);
         self
     }
 
@@ -168,6 +183,13 @@ where
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
         }
+        let ctx = match &shared.limit {
+            Some(limit) if !limit.is_exempt(req.uri().path()) => match limit.try_acquire() {
+                Some(permit) => ctx.with_permit(permit),
+                None => return ResponseFuture::ready(ctx.overloaded()),
+            },
+            _ => ctx,
+        };
         // For the session extractor: needed only when the monitor is not the
         // global observer (else the extractor reports there anyway), and an
         // extension insert is an allocation per request.

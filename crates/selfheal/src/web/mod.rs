@@ -50,9 +50,12 @@
 //! `tower::ServiceBuilder` and one `layer` call.
 //!
 //! Options, off by default: a **request timeout** (`503` with `Retry-After`,
-//! recorded as kind `Timeout`) and **load shedding** while the monitor's
+//! recorded as kind `Timeout`), **load shedding** while the monitor's
 //! status is critical (`503` with `Retry-After`, not recorded, so that the
-//! error rate decays and the service lets traffic back in by itself).
+//! error rate decays and the service lets traffic back in by itself), and an
+//! **adaptive concurrency limit** ([`AdaptiveLimit`], Gradient2: the limit
+//! found from latency, the excess answered at once with `503` and
+//! `Retry-After`, never probes, `/metrics` or `/admin/`).
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -76,6 +79,7 @@ mod dashboard;
 pub mod future;
 mod guard;
 mod layer;
+mod limit;
 mod probes;
 mod respond;
 
@@ -83,6 +87,7 @@ pub use client::ClientKey;
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
 pub use layer::{HealLayer, HealService};
+pub use limit::AdaptiveLimit;
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
 

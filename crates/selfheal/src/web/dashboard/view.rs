@@ -82,6 +82,9 @@ pub(super) struct HealthPage {
     heals: Vec<Row>,
     recent_heals: Vec<HealRow>,
     breakers: Vec<Row>,
+    limiters: Vec<Row>,
+    notes: Vec<String>,
+    throttle_rejections: u64,
     retries: u64,
     budget_refusals: u64,
     breaker_rejections: u64,
@@ -184,6 +187,19 @@ impl HealthPage {
                     ),
                 })
                 .collect(),
+            limiters: report
+                .limiters
+                .iter()
+                .map(|l| Row {
+                    name: l.name.clone(),
+                    value: format!(
+                        "limit {}, {} in flight, {} shed since start",
+                        l.limit, l.in_flight, l.shed
+                    ),
+                })
+                .collect(),
+            notes: report.notes.clone(),
+            throttle_rejections: report.throttle_rejections,
             retries: report.retries,
             budget_refusals: report.budget_refusals,
             breaker_rejections: report.breaker_rejections,

@@ -1,0 +1,493 @@
+//! Adaptive client-side throttling: send a dependency no more than it can
+//! take, in proportion to what it takes.
+//!
+//! # Why not a breaker (alone)
+//!
+//! A circuit breaker is a switch: below its threshold it lets everything
+//! through, above it nothing. Against a dependency that is *flaky* rather
+//! than dead (60 % of calls failing at random, every one of them worth a
+//! retry) a failure-ratio breaker opens again and again and refuses calls
+//! that would have succeeded: measured in this project's chaos runs, a
+//! tutor whose upstream failed 60 % of the time succeeded 10–65 % of the
+//! time with the breaker on, 69–75 % with no healing at all. A switch
+//! cannot be right for both "flaky" and "down".
+//!
+//! Google's SRE book ("Handling Overload") describes the alternative this
+//! module implements: each client remembers, over a sliding window, how
+//! many requests it made and how many the dependency *accepted*, and
+//! rejects a new request locally with probability
+//!
+//! ```text
+//! p = max(0, (requests − K·accepts) / (requests + 1))
+//! ```
+//!
+//! While the dependency accepts more than one request in `K` (default 2),
+//! `p` is zero and nothing changes. Beyond that, the client sends about `K`
+//! times what the dependency accepts and refuses the excess locally, in
+//! nanoseconds, without a network call: a dependency that accepts 40 % is
+//! sent a little less, one that accepts nothing is sent a trickle (about the
+//! square root of the demand: enough probes to notice the moment it is
+//! back). Nothing flips: the rejection probability follows the dependency's
+//! answers smoothly in both directions.
+//!
+//! Two choices differ from the book, both measured (see
+//! `docs/adaptive.md` in the repository):
+//!
+//! - **Locally rejected requests are not counted as requests.** The book
+//!   counts them, which is right when the dependency's failures are
+//!   capacity-bound (it accepts a fixed number whatever is sent). When they
+//!   are random (a flaky network, a fault proxy), accepts shrink with what
+//!   is sent, and counting the refusals feeds them back: the probability
+//!   spirals to 1 as soon as more than one call in `K` fails. Measured with
+//!   60 % random failures and retries: 2 % success counting them, 48–68 %
+//!   without (no healing: 40 %).
+//! - **Whatever is throttled is the caller's choice.** The closure API and
+//!   the tower layer throttle every call through them. The retry engine
+//!   ([`Policy::with_throttle`](crate::retry::Policy::with_throttle)) and
+//!   the HTTP middleware throttle *retries only*: a first attempt is what
+//!   the caller would have sent without any healing, so refusing it can
+//!   only make a flaky dependency look worse, while retries are the load
+//!   that healing adds, and the load that turns an overload into a
+//!   self-sustaining retry storm. Throttled that way, healing never does
+//!   worse than no healing, whatever the failure rate.
+//!
+//! # Cost
+//!
+//! Asking is one atomic load while the dependency is healthy (`p = 0`);
+//! recording an outcome is one clock read and one compare-exchange on a
+//! bucket of the window (the breaker's lock-free window). No lock, no
+//! allocation. While `p > 0` each admission reads the window and draws a
+//! random number.
+//!
+//! # Reporting
+//!
+//! A throttle reports through the [one channel](crate::observe): when it
+//! starts and stops refusing ([`Event::ThrottleChanged`]), and each refusal
+//! ([`Event::ThrottleRejected`]); the health monitor shows the throttles
+//! that are refusing, with the share of failed calls that made them.
+//!
+//! ```
+//! use selfheal::throttle::{AdaptiveThrottle, ThrottleError};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), selfheal::ConfigError> {
+//! let throttle = AdaptiveThrottle::builder("recommendations")
+//!     .with_multiplier(2.0)
+//!     .with_min_requests(10)
+//!     .build()?;
+//!
+//! // The dependency refuses everything: after a few calls, most are
+//! // refused locally, at once.
+//! let mut local = 0;
+//! for _ in 0..100 {
+//!     let result = throttle.call(|| async { Err::<(), _>("503") }).await;
+//!     if let Err(ThrottleError::Throttled(_)) = result {
+//!         local += 1;
+//!     }
+//! }
+//! assert!(local > 50, "{local}");
+//! assert!(throttle.rejection_probability() > 0.5);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+#[cfg(feature = "tower")]
+mod layer;
+mod shedding;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use self::error::{ThrottleError, Throttled};
+#[cfg(feature = "tower")]
+pub use self::layer::{ResponseFuture, ThrottleLayer, ThrottleService};
+pub use self::shedding::server_is_shedding;
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
+pub(crate) use self::shedding::set_shedding;
+use crate::ConfigError;
+use crate::breaker::window::Window;
+use crate::observe::{self, Event, Observer};
+use crate::retry::{Classify, Random, ThreadRandom, Verdict};
+
+/// Probabilities are kept in fixed point: `ONE` is certainty.
+const ONE: u32 = 1 << 24;
+
+/// An adaptive client-side throttle for one dependency; see the
+/// [module docs](self).
+///
+/// Clones share their state: build one per dependency and hand clones to
+/// every caller. Use it through [`AdaptiveThrottle::call`] or
+/// [`AdaptiveThrottle::call_classified`], [`AdaptiveThrottle::admit`] and
+/// [`AdaptiveThrottle::record`] for anything else,
+/// [`ThrottleLayer`] on a tower service, or give it to a retry
+/// [`Policy`](crate::retry::Policy::with_throttle) to throttle retries.
+#[derive(Clone)]
+pub struct AdaptiveThrottle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    /// `K`, in thousandths.
+    multiplier_milli: u64,
+    min_requests: u64,
+    window: Window,
+    created: Instant,
+    /// The rejection probability last computed, in `1 / ONE`.
+    reject: AtomicU32,
+    observer: Option<Arc<dyn Observer>>,
+    random: Option<Arc<dyn Random>>,
+}
+
+/// Configures an [`AdaptiveThrottle`]; see [`AdaptiveThrottle::builder`].
+///
+/// Defaults, and why:
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | [multiplier](Self::with_multiplier) `K` | `2.0` | the SRE book's value: up to twice what the dependency accepts is sent, so a dependency that recovers is noticed at once, while one accepting less than half is relieved of the excess |
+/// | [window](Self::with_window) | 30 s in 10 buckets | long enough to hold a few dozen calls on modest traffic, short enough that throttling ends within half a minute of a recovery (sooner in practice: accepts bring `p` down as they come) |
+/// | [minimum requests](Self::with_min_requests) | `10` | below that, a ratio is noise: three failures in a row must not refuse 75 % of the next calls |
+#[derive(Clone)]
+pub struct Builder {
+    name: Cow<'static, str>,
+    multiplier: f64,
+    window: Duration,
+    buckets: u32,
+    min_requests: u32,
+    observer: Option<Arc<dyn Observer>>,
+    random: Option<Arc<dyn Random>>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("multiplier", &self.multiplier)
+            .field("window", &self.window)
+            .field("buckets", &self.buckets)
+            .field("min_requests", &self.min_requests)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// The default multiplier `K`: `2.0`.
+    pub const DEFAULT_MULTIPLIER: f64 = 2.0;
+    /// The default window: 30 seconds.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+    /// The default number of buckets in the window: `10`.
+    pub const DEFAULT_BUCKETS: u32 = 10;
+    /// The default minimum of requests in the window before throttling: `10`.
+    pub const DEFAULT_MIN_REQUESTS: u32 = 10;
+
+    fn new(name: Cow<'static, str>) -> Self {
+        Self {
+            name,
+            multiplier: Self::DEFAULT_MULTIPLIER,
+            window: Self::DEFAULT_WINDOW,
+            buckets: Self::DEFAULT_BUCKETS,
+            min_requests: Self::DEFAULT_MIN_REQUESTS,
+            observer: None,
+            random: None,
+        }
+    }
+
+    /// `K`: send up to `K` times what the dependency accepts; at least 1
+    /// (1 throttles as soon as anything fails; 1.1 is the book's
+    /// "aggressive"). Default `2.0`.
+    pub const fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// The sliding window the counts are kept over (at least 10 ms), in
+    /// `buckets` steps (1 to 1,000). Default 30 s in 10 buckets.
+    pub const fn with_window(mut self, window: Duration, buckets: u32) -> Self {
+        self.window = window;
+        self.buckets = buckets;
+        self
+    }
+
+    /// Never throttles while the window holds fewer requests. Default `10`.
+    pub const fn with_min_requests(mut self, requests: u32) -> Self {
+        self.min_requests = requests;
+        self
+    }
+
+    /// Reports to `observer` instead of the global observer.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Draws from `random` (deterministic tests); default `fastrand`'s
+    /// thread-local generator.
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = Some(random);
+        self
+    }
+
+    /// The throttle.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a multiplier below 1 (or not finite), a window
+    /// under 10 ms, or a bucket count outside 1 to 1,000.
+    pub fn build(self) -> Result<AdaptiveThrottle, ConfigError> {
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(ConfigError::new(format!(
+                "throttle multiplier must be at least 1, got {}",
+                self.multiplier
+            )));
+        }
+        if self.window < Duration::from_millis(10) {
+            return Err(ConfigError::new("throttle window must be at least 10 ms"));
+        }
+        if !(1..=1000).contains(&self.buckets) {
+            return Err(ConfigError::new(format!(
+                "throttle buckets must be between 1 and 1000, got {}",
+                self.buckets
+            )));
+        }
+        let width = (self.window.as_nanos() / u128::from(self.buckets)).max(1) as u64;
+        Ok(AdaptiveThrottle {
+            inner: Arc::new(Inner {
+                name: Arc::from(&*self.name),
+                multiplier_milli: (self.multiplier * 1000.0).round() as u64,
+                min_requests: u64::from(self.min_requests),
+                window: Window::new(self.buckets, width),
+                created: Instant::now(),
+                reject: AtomicU32::new(0),
+                observer: self.observer,
+                random: self.random,
+            }),
+        })
+    }
+}
+
+impl AdaptiveThrottle {
+    /// A builder for a throttle named `name` (the dependency; it appears in
+    /// errors, events and the dashboard). See [`Builder`] for the defaults.
+    pub fn builder(name: impl Into<Cow<'static, str>>) -> Builder {
+        Builder::new(name.into())
+    }
+
+    /// A throttle named `name` with the defaults of [`Builder`].
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self::builder(name)
+            .build()
+            .expect("the default throttle settings are valid")
+    }
+
+    /// The throttle's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The probability that the next call is refused, as last computed
+    /// (after the last failure, or the last call while throttling).
+    pub fn rejection_probability(&self) -> f64 {
+        f64::from(self.inner.reject.load(Ordering::Relaxed)) / f64::from(ONE)
+    }
+
+    /// Asks whether to make one call: `false` means refuse it locally (and
+    /// the refusal is reported as [`Event::ThrottleRejected`]). A call that
+    /// is made must have its outcome [recorded](Self::record).
+    ///
+    /// One atomic load while nothing is being throttled.
+    #[inline]
+    pub fn admit(&self) -> bool {
+        if self.inner.reject.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        self.inner.admit_slow()
+    }
+
+    /// Records the outcome of a call that was made: `accepted` unless the
+    /// dependency refused or failed it in a way that says it is struggling
+    /// (a timeout, a reset, a `429` or `503`). A `400` or a `404` is an
+    /// accept: the dependency answered.
+    #[inline]
+    pub fn record(&self, accepted: bool) {
+        self.inner.record(accepted);
+    }
+
+    /// Runs `op` unless the throttle refuses it, and records the outcome:
+    /// every `Ok` is an accept, every `Err` a refusal.
+    ///
+    /// # Errors
+    ///
+    /// [`ThrottleError::Throttled`] without running `op` when refused
+    /// locally, [`ThrottleError::Inner`] with `op`'s error otherwise.
+    pub async fn call<F, Fut, T, E>(&self, op: F) -> Result<T, ThrottleError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if !self.admit() {
+            return Err(ThrottleError::Throttled(self.throttled()));
+        }
+        let result = op().await;
+        self.record(result.is_ok());
+        result.map_err(ThrottleError::Inner)
+    }
+
+    /// Like [`AdaptiveThrottle::call`], but `classifier` says which
+    /// outcomes are refusals: transient ones ([`Verdict::Transient`],
+    /// [`Verdict::RetryAfter`]); a permanent error is the dependency's
+    /// answer, an accept.
+    ///
+    /// # Errors
+    ///
+    /// As [`AdaptiveThrottle::call`].
+    pub async fn call_classified<C, F, Fut, T, E>(
+        &self,
+        classifier: &C,
+        op: F,
+    ) -> Result<T, ThrottleError<E>>
+    where
+        C: Classify<T, E>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if !self.admit() {
+            return Err(ThrottleError::Throttled(self.throttled()));
+        }
+        let result = op().await;
+        self.record(!crate::breaker::is_failure(classifier, &result));
+        result.map_err(ThrottleError::Inner)
+    }
+
+    /// The error of a refused call.
+    pub(crate) fn throttled(&self) -> Throttled {
+        Throttled::new(Arc::clone(&self.inner.name), self.rejection_probability())
+    }
+
+    /// A point-in-time view, for dashboards and tests.
+    pub fn snapshot(&self) -> Snapshot {
+        let counts = self.inner.window.counts(self.inner.epoch());
+        Snapshot {
+            name: Arc::clone(&self.inner.name),
+            requests: counts.total,
+            accepts: counts.total - counts.failures,
+            rejection_probability: self.rejection_probability(),
+        }
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn epoch(&self) -> u64 {
+        let nanos = self.created.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.window.epoch(nanos)
+    }
+
+    #[inline]
+    fn record(&self, accepted: bool) {
+        let epoch = self.epoch();
+        self.window.record(epoch, !accepted);
+        if !accepted || self.reject.load(Ordering::Relaxed) != 0 {
+            self.update(epoch);
+        }
+    }
+
+    /// Recomputes the probability from the window and reports a change of
+    /// regime (throttling or not). Returns the new probability.
+    #[cold]
+    #[inline(never)]
+    fn update(&self, epoch: u64) -> u32 {
+        let counts = self.window.counts(epoch);
+        let requests = counts.total;
+        let accepts = requests - counts.failures;
+        let p = if requests < self.min_requests {
+            0
+        } else {
+            let excess = (requests * 1000).saturating_sub(self.multiplier_milli * accepts);
+            ((excess as u128 * u128::from(ONE)) / ((requests as u128 + 1) * 1000)) as u32
+        }
+        .min(ONE);
+        let before = self.reject.swap(p, Ordering::Relaxed);
+        if (before == 0) != (p == 0) {
+            let failure_ratio = if requests == 0 {
+                0.0
+            } else {
+                counts.failures as f64 / requests as f64
+            };
+            observe::emit(
+                self.observer.as_deref(),
+                &Event::ThrottleChanged {
+                    throttle: &self.name,
+                    throttling: p != 0,
+                    failure_ratio,
+                },
+            );
+        }
+        p
+    }
+
+    /// While throttling: recomputes the probability (the window slides even
+    /// when nothing is recorded) and draws.
+    #[cold]
+    #[inline(never)]
+    fn admit_slow(&self) -> bool {
+        let p = self.update(self.epoch());
+        if p == 0 {
+            return true;
+        }
+        let draw = match &self.random {
+            Some(random) => random.next_f64(),
+            None => ThreadRandom.next_f64(),
+        };
+        if draw * f64::from(ONE) >= f64::from(p) {
+            return true;
+        }
+        observe::emit(
+            self.observer.as_deref(),
+            &Event::ThrottleRejected {
+                throttle: &self.name,
+                probability: f64::from(p) / f64::from(ONE),
+            },
+        );
+        false
+    }
+}
+
+impl fmt::Debug for AdaptiveThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveThrottle")
+            .field("name", &self.inner.name)
+            .field("rejection_probability", &self.rejection_probability())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A point-in-time view of an [`AdaptiveThrottle`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The throttle's name.
+    pub name: Arc<str>,
+    /// Calls made (and recorded) within the window.
+    pub requests: u64,
+    /// Of which the dependency accepted.
+    pub accepts: u64,
+    /// The probability that the next call is refused.
+    pub rejection_probability: f64,
+}
+
+/// Whether `verdict` (of a classified outcome) is a refusal by the
+/// dependency, for [`AdaptiveThrottle::record`].
+pub(crate) fn is_refusal(verdict: Option<Verdict>) -> bool {
+    matches!(verdict, Some(Verdict::Transient | Verdict::RetryAfter(_)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,520 @@
+//! The adaptive concurrency limit of the server: see [`AdaptiveLimit`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ConfigError;
+use crate::observe::{self, Event, Observer};
+
+/// An adaptive concurrency limit for a server. Give it to
+/// [`HealLayer::with_adaptive_limit`](super::HealLayer::with_adaptive_limit).
+///
+/// Adaptive concurrency: the server finds how much work it can take at
+/// once from its own latency, and answers the excess at once with a
+/// friendly `503` and `Retry-After` instead of queueing it.
+///
+/// # Why
+///
+/// A server that accepts everything under overload serves nobody: every
+/// request waits behind every other, latency grows past every client's
+/// timeout, clients retry, memory grows with the queue (this project's
+/// reference app reached gigabytes of RSS at 128 virtual users). A fixed
+/// limit is wrong the day it is set: the right number depends on the
+/// machine, the database, the mix of requests. Netflix's
+/// `concurrency-limits` (and Envoy's adaptive concurrency filter) find it
+/// the way TCP congestion control finds a window: while latency stays near
+/// its baseline the limit grows; when requests start to queue (latency
+/// rises above the baseline) it shrinks.
+///
+/// This is their **Gradient2** algorithm. Requests are sampled in windows
+/// (1 s, at least 10 samples); at the end of each window
+///
+/// ```text
+/// short    = the window's average latency
+/// long     = an exponential average of `short` over ~600 windows (a 10-window warm-up)
+/// gradient = clamp(tolerance × long / short, 0.5, 1)        tolerance 1.5
+/// limit    = (1 − smoothing) × limit + smoothing × (gradient × limit + queue)
+/// ```
+///
+/// clamped to `[min, max]`, with `queue = 4`: room to grow while latency is
+/// within 1.5× its baseline, shrinking by up to half a window's worth when
+/// it is not. Two details from the original: the limit does not move while
+/// the server uses less than half of it (no signal), and a long average far
+/// above the short one (after an overload) decays by 5 % a window so that
+/// the baseline comes back down.
+///
+/// **Why our own and not `tower-acc` or `tower-resilience-adaptive`.** Both
+/// wait for a permit in `poll_ready`: behind axum's router (which clones and
+/// calls a service per request) that is an unbounded queue, not shedding,
+/// and adding tower's `LoadShed` answers with an error instead of a page.
+/// Both take a mutex on every completed request, read `std`'s clock (so
+/// they cannot be tested under tokio's paused clock), and `tower-acc`'s
+/// Gradient2 uses each single request's latency as the short average
+/// (noisy). Neither knows probes and admin pages must not be shed.
+///
+/// **What is never shed:** `/healthz`, `/readyz`, `/metrics` and `/admin/`
+/// (the paths [`with_exempt_path`](Self::with_exempt_path) adds to), so that a
+/// loaded instance still answers its orchestrator and its operator.
+///
+/// **Shedding is not an error.** A shed request is the server protecting
+/// itself, not a failure of the request or of the server's health: it is
+/// not recorded as an error nor as a request (the monitor's error rate and
+/// status do not move, readiness does not change), only counted; the limit,
+/// the requests in flight and the count are on the dashboard and
+/// `/metrics`. While a limiter sheds, outbound retries are suppressed
+/// ([`server_is_shedding`](crate::throttle::server_is_shedding)).
+///
+/// # Cost
+///
+/// Per request: two atomic adds on the in-flight count, two clock reads,
+/// three atomic adds into the window; at a window's end one thread (the
+/// one that finds it ended and takes a `try_lock`) computes the new limit.
+/// No allocation, no lock on the request path.
+///
+/// # Settings
+///
+/// Cheap to clone; clones share the limit.
+///
+/// Defaults: initial limit 20, min 4, max 1,000, window 1 s of at least 10
+/// samples, tolerance 1.5, smoothing 0.2, queue 4.
+///
+/// ```
+/// use selfheal::web::{AdaptiveLimit, HealLayer};
+/// # let monitor = selfheal::health::Monitor::builder().with_global(false).build().unwrap();
+/// let limit = AdaptiveLimit::new("web")
+///     .with_limits(8, 4, 200)?
+///     .with_exempt_path("/internal/");
+/// let layer = HealLayer::new(monitor).with_adaptive_limit(limit.clone());
+/// assert_eq!(limit.limit(), 8);
+/// # let _ = layer;
+/// # Ok::<(), selfheal::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct AdaptiveLimit {
+    inner: Arc<Inner>,
+}
+
+struct Settings {
+    min: u32,
+    max: u32,
+    window: Duration,
+    min_samples: u32,
+    tolerance: f64,
+    smoothing: f64,
+    queue: f64,
+    exempt: Vec<Cow<'static, str>>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    settings: Settings,
+    created: Instant,
+    in_flight: AtomicU32,
+    limit: AtomicU32,
+    shed: AtomicU64,
+    /// This window: latency sum (µs), samples, highest in-flight, sheds.
+    sum_micros: AtomicU64,
+    samples: AtomicU32,
+    max_in_flight: AtomicU32,
+    shed_in_window: AtomicU32,
+    /// When the window ends, in ms since `created`.
+    window_end_ms: AtomicU64,
+    shedding: AtomicBool,
+    gradient: Mutex<Gradient>,
+    observer: OnceLock<Arc<dyn Observer>>,
+}
+
+/// The algorithm's own state, touched once a window.
+#[derive(Debug)]
+struct Gradient {
+    estimated: f64,
+    long_micros: f64,
+    windows: u32,
+}
+
+/// Windows over which the long average is taken, and its warm-up.
+const LONG_WINDOW: f64 = 600.0;
+const WARMUP: u32 = 10;
+
+impl AdaptiveLimit {
+    /// A limit named `name` (in events, the dashboard and `/metrics`) with
+    /// the defaults.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        let name: Cow<'static, str> = name.into();
+        Self {
+            inner: Arc::new(Inner {
+                name: Arc::from(&*name),
+                settings: Settings {
+                    min: 4,
+                    max: 1000,
+                    window: Duration::from_secs(1),
+                    min_samples: 10,
+                    tolerance: 1.5,
+                    smoothing: 0.2,
+                    queue: 4.0,
+                    exempt: vec![
+                        Cow::Borrowed("/healthz"),
+                        Cow::Borrowed("/readyz"),
+                        Cow::Borrowed("/metrics"),
+                        Cow::Borrowed("/admin/"),
+                    ],
+                },
+                created: Instant::now(),
+                in_flight: AtomicU32::new(0),
+                limit: AtomicU32::new(20),
+                shed: AtomicU64::new(0),
+                sum_micros: AtomicU64::new(0),
+                samples: AtomicU32::new(0),
+                max_in_flight: AtomicU32::new(0),
+                shed_in_window: AtomicU32::new(0),
+                window_end_ms: AtomicU64::new(1000),
+                shedding: AtomicBool::new(false),
+                gradient: Mutex::new(Gradient {
+                    estimated: 20.0,
+                    long_micros: 0.0,
+                    windows: 0,
+                }),
+                observer: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn settings_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("settings are set before the limit is shared")
+    }
+
+    /// The initial limit, and the bounds it moves within. Rejected unless
+    /// `1 ≤ min ≤ initial ≤ max`. Default 20 within 4 to 1,000.
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned (set settings first).
+    pub fn with_limits(mut self, initial: u32, min: u32, max: u32) -> Result<Self, ConfigError> {
+        if !(1 <= min && min <= initial && initial <= max) {
+            return Err(ConfigError::new(format!(
+                "adaptive limit needs 1 <= min <= initial <= max, got {min}, {initial}, {max}"
+            )));
+        }
+        let inner = self.settings_mut();
+        inner.settings.min = min;
+        inner.settings.max = max;
+        inner.limit = AtomicU32::new(initial);
+        inner.gradient = Mutex::new(Gradient {
+            estimated: f64::from(initial),
+            long_micros: 0.0,
+            windows: 0,
+        });
+        Ok(self)
+    }
+
+    /// The sampling window (at least 10 ms) and the samples it needs before
+    /// the limit moves (at least 1). Default 1 s and 10.
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned.
+    pub fn with_window(mut self, window: Duration, min_samples: u32) -> Result<Self, ConfigError> {
+        if window < Duration::from_millis(10) || min_samples == 0 {
+            return Err(ConfigError::new(
+                "adaptive limit window must be at least 10 ms with at least 1 sample",
+            ));
+        }
+        let inner = self.settings_mut();
+        inner.settings.window = window;
+        inner.settings.min_samples = min_samples;
+        inner.window_end_ms = AtomicU64::new(window.as_millis() as u64);
+        Ok(self)
+    }
+
+    /// Never sheds requests whose path starts with `prefix` (added to
+    /// `/healthz`, `/readyz`, `/metrics` and `/admin/`).
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned.
+    pub fn with_exempt_path(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        self.settings_mut().settings.exempt.push(prefix.into());
+        self
+    }
+
+    /// Reports its windows to `observer` (the [`HealLayer`](super::HealLayer)
+    /// sets its monitor when none is set; otherwise the global observer).
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Self {
+        let _ = self.inner.observer.set(observer);
+        self
+    }
+
+    pub(crate) fn observe_with(&self, observer: Arc<dyn Observer>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The concurrency limit now.
+    pub fn limit(&self) -> u32 {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests shed since the limit was made.
+    pub fn shed(&self) -> u64 {
+        self.inner.shed.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests to `path` are never shed.
+    #[inline]
+    pub(crate) fn is_exempt(&self, path: &str) -> bool {
+        self.inner
+            .settings
+            .exempt
+            .iter()
+            .any(|prefix| path.starts_with(&**prefix))
+    }
+
+    /// Admits one request, or `None`: shed it.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> Option<LimitPermit> {
+        let inner = &*self.inner;
+        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if now > inner.limit.load(Ordering::Relaxed) {
+            inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+            inner.on_shed();
+            return None;
+        }
+        inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Some(LimitPermit {
+            limit: self.clone(),
+            start: Instant::now(),
+            completed: false,
+        })
+    }
+}
+
+impl Inner {
+    #[cold]
+    #[inline(never)]
+    fn on_shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.shed_in_window.fetch_add(1, Ordering::Relaxed);
+        if !self.shedding.swap(true, Ordering::Relaxed) {
+            crate::throttle::set_shedding(true);
+        }
+    }
+
+    #[inline]
+    fn release(&self, start: Instant, completed: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !completed {
+            // A request the client abandoned says nothing about latency.
+            return;
+        }
+        let now = Instant::now();
+        let micros = now.saturating_duration_since(start).as_micros() as u64;
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+        let now_ms = now.saturating_duration_since(self.created).as_millis() as u64;
+        if now_ms >= self.window_end_ms.load(Ordering::Relaxed) {
+            self.close_window(now_ms);
+        }
+    }
+
+    /// Ends the window: one thread computes the new limit.
+    #[cold]
+    #[inline(never)]
+    fn close_window(&self, now_ms: u64) {
+        let Ok(mut gradient) = self.gradient.try_lock() else {
+            return;
+        };
+        if now_ms < self.window_end_ms.load(Ordering::Relaxed)
+            || self.samples.load(Ordering::Relaxed) < self.settings.min_samples
+        {
+            return;
+        }
+        let samples = self.samples.swap(0, Ordering::Relaxed).max(1);
+        let sum = self.sum_micros.swap(0, Ordering::Relaxed);
+        let max_in_flight = self.max_in_flight.swap(0, Ordering::Relaxed);
+        let shed = self.shed_in_window.swap(0, Ordering::Relaxed);
+        self.window_end_ms.store(
+            now_ms + self.settings.window.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let short = (sum as f64 / f64::from(samples)).max(1.0);
+        let limit = gradient.update(&self.settings, short, max_in_flight);
+        self.limit.store(limit, Ordering::Relaxed);
+        if shed == 0 && self.shedding.swap(false, Ordering::Relaxed) {
+            crate::throttle::set_shedding(false);
+        }
+        drop(gradient);
+        observe::emit(
+            self.observer.get().map(|o| &**o),
+            &Event::LimitChanged {
+                limiter: &self.name,
+                limit,
+                in_flight: self.in_flight.load(Ordering::Relaxed),
+                shed: self.shed.load(Ordering::Relaxed),
+            },
+        );
+    }
+}
+
+impl Gradient {
+    /// One window of Gradient2: the new limit.
+    fn update(&mut self, s: &Settings, short: f64, max_in_flight: u32) -> u32 {
+        self.windows += 1;
+        if self.windows <= WARMUP {
+            let n = f64::from(self.windows);
+            self.long_micros += (short - self.long_micros) / n;
+        } else {
+            let factor = 2.0 / (LONG_WINDOW + 1.0);
+            self.long_micros = self.long_micros * (1.0 - factor) + short * factor;
+        }
+        if self.long_micros / short > 2.0 {
+            self.long_micros *= 0.95;
+        }
+        if f64::from(max_in_flight) >= self.estimated / 2.0 {
+            let gradient = (s.tolerance * self.long_micros / short).clamp(0.5, 1.0);
+            let next = self.estimated * gradient + s.queue;
+            self.estimated = ((1.0 - s.smoothing) * self.estimated + s.smoothing * next)
+                .clamp(f64::from(s.min), f64::from(s.max));
+        }
+        self.estimated as u32
+    }
+}
+
+/// One admitted request; dropping it releases its slot (and, when
+/// [completed](LimitPermit::complete), records its latency).
+pub(crate) struct LimitPermit {
+    limit: AdaptiveLimit,
+    start: Instant,
+    completed: bool,
+}
+
+impl LimitPermit {
+    /// The request was answered: its latency is a sample.
+    #[inline]
+    pub(crate) fn complete(mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for LimitPermit {
+    #[inline]
+    fn drop(&mut self) {
+        self.limit.inner.release(self.start, self.completed);
+    }
+}
+
+impl fmt::Debug for LimitPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimitPermit").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AdaptiveLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimit")
+            .field("name", &self.inner.name)
+            .field("limit", &self.limit())
+            .field("in_flight", &self.in_flight())
+            .field("shed", &self.shed())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        AdaptiveLimit::new("t")
+            .with_limits(20, 4, 200)
+            .unwrap()
+            .inner
+            .settings
+            .clone_for_test()
+    }
+
+    impl Settings {
+        fn clone_for_test(&self) -> Self {
+            Self {
+                exempt: self.exempt.clone(),
+                ..*self
+            }
+        }
+    }
+
+    #[test]
+    fn the_limit_grows_while_latency_holds_and_shrinks_when_it_rises() {
+        let s = settings();
+        let mut g = Gradient {
+            estimated: 20.0,
+            long_micros: 0.0,
+            windows: 0,
+        };
+        let mut limit = 0;
+        // Busy (in flight near the limit), latency steady at 10 ms.
+        for _ in 0..50 {
+            limit = g.update(&s, 10_000.0, limit.max(20));
+        }
+        // +smoothing × queue (0.8) a window.
+        assert!(limit >= 55, "{limit}");
+        // Latency triples: requests queue; the limit comes down.
+        let high = limit;
+        for _ in 0..10 {
+            limit = g.update(&s, 30_000.0, limit);
+        }
+        assert!(limit < high * 2 / 3, "{high} -> {limit}");
+        // Idle (in flight under half the limit): no signal, no change.
+        let idle = g.update(&s, 10_000.0, 1);
+        assert_eq!(idle, limit);
+    }
+
+    #[test]
+    fn bad_settings_are_rejected_and_paths_exempt() {
+        assert!(AdaptiveLimit::new("t").with_limits(2, 4, 8).is_err());
+        assert!(AdaptiveLimit::new("t").with_limits(4, 0, 8).is_err());
+        assert!(
+            AdaptiveLimit::new("t")
+                .with_window(Duration::from_millis(1), 1)
+                .is_err()
+        );
+        let limit = AdaptiveLimit::new("t").with_exempt_path("/internal/");
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/admin/health.json",
+            "/internal/x",
+        ] {
+            assert!(limit.is_exempt(path), "{path}");
+        }
+        assert!(!limit.is_exempt("/dashboard"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_beyond_the_limit_are_refused_and_slots_come_back() {
+        let limit = AdaptiveLimit::new("t").with_limits(2, 1, 4).unwrap();
+        let a = limit.try_acquire().unwrap();
+        let b = limit.try_acquire().unwrap();
+        assert!(limit.try_acquire().is_none());
+        assert!(crate::throttle::server_is_shedding());
+        assert_eq!((limit.in_flight(), limit.shed()), (2, 1));
+        a.complete();
+        drop(b);
+        assert_eq!(limit.in_flight(), 0);
+        assert!(limit.try_acquire().is_some());
+        crate::throttle::set_shedding(false);
+    }
+}

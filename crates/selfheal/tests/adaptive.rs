@@ -1,0 +1,360 @@
+//! Adaptive throttling through the HTTP middleware, against real local
+//! servers: a flaky upstream (a seeded share of requests answered 503 at
+//! random), an upstream that answers 503 to everything, and a port nobody
+//! listens on. Deterministic: requests are sent one after the other, the
+//! upstream draws from a seeded generator, and backoff is immediate.
+//!
+//! Measured and printed (`cargo test --test adaptive -- --nocapture`):
+//! success with no healing, with today's defaults (throttle, generous
+//! budget, a breaker for "no answer" only) and with the previous defaults
+//! (a failure-ratio breaker, budget 20/0.5); upstream calls per request in
+//! outages.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use selfheal::http::{ResilientMiddleware, is_circuit_open};
+use selfheal::observe::testing::Recorder;
+use selfheal::retry::Backoff;
+use tokio::net::TcpListener;
+
+/// An upstream that fails `fail_percent` % of requests at random with 503.
+struct Flaky {
+    rng: Mutex<fastrand::Rng>,
+    fail_percent: u8,
+    hits: AtomicUsize,
+}
+
+async fn flaky(State(s): State<Arc<Flaky>>) -> StatusCode {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    if s.rng.lock().unwrap().u8(0..100) < s.fail_percent {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn serve(fail_percent: u8, seed: u64) -> (SocketAddr, Arc<Flaky>) {
+    let state = Arc::new(Flaky {
+        rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+        fail_percent,
+        hits: AtomicUsize::new(0),
+    });
+    let app = Router::new().fallback(flaky).with_state(state.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+fn client(middleware: Option<ResilientMiddleware>) -> ClientWithMiddleware {
+    selfheal::tls::install_default_crypto_provider();
+    let mut builder = ClientBuilder::new(reqwest::Client::new());
+    if let Some(middleware) = middleware {
+        builder = builder.with(middleware);
+    }
+    builder.build()
+}
+
+/// Today's defaults, with immediate backoff (no real waits) and a recorder.
+fn healing(events: &Recorder) -> selfheal::http::Builder {
+    ResilientMiddleware::builder()
+        .with_backoff(Backoff::immediate())
+        .with_observer(events.observer())
+        .with_random(Arc::new(selfheal::retry::SeededRandom::new(7)))
+}
+
+/// The defaults before issue 15: a failure-ratio breaker (50 % over 20
+/// calls), budget 20 tokens / 0.5, no throttle.
+fn previous(events: &Recorder) -> ResilientMiddleware {
+    let observer = events.observer();
+    healing(events)
+        .without_throttle()
+        .with_budget(20, 0.5)
+        .with_breaker(move |name: &str| {
+            selfheal::breaker::Breaker::builder(name.to_owned())
+                .with_observer(observer.clone())
+                .build()
+        })
+        .build()
+        .unwrap()
+}
+
+/// Sends `n` GETs one after the other: (successes, upstream calls).
+async fn drive(
+    client: &ClientWithMiddleware,
+    addr: SocketAddr,
+    upstream: &Flaky,
+    n: usize,
+) -> (usize, usize) {
+    let before = upstream.hits.load(Ordering::SeqCst);
+    let mut ok = 0;
+    for _ in 0..n {
+        if let Ok(response) = client.get(format!("http://{addr}/")).send().await
+            && response.status().is_success()
+        {
+            ok += 1;
+        }
+    }
+    (ok, upstream.hits.load(Ordering::SeqCst) - before)
+}
+
+const REQUESTS: usize = 600;
+
+/// Healing never hurts: with 60 % (and 50 %, 80 %) of upstream calls
+/// failing at random, the middleware's defaults succeed at least as often as
+/// no middleware at all, on the same sequence of upstream answers.
+#[tokio::test]
+async fn with_random_failures_healing_does_at_least_as_well_as_none() {
+    println!(
+        "| failing | no healing | previous defaults | adaptive, budget 20/0.5 | adaptive defaults (budget 20/2) | calls/request (adaptive) |"
+    );
+    for fail in [50u8, 60, 80] {
+        let (addr, up) = serve(fail, 15).await;
+        let (plain, _) = drive(&client(None), addr, &up, REQUESTS).await;
+
+        let (addr, up) = serve(fail, 15).await;
+        let events = Recorder::new();
+        let (old, _) = drive(&client(Some(previous(&events))), addr, &up, REQUESTS).await;
+
+        let (addr, up) = serve(fail, 15).await;
+        let events = Recorder::new();
+        let stingy = healing(&events).with_budget(20, 0.5).build().unwrap();
+        let (stingy, _) = drive(&client(Some(stingy)), addr, &up, REQUESTS).await;
+
+        let (addr, up) = serve(fail, 15).await;
+        let events = Recorder::new();
+        let middleware = healing(&events).build().unwrap();
+        let (new, calls) = drive(&client(Some(middleware.clone())), addr, &up, REQUESTS).await;
+        let pct = |n: usize| 100.0 * n as f64 / REQUESTS as f64;
+        println!(
+            "| {fail} % | {:.1} % | {:.1} % | {:.1} % | {:.1} % | {:.2} |",
+            pct(plain),
+            pct(old),
+            pct(stingy),
+            pct(new),
+            calls as f64 / REQUESTS as f64
+        );
+        assert!(new >= plain, "{fail} %: healing {new} < no healing {plain}");
+        // The breaker never opens for a dependency that answers.
+        assert!(
+            !events.lines().iter().any(|l| l.starts_with("breaker")),
+            "{:?}",
+            events.lines()
+        );
+        // At 60 % the retries heal: clearly better than no healing.
+        if fail == 60 {
+            assert!(new as f64 >= plain as f64 * 1.2, "{new} vs {plain}");
+            // Retries are amplification, bounded by the throttle: at most
+            // about K = 2 sends per accept.
+            assert!(calls <= 2 * REQUESTS, "{calls}");
+        }
+    }
+}
+
+/// A full outage that still answers (503 to everything): at most 1.1
+/// upstream calls per request, and after the first few, every call is
+/// answered by one attempt, with no wait (retries cut by the budget and the
+/// throttle, each with its reason).
+#[tokio::test]
+async fn an_outage_that_answers_costs_at_most_one_tenth_extra() {
+    let (addr, up) = serve(100, 1).await;
+    let events = Recorder::new();
+    let client = client(Some(healing(&events).build().unwrap()));
+    let (ok, calls) = drive(&client, addr, &up, 1000).await;
+    assert_eq!(ok, 0);
+    println!("outage (503): 1000 requests -> {calls} upstream calls");
+    assert!(calls <= 1100, "{calls}");
+    let lines = events.lines();
+    let throttled = lines.iter().filter(|l| l.ends_with("(throttled)")).count();
+    let budget = lines.iter().filter(|l| l.ends_with("(budget)")).count();
+    println!("  gave up: {budget} by the budget, {throttled} by the throttle");
+    assert!(budget + throttled >= 990, "{budget} + {throttled}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("throttle ") && l.ends_with(" on"))
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("breaker")),
+        "it answers: no breaker"
+    );
+
+    // For the record: the throttle alone (no budget) and neither.
+    for (name, builder) in [
+        ("throttle, no budget", healing(&events).without_budget()),
+        (
+            "no throttle, no budget",
+            healing(&events).without_budget().without_throttle(),
+        ),
+    ] {
+        let (addr, up) = serve(100, 1).await;
+        let client = self::client(Some(builder.build().unwrap()));
+        let (_, calls) = drive(&client, addr, &up, 1000).await;
+        println!("outage (503), {name}: 1000 requests -> {calls} upstream calls");
+    }
+}
+
+/// A dependency that is hard down (nobody listens): the breaker opens after
+/// five attempts that got no answer, and every later call fails fast without
+/// an attempt.
+#[tokio::test]
+async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let events = Recorder::new();
+    let client = client(Some(healing(&events).build().unwrap()));
+    let mut refused = 0;
+    let n = 200;
+    for _ in 0..n {
+        let error = client
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        if is_circuit_open(&error) {
+            refused += 1;
+        }
+    }
+    let attempts = events
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("retry ") || l.starts_with("gave_up "))
+        .count();
+    println!("down: {n} requests -> {attempts} attempts, {refused} failed fast");
+    assert!(attempts <= n / 10, "{attempts} attempts");
+    assert!(refused >= n - 10, "{refused}");
+    assert!(events.lines().iter().any(|l| l.ends_with("closed->open")));
+}
+
+// ------------------------------------------------ the server's own limit
+
+/// A burst of 60 concurrent requests (30 to a slow handler, 30 to probes
+/// and the admin page) against a slow handler (two workers,
+/// 50 ms each) behind `HealLayer` with an adaptive limit (initially 4,
+/// between 2 and 8): the excess is answered at once with the friendly 503
+/// and `Retry-After`; the handler never sees more requests at once than the
+/// limit's maximum (so an accepted request waits at most 4 service times);
+/// probes and admin paths mounted *inside* the layer are never shed; the
+/// monitor's status and error rate do not move.
+#[tokio::test(start_paused = true)]
+async fn the_server_sheds_the_excess_early_and_never_its_probes() {
+    use selfheal::health::{Monitor, Status};
+    use selfheal::web::{AdaptiveLimit, HealLayer};
+
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
+    let limit = AdaptiveLimit::new("web")
+        .with_limits(4, 2, 8)
+        .unwrap()
+        .with_window(std::time::Duration::from_millis(10), 2)
+        .unwrap();
+    let workers = Arc::new(tokio::sync::Semaphore::new(2));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (w, i, m) = (workers.clone(), inside.clone(), most.clone());
+    let app = Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(move || {
+                let (w, i, m) = (w.clone(), i.clone(), m.clone());
+                async move {
+                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let _worker = w.acquire().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    i.fetch_sub(1, Ordering::SeqCst);
+                    "done"
+                }
+            }),
+        )
+        .route("/admin/health", axum::routing::get(|| async { "admin" }))
+        .merge(selfheal::web::probes(monitor.clone()))
+        .layer(HealLayer::new(monitor.clone()).with_adaptive_limit(limit.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    selfheal::tls::install_default_crypto_provider();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..60 {
+        let http = http.clone();
+        let path = match n % 6 {
+            0 => "/healthz",
+            1 => "/readyz",
+            2 => "/admin/health",
+            _ => "/slow",
+        };
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let response = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body = response.text().await.unwrap();
+            (path, status, retry_after, body, started.elapsed())
+        }));
+    }
+    let (mut ok, mut shed, mut probes) = (0, 0, 0);
+    let (mut slowest_ok, mut slowest_shed) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for task in tasks {
+        let (path, status, retry_after, body, took) = task.await.unwrap();
+        if path != "/slow" {
+            assert_eq!(status, 200, "{path} was shed");
+            probes += 1;
+            continue;
+        }
+        match status {
+            200 => {
+                ok += 1;
+                slowest_ok = slowest_ok.max(took);
+            }
+            503 => {
+                shed += 1;
+                slowest_shed = slowest_shed.max(took);
+                assert!(
+                    retry_after.is_some(),
+                    "a shed answer says when to come back"
+                );
+                assert!(body.contains("We are busy right now"), "{body}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    println!(
+        "burst of 30 slow requests: {ok} served (slowest {slowest_ok:?}), {shed} shed (slowest {slowest_shed:?}), {probes} probes all served; limit now {}, {} shed",
+        limit.limit(),
+        limit.shed()
+    );
+    assert_eq!(probes, 30);
+    assert!(shed > 0 && ok > 0, "{ok} served, {shed} shed");
+    assert_eq!(ok + shed, 30);
+    assert!(
+        most.load(Ordering::SeqCst) <= 8,
+        "{}",
+        most.load(Ordering::SeqCst)
+    );
+    // Shedding moved nothing on the monitor.
+    monitor.evaluate();
+    assert_eq!(monitor.status(), Status::Healthy);
+    let report = monitor.report(std::time::Duration::from_secs(60));
+    assert_eq!(report.total_errors, 0);
+    assert_eq!(report.requests.failed, 0);
+    // The limit reported its windows: the dashboard and /metrics read them.
+    assert_eq!(report.limiters.len(), 1, "{report:?}");
+    assert_eq!(report.limiters[0].name, "web");
+    assert!(
+        report.notes.iter().any(|n| n.starts_with("web sheds load")),
+        "{:?}",
+        report.notes
+    );
+}
