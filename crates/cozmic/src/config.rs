@@ -72,8 +72,12 @@ pub struct UpstreamPolicy {
     /// Keep a retry budget per upstream (gRPC A6, 20 tokens, ratio 0.5).
     /// Default on.
     pub budget: bool,
-    /// Keep a circuit breaker per upstream. Default on.
+    /// Keep a circuit breaker per upstream (it opens when the upstream
+    /// stops answering). Default on.
     pub breaker: bool,
+    /// Keep an adaptive retry throttle per upstream (retries are refused
+    /// locally in proportion to what the upstream refuses). Default on.
+    pub throttle: bool,
 }
 
 impl Default for UpstreamPolicy {
@@ -84,6 +88,7 @@ impl Default for UpstreamPolicy {
             deadline: Duration::from_secs(15),
             budget: true,
             breaker: true,
+            throttle: true,
         }
     }
 }

@@ -83,6 +83,9 @@ pub fn client(
         if !policy.breaker {
             middleware = middleware.without_breaker();
         }
+        if !policy.throttle {
+            middleware = middleware.without_throttle();
+        }
         builder = builder.with(middleware.build()?);
     }
     Ok(builder.build())

@@ -78,6 +78,7 @@ struct ChildSpec {
     upstream_deadline: Duration,
     upstream_budget: bool,
     upstream_breaker: bool,
+    upstream_throttle: bool,
     healing_on: bool,
     faults_armed: bool,
     mail_poll: Duration,
@@ -121,6 +122,7 @@ impl ChildSpec {
             deadline,
             budget,
             breaker,
+            throttle,
         } = *upstream;
         Self {
             bind: *bind,
@@ -147,6 +149,7 @@ impl ChildSpec {
             upstream_deadline: deadline,
             upstream_budget: budget,
             upstream_breaker: breaker,
+            upstream_throttle: throttle,
             healing_on: *healing == Healing::On,
             faults_armed: faults.is_armed(),
             mail_poll: *mail_poll,
@@ -184,6 +187,7 @@ impl ChildSpec {
             deadline: self.upstream_deadline,
             budget: self.upstream_budget,
             breaker: self.upstream_breaker,
+            throttle: self.upstream_throttle,
         };
         config.healing = if self.healing_on {
             Healing::On

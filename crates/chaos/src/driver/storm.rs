@@ -117,14 +117,15 @@ fn healing(variant: StormVariant) -> Healing {
 
 /// The app's upstream policy for `variant` (the defaults otherwise).
 pub(super) fn policy(variant: StormVariant) -> UpstreamPolicy {
-    let (budget, breaker) = match variant {
-        StormVariant::NoHealing => (false, false),
-        StormVariant::Budget => (true, false),
-        StormVariant::BudgetBreaker => (true, true),
+    let (budget, breaker, throttle) = match variant {
+        StormVariant::NoHealing => (false, false, false),
+        StormVariant::Budget => (true, false, false),
+        StormVariant::BudgetBreaker => (true, true, true),
     };
     UpstreamPolicy {
         budget,
         breaker,
+        throttle,
         ..UpstreamPolicy::default()
     }
 }

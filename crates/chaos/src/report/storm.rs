@@ -43,7 +43,8 @@ pub enum StormVariant {
     NoHealing,
     /// Healing on with the retry budget, no circuit breaker.
     Budget,
-    /// Healing on with the retry budget and the circuit breaker.
+    /// Healing on with selfheal's defaults: the retry budget, the adaptive
+    /// throttle and the circuit breaker.
     BudgetBreaker,
 }
 
@@ -69,7 +70,7 @@ impl StormVariant {
         match self {
             StormVariant::NoHealing => "no healing",
             StormVariant::Budget => "retry budget",
-            StormVariant::BudgetBreaker => "retry budget + breaker",
+            StormVariant::BudgetBreaker => "selfheal's defaults (budget, throttle, breaker)",
         }
     }
 }
