@@ -348,6 +348,14 @@ fn first_tries_and_faults_come_from_the_ledger_and_a_loss_is_said_plainly() {
     // A difference chance explains is not called a loss.
     report.heal_off = Some(tutor_run(200, 122));
     assert!(report.text().contains("-1.0 pts, within noise"));
+    // Nor is one measured on a handful of tries.
+    report.heal_on = Some(tutor_run(3, 2));
+    report.heal_off = Some(tutor_run(29, 28));
+    assert!(
+        report.text().contains("too few to tell"),
+        "{}",
+        report.text()
+    );
     let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     for key in [
         "/heal_on/first_try_success_rate",

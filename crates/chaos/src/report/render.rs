@@ -290,7 +290,9 @@ fn verdict(cols: &[Col<'_>], get: Rate<'_>, n: Rate<'_>) -> String {
     let n1 = n1 * on.seeds.len().max(1) as f64;
     let n2 = n2 * off.seeds.len().max(1) as f64;
     let points = (p1 - p2) * 100.0;
-    let word = if beyond_chance(p1, n1, p2, n2) {
+    let word = if n1.min(n2) < MIN_TRIALS {
+        "too few to tell"
+    } else if beyond_chance(p1, n1, p2, n2) {
         if points > 0.0 {
             "healing wins"
         } else {
@@ -301,6 +303,10 @@ fn verdict(cols: &[Col<'_>], get: Rate<'_>, n: Rate<'_>) -> String {
     };
     format!("{points:+.1} pts, {word}")
 }
+
+/// Below this many trials on either side the normal approximation of the
+/// z-test does not hold: no verdict.
+const MIN_TRIALS: f64 = 20.0;
 
 /// Whether rates `p1` of `n1` trials and `p2` of `n2` differ beyond chance
 /// (|z| ≥ 1.96).
