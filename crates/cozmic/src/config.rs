@@ -116,6 +116,34 @@ impl FaultHooks {
     }
 }
 
+/// How many failed sign-ins (student logins, and the password check of a
+/// sign-up sent again) cozmic allows before it answers `429` with
+/// `Retry-After`; see `selfheal::web::LoginThrottle` for the design. The
+/// defaults are the documented thresholds; settable only in code (the
+/// timing tests lift them to measure many logins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// One account from one client (refuses): 5 failures, then 1 per minute.
+    pub per_account_and_client: selfheal::web::Limit,
+    /// One client over all accounts (refuses): 30 failures, then 1 every 2 s.
+    pub per_client: selfheal::web::Limit,
+    /// One account over all clients (slows each attempt by up to 2 s, never
+    /// refuses: a stranger cannot lock a student out): 30 failures, then 1
+    /// every 20 s.
+    pub per_account: selfheal::web::Limit,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        use selfheal::web::LoginThrottle;
+        Self {
+            per_account_and_client: LoginThrottle::PER_ACCOUNT_AND_CLIENT,
+            per_client: LoginThrottle::PER_CLIENT,
+            per_account: LoginThrottle::PER_ACCOUNT,
+        }
+    }
+}
+
 /// The AI provider (any OpenAI-compatible chat-completions API).
 #[derive(Clone, Debug)]
 pub struct OpenAi {
@@ -182,6 +210,9 @@ pub struct Config {
     /// `x-real-ip`). `None` (the default): the TCP peer's address. Tells
     /// clients apart so that one client's failures do not move the status.
     pub client_ip_header: Option<String>,
+    /// Failed sign-ins allowed before `429` (code only; defaults documented
+    /// on [`LoginLimits`]).
+    pub login_limits: LoginLimits,
     /// The wait before retrying a failed email: exponential from `.0`,
     /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
@@ -219,6 +250,7 @@ impl Config {
             mail_poll: Duration::from_millis(500),
             log_format: LogFormat::Text,
             client_ip_header: None,
+            login_limits: LoginLimits::default(),
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
     }

@@ -117,7 +117,92 @@ both_backends!(
     a_sign_up_sent_again_signs_in_with_the_right_password_only,
     an_unknown_email_costs_a_hash_like_a_wrong_password,
     every_answer_carries_the_security_headers,
+    a_hundred_wrong_passwords_are_throttled_and_the_owner_still_signs_in,
 );
+
+/// A hundred wrong passwords for one account from one client within a
+/// minute: the first five are checked (422), the other 95 are refused
+/// before any password work (429 with `Retry-After`, the email kept, never
+/// the password), counted on the monitor without moving its status; the
+/// owner, from another address, signs in with the right password.
+async fn a_hundred_wrong_passwords_are_throttled_and_the_owner_still_signs_in(fixture: Fixture) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    sign_up(&browser(), &base, "ada@example.com").await;
+    let attacker = support::browser_from([127, 0, 0, 2]);
+    let hashes = app.state().password_work().completed();
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for n in 0..100 {
+        let password = format!("guess number {n}");
+        let response = post_form(
+            &attacker,
+            format!("{base}/login"),
+            &[("email", "ada@example.com"), ("password", &password)],
+        )
+        .await;
+        let status = response.status();
+        statuses.push(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&wait), "Retry-After {wait}");
+            let page = response.text().await.unwrap();
+            assert!(page.contains("Too many failed sign-ins"), "{page}");
+            assert!(
+                page.contains("value=\"ada@example.com\""),
+                "the email is kept"
+            );
+            assert!(!page.contains(&password), "never the password");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "within a minute"
+    );
+    assert_eq!(statuses[..5], [StatusCode::UNPROCESSABLE_ENTITY; 5]);
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 95]);
+    assert_eq!(
+        app.state().password_work().completed(),
+        hashes + 5,
+        "a refused guess costs no hash"
+    );
+    // The right password from the attacker's address waits too...
+    let response = post_form(
+        &attacker,
+        format!("{base}/login"),
+        &[
+            ("email", "ada@example.com"),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...but the owner, from their own address, signs in.
+    let owner = support::browser_from([127, 0, 0, 3]);
+    let response = post_form(
+        &owner,
+        format!("{base}/login"),
+        &[
+            ("email", "ada@example.com"),
+            ("password", "correct horse battery"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.url().path().ends_with("/dashboard"));
+    let report = app.state().monitor().report(Duration::from_secs(900));
+    assert_eq!(report.throttled, 96);
+    assert_eq!(report.total_errors, 0, "{report:?}");
+    assert_eq!(
+        app.state().monitor().status(),
+        selfheal::health::Status::Healthy
+    );
+    app.shutdown().await;
+}
 
 /// A sign-up whose answer was lost (the session store failed after the
 /// account was made, a timeout) is sent again: the right password signs in
@@ -149,7 +234,9 @@ async fn a_sign_up_sent_again_signs_in_with_the_right_password_only(fixture: Fix
 /// load tells which addresses have accounts. The medians of 9 are printed
 /// for the record, not asserted.
 async fn an_unknown_email_costs_a_hash_like_a_wrong_password(fixture: Fixture) {
-    let app = cozmic::start(fixture.config()).await.unwrap();
+    let mut config = fixture.config();
+    config.login_limits = generous_login_limits();
+    let app = cozmic::start(config).await.unwrap();
     let base = app.url();
     sign_up(&browser(), &base, "ada@example.com").await;
     let client = browser();
@@ -182,6 +269,16 @@ async fn an_unknown_email_costs_a_hash_like_a_wrong_password(fixture: Fixture) {
     let (known, unknown) = (known[4], unknown[4]);
     eprintln!("login with a wrong password: known email {known:?}, unknown email {unknown:?}");
     app.shutdown().await;
+}
+
+/// Budgets no test of timing reaches: every wrong password is checked.
+fn generous_login_limits() -> cozmic::config::LoginLimits {
+    let plenty = selfheal::web::Limit::new(10_000, Duration::from_millis(1)).unwrap();
+    cozmic::config::LoginLimits {
+        per_account_and_client: plenty,
+        per_client: plenty,
+        per_account: plenty,
+    }
 }
 
 fn browser() -> reqwest::Client {

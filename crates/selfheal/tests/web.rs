@@ -420,6 +420,67 @@ async fn the_login_form_sets_an_http_only_cookie_that_opens_the_dashboard() {
     );
 }
 
+/// Wrong admin tokens spend the login throttle's budgets: past five from
+/// one address, a `429` with `Retry-After` (counted on the monitor, the
+/// status untouched), while the right token from another address still
+/// signs in.
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_client_and_the_admin_still_gets_in() {
+    let monitor = monitor();
+    let app = admin(&monitor);
+    let form =
+        |token: &str, from: [u8; 4]| {
+            let mut request = Request::post("/admin/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={token}")))
+                .unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from((from, 40000)),
+            ));
+            request
+        };
+    let attacker = [203, 0, 113, 9];
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let response = app
+            .clone()
+            .oneshot(form(&format!("guess-number-{n:04}-abcdef"), attacker))
+            .await
+            .unwrap();
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(response.headers()[header::RETRY_AFTER], "60");
+            let page = body(response).await;
+            assert!(page.contains("Too many wrong tokens"), "{page}");
+            assert!(page.contains("name=\"token\""), "the form is still there");
+        }
+    }
+    assert_eq!(statuses[..5], [StatusCode::FORBIDDEN; 5]);
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 15]);
+    // Even the right token waits, from the guessing address.
+    let status = app
+        .clone()
+        .oneshot(form(TOKEN, attacker))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let right = app
+        .clone()
+        .oneshot(form(TOKEN, [198, 51, 100, 7]))
+        .await
+        .unwrap();
+    assert_eq!(
+        right.status(),
+        StatusCode::SEE_OTHER,
+        "the admin, elsewhere"
+    );
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.throttled, 16);
+    assert_eq!(report.total_errors, 0);
+    assert_eq!(monitor.status(), Status::Healthy);
+}
+
 #[tokio::test]
 async fn every_malformed_login_body_gets_the_login_page() {
     let app = admin(&monitor());

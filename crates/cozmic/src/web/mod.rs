@@ -62,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         .route("/premium/subscribe", post(subscribe))
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(admin_routes(admin_dashboard(&monitor, guard, config)));
+        .merge(admin_routes(admin_dashboard(&state, guard)));
     if config.faults.is_armed() {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
@@ -73,12 +73,7 @@ pub fn app(state: AppState) -> Router {
     let metrics = selfheal::metrics::Metrics::install().ok();
     let pages = match healing {
         Healing::On => {
-            let mut heal = HealLayer::new(monitor.clone());
-            if let Some(header) = &config.client_ip_header {
-                let name = axum::http::HeaderName::from_bytes(header.as_bytes())
-                    .expect("validated by Config");
-                heal = heal.with_client_key(selfheal::web::ClientKey::Header(name));
-            }
+            let mut heal = HealLayer::new(monitor.clone()).with_client_key(client_key(config));
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
@@ -115,14 +110,45 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The admin dashboard; without `ADMIN_TOKEN`, its 403 page says how to
-/// get in.
-fn admin_dashboard(
-    monitor: &selfheal::health::Monitor,
-    guard: AdminGuard,
+/// How clients are told apart: the TCP peer, or the header a trusted
+/// reverse proxy sets (`COZMIC_CLIENT_IP_HEADER`); never a header the
+/// client chooses unless the operator said so.
+fn client_key(config: &crate::config::Config) -> selfheal::web::ClientKey {
+    match &config.client_ip_header {
+        Some(header) => selfheal::web::ClientKey::Header(
+            axum::http::HeaderName::from_bytes(header.as_bytes()).expect("validated by Config"),
+        ),
+        None => selfheal::web::ClientKey::PeerAddress,
+    }
+}
+
+/// A login throttle named `operation` with the configured budgets and
+/// client key, reporting its refusals to `observer` (the monitor).
+pub(crate) fn login_throttle(
+    operation: &'static str,
     config: &crate::config::Config,
-) -> Dashboard {
-    let dashboard = Dashboard::new(monitor.clone(), guard).with_service_name("cozmic");
+    observer: std::sync::Arc<selfheal::health::Monitor>,
+) -> selfheal::web::LoginThrottle {
+    let limits = config.login_limits;
+    selfheal::web::LoginThrottle::new(operation)
+        .with_per_account_and_client(limits.per_account_and_client)
+        .with_per_client(limits.per_client)
+        .with_per_account(limits.per_account, std::time::Duration::from_secs(2))
+        .with_client_key(client_key(config))
+        .with_observer(observer)
+}
+
+/// The admin dashboard, its token login throttled like the students'
+/// (`admin:login`); without `ADMIN_TOKEN`, its 403 page says how to get in.
+fn admin_dashboard(state: &AppState, guard: AdminGuard) -> Dashboard {
+    let config = state.config();
+    let dashboard = Dashboard::new(state.monitor().clone(), guard)
+        .with_service_name("cozmic")
+        .with_login_throttle(login_throttle(
+            "admin:login",
+            config,
+            state.inner.observer.clone(),
+        ));
     if config.admin_token.is_some() {
         return dashboard;
     }

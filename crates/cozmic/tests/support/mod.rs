@@ -26,6 +26,18 @@ pub fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// A browser-like client (cookies, redirects followed) whose connections
+/// come from `ip` (any of 127.0.0.0/8 on loopback): another client, as the
+/// server tells them apart.
+pub fn browser_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .local_address(Some(std::net::IpAddr::from(ip)))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// Signs up `email` (password `correct horse battery`): the answer.
 pub async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
     sign_up_as(client, base, "Ada Lovelace", email, "correct horse battery").await

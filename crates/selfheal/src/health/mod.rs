@@ -131,6 +131,8 @@ struct Inner {
     retries: AtomicU64,
     budget_refusals: AtomicU64,
     breaker_rejections: AtomicU64,
+    /// Client attempts refused by a throttle (`Event::Throttled`).
+    throttled: AtomicU64,
     breakers: Mutex<BTreeMap<String, (BreakerState, u64)>>,
     checks: Mutex<Vec<Arc<Check>>>,
     /// Conditions set by components (a supervised worker waiting for a

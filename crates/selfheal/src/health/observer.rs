@@ -94,6 +94,11 @@ impl Monitor {
             Event::BreakerRejected { .. } => {
                 m.inner.breaker_rejections.fetch_add(1, Ordering::Relaxed);
             }
+            // Counted, never recorded as an error: a client's input is not
+            // the server's health.
+            Event::Throttled { .. } => {
+                m.inner.throttled.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {}
         }
         // The event itself (retries, give-ups, breaker states) for the

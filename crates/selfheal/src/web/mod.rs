@@ -78,6 +78,7 @@ mod guard;
 mod layer;
 mod probes;
 mod respond;
+mod throttle;
 
 pub use client::ClientKey;
 pub use dashboard::{Dashboard, admin_routes, health_json};
@@ -85,6 +86,7 @@ pub use guard::{AdminGuard, TokenError};
 pub use layer::{HealLayer, HealService};
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
+pub use throttle::{Attempt, Limit, LimitError, LoginThrottle, Scope, Throttled};
 
 /// The value of the cookie `name` among the request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {

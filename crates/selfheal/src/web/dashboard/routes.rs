@@ -181,12 +181,30 @@ struct LoginForm {
     token: String,
 }
 
+/// The client of a request, as the dashboard's login throttle tells them
+/// apart.
+struct ClientOf(Option<crate::health::ClientId>);
+
+impl FromRequestParts<Dashboard> for ClientOf {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        dashboard: &Dashboard,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(dashboard.throttle.client_of(parts)))
+    }
+}
+
 /// A sign-in. Every body that is not a form with a `token` field (no or
 /// another content type, a missing field, too large) gets the sign-in page
 /// with a sentence and the status axum's rejection carries (415, 422, 413),
-/// never axum's plain-text message.
+/// never axum's plain-text message. Wrong tokens spend the login
+/// throttle's budgets (the admin is one account); past them, a `429` with
+/// `Retry-After`, before the token is even compared.
 async fn login(
     State(dashboard): State<Dashboard>,
+    ClientOf(client): ClientOf,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let form = match form {
@@ -199,8 +217,23 @@ async fn login(
             );
         }
     };
+    let attempt = match dashboard.throttle.begin("admin", client).await {
+        Ok(attempt) => attempt,
+        Err(throttled) => {
+            let mut response = dashboard.login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many wrong tokens from your address. Please wait a minute and try again.",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(throttled.retry_after_secs()),
+            );
+            return response;
+        }
+    };
     match dashboard.guard.login(form.token.trim()) {
         Some(cookie) => {
+            attempt.succeeded();
             let mut response =
                 (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/health")]).into_response();
             response.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -210,6 +243,7 @@ async fn login(
             response
         }
         None => {
+            attempt.failed();
             tracing::warn!(target: "selfheal", "admin login with a wrong token");
             dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.")
         }

@@ -85,6 +85,7 @@ pub(super) struct HealthPage {
     retries: u64,
     budget_refusals: u64,
     breaker_rejections: u64,
+    throttled: u64,
     checks: Vec<CheckRow>,
     active_alerts: Vec<String>,
     alerts: Vec<AlertRow>,
@@ -187,6 +188,7 @@ impl HealthPage {
             retries: report.retries,
             budget_refusals: report.budget_refusals,
             breaker_rejections: report.breaker_rejections,
+            throttled: report.throttled,
             checks: report
                 .checks
                 .iter()
