@@ -210,6 +210,11 @@ pub struct Config {
     /// `x-real-ip`). `None` (the default): the TCP peer's address. Tells
     /// clients apart so that one client's failures do not move the status.
     pub client_ip_header: Option<String>,
+    /// `COZMIC_ORIGIN`: the origin browsers use (`https://learn.example.com`)
+    /// when a reverse proxy rewrites the `Host` header; forms sent from it
+    /// pass the CSRF layer's `Origin` check. `None` (the default): the
+    /// request's own `Host`.
+    pub public_origin: Option<String>,
     /// Failed sign-ins allowed before `429` (code only; defaults documented
     /// on [`LoginLimits`]).
     pub login_limits: LoginLimits,
@@ -250,6 +255,7 @@ impl Config {
             mail_poll: Duration::from_millis(500),
             log_format: LogFormat::Text,
             client_ip_header: None,
+            public_origin: None,
             login_limits: LoginLimits::default(),
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
@@ -370,6 +376,21 @@ impl Config {
                 )),
             }
         }
+        if let Some(origin) = get("COZMIC_ORIGIN") {
+            match url::Url::parse(&origin) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
+                        && url.path() == "/"
+                        && url.query().is_none() =>
+                {
+                    config.public_origin = Some(url.origin().ascii_serialization());
+                }
+                _ => problems.push(format!(
+                    "COZMIC_ORIGIN: {origin:?} is not an origin like https://learn.example.com"
+                )),
+            }
+        }
         match get("COZMIC_LOG_FORMAT").as_deref() {
             None | Some("text") => {}
             Some("json") => config.log_format = LogFormat::Json,
@@ -467,6 +488,26 @@ mod tests {
         assert_eq!(config.healing, Healing::On);
         assert!(!config.faults.is_armed());
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_public_origin_is_an_origin() {
+        let config = from(&[("COZMIC_ORIGIN", "https://Learn.Example.com/")]).unwrap();
+        assert_eq!(
+            config.public_origin.as_deref(),
+            Some("https://learn.example.com")
+        );
+        for bad in [
+            "learn.example.com",
+            "ftp://x.example",
+            "https://x.example/path",
+        ] {
+            let error = from(&[("COZMIC_ORIGIN", bad)]).unwrap_err();
+            assert!(
+                error.to_string().contains("COZMIC_ORIGIN"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

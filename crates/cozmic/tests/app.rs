@@ -16,7 +16,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe};
-use support::{assert_unprocessable, form_value, no_redirects, post_form, sign_up_as, status_of};
+use support::{
+    assert_unprocessable, form_value, no_redirects, post_form, post_form_with_token, sign_up_as,
+    status_of,
+};
 use tempfile::TempDir;
 
 mod support;
@@ -118,7 +121,254 @@ both_backends!(
     an_unknown_email_costs_a_hash_like_a_wrong_password,
     every_answer_carries_the_security_headers,
     a_hundred_wrong_passwords_are_throttled_and_the_owner_still_signs_in,
+    forms_without_a_valid_token_or_from_another_site_are_403_and_change_nothing,
 );
+
+/// Name-value pairs: a form's fields, or headers.
+type Fields<'a> = Vec<(&'a str, &'a str)>;
+
+/// Posts `fields` (as they are: no token added) to `url` with `headers`.
+async fn post_with(
+    client: &reqwest::Client,
+    url: String,
+    fields: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = client.post(url).form(fields);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// CSRF: a sign-up, a login, a lesson completion, a question and a logout
+/// without a valid token (none, another browser's, a forged one), or with
+/// one but sent from another site (`Origin`, `Sec-Fetch-Site`), are a 403
+/// and change nothing; the 403 page keeps what was typed (never the
+/// password) with a fresh token, so that sending it again works.
+async fn forms_without_a_valid_token_or_from_another_site_are_403_and_change_nothing(
+    fixture: Fixture,
+) {
+    let app = cozmic::start(fixture.config()).await.unwrap();
+    let base = app.url();
+    let db = app.state().db();
+    let attacker = browser();
+    let attackers_token = support::csrf_token(&attacker, &base).await;
+
+    // Sign-up.
+    let visitor = browser();
+    let token = support::csrf_token(&visitor, &base).await;
+    let signup = [
+        ("name", "Ada Lovelace"),
+        ("email", "ada@example.com"),
+        ("password", "correct horse battery"),
+    ];
+    fn with<'a>(signup: &[(&'a str, &'a str)], token: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut fields = signup.to_vec();
+        fields.push(("csrf", token));
+        fields
+    }
+    let forged = "0".repeat(64);
+    let origin = base.clone();
+    let cases: Vec<(&str, Fields, Fields)> = vec![
+        ("no token", signup.to_vec(), vec![]),
+        (
+            "another browser's token",
+            with(&signup, &attackers_token),
+            vec![],
+        ),
+        ("a forged token", with(&signup, &forged), vec![]),
+        (
+            "a foreign Origin",
+            with(&signup, &token),
+            vec![("origin", "https://evil.example")],
+        ),
+        (
+            "Origin: null",
+            with(&signup, &token),
+            vec![("origin", "null")],
+        ),
+        (
+            "Sec-Fetch-Site: cross-site",
+            with(&signup, &token),
+            vec![
+                ("origin", origin.as_str()),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ),
+    ];
+    let mut last_page = String::new();
+    for (what, fields, headers) in &cases {
+        let response = post_with(&visitor, format!("{base}/signup"), fields, headers).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "sign-up with {what}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(page.contains("nothing was saved"), "{what}: {page}");
+        assert!(
+            page.contains("value=\"Ada Lovelace\"") && page.contains("value=\"ada@example.com\""),
+            "{what}: what was typed is kept: {page}"
+        );
+        assert!(
+            !page.contains("correct horse battery"),
+            "{what}: never the password"
+        );
+        last_page = page;
+    }
+    // Without any cookie (a first visit), even with someone's token.
+    let response = post_with(
+        &reqwest::Client::new(),
+        format!("{base}/signup"),
+        &with(&signup, &attackers_token),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "no cookie");
+    assert!(db.students().await.unwrap().is_empty(), "nothing written");
+    // Sent again from the 403 page, with its fresh token and the same
+    // origin: it goes through.
+    let response = post_with(
+        &visitor,
+        format!("{base}/signup"),
+        &with(&signup, &form_value(&last_page, "csrf")),
+        &[
+            ("origin", origin.as_str()),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.url().path().ends_with("/dashboard"));
+    assert_eq!(db.students().await.unwrap().len(), 1);
+
+    // Login (login CSRF: the attacker's own token, in the victim's browser).
+    let victim = browser();
+    support::csrf_token(&victim, &base).await;
+    let login = [
+        ("email", "ada@example.com"),
+        ("password", "correct horse battery"),
+    ];
+    for (what, token, headers) in [
+        ("no token", None, vec![]),
+        (
+            "another browser's token",
+            Some(attackers_token.as_str()),
+            vec![],
+        ),
+        (
+            "a foreign Origin",
+            Some(token.as_str()),
+            vec![("origin", "https://evil.example")],
+        ),
+    ] {
+        let mut fields = login.to_vec();
+        if let Some(token) = token {
+            fields.push(("csrf", token));
+        }
+        let response = post_with(&victim, format!("{base}/login"), &fields, &headers).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "login with {what}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(page.contains("value=\"ada@example.com\""), "{what}: {page}");
+        assert!(!page.contains("correct horse battery"));
+        let dashboard = victim
+            .get(format!("{base}/dashboard"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            dashboard.url().path().ends_with("/login"),
+            "{what}: not signed in"
+        );
+    }
+
+    // A lesson, a question and the logout of the signed-in student.
+    let (id, _) = db.students().await.unwrap()[0].clone();
+    let lesson = fetch_page(&visitor, &format!("{base}/lessons/seasons")).await;
+    let nonce = form_value(&lesson, "nonce");
+    let token = form_value(&lesson, "csrf");
+    for (what, fields, headers) in [
+        ("no token", vec![("nonce", nonce.as_str())], vec![]),
+        (
+            "another browser's token",
+            vec![
+                ("nonce", nonce.as_str()),
+                ("csrf", attackers_token.as_str()),
+            ],
+            vec![],
+        ),
+        (
+            "a foreign Origin",
+            vec![("nonce", nonce.as_str()), ("csrf", token.as_str())],
+            vec![("origin", "https://evil.example")],
+        ),
+        (
+            "Sec-Fetch-Site: same-site (a sibling subdomain)",
+            vec![("nonce", nonce.as_str()), ("csrf", token.as_str())],
+            vec![("sec-fetch-site", "same-site")],
+        ),
+    ] {
+        let response = post_with(
+            &visitor,
+            format!("{base}/lessons/seasons/complete"),
+            &fields,
+            &headers,
+        )
+        .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "lesson with {what}"
+        );
+        assert!(response.text().await.unwrap().contains("nothing was done"));
+    }
+    let integrity = db.integrity(id).await.unwrap();
+    assert_eq!((integrity.xp, integrity.ledger_rows), (0, 0), "no XP");
+    let response = post_with(
+        &visitor,
+        format!("{base}/tutor"),
+        &[("question", "Why are there seasons?")],
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Why are there seasons?"),
+        "kept"
+    );
+    assert!(no_questions_asked(&app).await);
+    let response = post_with(&visitor, format!("{base}/logout"), &[], &[]).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let dashboard = visitor
+        .get(format!("{base}/dashboard"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        dashboard.url().path().ends_with("/dashboard"),
+        "still signed in"
+    );
+    // With the token, the lesson pays once, as always.
+    let response = post_with(
+        &visitor,
+        format!("{base}/lessons/seasons/complete"),
+        &[("nonce", nonce.as_str()), ("csrf", token.as_str())],
+        &[("origin", origin.as_str())],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(db.integrity(id).await.unwrap().xp, 10);
+    app.shutdown().await;
+}
 
 /// A hundred wrong passwords for one account from one client within a
 /// minute: the first five are checked (422), the other 95 are refused
@@ -307,13 +557,15 @@ async fn submit_form(
     action_url: String,
     field: &str,
 ) -> (String, reqwest::Response) {
-    let value = form_value(&fetch_page(client, &page_url).await, field);
-    let response = client
-        .post(action_url)
-        .form(&[(field, value.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let page = fetch_page(client, &page_url).await;
+    let value = form_value(&page, field);
+    let response = post_form_with_token(
+        client,
+        action_url,
+        &[(field, value.as_str())],
+        &form_value(&page, "csrf"),
+    )
+    .await;
     (value, response)
 }
 
@@ -759,12 +1011,7 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
         (&[("email", "ada@example.com")], "enter your name"),
     ];
     for (form, message) in cases {
-        let response = client
-            .post(format!("{base}/signup"))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
+        let response = post_form(&client, format!("{base}/signup"), form).await;
         assert_eq!(
             response.status(),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -779,13 +1026,7 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
         );
     }
     // Not even a form.
-    let response = client
-        .post(format!("{base}/signup"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(vec![0xff, 0xfe, 0x00])
-        .send()
-        .await
-        .unwrap();
+    let response = post_raw(&client, format!("{base}/signup"), [0xff, 0xfe, 0x00]).await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // A taken email.
     sign_up(&client, &base, "ada@example.com").await;
@@ -804,11 +1045,16 @@ async fn bad_form_input_is_a_form_error_not_a_500(fixture: Fixture) {
     }
     // A lesson form without its nonce, an unknown lesson, an empty question.
     let send_nonce = |lesson: &str, nonce: &str| {
-        status_of(
-            client
-                .post(format!("{base}/lessons/{lesson}/complete"))
-                .form(&[("nonce", nonce)]),
-        )
+        let (client, url, nonce) = (
+            client.clone(),
+            format!("{base}/lessons/{lesson}/complete"),
+            nonce.to_owned(),
+        );
+        async move {
+            post_form(&client, url, &[("nonce", nonce.as_str())])
+                .await
+                .status()
+        }
     };
     assert_eq!(send_nonce("seasons", "").await, StatusCode::BAD_REQUEST);
     // A forged nonce, and a real one for another lesson: no XP for either.
@@ -1022,12 +1268,16 @@ fn cookie_pair(response: &reqwest::Response) -> String {
     header.split(';').next().unwrap().to_owned()
 }
 
-/// A form post with a raw (possibly invalid) URL-encoded body.
+/// A form post with a raw (possibly invalid) URL-encoded body, and the
+/// client's CSRF token after it (a field of its own).
 async fn post_raw(
     client: &reqwest::Client,
     url: String,
-    body: impl Into<reqwest::Body>,
+    body: impl AsRef<[u8]>,
 ) -> reqwest::Response {
+    let token = support::csrf_token(client, &support::base_of(&url)).await;
+    let mut body = body.as_ref().to_vec();
+    body.extend_from_slice(format!("&csrf={token}").as_bytes());
     client
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -1233,8 +1483,15 @@ async fn malformed_admin_login_bodies_get_the_login_page(fixture: Fixture) {
             StatusCode::FORBIDDEN,
         ),
     ];
+    // The CSRF token in its header (the bodies cannot carry it), so that
+    // what is tested is the admin form's own answer.
+    let (cookie, token) = support::csrf_pair(&app.url()).await;
     for (content_type, body, status) in cases {
-        let mut request = client.post(&url).body(body.clone());
+        let mut request = client
+            .post(&url)
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &token)
+            .body(body.clone());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -1261,12 +1518,29 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let response = post_form(
-        &client,
-        format!("{base}/admin/login"),
+    // No cookie jar: the admin cookie is handled by hand, and so is the
+    // CSRF cookie.
+    let (csrf_cookie, csrf) = support::csrf_pair(&base).await;
+    let admin_form = |path: &str, cookie: Option<&str>, fields: &[(&str, &str)]| {
+        let mut fields = fields.to_vec();
+        fields.push(("csrf", &csrf));
+        let cookies = match cookie {
+            Some(admin) => format!("{admin}; {csrf_cookie}"),
+            None => csrf_cookie.clone(),
+        };
+        client
+            .post(format!("{base}{path}"))
+            .header("cookie", cookies)
+            .form(&fields)
+            .send()
+    };
+    let response = admin_form(
+        "/admin/login",
+        None,
         &[("token", "test-admin-token-0123456789")],
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let cookie = cookie_pair(&response);
     let health = |cookie: Option<String>| {
@@ -1287,18 +1561,11 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
     };
     assert_eq!(on_other(cookie.clone()).await, StatusCode::OK);
     // An anonymous logout revokes nothing.
-    let response = client
-        .post(format!("{base}/admin/logout"))
-        .send()
-        .await
-        .unwrap();
+    let response = admin_form("/admin/logout", None, &[]).await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(health(Some(cookie.clone())).await, StatusCode::OK);
     // The admin's logout does: the same cookie, replayed, is refused.
-    let response = client
-        .post(format!("{base}/admin/logout"))
-        .header("cookie", &cookie)
-        .send()
+    let response = admin_form("/admin/logout", Some(&cookie), &[])
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -1333,12 +1600,13 @@ async fn an_admin_cookie_replayed_after_logout_is_refused(fixture: Fixture) {
     );
     restarted.shutdown().await;
     // Signing in again works.
-    let response = post_form(
-        &client,
-        format!("{base}/admin/login"),
+    let response = admin_form(
+        "/admin/login",
+        None,
         &[("token", "test-admin-token-0123456789")],
     )
-    .await;
+    .await
+    .unwrap();
     let fresh = cookie_pair(&response);
     assert_eq!(health(Some(fresh)).await, StatusCode::OK);
     assert_eq!(health(None).await, StatusCode::FORBIDDEN);
@@ -1493,9 +1761,16 @@ async fn every_answer_carries_the_security_headers(fixture: Fixture) {
         let response = anonymous.get(format!("{base}{path}")).send().await.unwrap();
         check(path, &response);
     }
+    let (cookie, token) = support::csrf_pair(&base).await;
     let response = anonymous
         .post(format!("{base}/signup"))
-        .form(&[("name", ""), ("email", "x"), ("password", "")])
+        .header("cookie", cookie)
+        .form(&[
+            ("name", ""),
+            ("email", "x"),
+            ("password", ""),
+            ("csrf", &token),
+        ])
         .send()
         .await
         .unwrap();

@@ -47,15 +47,25 @@ async fn login_burst(config: Config, label: &str) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    // No cookie jar (200 logins, 200 sessions): the CSRF cookie by hand.
+    let (cookie, token) = support::csrf_pair(&base).await;
     let mut logins = Vec::new();
     for _ in 0..200 {
-        let (base, email, client) = (base.clone(), email.clone(), client.clone());
+        let (base, email, client, cookie, token) = (
+            base.clone(),
+            email.clone(),
+            client.clone(),
+            cookie.clone(),
+            token.clone(),
+        );
         logins.push(tokio::spawn(async move {
             let response = client
                 .post(format!("{base}/login"))
+                .header("cookie", cookie)
                 .form(&[
                     ("email", email.as_str()),
                     ("password", "correct horse battery"),
+                    ("csrf", token.as_str()),
                 ])
                 .send()
                 .await

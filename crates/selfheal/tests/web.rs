@@ -481,6 +481,148 @@ async fn wrong_admin_tokens_are_throttled_per_client_and_the_admin_still_gets_in
     assert_eq!(monitor.status(), Status::Healthy);
 }
 
+/// The CSRF layer: a page that renders a token sets its `__Host-` cookie
+/// (one without a form sets none); a POST passes with the cookie and its
+/// token (field or header), and is refused without them, from another
+/// origin, or past the body limit, before the handler runs.
+#[tokio::test]
+async fn the_csrf_layer_sets_its_cookie_with_a_form_and_refuses_forged_posts() {
+    use axum::response::Html;
+    use selfheal::web::{CsrfLayer, CsrfToken};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let handled = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let app: Router = Router::new()
+        .route(
+            "/form",
+            get(|token: CsrfToken| async move {
+                Html(format!("<input type=hidden name=csrf value={token}>"))
+            }),
+        )
+        .route("/plain", get(|| async { "no form here" }))
+        .route(
+            "/submit",
+            axum::routing::post(move |body: String| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { body }
+            }),
+        )
+        .layer(CsrfLayer::new("a-secret-key-of-enough-length-0123").with_max_body(1024));
+    let plain = app.clone().oneshot(get_req("/plain")).await.unwrap();
+    assert!(!plain.headers().contains_key(header::SET_COOKIE));
+    let form = app.clone().oneshot(get_req("/form")).await.unwrap();
+    let set_cookie = form.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in [
+        "__Host-selfheal_csrf=",
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+    ] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let page = body(form).await;
+    let token = page
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .trim_end_matches('>')
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    // Rendered again for a visitor with the cookie: the same token, no new cookie.
+    let again = Request::get("/form")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let again = app.clone().oneshot(again).await.unwrap();
+    assert!(!again.headers().contains_key(header::SET_COOKIE));
+    assert!(body(again).await.contains(&token));
+
+    let post = |cookie: Option<&str>, body: String, extra: &[(&str, &str)]| {
+        let mut request = Request::post("/submit")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let app = app.clone();
+        async move {
+            app.oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let ok = post(Some(&cookie), format!("note=hi&csrf={token}"), &[]).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        body(ok).await,
+        format!("note=hi&csrf={token}"),
+        "the body is handed on"
+    );
+    let by_header = post(Some(&cookie), "note=hi".into(), &[("x-csrf-token", &token)]).await;
+    assert_eq!(by_header.status(), StatusCode::OK);
+    let same_origin = post(
+        Some(&cookie),
+        format!("csrf={token}"),
+        &[("host", "app.example"), ("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(same_origin.status(), StatusCode::OK);
+    assert_eq!(handled.load(Ordering::SeqCst), 3);
+
+    type Case<'a> = (
+        Option<&'a str>,
+        String,
+        &'a [(&'a str, &'a str)],
+        StatusCode,
+    );
+    let refused: [Case<'_>; 6] = [
+        (Some(&cookie), "note=hi".into(), &[], StatusCode::FORBIDDEN),
+        (None, format!("csrf={token}"), &[], StatusCode::FORBIDDEN),
+        (
+            Some(&cookie),
+            format!("csrf={}", "0".repeat(64)),
+            &[],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}"),
+            &[("host", "app.example"), ("origin", "https://evil.example")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}"),
+            &[("sec-fetch-site", "cross-site")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}&note={}", "x".repeat(2000)),
+            &[],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (cookie, form, extra, status) in refused {
+        let response = post(cookie, form.clone(), extra).await;
+        assert_eq!(response.status(), status, "{cookie:?} {extra:?}");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(body(response).await.contains("send it again"));
+    }
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        3,
+        "no refused form reached the handler"
+    );
+}
+
 #[tokio::test]
 async fn every_malformed_login_body_gets_the_login_page() {
     let app = admin(&monitor());

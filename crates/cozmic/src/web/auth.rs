@@ -18,14 +18,24 @@ use crate::session::{StudentSession, Visitor};
 struct HomePage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
 }
 
 pub(super) async fn home(visitor: Visitor) -> Response {
     if visitor.student_id().is_some() {
         return see_other("/dashboard");
     }
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
-    HomePage { signed_in, theme }.into_response()
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
+    HomePage {
+        signed_in,
+        theme,
+        csrf,
+    }
+    .into_response()
 }
 
 #[derive(Template, WebTemplate)]
@@ -33,6 +43,7 @@ pub(super) async fn home(visitor: Visitor) -> Response {
 struct SignupPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     error: Option<String>,
     name: String,
     email: String,
@@ -55,6 +66,7 @@ pub(super) async fn signup_form(visitor: Visitor) -> Response {
     SignupPage {
         signed_in: false,
         theme: visitor.data.theme.clone(),
+        csrf: super::Csrf::of(&visitor),
         error: None,
         name: String::new(),
         email: String::new(),
@@ -209,7 +221,7 @@ pub(super) async fn signup(
 
 /// The sign-up form again, with `message` and what was typed (minus the
 /// characters the input rules refuse).
-fn signup_error(
+pub(super) fn signup_error(
     visitor: &Visitor,
     status: StatusCode,
     message: &str,
@@ -221,6 +233,7 @@ fn signup_error(
         SignupPage {
             signed_in: false,
             theme: visitor.data.theme.clone(),
+            csrf: super::Csrf::of(visitor),
             error: Some(message.to_owned()),
             name: Text::NAME.keep(name),
             email: Text::EMAIL.keep(email),
@@ -234,6 +247,7 @@ fn signup_error(
 struct LoginPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     error: Option<String>,
     email: String,
 }
@@ -253,6 +267,7 @@ pub(super) async fn login_form(visitor: Visitor) -> Response {
     LoginPage {
         signed_in: false,
         theme: visitor.data.theme.clone(),
+        csrf: super::Csrf::of(&visitor),
         error: None,
         email: String::new(),
     }
@@ -270,16 +285,7 @@ pub(super) async fn login(
     StrictForm { form, error }: StrictForm<LoginForm>,
 ) -> Page {
     let refuse = |status: StatusCode, message: &str, email: &str| {
-        (
-            status,
-            LoginPage {
-                signed_in: false,
-                theme: visitor.data.theme.clone(),
-                error: Some(message.to_owned()),
-                email: Text::EMAIL.keep(email),
-            },
-        )
-            .into_response()
+        login_error(&visitor, status, message, email)
     };
     if let Some(error) = error {
         return Ok(refuse(error.status(), error.message(), &form.email));
@@ -325,6 +331,27 @@ pub(super) async fn login(
         ));
     };
     sign_in(&mut visitor, id, name).await
+}
+
+/// The login form again, with `message` and the email typed (minus the
+/// characters the input rules refuse); never the password.
+pub(super) fn login_error(
+    visitor: &Visitor,
+    status: StatusCode,
+    message: &str,
+    email: &str,
+) -> Response {
+    (
+        status,
+        LoginPage {
+            signed_in: false,
+            theme: visitor.data.theme.clone(),
+            csrf: super::Csrf::of(visitor),
+            error: Some(message.to_owned()),
+            email: Text::EMAIL.keep(email),
+        },
+    )
+        .into_response()
 }
 
 /// The sentence of a throttled sign-in: how long to wait, in words.

@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
+use selfheal::web::csrf::{CsrfReason, CsrfRejection};
+use selfheal::web::{AdminGuard, CsrfLayer, Dashboard, Friendly, HealLayer, admin_routes};
 use tower_sessions::cookie::Key;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
@@ -67,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
     let pages = pages
+        .layer(csrf_layer(&state))
         .layer(sessions)
         .layer(Extension(healing))
         .layer(Extension(selfheal::session::CookieName("cozmic_session")));
@@ -88,6 +90,66 @@ pub fn app(state: AppState) -> Router {
         router = router.merge(metrics.routes(monitor));
     }
     router.layer(axum::middleware::map_response(security_headers))
+}
+
+/// Every state-changing form checked (sign-up, login, logout, lessons, the
+/// tutor, the purchase, the admin forms): a token bound to a `__Host-`
+/// cookie (see `selfheal::web::csrf`), keyed with `SECRET_KEY`, and the
+/// browser's `Origin` / `Sec-Fetch-Site`. Inside the session layer, so that
+/// a refused form is shown again with what was typed, for the visitor.
+fn csrf_layer(state: &AppState) -> CsrfLayer {
+    let config = state.config();
+    let responder_state = state.clone();
+    let mut layer = CsrfLayer::new(state.inner.secret.as_bytes())
+        .with_cookie_name("cozmic_csrf")
+        .with_secure_cookie(config.secure_cookies)
+        .with_max_body(crate::input::BODY_MAX)
+        .with_responder(move |rejection| csrf_refused(responder_state.clone(), rejection));
+    if let Some(origin) = &config.public_origin {
+        layer = layer.with_allowed_origin(origin.clone());
+    }
+    layer
+}
+
+/// A form the CSRF check refused: nothing was done; the same form again,
+/// with what was typed (never a password) and a fresh token, so that
+/// pressing the button once more works.
+async fn csrf_refused(state: AppState, mut rejection: CsrfRejection) -> Response {
+    use axum::extract::FromRequestParts;
+    let visitor = match Visitor::from_request_parts(&mut rejection.parts, &state).await {
+        Ok(visitor) => visitor,
+        Err(response) => return response,
+    };
+    let status = rejection.reason.status();
+    let why = match rejection.reason {
+        CsrfReason::TooLarge => crate::input::FormError::TooLarge.message(),
+        _ => {
+            "This form had expired or was sent from another site, so nothing was saved. \
+             Please check it and send it again."
+        }
+    };
+    match rejection.parts.uri.path() {
+        "/signup" => auth::signup_error(
+            &visitor,
+            status,
+            why,
+            rejection.field("name"),
+            rejection.field("email"),
+        ),
+        "/login" => auth::login_error(&visitor, status, why, rejection.field("email")),
+        "/tutor" if visitor.student_id().is_some() => {
+            tutor::tutor_error(&state, &visitor, status, why, rejection.field("question"))
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+        _ => message(
+            &visitor,
+            status,
+            "Please try again",
+            "This form had expired or was sent from another site, so nothing was done. \
+             Open the page again and press the button once more.",
+        ),
+    }
 }
 
 /// The headers every answer carries (a page that sets its own, like the
@@ -206,10 +268,11 @@ async fn panic_on_demand(
     next.run(request).await
 }
 
-/// What every page needs for its header.
+/// What every page needs for its header (the sign-out form's token too).
 struct Chrome {
     signed_in: bool,
     theme: String,
+    csrf: Csrf,
 }
 
 impl Chrome {
@@ -217,6 +280,28 @@ impl Chrome {
         Self {
             signed_in: visitor.student_id().is_some(),
             theme: visitor.data.theme.clone(),
+            csrf: Csrf::of(visitor),
+        }
+    }
+}
+
+/// A page's CSRF form token, for the hidden `csrf` field of its forms:
+/// rendered only where a form is (the cookie is set then), empty where no
+/// CSRF layer runs.
+#[derive(Clone, Default)]
+struct Csrf(Option<selfheal::web::CsrfToken>);
+
+impl Csrf {
+    fn of(visitor: &Visitor) -> Self {
+        Self(visitor.csrf().cloned())
+    }
+}
+
+impl std::fmt::Display for Csrf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(token) => token.fmt(f),
+            None => Ok(()),
         }
     }
 }
@@ -335,6 +420,7 @@ impl IntoResponse for AppError {
                 let page = MessagePage {
                     signed_in: false,
                     theme: "light".to_owned(),
+                    csrf: Csrf::default(),
                     heading: heading.to_owned(),
                     message: text.to_owned(),
                 };
@@ -392,17 +478,23 @@ fn unavailable_response(retry_after_secs: u64, page: Response) -> Response {
 struct MessagePage {
     signed_in: bool,
     theme: String,
+    csrf: Csrf,
     heading: String,
     message: String,
 }
 
 fn message(visitor: &Visitor, status: StatusCode, heading: &str, text: &str) -> Response {
-    let Chrome { signed_in, theme } = Chrome::of(visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(visitor);
     (
         status,
         MessagePage {
             signed_in,
             theme,
+            csrf,
             heading: heading.to_owned(),
             message: text.to_owned(),
         },

@@ -72,6 +72,7 @@
 
 mod client;
 mod context;
+pub mod csrf;
 mod dashboard;
 pub mod future;
 mod guard;
@@ -81,6 +82,7 @@ mod respond;
 mod throttle;
 
 pub use client::ClientKey;
+pub use csrf::{CsrfLayer, CsrfToken};
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
 pub use layer::{HealLayer, HealService};

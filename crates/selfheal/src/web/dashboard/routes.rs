@@ -23,14 +23,21 @@ use super::json::health_json;
 use super::view::HealthPage;
 use crate::health::Status;
 use crate::web::Friendly;
+use crate::web::csrf::CsrfToken;
 
 impl Dashboard {
     /// The sign-in page with `message`, answered with `status`.
-    fn login_page(&self, status: StatusCode, message: &'static str) -> Response {
+    fn login_page(
+        &self,
+        status: StatusCode,
+        message: &'static str,
+        csrf: Option<&CsrfToken>,
+    ) -> Response {
         let page = LoginPage {
             has_login: self.guard.has_login(),
             message,
             hint: self.hint.as_deref(),
+            csrf: csrf.map(CsrfToken::value),
         };
         secured(
             status,
@@ -105,7 +112,8 @@ impl FromRequestParts<Dashboard> for Admin {
         } else {
             "Admins only."
         };
-        Err(dashboard.login_page(StatusCode::FORBIDDEN, message))
+        let csrf = CsrfToken::of(&parts.extensions);
+        Err(dashboard.login_page(StatusCode::FORBIDDEN, message, csrf.as_ref()))
     }
 }
 
@@ -139,11 +147,12 @@ fn secured(status: StatusCode, content_type: &'static str, body: String) -> Resp
 async fn html(
     _: Admin,
     State(dashboard): State<Dashboard>,
+    csrf: Option<CsrfToken>,
     Query(query): Query<WindowQuery>,
 ) -> Response {
     let (window, key) = query.window();
     let report = dashboard.monitor.report(window);
-    let page = HealthPage::new(&dashboard, &report, key);
+    let page = HealthPage::new(&dashboard, &report, key, csrf.as_ref());
     match page.render() {
         Ok(body) => secured(StatusCode::OK, "text/html; charset=utf-8", body),
         Err(error) => {
@@ -169,11 +178,11 @@ async fn json(
     secured(status, "application/health+json", body.to_string())
 }
 
-async fn login_form(State(dashboard): State<Dashboard>) -> Response {
+async fn login_form(State(dashboard): State<Dashboard>, csrf: Option<CsrfToken>) -> Response {
     if !dashboard.guard.has_login() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    dashboard.login_page(StatusCode::OK, "Enter the admin token.")
+    dashboard.login_page(StatusCode::OK, "Enter the admin token.", csrf.as_ref())
 }
 
 #[derive(Deserialize)]
@@ -205,8 +214,10 @@ impl FromRequestParts<Dashboard> for ClientOf {
 async fn login(
     State(dashboard): State<Dashboard>,
     ClientOf(client): ClientOf,
+    csrf: Option<CsrfToken>,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let csrf = csrf.as_ref();
     let form = match form {
         Ok(Form(form)) => form,
         Err(rejection) => {
@@ -214,6 +225,7 @@ async fn login(
             return dashboard.login_page(
                 rejection.status(),
                 "The sign-in form could not be read. Enter the admin token and press Sign in.",
+                csrf,
             );
         }
     };
@@ -223,6 +235,7 @@ async fn login(
             let mut response = dashboard.login_page(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many wrong tokens from your address. Please wait a minute and try again.",
+                csrf,
             );
             response.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -245,7 +258,7 @@ async fn login(
         None => {
             attempt.failed();
             tracing::warn!(target: "selfheal", "admin login with a wrong token");
-            dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.")
+            dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.", csrf)
         }
     }
 }
@@ -265,4 +278,6 @@ struct LoginPage<'a> {
     has_login: bool,
     message: &'static str,
     hint: Option<&'a str>,
+    /// The form token, when a `CsrfLayer` runs.
+    csrf: Option<String>,
 }
