@@ -116,6 +116,106 @@ async fn a_panicking_handler_gives_a_friendly_500_and_the_next_request_succeeds(
     assert_eq!(report.requests.failed, 1);
 }
 
+/// A body that sends one chunk, waits a little (so that the server sends
+/// it), then panics when it is polled again (a streamed export that hits a
+/// bug half-way).
+struct ExplodingBody {
+    polls: u8,
+}
+
+impl http_body::Body for ExplodingBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.polls += 1;
+        match self.polls {
+            1 => std::task::Poll::Ready(Some(Ok(http_body::Frame::data("first half;".into())))),
+            2 => {
+                let waker = cx.waker().clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    waker.wake();
+                });
+                std::task::Poll::Pending
+            }
+            _ => panic!("secret detail: the export broke half-way"),
+        }
+    }
+}
+
+/// A panic while the body streams (the status line is out) is recorded
+/// like any other panic and the response is aborted: over real HTTP the
+/// client sees the first chunk and then the end of the connection, never
+/// the chunked body's last chunk; the server serves the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_panics_while_streaming_is_recorded_and_the_server_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let monitor = monitor();
+    let app = Router::new()
+        .route(
+            "/export/{id}",
+            get(|| async { Body::new(ExplodingBody { polls: 0 }) }),
+        )
+        .route("/", get(|| async { "hello" }))
+        .layer(HealLayer::new(monitor.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let exchange = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        // Up to the end of the connection (or 10 s): a healthy keep-alive
+        // answer is read by its length instead.
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                if path == "/" && answer.ends_with(b"hello") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{path}: the connection was not closed");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = exchange("/export/7").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("first half;"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "truncated, not complete: {answer:?}"
+    );
+    assert!(!answer.contains("secret detail"));
+    let answer = exchange("/").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK"),
+        "the server serves on: {answer}"
+    );
+
+    let report = monitor.report(Duration::from_secs(900));
+    let panics: Vec<_> = report
+        .fingerprints
+        .iter()
+        .filter(|f| f.fingerprint == "Panic@/export/{id}")
+        .collect();
+    assert_eq!(panics.len(), 1, "{:?}", report.fingerprints);
+    assert_eq!(panics[0].count, 1);
+    assert!(panics[0].sample.contains("export broke"));
+    assert_eq!(report.heals.get(&HealKind::PanicCaught), Some(&1));
+}
+
 #[tokio::test]
 async fn json_clients_get_json_and_their_request_id_back() {
     let monitor = monitor();

@@ -36,12 +36,14 @@
 //! `content-length`. `4xx` responses are the app's answers to the client's
 //! mistakes and pass through untouched.
 //!
-//! A panic while the response *body* streams (after the handler returned)
-//! is not caught here: the status line has been sent by then, and hyper
-//! closes the connection.
+//! A panic while the response *body* streams (after the handler returned,
+//! the status line sent) is caught too: recorded like any other panic, and
+//! the response aborted, so that the client sees a truncated body and the
+//! server carries on (see the `body` module).
 //!
 //! **Cost.** The layer's own work is a few atomic operations per request
-//! (an extension insert too when its monitor is not the global observer;
+//! and one allocation for the body's panic guard (an extension insert too
+//! when its monitor is not the global observer;
 //! plus two clock reads and three atomic adds
 //! with [metrics](HealLayer::with_metrics)); see the workspace's web
 //! benchmark, `cargo run --release -p selfheal-bench --example web_bench`.
@@ -70,6 +72,7 @@
 //! # }
 //! ```
 
+mod body;
 mod client;
 mod context;
 pub mod csrf;
