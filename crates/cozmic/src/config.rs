@@ -193,8 +193,15 @@ pub struct Config {
     /// `COZMIC_MAIL_FROM`, default `CozmicLearning <hello@cozmic.local>`.
     pub mail_from: String,
     /// Whether the admin login cookie is `Secure`. Default: only when the
-    /// app is not bound to loopback (plain HTTP in development).
+    /// app is not bound to loopback (plain HTTP in development), or when
+    /// [`https`](Self::https) says so.
     pub secure_cookies: bool,
+    /// `COZMIC_HTTPS=1`: the operator says browsers reach the app over
+    /// HTTPS (TLS here or at a proxy in front). Every answer then carries
+    /// `Strict-Transport-Security` (one year), and cookies are `Secure`.
+    /// Default off: sent over plain HTTP, HSTS would be ignored at best,
+    /// and a wrong one locks browsers out of a site until it expires.
+    pub https: bool,
     /// How the AI and payment clients retry.
     pub upstream: UpstreamPolicy,
     /// Healing on (the default) or off (the chaos harness' control run).
@@ -249,6 +256,7 @@ impl Config {
             smtp_url: None,
             mail_from: "CozmicLearning <hello@cozmic.local>".to_owned(),
             secure_cookies: false,
+            https: false,
             upstream: UpstreamPolicy::default(),
             healing: Healing::On,
             faults: FaultHooks::default(),
@@ -297,7 +305,12 @@ impl Config {
                 )),
             }
         }
-        config.secure_cookies = !config.bind.ip().is_loopback();
+        match get("COZMIC_HTTPS").as_deref() {
+            None | Some("0" | "false") => {}
+            Some("1" | "true") => config.https = true,
+            Some(other) => problems.push(format!("COZMIC_HTTPS: {other:?} is not 1 or 0")),
+        }
+        config.secure_cookies = config.https || !config.bind.ip().is_loopback();
         if let Some(url) = get("DATABASE_URL") {
             if url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -488,6 +501,16 @@ mod tests {
         assert_eq!(config.healing, Healing::On);
         assert!(!config.faults.is_armed());
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn https_is_said_by_the_operator_and_makes_cookies_secure() {
+        let plain = from(&[]).unwrap();
+        assert!(!plain.https && !plain.secure_cookies);
+        let https = from(&[("COZMIC_HTTPS", "1")]).unwrap();
+        assert!(https.https && https.secure_cookies);
+        let error = from(&[("COZMIC_HTTPS", "yes")]).unwrap_err();
+        assert!(error.to_string().contains("COZMIC_HTTPS"), "{error}");
     }
 
     #[test]

@@ -122,7 +122,54 @@ both_backends!(
     every_answer_carries_the_security_headers,
     a_hundred_wrong_passwords_are_throttled_and_the_owner_still_signs_in,
     forms_without_a_valid_token_or_from_another_site_are_403_and_change_nothing,
+    hsts_is_sent_only_when_the_operator_says_https,
 );
+
+/// `Strict-Transport-Security` on every answer (pages, a 404, a form
+/// error, probes, the admin page, a caught panic) when `COZMIC_HTTPS` says
+/// the app is served over HTTPS; never otherwise.
+async fn hsts_is_sent_only_when_the_operator_says_https(fixture: Fixture) {
+    for https in [false, true] {
+        let mut config = fixture.config();
+        config.https = https;
+        config.faults = FaultHooks::armed();
+        let app = cozmic::start(config).await.unwrap();
+        let base = app.url();
+        let client = reqwest::Client::new();
+        let mut answers = Vec::new();
+        for path in [
+            "/",
+            "/login",
+            "/nowhere",
+            "/healthz",
+            "/metrics",
+            "/admin/health",
+        ] {
+            answers.push((
+                path,
+                client.get(format!("{base}{path}")).send().await.unwrap(),
+            ));
+        }
+        answers.push((
+            "a form error",
+            client.post(format!("{base}/login")).send().await.unwrap(),
+        ));
+        answers.push(("a caught panic", panic_probe(format!("{base}/login")).await));
+        for (what, response) in answers {
+            let hsts = response.headers().get("strict-transport-security");
+            if https {
+                assert_eq!(
+                    hsts.map(|v| v.to_str().unwrap()),
+                    Some("max-age=31536000"),
+                    "{what}"
+                );
+            } else {
+                assert!(hsts.is_none(), "{what}: no HSTS over plain HTTP");
+            }
+        }
+        app.shutdown().await;
+    }
+}
 
 /// Name-value pairs: a form's fields, or headers.
 type Fields<'a> = Vec<(&'a str, &'a str)>;

@@ -89,8 +89,15 @@ pub fn app(state: AppState) -> Router {
     if let Some(metrics) = &metrics {
         router = router.merge(metrics.routes(monitor));
     }
-    router.layer(axum::middleware::map_response(security_headers))
+    router.layer(axum::middleware::map_response_with_state(
+        Https(config.https),
+        security_headers,
+    ))
 }
+
+/// Whether the operator said the app is served over HTTPS (`COZMIC_HTTPS`).
+#[derive(Clone, Copy, Debug)]
+struct Https(bool);
 
 /// Every state-changing form checked (sign-up, login, logout, lessons, the
 /// tutor, the purchase, the admin forms): a token bound to a `__Host-`
@@ -155,8 +162,13 @@ async fn csrf_refused(state: AppState, mut rejection: CsrfRejection) -> Response
 /// The headers every answer carries (a page that sets its own, like the
 /// admin dashboard, keeps them): no scripts, styles only inline, images only
 /// `data:`, forms only to this site, never framed, no `<base>`; no MIME
-/// sniffing; no referrer sent to other sites.
-async fn security_headers(mut response: Response) -> Response {
+/// sniffing; no referrer sent to other sites; and, only when the operator
+/// said the app is served over HTTPS, HSTS for a year (browsers then never
+/// try plain HTTP, where a network attacker could strip TLS).
+async fn security_headers(
+    axum::extract::State(Https(https)): axum::extract::State<Https>,
+    mut response: Response,
+) -> Response {
     const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
     let headers = response.headers_mut();
@@ -168,6 +180,12 @@ async fn security_headers(mut response: Response) -> Response {
         headers
             .entry(name)
             .or_insert(HeaderValue::from_static(value));
+    }
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
     response
 }
