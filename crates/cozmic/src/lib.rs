@@ -128,6 +128,9 @@ impl AppState {
             });
         });
         admin_guard.revoke_before(db.admin_revoked_before().await?);
+        // The hash an unknown email is checked against, made now: made on
+        // the first such login, it would make that one cost two hashes.
+        tokio::task::spawn_blocking(password::dummy_hash).await?;
         let observer = Arc::new(monitor.clone());
         let login_throttle = web::login_throttle("login", &config, observer.clone());
         Ok(Self {
