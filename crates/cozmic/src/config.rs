@@ -127,6 +127,34 @@ impl FaultHooks {
     }
 }
 
+/// How many failed sign-ins (student logins, and the password check of a
+/// sign-up sent again) cozmic allows before it answers `429` with
+/// `Retry-After`; see `selfheal::web::LoginThrottle` for the design. The
+/// defaults are the documented thresholds; settable only in code (the
+/// timing tests lift them to measure many logins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// One account from one client (refuses): 5 failures, then 1 per minute.
+    pub per_account_and_client: selfheal::web::Limit,
+    /// One client over all accounts (refuses): 30 failures, then 1 every 2 s.
+    pub per_client: selfheal::web::Limit,
+    /// One account over all clients (slows each attempt by up to 2 s, never
+    /// refuses: a stranger cannot lock a student out): 30 failures, then 1
+    /// every 20 s.
+    pub per_account: selfheal::web::Limit,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        use selfheal::web::LoginThrottle;
+        Self {
+            per_account_and_client: LoginThrottle::PER_ACCOUNT_AND_CLIENT,
+            per_client: LoginThrottle::PER_CLIENT,
+            per_account: LoginThrottle::PER_ACCOUNT,
+        }
+    }
+}
+
 /// The AI provider (any OpenAI-compatible chat-completions API).
 #[derive(Clone, Debug)]
 pub struct OpenAi {
@@ -176,8 +204,15 @@ pub struct Config {
     /// `COZMIC_MAIL_FROM`, default `CozmicLearning <hello@cozmic.local>`.
     pub mail_from: String,
     /// Whether the admin login cookie is `Secure`. Default: only when the
-    /// app is not bound to loopback (plain HTTP in development).
+    /// app is not bound to loopback (plain HTTP in development), or when
+    /// [`https`](Self::https) says so.
     pub secure_cookies: bool,
+    /// `COZMIC_HTTPS=1`: the operator says browsers reach the app over
+    /// HTTPS (TLS here or at a proxy in front). Every answer then carries
+    /// `Strict-Transport-Security` (one year), and cookies are `Secure`.
+    /// Default off: sent over plain HTTP, HSTS would be ignored at best,
+    /// and a wrong one locks browsers out of a site until it expires.
+    pub https: bool,
     /// How the AI and payment clients retry.
     pub upstream: UpstreamPolicy,
     /// Healing on (the default) or off (the chaos harness' control run).
@@ -199,6 +234,14 @@ pub struct Config {
     /// `x-real-ip`). `None` (the default): the TCP peer's address. Tells
     /// clients apart so that one client's failures do not move the status.
     pub client_ip_header: Option<String>,
+    /// `COZMIC_ORIGIN`: the origin browsers use (`https://learn.example.com`)
+    /// when a reverse proxy rewrites the `Host` header; forms sent from it
+    /// pass the CSRF layer's `Origin` check. `None` (the default): the
+    /// request's own `Host`.
+    pub public_origin: Option<String>,
+    /// Failed sign-ins allowed before `429` (code only; defaults documented
+    /// on [`LoginLimits`]).
+    pub login_limits: LoginLimits,
     /// The wait before retrying a failed email: exponential from `.0`,
     /// doubling, capped at `.1`, with full jitter. Default 2 s to 1 hour
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
@@ -230,6 +273,7 @@ impl Config {
             smtp_url: None,
             mail_from: "CozmicLearning <hello@cozmic.local>".to_owned(),
             secure_cookies: false,
+            https: false,
             upstream: UpstreamPolicy::default(),
             healing: Healing::On,
             faults: FaultHooks::default(),
@@ -237,6 +281,8 @@ impl Config {
             mail_lease: Duration::from_secs(60),
             log_format: LogFormat::Text,
             client_ip_header: None,
+            public_origin: None,
+            login_limits: LoginLimits::default(),
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
         }
     }
@@ -277,7 +323,12 @@ impl Config {
                 )),
             }
         }
-        config.secure_cookies = !config.bind.ip().is_loopback();
+        match get("COZMIC_HTTPS").as_deref() {
+            None | Some("0" | "false") => {}
+            Some("1" | "true") => config.https = true,
+            Some(other) => problems.push(format!("COZMIC_HTTPS: {other:?} is not 1 or 0")),
+        }
+        config.secure_cookies = config.https || !config.bind.ip().is_loopback();
         if let Some(url) = get("DATABASE_URL") {
             if url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -353,6 +404,21 @@ impl Config {
                 Ok(name) => config.client_ip_header = Some(name.as_str().to_owned()),
                 Err(_) => problems.push(format!(
                     "COZMIC_CLIENT_IP_HEADER: {header:?} is not a header name"
+                )),
+            }
+        }
+        if let Some(origin) = get("COZMIC_ORIGIN") {
+            match url::Url::parse(&origin) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
+                        && url.path() == "/"
+                        && url.query().is_none() =>
+                {
+                    config.public_origin = Some(url.origin().ascii_serialization());
+                }
+                _ => problems.push(format!(
+                    "COZMIC_ORIGIN: {origin:?} is not an origin like https://learn.example.com"
                 )),
             }
         }
@@ -453,6 +519,36 @@ mod tests {
         assert_eq!(config.healing, Healing::On);
         assert!(!config.faults.is_armed());
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn https_is_said_by_the_operator_and_makes_cookies_secure() {
+        let plain = from(&[]).unwrap();
+        assert!(!plain.https && !plain.secure_cookies);
+        let https = from(&[("COZMIC_HTTPS", "1")]).unwrap();
+        assert!(https.https && https.secure_cookies);
+        let error = from(&[("COZMIC_HTTPS", "yes")]).unwrap_err();
+        assert!(error.to_string().contains("COZMIC_HTTPS"), "{error}");
+    }
+
+    #[test]
+    fn the_public_origin_is_an_origin() {
+        let config = from(&[("COZMIC_ORIGIN", "https://Learn.Example.com/")]).unwrap();
+        assert_eq!(
+            config.public_origin.as_deref(),
+            Some("https://learn.example.com")
+        );
+        for bad in [
+            "learn.example.com",
+            "ftp://x.example",
+            "https://x.example/path",
+        ] {
+            let error = from(&[("COZMIC_ORIGIN", bad)]).unwrap_err();
+            assert!(
+                error.to_string().contains("COZMIC_ORIGIN"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

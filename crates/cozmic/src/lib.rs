@@ -66,6 +66,8 @@ struct Inner {
     payments: Payments,
     mailer: Mailer,
     password_work: password::PasswordWork,
+    /// Failed student sign-ins, per account and client (see `web::auth`).
+    login_throttle: selfheal::web::LoginThrottle,
     /// Its revocation epoch is shared with the database (see `open`).
     admin_guard: selfheal::web::AdminGuard,
     config: Config,
@@ -127,9 +129,15 @@ impl AppState {
             });
         });
         admin_guard.revoke_before(db.admin_revoked_before().await?);
+        // The hash an unknown email is checked against, made now: made on
+        // the first such login, it would make that one cost two hashes.
+        tokio::task::spawn_blocking(password::dummy_hash).await?;
+        let observer = Arc::new(monitor.clone());
+        let login_throttle = web::login_throttle("login", &config, observer.clone());
         Ok(Self {
             inner: Arc::new(Inner {
-                observer: Arc::new(monitor.clone()),
+                observer,
+                login_throttle,
                 db,
                 store,
                 monitor,

@@ -191,8 +191,10 @@ pub fn hash(password: &str) -> anyhow::Result<String> {
     Ok(phc.to_string())
 }
 
-/// A hash of a random password, made once: what a login for an unknown
-/// email is checked against, so that it costs what a wrong password costs.
+/// A hash of a random password, made once (at start: `AppState::open`
+/// makes it, so that no login pays for it): what a login for an unknown
+/// email is checked against, with the same parameters as every stored
+/// hash, so that it costs what a wrong password costs.
 pub fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| {

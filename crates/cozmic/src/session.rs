@@ -82,6 +82,8 @@ pub struct Visitor {
     /// The session's contents.
     pub data: StudentSession,
     inner: Inner,
+    /// The visitor's form token, when the CSRF layer runs.
+    csrf: Option<selfheal::web::CsrfToken>,
 }
 
 #[derive(Debug)]
@@ -110,6 +112,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
             .get::<Healing>()
             .copied()
             .unwrap_or_default();
+        let csrf = selfheal::web::CsrfToken::of(&parts.extensions);
         match healing {
             Healing::On => {
                 let healed = Healed::<StudentSession>::from_request_parts(parts, state)
@@ -118,6 +121,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
                 Ok(Self {
                     data: StudentSession::clone(&healed),
                     inner: Inner::Healed(healed),
+                    csrf,
                 })
             }
             Healing::Off => {
@@ -132,6 +136,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
                 Ok(Self {
                     data,
                     inner: Inner::Naive(session),
+                    csrf,
                 })
             }
         }
@@ -142,6 +147,12 @@ impl Visitor {
     /// The signed-in student's id.
     pub fn student_id(&self) -> Option<i64> {
         self.data.student_id
+    }
+
+    /// The visitor's CSRF form token (for a form's hidden `csrf` field),
+    /// when the CSRF layer runs.
+    pub fn csrf(&self) -> Option<&selfheal::web::CsrfToken> {
+        self.csrf.as_ref()
     }
 
     /// The tower-sessions session.

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use cozmic::config::{Config, Secret};
 use support::{
     CuttableProxy, OwnDatabase, eventually, form_value, mails_containing, no_redirects, post_form,
-    sign_up,
+    post_form_with_token, sign_up,
 };
 
 fn config(dir: &std::path::Path) -> Config {
@@ -45,12 +45,14 @@ async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
     client.get(url).send().await.unwrap()
 }
 
-/// Submits the "seasons" lesson form with `nonce`.
-async fn complete(client: &reqwest::Client, base: &str, nonce: &str) -> reqwest::Response {
-    post_form(
+/// Submits the "seasons" lesson form as served (its nonce and CSRF token,
+/// read before any outage began).
+async fn complete(client: &reqwest::Client, base: &str, form: &LessonForm) -> reqwest::Response {
+    post_form_with_token(
         client,
         format!("{base}/lessons/seasons/complete"),
-        &[("nonce", nonce)],
+        &[("nonce", &form.nonce)],
+        &form.csrf,
     )
     .await
 }
@@ -67,14 +69,23 @@ async fn progress_of(app: &cozmic::Running, email: &str) -> cozmic::db::Integrit
     app.state().db().integrity(id).await.unwrap()
 }
 
-/// The nonce of the "seasons" lesson form, as served to `client`.
-async fn lesson_nonce(client: &reqwest::Client, base: &str) -> String {
+/// The "seasons" lesson form as served: its nonce and its CSRF token.
+struct LessonForm {
+    nonce: String,
+    csrf: String,
+}
+
+/// The "seasons" lesson form, as served to `client`.
+async fn lesson_nonce(client: &reqwest::Client, base: &str) -> LessonForm {
     let page = get(client, format!("{base}/lessons/seasons"))
         .await
         .text()
         .await
         .unwrap();
-    form_value(&page, "nonce")
+    LessonForm {
+        nonce: form_value(&page, "nonce"),
+        csrf: form_value(&page, "csrf"),
+    }
 }
 
 /// cozmic on a PostgreSQL database of its own, its data in a temp dir;
@@ -124,12 +135,12 @@ async fn postgres_outage(outage: Duration) {
         tokio::spawn(async move {
             let signup = sign_up(&grace, &base, "grace@example.com").await;
             assert_friendly_503(signup, "sign-up during the outage").await;
-            let login = no_redirects()
-                .post(format!("{base}/login"))
-                .form(&[("email", "ada@example.com"), ("password", "x")])
-                .send()
-                .await
-                .unwrap();
+            let login = post_form(
+                &no_redirects(),
+                format!("{base}/login"),
+                &[("email", "ada@example.com"), ("password", "x")],
+            )
+            .await;
             assert_friendly_503(login, "login during the outage").await;
         })
     };

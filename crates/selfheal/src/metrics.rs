@@ -20,7 +20,7 @@
 //! | `selfheal_ready` | gauge, 0 or 1 | the monitor, at scrape time |
 //! | `selfheal_fingerprint_errors{fingerprint}` | gauge: errors within the monitor's horizon | the monitor, at scrape time |
 //! | `selfheal_check_passing{check}` | gauge, 0 or 1 | the monitor, at scrape time |
-//! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total`, `selfheal_throttle_rejections_total` | counter | the monitor, at scrape time |
+//! | `selfheal_budget_refusals_total`, `selfheal_breaker_rejections_total`, `selfheal_throttle_rejections_total`, `selfheal_throttled_total` | counter | the monitor, at scrape time |
 //! | `selfheal_throttling{throttle}` | gauge, 0 or 1 | adaptive throttles' events, read at scrape time |
 //! | `selfheal_concurrency_limit{limiter}`, `selfheal_concurrency_in_flight{limiter}` | gauge | the adaptive concurrency limit's last window, at scrape time |
 //! | `selfheal_shed_total{limiter}` | counter | the same |
@@ -195,6 +195,7 @@ impl Metrics {
         metrics::gauge!("selfheal_ready").set(if monitor.is_ready() { 1.0 } else { 0.0 });
         metrics::counter!("selfheal_budget_refusals_total").absolute(report.budget_refusals);
         metrics::counter!("selfheal_breaker_rejections_total").absolute(report.breaker_rejections);
+        metrics::counter!("selfheal_throttled_total").absolute(report.throttled);
         let mut now = BTreeSet::new();
         for fp in &report.fingerprints {
             metrics::gauge!("selfheal_fingerprint_errors", "fingerprint" => fp.fingerprint.clone())

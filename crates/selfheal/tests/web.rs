@@ -116,6 +116,106 @@ async fn a_panicking_handler_gives_a_friendly_500_and_the_next_request_succeeds(
     assert_eq!(report.requests.failed, 1);
 }
 
+/// A body that sends one chunk, waits a little (so that the server sends
+/// it), then panics when it is polled again (a streamed export that hits a
+/// bug half-way).
+struct ExplodingBody {
+    polls: u8,
+}
+
+impl http_body::Body for ExplodingBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.polls += 1;
+        match self.polls {
+            1 => std::task::Poll::Ready(Some(Ok(http_body::Frame::data("first half;".into())))),
+            2 => {
+                let waker = cx.waker().clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    waker.wake();
+                });
+                std::task::Poll::Pending
+            }
+            _ => panic!("secret detail: the export broke half-way"),
+        }
+    }
+}
+
+/// A panic while the body streams (the status line is out) is recorded
+/// like any other panic and the response is aborted: over real HTTP the
+/// client sees the first chunk and then the end of the connection, never
+/// the chunked body's last chunk; the server serves the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_panics_while_streaming_is_recorded_and_the_server_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let monitor = monitor();
+    let app = Router::new()
+        .route(
+            "/export/{id}",
+            get(|| async { Body::new(ExplodingBody { polls: 0 }) }),
+        )
+        .route("/", get(|| async { "hello" }))
+        .layer(HealLayer::new(monitor.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let exchange = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        // Up to the end of the connection (or 10 s): a healthy keep-alive
+        // answer is read by its length instead.
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                if path == "/" && answer.ends_with(b"hello") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{path}: the connection was not closed");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = exchange("/export/7").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("first half;"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "truncated, not complete: {answer:?}"
+    );
+    assert!(!answer.contains("secret detail"));
+    let answer = exchange("/").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK"),
+        "the server serves on: {answer}"
+    );
+
+    let report = monitor.report(Duration::from_secs(900));
+    let panics: Vec<_> = report
+        .fingerprints
+        .iter()
+        .filter(|f| f.fingerprint == "Panic@/export/{id}")
+        .collect();
+    assert_eq!(panics.len(), 1, "{:?}", report.fingerprints);
+    assert_eq!(panics[0].count, 1);
+    assert!(panics[0].sample.contains("export broke"));
+    assert_eq!(report.heals.get(&HealKind::PanicCaught), Some(&1));
+}
+
 #[tokio::test]
 async fn json_clients_get_json_and_their_request_id_back() {
     let monitor = monitor();
@@ -417,6 +517,209 @@ async fn the_login_form_sets_an_http_only_cookie_that_opens_the_dashboard() {
     assert_eq!(
         app.clone().oneshot(page).await.unwrap().status(),
         StatusCode::FORBIDDEN
+    );
+}
+
+/// Wrong admin tokens spend the login throttle's budgets: past five from
+/// one address, a `429` with `Retry-After` (counted on the monitor, the
+/// status untouched), while the right token from another address still
+/// signs in.
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_client_and_the_admin_still_gets_in() {
+    let monitor = monitor();
+    let app = admin(&monitor);
+    let form =
+        |token: &str, from: [u8; 4]| {
+            let mut request = Request::post("/admin/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={token}")))
+                .unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from((from, 40000)),
+            ));
+            request
+        };
+    let attacker = [203, 0, 113, 9];
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let response = app
+            .clone()
+            .oneshot(form(&format!("guess-number-{n:04}-abcdef"), attacker))
+            .await
+            .unwrap();
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(response.headers()[header::RETRY_AFTER], "60");
+            let page = body(response).await;
+            assert!(page.contains("Too many wrong tokens"), "{page}");
+            assert!(page.contains("name=\"token\""), "the form is still there");
+        }
+    }
+    assert_eq!(statuses[..5], [StatusCode::FORBIDDEN; 5]);
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 15]);
+    // Even the right token waits, from the guessing address.
+    let status = app
+        .clone()
+        .oneshot(form(TOKEN, attacker))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let right = app
+        .clone()
+        .oneshot(form(TOKEN, [198, 51, 100, 7]))
+        .await
+        .unwrap();
+    assert_eq!(
+        right.status(),
+        StatusCode::SEE_OTHER,
+        "the admin, elsewhere"
+    );
+    let report = monitor.report(Duration::from_secs(900));
+    assert_eq!(report.throttled, 16);
+    assert_eq!(report.total_errors, 0);
+    assert_eq!(monitor.status(), Status::Healthy);
+}
+
+/// The CSRF layer: a page that renders a token sets its `__Host-` cookie
+/// (one without a form sets none); a POST passes with the cookie and its
+/// token (field or header), and is refused without them, from another
+/// origin, or past the body limit, before the handler runs.
+#[tokio::test]
+async fn the_csrf_layer_sets_its_cookie_with_a_form_and_refuses_forged_posts() {
+    use axum::response::Html;
+    use selfheal::web::{CsrfLayer, CsrfToken};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let handled = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let app: Router = Router::new()
+        .route(
+            "/form",
+            get(|token: CsrfToken| async move {
+                Html(format!("<input type=hidden name=csrf value={token}>"))
+            }),
+        )
+        .route("/plain", get(|| async { "no form here" }))
+        .route(
+            "/submit",
+            axum::routing::post(move |body: String| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { body }
+            }),
+        )
+        .layer(CsrfLayer::new("a-secret-key-of-enough-length-0123").with_max_body(1024));
+    let plain = app.clone().oneshot(get_req("/plain")).await.unwrap();
+    assert!(!plain.headers().contains_key(header::SET_COOKIE));
+    let form = app.clone().oneshot(get_req("/form")).await.unwrap();
+    let set_cookie = form.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in [
+        "__Host-selfheal_csrf=",
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+    ] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let page = body(form).await;
+    let token = page
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .trim_end_matches('>')
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    // Rendered again for a visitor with the cookie: the same token, no new cookie.
+    let again = Request::get("/form")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let again = app.clone().oneshot(again).await.unwrap();
+    assert!(!again.headers().contains_key(header::SET_COOKIE));
+    assert!(body(again).await.contains(&token));
+
+    let post = |cookie: Option<&str>, body: String, extra: &[(&str, &str)]| {
+        let mut request = Request::post("/submit")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let app = app.clone();
+        async move {
+            app.oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let ok = post(Some(&cookie), format!("note=hi&csrf={token}"), &[]).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        body(ok).await,
+        format!("note=hi&csrf={token}"),
+        "the body is handed on"
+    );
+    let by_header = post(Some(&cookie), "note=hi".into(), &[("x-csrf-token", &token)]).await;
+    assert_eq!(by_header.status(), StatusCode::OK);
+    let same_origin = post(
+        Some(&cookie),
+        format!("csrf={token}"),
+        &[("host", "app.example"), ("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(same_origin.status(), StatusCode::OK);
+    assert_eq!(handled.load(Ordering::SeqCst), 3);
+
+    type Case<'a> = (
+        Option<&'a str>,
+        String,
+        &'a [(&'a str, &'a str)],
+        StatusCode,
+    );
+    let refused: [Case<'_>; 6] = [
+        (Some(&cookie), "note=hi".into(), &[], StatusCode::FORBIDDEN),
+        (None, format!("csrf={token}"), &[], StatusCode::FORBIDDEN),
+        (
+            Some(&cookie),
+            format!("csrf={}", "0".repeat(64)),
+            &[],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}"),
+            &[("host", "app.example"), ("origin", "https://evil.example")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}"),
+            &[("sec-fetch-site", "cross-site")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(&cookie),
+            format!("csrf={token}&note={}", "x".repeat(2000)),
+            &[],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (cookie, form, extra, status) in refused {
+        let response = post(cookie, form.clone(), extra).await;
+        assert_eq!(response.status(), status, "{cookie:?} {extra:?}");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(body(response).await.contains("send it again"));
+    }
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        3,
+        "no refused form reached the handler"
     );
 }
 

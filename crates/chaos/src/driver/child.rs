@@ -73,6 +73,8 @@ struct ChildSpec {
     smtp_url: Option<String>,
     mail_from: String,
     secure_cookies: bool,
+    https: bool,
+    public_origin: Option<String>,
     upstream_max_attempts: u32,
     upstream_attempt_timeout: Duration,
     upstream_deadline: Duration,
@@ -115,6 +117,11 @@ impl ChildSpec {
             log_format,
             client_ip_header,
             mail_backoff,
+            https,
+            public_origin,
+            // Never changed by the harness: the child's defaults (the Debug
+            // check below catches a difference).
+            login_limits: _,
         } = config;
         let UpstreamPolicy {
             max_attempts,
@@ -144,6 +151,8 @@ impl ChildSpec {
             smtp_url: expose(smtp_url),
             mail_from: mail_from.clone(),
             secure_cookies: *secure_cookies,
+            https: *https,
+            public_origin: public_origin.clone(),
             upstream_max_attempts: max_attempts,
             upstream_attempt_timeout: attempt_timeout,
             upstream_deadline: deadline,
@@ -181,6 +190,8 @@ impl ChildSpec {
         config.smtp_url = self.smtp_url.map(Secret::new);
         config.mail_from = self.mail_from;
         config.secure_cookies = self.secure_cookies;
+        config.https = self.https;
+        config.public_origin = self.public_origin;
         config.upstream = UpstreamPolicy {
             max_attempts: self.upstream_max_attempts,
             attempt_timeout: self.upstream_attempt_timeout,

@@ -247,12 +247,23 @@ impl Witness {
             .timeout(Duration::from_secs(10))
             .build()
             .ok()?;
+        // The sign-up page first, for its CSRF token, as a browser does.
+        let form = http
+            .get(format!("{url}/signup"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let csrf = super::user::form_value(&form, "csrf")?;
         let page = http
             .post(format!("{url}/signup"))
             .form(&[
                 ("name", "Witness"),
                 ("email", email),
                 ("password", "chaos-password-123"),
+                ("csrf", csrf.as_str()),
             ])
             .send()
             .await

@@ -225,14 +225,11 @@ async fn outage(proxy: &FaultProxy, started: Instant, options: &StormOptions) ->
 }
 
 /// `options.sessions` students signed up, each in a browser of its own.
-async fn sign_up(
-    base: &str,
-    run: &str,
-    options: &StormOptions,
-) -> anyhow::Result<Vec<reqwest::Client>> {
-    let mut tasks: Vec<JoinHandle<anyhow::Result<reqwest::Client>>> = Vec::new();
+async fn sign_up(base: &str, run: &str, options: &StormOptions) -> anyhow::Result<Vec<Browser>> {
+    let mut tasks: Vec<JoinHandle<anyhow::Result<Browser>>> = Vec::new();
     for index in 0..options.sessions {
         let url = format!("{base}/signup");
+        let tutor = format!("{base}/tutor");
         let email = format!("storm{index}.{run}@chaos.test");
         let timeout = options.timeout;
         tasks.push(tokio::spawn(async move {
@@ -240,12 +237,14 @@ async fn sign_up(
                 .cookie_store(true)
                 .timeout(timeout)
                 .build()?;
+            let csrf = csrf_token(&http, &url).await?;
             let response = http
-                .post(url)
+                .post(&url)
                 .form(&[
                     ("name", format!("Storm User {index}")),
                     ("email", email),
                     ("password", "chaos-password-123".to_owned()),
+                    ("csrf", csrf),
                 ])
                 .send()
                 .await;
@@ -254,7 +253,9 @@ async fn sign_up(
                 outcome == Outcome::Success,
                 "storm sign-up {index}: {outcome:?}"
             );
-            Ok(http)
+            // The tutor's form token, sent with every question.
+            let csrf = csrf_token(&http, &tutor).await?;
+            Ok(Browser { http, csrf })
         }));
     }
     let mut browsers = Vec::new();
@@ -264,11 +265,23 @@ async fn sign_up(
     Ok(browsers)
 }
 
+/// A signed-in browser and the CSRF token its forms carry.
+struct Browser {
+    http: reqwest::Client,
+    csrf: String,
+}
+
+/// The CSRF token of the form at `url` (cozmic refuses forms without one).
+async fn csrf_token(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let page = http.get(url).send().await?.text().await?;
+    super::user::form_value(&page, "csrf").ok_or_else(|| anyhow::anyhow!("no CSRF token on {url}"))
+}
+
 /// The arrival schedule and what each request needs.
 struct Arrivals<'a> {
     options: &'a StormOptions,
     url: String,
-    browsers: &'a [reqwest::Client],
+    browsers: &'a [Browser],
     started: Instant,
     recorder: &'a Recorder,
     bar: &'a RunBar,
@@ -312,9 +325,11 @@ impl Arrivals<'_> {
                 continue;
             }
             in_flight.fetch_add(1, Ordering::Relaxed);
-            let request = self.browsers[n % self.browsers.len()]
-                .post(&self.url)
-                .form(&[("question", format!("Can you explain storm question {n}?"))]);
+            let browser = &self.browsers[n % self.browsers.len()];
+            let request = browser.http.post(&self.url).form(&[
+                ("question", format!("Can you explain storm question {n}?")),
+                ("csrf", browser.csrf.clone()),
+            ]);
             let in_flight = Arc::clone(&in_flight);
             let recorder = self.recorder.clone();
             tasks.push(tokio::spawn(async move {

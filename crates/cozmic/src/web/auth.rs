@@ -18,14 +18,24 @@ use crate::session::{StudentSession, Visitor};
 struct HomePage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
 }
 
 pub(super) async fn home(visitor: Visitor) -> Response {
     if visitor.student_id().is_some() {
         return see_other("/dashboard");
     }
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
-    HomePage { signed_in, theme }.into_response()
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
+    HomePage {
+        signed_in,
+        theme,
+        csrf,
+    }
+    .into_response()
 }
 
 #[derive(Template, WebTemplate)]
@@ -33,6 +43,7 @@ pub(super) async fn home(visitor: Visitor) -> Response {
 struct SignupPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     error: Option<String>,
     name: String,
     email: String,
@@ -55,6 +66,7 @@ pub(super) async fn signup_form(visitor: Visitor) -> Response {
     SignupPage {
         signed_in: false,
         theme: visitor.data.theme.clone(),
+        csrf: super::Csrf::of(&visitor),
         error: None,
         name: String::new(),
         email: String::new(),
@@ -122,6 +134,7 @@ fn validate_signup(form: &SignupForm) -> Result<ValidSignup, &'static str> {
 
 pub(super) async fn signup(
     State(state): State<AppState>,
+    Client(client): Client,
     mut visitor: Visitor,
     StrictForm { form, error }: StrictForm<SignupForm>,
 ) -> Page {
@@ -174,9 +187,26 @@ pub(super) async fn signup(
             // The same form sent again after its answer was lost (the
             // session store failed after the account was made, a timeout):
             // the right password signs in, as the first answer would have.
+            // A password check like a login's, so throttled like one.
+            let attempt = match state.inner.login_throttle.begin(&email, client).await {
+                Ok(attempt) => attempt,
+                Err(throttled) => {
+                    let mut response = signup_error(
+                        &visitor,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &too_many(&throttled),
+                        &form.name,
+                        &form.email,
+                    );
+                    retry_after(&mut response, &throttled);
+                    return Ok(response);
+                }
+            };
             if let Some((id, name)) = check_password(&state, &email, password).await? {
+                attempt.succeeded();
                 return sign_in(&mut visitor, id, name).await;
             }
+            attempt.failed();
             Ok(signup_error(
                 &visitor,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -191,7 +221,7 @@ pub(super) async fn signup(
 
 /// The sign-up form again, with `message` and what was typed (minus the
 /// characters the input rules refuse).
-fn signup_error(
+pub(super) fn signup_error(
     visitor: &Visitor,
     status: StatusCode,
     message: &str,
@@ -203,6 +233,7 @@ fn signup_error(
         SignupPage {
             signed_in: false,
             theme: visitor.data.theme.clone(),
+            csrf: super::Csrf::of(visitor),
             error: Some(message.to_owned()),
             name: Text::NAME.keep(name),
             email: Text::EMAIL.keep(email),
@@ -216,6 +247,7 @@ fn signup_error(
 struct LoginPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     error: Option<String>,
     email: String,
 }
@@ -235,28 +267,25 @@ pub(super) async fn login_form(visitor: Visitor) -> Response {
     LoginPage {
         signed_in: false,
         theme: visitor.data.theme.clone(),
+        csrf: super::Csrf::of(&visitor),
         error: None,
         email: String::new(),
     }
     .into_response()
 }
 
+/// A login. Failures are throttled per account and client
+/// (`selfheal::web::LoginThrottle`): past the budget, a `429` with
+/// `Retry-After` and the form (the email kept), decided before any
+/// password work, the same for known and unknown emails.
 pub(super) async fn login(
     State(state): State<AppState>,
+    Client(client): Client,
     mut visitor: Visitor,
     StrictForm { form, error }: StrictForm<LoginForm>,
 ) -> Page {
     let refuse = |status: StatusCode, message: &str, email: &str| {
-        (
-            status,
-            LoginPage {
-                signed_in: false,
-                theme: visitor.data.theme.clone(),
-                error: Some(message.to_owned()),
-                email: Text::EMAIL.keep(email),
-            },
-        )
-            .into_response()
+        login_error(&visitor, status, message, email)
     };
     if let Some(error) = error {
         return Ok(refuse(error.status(), error.message(), &form.email));
@@ -276,7 +305,23 @@ pub(super) async fn login(
     let verified = if email.is_empty() || email.len() > 254 || form.password.chars().count() > 128 {
         None
     } else {
-        check_password(&state, &email, form.password).await?
+        let attempt = match state.inner.login_throttle.begin(&email, client).await {
+            Ok(attempt) => attempt,
+            Err(throttled) => {
+                let mut response =
+                    refuse(StatusCode::TOO_MANY_REQUESTS, &too_many(&throttled), &email);
+                retry_after(&mut response, &throttled);
+                return Ok(response);
+            }
+        };
+        // An error (the database down, the hashing gate full) drops the
+        // attempt undecided: refunded, it was not the client's guess.
+        let verified = check_password(&state, &email, form.password).await?;
+        match verified {
+            Some(_) => attempt.succeeded(),
+            None => attempt.failed(),
+        }
+        verified
     };
     let Some((id, name)) = verified else {
         return Ok(refuse(
@@ -286,6 +331,63 @@ pub(super) async fn login(
         ));
     };
     sign_in(&mut visitor, id, name).await
+}
+
+/// The login form again, with `message` and the email typed (minus the
+/// characters the input rules refuse); never the password.
+pub(super) fn login_error(
+    visitor: &Visitor,
+    status: StatusCode,
+    message: &str,
+    email: &str,
+) -> Response {
+    (
+        status,
+        LoginPage {
+            signed_in: false,
+            theme: visitor.data.theme.clone(),
+            csrf: super::Csrf::of(visitor),
+            error: Some(message.to_owned()),
+            email: Text::EMAIL.keep(email),
+        },
+    )
+        .into_response()
+}
+
+/// The sentence of a throttled sign-in: how long to wait, in words.
+fn too_many(throttled: &selfheal::web::Throttled) -> String {
+    let secs = throttled.retry_after_secs();
+    let wait = if secs <= 90 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    };
+    format!(
+        "Too many failed sign-ins from your network. For your account's safety, please wait {wait} and try again."
+    )
+}
+
+/// Adds `Retry-After` to a throttled answer.
+fn retry_after(response: &mut Response, throttled: &selfheal::web::Throttled) {
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(throttled.retry_after_secs()),
+    );
+}
+
+/// The client of a request, as the login throttle tells clients apart (the
+/// TCP peer, or the configured proxy header).
+pub(super) struct Client(Option<selfheal::health::ClientId>);
+
+impl axum::extract::FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(state.inner.login_throttle.client_of(parts)))
+    }
 }
 
 /// The student whose email and password these are, checked on the hashing

@@ -57,6 +57,7 @@ fn lesson_mac(
 struct DashboardPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     student: db::Student,
     level: i64,
     level_progress: i64,
@@ -112,10 +113,15 @@ pub(super) async fn dashboard(
         .and_then(|Query(q)| q.done)
         .and_then(|id| lessons::find(&id))
         .map(|lesson| format!("Lesson complete: {} (+{} XP)", lesson.title, db::LESSON_XP));
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
     Ok(DashboardPage {
         signed_in,
         theme,
+        csrf,
         level,
         level_progress: student.xp % db::XP_PER_LEVEL,
         flash,
@@ -141,6 +147,7 @@ pub(super) async fn dashboard(
 struct LessonsPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     lessons: Vec<LessonItem>,
 }
 
@@ -156,10 +163,15 @@ pub(super) async fn lesson_list(
     SignedIn { student, visitor }: SignedIn,
 ) -> Page {
     let done = state.db().completed_lessons(student.id).await?;
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
     Ok(LessonsPage {
         signed_in,
         theme,
+        csrf,
         lessons: LESSONS
             .iter()
             .map(|l| LessonItem {
@@ -178,6 +190,7 @@ pub(super) async fn lesson_list(
 struct LessonPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     id: &'static str,
     title: &'static str,
     body: &'static [&'static str],
@@ -200,10 +213,15 @@ pub(super) async fn lesson(
         .await?
         .iter()
         .any(|done| done == lesson.id);
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
     Ok(LessonPage {
         signed_in,
         theme,
+        csrf,
         id: lesson.id,
         title: lesson.title,
         body: lesson.body,

@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use selfheal::web::{AdminGuard, Dashboard, Friendly, HealLayer, admin_routes};
+use selfheal::web::csrf::{CsrfReason, CsrfRejection};
+use selfheal::web::{AdminGuard, CsrfLayer, Dashboard, Friendly, HealLayer, admin_routes};
 use tower_sessions::cookie::Key;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
@@ -62,24 +63,20 @@ pub fn app(state: AppState) -> Router {
         .route("/premium/subscribe", post(subscribe))
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(admin_routes(admin_dashboard(&monitor, guard, config)));
+        .merge(admin_routes(admin_dashboard(&state, guard)));
     if config.faults.is_armed() {
         pages = pages.layer(axum::middleware::from_fn(panic_on_demand));
     }
     let pages = pages
         .layer(axum::middleware::from_fn(crate::correlate::scope))
+        .layer(csrf_layer(&state))
         .layer(sessions)
         .layer(Extension(healing))
         .layer(Extension(selfheal::session::CookieName("cozmic_session")));
     let metrics = selfheal::metrics::Metrics::install().ok();
     let pages = match healing {
         Healing::On => {
-            let mut heal = HealLayer::new(monitor.clone());
-            if let Some(header) = &config.client_ip_header {
-                let name = axum::http::HeaderName::from_bytes(header.as_bytes())
-                    .expect("validated by Config");
-                heal = heal.with_client_key(selfheal::web::ClientKey::Header(name));
-            }
+            let mut heal = HealLayer::new(monitor.clone()).with_client_key(client_key(config));
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
@@ -103,14 +100,86 @@ pub fn app(state: AppState) -> Router {
     if let Some(metrics) = &metrics {
         router = router.merge(metrics.routes(monitor));
     }
-    router.layer(axum::middleware::map_response(security_headers))
+    router.layer(axum::middleware::map_response_with_state(
+        Https(config.https),
+        security_headers,
+    ))
+}
+
+/// Whether the operator said the app is served over HTTPS (`COZMIC_HTTPS`).
+#[derive(Clone, Copy, Debug)]
+struct Https(bool);
+
+/// Every state-changing form checked (sign-up, login, logout, lessons, the
+/// tutor, the purchase, the admin forms): a token bound to a `__Host-`
+/// cookie (see `selfheal::web::csrf`), keyed with `SECRET_KEY`, and the
+/// browser's `Origin` / `Sec-Fetch-Site`. Inside the session layer, so that
+/// a refused form is shown again with what was typed, for the visitor.
+fn csrf_layer(state: &AppState) -> CsrfLayer {
+    let config = state.config();
+    let responder_state = state.clone();
+    let mut layer = CsrfLayer::new(state.inner.secret.as_bytes())
+        .with_cookie_name("cozmic_csrf")
+        .with_secure_cookie(config.secure_cookies)
+        .with_max_body(crate::input::BODY_MAX)
+        .with_responder(move |rejection| csrf_refused(responder_state.clone(), rejection));
+    if let Some(origin) = &config.public_origin {
+        layer = layer.with_allowed_origin(origin.clone());
+    }
+    layer
+}
+
+/// A form the CSRF check refused: nothing was done; the same form again,
+/// with what was typed (never a password) and a fresh token, so that
+/// pressing the button once more works.
+async fn csrf_refused(state: AppState, mut rejection: CsrfRejection) -> Response {
+    use axum::extract::FromRequestParts;
+    let visitor = match Visitor::from_request_parts(&mut rejection.parts, &state).await {
+        Ok(visitor) => visitor,
+        Err(response) => return response,
+    };
+    let status = rejection.reason.status();
+    let why = match rejection.reason {
+        CsrfReason::TooLarge => crate::input::FormError::TooLarge.message(),
+        _ => {
+            "This form had expired or was sent from another site, so nothing was saved. \
+             Please check it and send it again."
+        }
+    };
+    match rejection.parts.uri.path() {
+        "/signup" => auth::signup_error(
+            &visitor,
+            status,
+            why,
+            rejection.field("name"),
+            rejection.field("email"),
+        ),
+        "/login" => auth::login_error(&visitor, status, why, rejection.field("email")),
+        "/tutor" if visitor.student_id().is_some() => {
+            tutor::tutor_error(&state, &visitor, status, why, rejection.field("question"))
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+        _ => message(
+            &visitor,
+            status,
+            "Please try again",
+            "This form had expired or was sent from another site, so nothing was done. \
+             Open the page again and press the button once more.",
+        ),
+    }
 }
 
 /// The headers every answer carries (a page that sets its own, like the
 /// admin dashboard, keeps them): no scripts, styles only inline, images only
 /// `data:`, forms only to this site, never framed, no `<base>`; no MIME
-/// sniffing; no referrer sent to other sites.
-async fn security_headers(mut response: Response) -> Response {
+/// sniffing; no referrer sent to other sites; and, only when the operator
+/// said the app is served over HTTPS, HSTS for a year (browsers then never
+/// try plain HTTP, where a network attacker could strip TLS).
+async fn security_headers(
+    axum::extract::State(Https(https)): axum::extract::State<Https>,
+    mut response: Response,
+) -> Response {
     const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
     let headers = response.headers_mut();
@@ -123,17 +192,54 @@ async fn security_headers(mut response: Response) -> Response {
             .entry(name)
             .or_insert(HeaderValue::from_static(value));
     }
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     response
 }
 
-/// The admin dashboard; without `ADMIN_TOKEN`, its 403 page says how to
-/// get in.
-fn admin_dashboard(
-    monitor: &selfheal::health::Monitor,
-    guard: AdminGuard,
+/// How clients are told apart: the TCP peer, or the header a trusted
+/// reverse proxy sets (`COZMIC_CLIENT_IP_HEADER`); never a header the
+/// client chooses unless the operator said so.
+fn client_key(config: &crate::config::Config) -> selfheal::web::ClientKey {
+    match &config.client_ip_header {
+        Some(header) => selfheal::web::ClientKey::Header(
+            axum::http::HeaderName::from_bytes(header.as_bytes()).expect("validated by Config"),
+        ),
+        None => selfheal::web::ClientKey::PeerAddress,
+    }
+}
+
+/// A login throttle named `operation` with the configured budgets and
+/// client key, reporting its refusals to `observer` (the monitor).
+pub(crate) fn login_throttle(
+    operation: &'static str,
     config: &crate::config::Config,
-) -> Dashboard {
-    let dashboard = Dashboard::new(monitor.clone(), guard).with_service_name("cozmic");
+    observer: std::sync::Arc<selfheal::health::Monitor>,
+) -> selfheal::web::LoginThrottle {
+    let limits = config.login_limits;
+    selfheal::web::LoginThrottle::new(operation)
+        .with_per_account_and_client(limits.per_account_and_client)
+        .with_per_client(limits.per_client)
+        .with_per_account(limits.per_account, std::time::Duration::from_secs(2))
+        .with_client_key(client_key(config))
+        .with_observer(observer)
+}
+
+/// The admin dashboard, its token login throttled like the students'
+/// (`admin:login`); without `ADMIN_TOKEN`, its 403 page says how to get in.
+fn admin_dashboard(state: &AppState, guard: AdminGuard) -> Dashboard {
+    let config = state.config();
+    let dashboard = Dashboard::new(state.monitor().clone(), guard)
+        .with_service_name("cozmic")
+        .with_login_throttle(login_throttle(
+            "admin:login",
+            config,
+            state.inner.observer.clone(),
+        ));
     if config.admin_token.is_some() {
         return dashboard;
     }
@@ -200,10 +306,11 @@ async fn panic_on_demand(
     response
 }
 
-/// What every page needs for its header.
+/// What every page needs for its header (the sign-out form's token too).
 struct Chrome {
     signed_in: bool,
     theme: String,
+    csrf: Csrf,
 }
 
 impl Chrome {
@@ -211,6 +318,28 @@ impl Chrome {
         Self {
             signed_in: visitor.student_id().is_some(),
             theme: visitor.data.theme.clone(),
+            csrf: Csrf::of(visitor),
+        }
+    }
+}
+
+/// A page's CSRF form token, for the hidden `csrf` field of its forms:
+/// rendered only where a form is (the cookie is set then), empty where no
+/// CSRF layer runs.
+#[derive(Clone, Default)]
+struct Csrf(Option<selfheal::web::CsrfToken>);
+
+impl Csrf {
+    fn of(visitor: &Visitor) -> Self {
+        Self(visitor.csrf().cloned())
+    }
+}
+
+impl std::fmt::Display for Csrf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(token) => token.fmt(f),
+            None => Ok(()),
         }
     }
 }
@@ -329,6 +458,7 @@ impl IntoResponse for AppError {
                 let page = MessagePage {
                     signed_in: false,
                     theme: "light".to_owned(),
+                    csrf: Csrf::default(),
                     heading: heading.to_owned(),
                     message: text.to_owned(),
                 };
@@ -386,17 +516,23 @@ fn unavailable_response(retry_after_secs: u64, page: Response) -> Response {
 struct MessagePage {
     signed_in: bool,
     theme: String,
+    csrf: Csrf,
     heading: String,
     message: String,
 }
 
 fn message(visitor: &Visitor, status: StatusCode, heading: &str, text: &str) -> Response {
-    let Chrome { signed_in, theme } = Chrome::of(visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(visitor);
     (
         status,
         MessagePage {
             signed_in,
             theme,
+            csrf,
             heading: heading.to_owned(),
             message: text.to_owned(),
         },

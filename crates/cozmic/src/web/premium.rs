@@ -20,6 +20,7 @@ use crate::upstream::UpstreamError;
 struct PremiumPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     configured: bool,
     premium: bool,
     purchase: String,
@@ -45,10 +46,15 @@ pub(super) async fn premium_page(
         .and_then(|key| key.strip_prefix(&purchase_prefix(student.id)))
         .filter(|nonce| is_token(nonce))
         .map_or_else(random_token, str::to_owned);
-    let Chrome { signed_in, theme } = Chrome::of(&visitor);
+    let Chrome {
+        signed_in,
+        theme,
+        csrf,
+    } = Chrome::of(&visitor);
     Ok(PremiumPage {
         signed_in,
         theme,
+        csrf,
         configured: state.inner.payments.is_configured(),
         premium: student.premium == 1,
         purchase,
@@ -146,10 +152,15 @@ pub(super) async fn subscribe(
                 .recover(Err(error), |error: UpstreamError| {
                     error.retry_after().as_secs().max(1)
                 });
-            let Chrome { signed_in, theme } = Chrome::of(&visitor);
+            let Chrome {
+                signed_in,
+                theme,
+                csrf,
+            } = Chrome::of(&visitor);
             let page = PremiumPage {
                 signed_in,
                 theme,
+                csrf,
                 configured: true,
                 premium: false,
                 purchase,

@@ -21,6 +21,7 @@ use crate::upstream::UpstreamError;
 struct TutorPage {
     signed_in: bool,
     theme: String,
+    csrf: super::Csrf,
     configured: bool,
     notice: Option<String>,
     retry_after: u64,
@@ -32,10 +33,15 @@ struct TutorPage {
 
 impl TutorPage {
     fn new(visitor: &Visitor, configured: bool, history: Vec<db::Question>) -> Self {
-        let Chrome { signed_in, theme } = Chrome::of(visitor);
+        let Chrome {
+            signed_in,
+            theme,
+            csrf,
+        } = Chrome::of(visitor);
         Self {
             signed_in,
             theme,
+            csrf,
             configured,
             notice: None,
             retry_after: 0,
@@ -53,6 +59,25 @@ pub(super) async fn tutor_page(
 ) -> Page {
     let history = state.db().recent_questions(student.id, 5).await?;
     Ok(TutorPage::new(&visitor, state.inner.tutor.is_configured(), history).into_response())
+}
+
+/// The tutor's form again with `message` and the question typed (minus
+/// refused characters), answered with `status`: for a refused form.
+pub(super) async fn tutor_error(
+    state: &AppState,
+    visitor: &Visitor,
+    status: StatusCode,
+    message: &str,
+    question: &str,
+) -> Page {
+    let history = match visitor.student_id() {
+        Some(id) => state.db().recent_questions(id, 5).await?,
+        None => Vec::new(),
+    };
+    let mut page = TutorPage::new(visitor, state.inner.tutor.is_configured(), history);
+    page.error = Some(message.to_owned());
+    page.asked = Text::QUESTION.keep(question);
+    Ok((status, page).into_response())
 }
 
 #[derive(Deserialize, Default)]

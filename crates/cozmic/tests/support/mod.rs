@@ -26,6 +26,18 @@ pub fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// A browser-like client (cookies, redirects followed) whose connections
+/// come from `ip` (any of 127.0.0.0/8 on loopback): another client, as the
+/// server tells them apart.
+pub fn browser_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .local_address(Some(std::net::IpAddr::from(ip)))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// Signs up `email` (password `correct horse battery`): the answer.
 pub async fn sign_up(client: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
     sign_up_as(client, base, "Ada Lovelace", email, "correct horse battery").await
@@ -48,13 +60,73 @@ pub async fn sign_up_as(
     .await
 }
 
-/// Posts `fields` as a form to `url`.
+/// Posts `fields` as a form to `url`, with the CSRF token a page of the
+/// same site gives `client` (a client that keeps cookies: the token's
+/// cookie is in its jar), as a browser would.
 pub async fn post_form(
     client: &reqwest::Client,
     url: String,
     fields: &[(&str, &str)],
 ) -> reqwest::Response {
-    client.post(url).form(fields).send().await.unwrap()
+    let token = csrf_token(client, &base_of(&url)).await;
+    post_form_with_token(client, url, fields, &token).await
+}
+
+/// Posts `fields` and the CSRF `token` as a form to `url`.
+pub async fn post_form_with_token(
+    client: &reqwest::Client,
+    url: String,
+    fields: &[(&str, &str)],
+    token: &str,
+) -> reqwest::Response {
+    let mut fields = fields.to_vec();
+    fields.push(("csrf", token));
+    client.post(url).form(&fields).send().await.unwrap()
+}
+
+/// `scheme://host:port` of `url`.
+pub fn base_of(url: &str) -> String {
+    let parsed = url::Url::parse(url).unwrap();
+    parsed.origin().ascii_serialization()
+}
+
+/// The CSRF token `client` (which keeps cookies) is given by the site at
+/// `base`: read from the login page, or, signed in, from the dashboard's
+/// sign-out form.
+pub async fn csrf_token(client: &reqwest::Client, base: &str) -> String {
+    for path in ["/login", "/dashboard"] {
+        let page = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(token) = try_form_value(&page, "csrf") {
+            return token;
+        }
+    }
+    panic!("no page of {base} gave a CSRF token");
+}
+
+/// For a client without a cookie jar: (the `name=value` of the CSRF cookie,
+/// its token), from a fresh login page.
+pub async fn csrf_pair(base: &str) -> (String, String) {
+    let response = reqwest::get(format!("{base}/login")).await.unwrap();
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.contains("csrf="))
+        .expect("the login page sets the CSRF cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = form_value(&response.text().await.unwrap(), "csrf");
+    (cookie, token)
 }
 
 /// The status of the answer to `request`.
@@ -75,12 +147,14 @@ pub async fn assert_unprocessable(response: reqwest::Response, message: &str) {
 
 /// The value of the form field `name` in `page`.
 pub fn form_value(page: &str, name: &str) -> String {
+    try_form_value(page, name).unwrap_or_else(|| panic!("no {name} in the page: {page}"))
+}
+
+/// The value of the form field `name` in `page`, if there is one.
+pub fn try_form_value(page: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in the page"))
-        + marker.len();
-    page[start..].split('"').next().unwrap().to_owned()
+    let start = page.find(&marker)? + marker.len();
+    page[start..].split('"').next().map(str::to_owned)
 }
 
 /// Polls `condition` every 50 ms for up to `limit`; panics naming `what`.

@@ -309,6 +309,7 @@ impl MonitorBuilder {
             retries: AtomicU64::new(0),
             budget_refusals: AtomicU64::new(0),
             breaker_rejections: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             breakers: Mutex::new(BTreeMap::new()),
             throttle_rejections: AtomicU64::new(0),
             throttles: Mutex::new(BTreeMap::new()),

@@ -132,6 +132,8 @@ struct Inner {
     retries: AtomicU64,
     budget_refusals: AtomicU64,
     breaker_rejections: AtomicU64,
+    /// Client attempts refused by a throttle (`Event::Throttled`).
+    throttled: AtomicU64,
     breakers: Mutex<BTreeMap<String, (BreakerState, u64)>>,
     throttle_rejections: AtomicU64,
     /// Adaptive throttles that reported: name → (throttling, failure ratio, since ms).

@@ -129,6 +129,11 @@ impl Monitor {
                     );
                 }
             }
+            // Counted, never recorded as an error: a client's input is not
+            // the server's health.
+            Event::Throttled { .. } => {
+                m.inner.throttled.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {}
         }
         // The event itself (retries, give-ups, breaker states) for the

@@ -174,6 +174,9 @@ pub struct Report {
     pub budget_refusals: u64,
     /// Calls refused by an open breaker since start.
     pub breaker_rejections: u64,
+    /// Client attempts refused by a throttle since start (too many failed
+    /// sign-ins): counted, never a cause of the status.
+    pub throttled: u64,
     /// Breakers, by name.
     pub breakers: Vec<BreakerReport>,
     /// Calls and retries refused by an adaptive throttle since start.
@@ -526,6 +529,7 @@ impl Monitor {
             retries: self.inner.retries.load(Ordering::Relaxed),
             budget_refusals: self.inner.budget_refusals.load(Ordering::Relaxed),
             breaker_rejections: self.inner.breaker_rejections.load(Ordering::Relaxed),
+            throttled: self.inner.throttled.load(Ordering::Relaxed),
             breakers,
             throttle_rejections: self.inner.throttle_rejections.load(Ordering::Relaxed),
             throttles,

@@ -283,6 +283,19 @@ pub enum Event<'a> {
         /// health); `None` for the server's own work (a worker, a check).
         client: Option<ClientId>,
     },
+    /// A client's attempt was refused by a throttle (too many failed
+    /// sign-ins, say: see [`LoginThrottle`](crate::web::LoginThrottle)).
+    /// Counted on the monitor and in the metrics, shown on the dashboard,
+    /// and never a cause of the server's status or an alert: it is the
+    /// server doing its job against a client's input.
+    Throttled {
+        /// What was refused (`login`, `admin:login`).
+        operation: &'a str,
+        /// Whose attempt it was, when known.
+        client: Option<ClientId>,
+        /// How long the client was told to wait.
+        retry_after: Duration,
+    },
     /// Something healed: a session repaired, a panic caught, a worker
     /// restarted, a transaction re-run, a schema repaired… (retry recoveries,
     /// fallbacks and breaker transitions are their own events, which the

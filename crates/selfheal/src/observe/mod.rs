@@ -299,6 +299,18 @@ fn trace_event(event: &Event<'_>) {
             shed,
             "adaptive concurrency window"
         ),
+        // One line per refused attempt would let a client fill the log:
+        // debug only; the monitor counts them.
+        Event::Throttled {
+            operation,
+            retry_after,
+            ..
+        } => tracing::debug!(
+            target: "selfheal",
+            operation,
+            retry_after_secs = retry_after.as_secs(),
+            "attempt refused by a throttle"
+        ),
         // Recorded errors and heals are logged by the component that reports
         // them, with its own context.
         Event::Error { .. } | Event::Heal { .. } => {}

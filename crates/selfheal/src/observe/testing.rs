@@ -132,6 +132,15 @@ pub enum Recorded {
         /// Whose request it was.
         client: Option<ClientId>,
     },
+    /// [`Event::Throttled`].
+    Throttled {
+        /// What was refused.
+        operation: String,
+        /// Whose attempt it was.
+        client: Option<ClientId>,
+        /// How long the client was told to wait.
+        retry_after: Duration,
+    },
     /// [`Event::Heal`].
     Heal {
         /// Which kind.
@@ -226,6 +235,15 @@ impl Recorded {
                 message: text(failure.message),
                 client,
             },
+            Event::Throttled {
+                operation,
+                client,
+                retry_after,
+            } => Self::Throttled {
+                operation: operation.into(),
+                client,
+                retry_after,
+            },
             Event::Heal { kind, operation } => Self::Heal {
                 kind,
                 operation: operation.into(),
@@ -238,8 +256,9 @@ impl Recorded {
 /// `retry KIND@OPERATION #ATTEMPT`, `recovered OPERATION #ATTEMPTS`,
 /// `gave_up KIND@OPERATION #ATTEMPTS (REASON)`, `fallback KIND@OPERATION`,
 /// `breaker NAME FROM->TO`, `rejected NAME`, `throttle NAME on|off`,
-/// `throttled NAME`, `limit NAME LIMIT`, `error KIND@OPERATION`,
-/// `heal KIND@OPERATION`.
+/// `throttled NAME` (an adaptive throttle refused a call),
+/// `limit NAME LIMIT`, `error KIND@OPERATION`, `refused OPERATION` (a
+/// login throttle refused an attempt), `heal KIND@OPERATION`.
 impl fmt::Display for Recorded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -286,6 +305,7 @@ impl fmt::Display for Recorded {
             Self::Error {
                 operation, kind, ..
             } => write!(f, "error {kind}@{operation}"),
+            Self::Throttled { operation, .. } => write!(f, "refused {operation}"),
             Self::Heal { kind, operation } => write!(f, "heal {kind}@{operation}"),
         }
     }

@@ -35,14 +35,23 @@ impl ClientKey {
     /// request fails, so a request that succeeds pays an extension lookup
     /// and nothing else.
     pub(super) fn capture<B>(&self, req: &Request<B>) -> Client {
+        self.capture_parts(req.headers(), req.extensions())
+    }
+
+    /// [`capture`](Self::capture) from a request's headers and extensions.
+    pub(super) fn capture_parts(
+        &self,
+        headers: &axum::http::HeaderMap,
+        extensions: &axum::http::Extensions,
+    ) -> Client {
         let peer = || {
-            req.extensions()
+            extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|info| info.0.ip())
         };
         match self {
             Self::PeerAddress => Client::Peer(peer()),
-            Self::Header(name) => match req.headers().get_all(name).iter().next_back() {
+            Self::Header(name) => match headers.get_all(name).iter().next_back() {
                 Some(value) => Client::Forwarded(value.clone()),
                 None => Client::Peer(peer()),
             },
@@ -60,7 +69,7 @@ pub(crate) enum Client {
 
 impl Client {
     /// The client's id (on the failure path only).
-    pub(super) fn id(&self) -> Option<ClientId> {
+    pub(crate) fn id(&self) -> Option<ClientId> {
         match self {
             Self::Peer(ip) => ip.map(|ip| ClientId::of(network(ip))),
             Self::Forwarded(value) => {

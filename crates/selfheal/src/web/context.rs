@@ -18,6 +18,7 @@ use axum::response::Response;
 // it has no reason to follow tokio's (pausable) clock.
 use std::time::Instant;
 
+use super::body::{BodyGuard, GuardedBody};
 use super::client::{Client, ClientKey};
 use super::respond::{self, ErrorCause, ErrorContext, Friendly, Responder};
 use crate::health::{Monitor, Status};
@@ -147,9 +148,22 @@ impl RequestContext {
         let status = response.status();
         self.observe(status);
         if !status.is_server_error() {
-            return response;
+            return self.guard_body(response);
         }
         self.server_error(response)
+    }
+
+    /// The response with its body guarded against a panic while it
+    /// streams (see [`body`](super::body)).
+    #[inline]
+    fn guard_body(&self, response: Response) -> Response {
+        let guard = BodyGuard {
+            shared: self.shared.clone(),
+            route: self.route.clone(),
+            client: self.client.clone(),
+            request_id: self.request_id.clone(),
+        };
+        response.map(|body| GuardedBody::wrap(body, guard))
     }
 
     #[cold]
@@ -172,7 +186,7 @@ impl RequestContext {
                 status = status.as_u16(),
                 "request failed (friendly answer from the app)"
             );
-            return response;
+            return self.guard_body(response);
         }
         tracing::error!(
             target: "selfheal",
@@ -208,11 +222,7 @@ impl RequestContext {
     #[cold]
     #[inline(never)]
     pub(crate) fn panicked(&self, payload: Box<dyn std::any::Any + Send>) -> Response {
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic with a non-string payload");
+        let message = respond::panic_message(&*payload);
         let route = self.route();
         let request_id = self.request_id();
         tracing::error!(

@@ -36,12 +36,14 @@
 //! `content-length`. `4xx` responses are the app's answers to the client's
 //! mistakes and pass through untouched.
 //!
-//! A panic while the response *body* streams (after the handler returned)
-//! is not caught here: the status line has been sent by then, and hyper
-//! closes the connection.
+//! A panic while the response *body* streams (after the handler returned,
+//! the status line sent) is caught too: recorded like any other panic, and
+//! the response aborted, so that the client sees a truncated body and the
+//! server carries on (see the `body` module).
 //!
 //! **Cost.** The layer's own work is a few atomic operations per request
-//! (an extension insert too when its monitor is not the global observer;
+//! and one allocation for the body's panic guard (an extension insert too
+//! when its monitor is not the global observer;
 //! plus two clock reads and three atomic adds
 //! with [metrics](HealLayer::with_metrics)); see the workspace's web
 //! benchmark, `cargo run --release -p selfheal-bench --example web_bench`.
@@ -73,8 +75,10 @@
 //! # }
 //! ```
 
+mod body;
 mod client;
 mod context;
+pub mod csrf;
 mod dashboard;
 pub mod future;
 mod guard;
@@ -82,14 +86,17 @@ mod layer;
 mod limit;
 mod probes;
 mod respond;
+mod throttle;
 
 pub use client::ClientKey;
+pub use csrf::{CsrfLayer, CsrfToken};
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
 pub use layer::{HealLayer, HealService};
 pub use limit::AdaptiveLimit;
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
+pub use throttle::{Attempt, Limit, LimitError, LoginThrottle, Scope, Throttled};
 
 /// The value of the cookie `name` among the request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {

@@ -11,6 +11,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 
+/// The text of a panic's payload (a `&str` or a `String`; else a
+/// placeholder).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with a non-string payload")
+}
+
 /// Marks a 5xx response whose body the app wrote for users, so that
 /// [`HealLayer`](super::HealLayer) passes it through instead of replacing it
 /// with its own friendly answer (it is still recorded).

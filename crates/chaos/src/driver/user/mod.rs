@@ -25,6 +25,8 @@
 mod corrupt;
 mod steps;
 
+pub(super) use steps::form_value;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

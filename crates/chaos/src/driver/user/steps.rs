@@ -10,7 +10,7 @@ use super::{LESSONS, Seen, User};
 use crate::report::FailureKind;
 
 /// The value of the form field `name` in `page`.
-fn form_value(page: &str, name: &str) -> Option<String> {
+pub(in crate::driver) fn form_value(page: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page.find(&marker)? + marker.len();
     page[start..].split('"').next().map(str::to_owned)
@@ -19,10 +19,15 @@ fn form_value(page: &str, name: &str) -> Option<String> {
 impl User {
     pub(super) async fn sign_up(&mut self, http: &reqwest::Client) -> Seen {
         let email = self.email();
+        let csrf = match self.csrf_token(http, "/signup").await {
+            Ok(token) => token,
+            Err(seen) => return seen,
+        };
         let request = http.post(format!("{}/signup", self.base)).form(&[
             ("name", format!("Chaos User {}", self.index)),
             ("email", email.clone()),
             ("password", "chaos-password-123".to_owned()),
+            ("csrf", csrf),
         ]);
         let request = self.maybe_panic(request);
         let request = self.maybe_panic_after(request);
@@ -41,9 +46,14 @@ impl User {
     }
 
     pub(super) async fn log_in(&mut self, http: &reqwest::Client) -> Seen {
+        let csrf = match self.csrf_token(http, "/login").await {
+            Ok(token) => token,
+            Err(seen) => return seen,
+        };
         let request = http.post(format!("{}/login", self.base)).form(&[
             ("email", self.email()),
             ("password", "chaos-password-123".to_owned()),
+            ("csrf", csrf),
         ]);
         let (seen, body) = self
             .judge(self.send(request).await, |b| b.contains("id=\"xp\""))
@@ -69,8 +79,14 @@ impl User {
         } else {
             None
         };
-        let (lesson, nonce) = match pending {
-            Some(pending) => pending,
+        let (lesson, nonce, csrf) = match pending {
+            // The page is opened again for its CSRF token: the same form.
+            Some((lesson, nonce)) => {
+                match self.csrf_token(http, &format!("/lessons/{lesson}")).await {
+                    Ok(csrf) => (lesson, nonce, csrf),
+                    Err(seen) => return seen,
+                }
+            }
             None => match self.open_lesson(http).await {
                 Ok(form) => form,
                 Err(seen) => return seen,
@@ -82,7 +98,10 @@ impl User {
             p.sent.insert(nonce.clone());
         });
         let url = format!("{}/lessons/{lesson}/complete", self.base);
-        let form = || http.post(&url).form(&[("nonce", nonce.as_str())]);
+        let form = || {
+            http.post(&url)
+                .form(&[("nonce", nonce.as_str()), ("csrf", csrf.as_str())])
+        };
         self.maybe_abandon(Some(form())).await;
         let request = self.maybe_panic(form());
         let request = self.maybe_panic_after(request);
@@ -100,13 +119,14 @@ impl User {
         seen
     }
 
-    /// Opens a lesson not completed yet and reads its form's nonce; `Err`
+    /// Opens a lesson not completed yet and reads its form's nonce (and CSRF
+    /// token); `Err`
     /// is what the action ends in without sending a form (a failed page, or
     /// a lesson found completed already).
     async fn open_lesson(
         &mut self,
         http: &reqwest::Client,
-    ) -> Result<(&'static str, String), Seen> {
+    ) -> Result<(&'static str, String, String), Seen> {
         let left: Vec<&'static str> = LESSONS
             .iter()
             .copied()
@@ -132,10 +152,11 @@ impl User {
             self.done.push(lesson);
             return Err(Seen::Ok);
         }
-        let Some(nonce) = form_value(&page, "nonce") else {
+        let (Some(nonce), Some(csrf)) = (form_value(&page, "nonce"), form_value(&page, "csrf"))
+        else {
             return Err(Seen::Hard(FailureKind::Unexpected));
         };
-        Ok((lesson, nonce))
+        Ok((lesson, nonce, csrf))
     }
 
     pub(super) async fn ask(&mut self, http: &reqwest::Client) -> Seen {
@@ -151,13 +172,17 @@ impl User {
             "Can you explain {}?",
             topics[self.rng.usize(..topics.len())]
         );
-        // the witness for duplicate answers.
+        let csrf = match self.csrf_token(http, "/tutor").await {
+            Ok(token) => token,
+            Err(seen) => return seen,
+        };
+        // The witness for duplicate answers.
         self.shared.update_progress(self.email(), |p| {
             *p.questions.entry(question.clone()).or_default() += 1;
         });
         let request = self.maybe_panic(
             http.post(format!("{}/tutor", self.base))
-                .form(&[("question", question)]),
+                .form(&[("question", question), ("csrf", csrf)]),
         );
         self.judge(self.send(request).await, |b| b.contains("id=\"answer\""))
             .await
@@ -177,17 +202,36 @@ impl User {
         if page.contains("You are a premium student") {
             return Seen::Ok;
         }
-        let Some(purchase) = form_value(&page, "purchase") else {
+        let (Some(purchase), Some(csrf)) =
+            (form_value(&page, "purchase"), form_value(&page, "csrf"))
+        else {
             return Seen::Hard(FailureKind::Unexpected);
         };
         let request = http
             .post(format!("{}/premium/subscribe", self.base))
-            .form(&[("purchase", purchase.as_str())]);
+            .form(&[("purchase", purchase.as_str()), ("csrf", csrf.as_str())]);
         let request = self.maybe_panic(request);
         self.judge(self.send(request).await, |b| {
             b.contains("welcome to Premium") || b.contains("You are a premium student")
         })
         .await
         .0
+    }
+}
+
+impl User {
+    /// Opens the page at `path` and reads its CSRF token, as a browser has
+    /// it before sending the page's form (cozmic refuses forms without one:
+    /// issue 17). `Err` is what the action ends in when the page fails.
+    async fn csrf_token(&mut self, http: &reqwest::Client, path: &str) -> Result<String, Seen> {
+        let response = self.send(http.get(format!("{}{path}", self.base))).await;
+        let (seen, page) = self.judge(response, |b| b.contains("name=\"csrf\"")).await;
+        // A form's page (the login page too, which `judge` calls signed
+        // out) carries the token; a failed page does not.
+        match form_value(&page, "csrf") {
+            Some(token) => Ok(token),
+            None if seen == Seen::Ok => Err(Seen::Hard(FailureKind::Unexpected)),
+            None => Err(seen),
+        }
     }
 }

@@ -139,6 +139,7 @@ pub fn health_json(report: &Report, service: &str) -> Value {
             report.breaker_rejections,
             "rejections",
         ),
+        ("throttle:refusals", report.throttled, "refusals"),
     ] {
         put(
             key.to_owned(),

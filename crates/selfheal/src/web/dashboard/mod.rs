@@ -27,11 +27,14 @@ use std::time::Duration;
 pub use self::json::health_json;
 pub use self::routes::admin_routes;
 use super::guard::AdminGuard;
+use super::throttle::LoginThrottle;
 use crate::health::Monitor;
 
 /// The dashboard's settings: the monitor it shows and the guard in front.
 ///
-/// Defaults: refresh every 30 s, service name `"service"`, no access hint.
+/// Defaults: refresh every 30 s, service name `"service"`, no access hint,
+/// the token login throttled by a [`LoginThrottle`] named `admin:login`
+/// with its default budgets, reporting to `monitor`.
 #[derive(Clone, Debug)]
 pub struct Dashboard {
     monitor: Monitor,
@@ -39,18 +42,29 @@ pub struct Dashboard {
     refresh: Duration,
     service: String,
     hint: Option<String>,
+    throttle: LoginThrottle,
 }
 
 impl Dashboard {
     /// A dashboard of `monitor` behind `guard`.
     pub fn new(monitor: Monitor, guard: AdminGuard) -> Self {
         Self {
+            throttle: LoginThrottle::new("admin:login")
+                .with_observer(std::sync::Arc::new(monitor.clone())),
             monitor,
             guard,
             refresh: Duration::from_secs(30),
             service: "service".to_owned(),
             hint: None,
         }
+    }
+
+    /// The throttle of the token login form (a wrong token spends the
+    /// budgets of [`LoginThrottle`], the admin being one account): to
+    /// change its budgets or tell clients apart by a proxy's header.
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     /// How often the page reloads itself. Default 30 s.

@@ -23,14 +23,21 @@ use super::json::health_json;
 use super::view::HealthPage;
 use crate::health::Status;
 use crate::web::Friendly;
+use crate::web::csrf::CsrfToken;
 
 impl Dashboard {
     /// The sign-in page with `message`, answered with `status`.
-    fn login_page(&self, status: StatusCode, message: &'static str) -> Response {
+    fn login_page(
+        &self,
+        status: StatusCode,
+        message: &'static str,
+        csrf: Option<&CsrfToken>,
+    ) -> Response {
         let page = LoginPage {
             has_login: self.guard.has_login(),
             message,
             hint: self.hint.as_deref(),
+            csrf: csrf.map(CsrfToken::value),
         };
         secured(
             status,
@@ -105,7 +112,8 @@ impl FromRequestParts<Dashboard> for Admin {
         } else {
             "Admins only."
         };
-        Err(dashboard.login_page(StatusCode::FORBIDDEN, message))
+        let csrf = CsrfToken::of(&parts.extensions);
+        Err(dashboard.login_page(StatusCode::FORBIDDEN, message, csrf.as_ref()))
     }
 }
 
@@ -139,11 +147,12 @@ fn secured(status: StatusCode, content_type: &'static str, body: String) -> Resp
 async fn html(
     _: Admin,
     State(dashboard): State<Dashboard>,
+    csrf: Option<CsrfToken>,
     Query(query): Query<WindowQuery>,
 ) -> Response {
     let (window, key) = query.window();
     let report = dashboard.monitor.report(window);
-    let page = HealthPage::new(&dashboard, &report, key);
+    let page = HealthPage::new(&dashboard, &report, key, csrf.as_ref());
     match page.render() {
         Ok(body) => secured(StatusCode::OK, "text/html; charset=utf-8", body),
         Err(error) => {
@@ -169,11 +178,11 @@ async fn json(
     secured(status, "application/health+json", body.to_string())
 }
 
-async fn login_form(State(dashboard): State<Dashboard>) -> Response {
+async fn login_form(State(dashboard): State<Dashboard>, csrf: Option<CsrfToken>) -> Response {
     if !dashboard.guard.has_login() {
         return StatusCode::NOT_FOUND.into_response();
     }
-    dashboard.login_page(StatusCode::OK, "Enter the admin token.")
+    dashboard.login_page(StatusCode::OK, "Enter the admin token.", csrf.as_ref())
 }
 
 #[derive(Deserialize)]
@@ -181,14 +190,34 @@ struct LoginForm {
     token: String,
 }
 
+/// The client of a request, as the dashboard's login throttle tells them
+/// apart.
+struct ClientOf(Option<crate::health::ClientId>);
+
+impl FromRequestParts<Dashboard> for ClientOf {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        dashboard: &Dashboard,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(dashboard.throttle.client_of(parts)))
+    }
+}
+
 /// A sign-in. Every body that is not a form with a `token` field (no or
 /// another content type, a missing field, too large) gets the sign-in page
 /// with a sentence and the status axum's rejection carries (415, 422, 413),
-/// never axum's plain-text message.
+/// never axum's plain-text message. Wrong tokens spend the login
+/// throttle's budgets (the admin is one account); past them, a `429` with
+/// `Retry-After`, before the token is even compared.
 async fn login(
     State(dashboard): State<Dashboard>,
+    ClientOf(client): ClientOf,
+    csrf: Option<CsrfToken>,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let csrf = csrf.as_ref();
     let form = match form {
         Ok(Form(form)) => form,
         Err(rejection) => {
@@ -196,11 +225,28 @@ async fn login(
             return dashboard.login_page(
                 rejection.status(),
                 "The sign-in form could not be read. Enter the admin token and press Sign in.",
+                csrf,
             );
+        }
+    };
+    let attempt = match dashboard.throttle.begin("admin", client).await {
+        Ok(attempt) => attempt,
+        Err(throttled) => {
+            let mut response = dashboard.login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many wrong tokens from your address. Please wait a minute and try again.",
+                csrf,
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(throttled.retry_after_secs()),
+            );
+            return response;
         }
     };
     match dashboard.guard.login(form.token.trim()) {
         Some(cookie) => {
+            attempt.succeeded();
             let mut response =
                 (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/health")]).into_response();
             response.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -210,8 +256,9 @@ async fn login(
             response
         }
         None => {
+            attempt.failed();
             tracing::warn!(target: "selfheal", "admin login with a wrong token");
-            dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.")
+            dashboard.login_page(StatusCode::FORBIDDEN, "That token is not right.", csrf)
         }
     }
 }
@@ -231,4 +278,6 @@ struct LoginPage<'a> {
     has_login: bool,
     message: &'static str,
     hint: Option<&'a str>,
+    /// The form token, when a `CsrfLayer` runs.
+    csrf: Option<String>,
 }

@@ -88,17 +88,25 @@ pub(super) struct HealthPage {
     retries: u64,
     budget_refusals: u64,
     breaker_rejections: u64,
+    throttled: u64,
     checks: Vec<CheckRow>,
     active_alerts: Vec<String>,
     alerts: Vec<AlertRow>,
     generated: String,
+    /// The sign-out form's token, when a `CsrfLayer` runs.
+    csrf: Option<String>,
 }
 
 const CHART_HEIGHT: u32 = 60;
 
 impl HealthPage {
     /// The page of `report`, asked for with the window `window_key`.
-    pub(super) fn new(dashboard: &Dashboard, report: &Report, window_key: &'static str) -> Self {
+    pub(super) fn new(
+        dashboard: &Dashboard,
+        report: &Report,
+        window_key: &'static str,
+        csrf: Option<&crate::web::csrf::CsrfToken>,
+    ) -> Self {
         let buckets = &report.errors_per_bucket;
         let max = buckets.iter().copied().max().unwrap_or(0);
         let bar_width = 6;
@@ -203,6 +211,7 @@ impl HealthPage {
             retries: report.retries,
             budget_refusals: report.budget_refusals,
             breaker_rejections: report.breaker_rejections,
+            throttled: report.throttled,
             checks: report
                 .checks
                 .iter()
@@ -242,6 +251,7 @@ impl HealthPage {
                 })
                 .collect(),
             generated: rfc3339(unix_secs(SystemTime::now())),
+            csrf: csrf.map(crate::web::csrf::CsrfToken::value),
         }
     }
 }
