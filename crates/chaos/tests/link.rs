@@ -20,25 +20,14 @@ use chaos::report::{Recorder, RunSummary, counters, runs};
 use cozmic::config::Healing;
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-const BOUND: Duration = Duration::from_secs(5);
+mod support;
 
-/// An echo server: writes back whatever it reads.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
+use support::echo_server;
+
+const BOUND: Duration = Duration::from_secs(5);
 
 /// Sends `msg` and reads it back within `within`.
 async fn echo(stream: &mut TcpStream, msg: &[u8], within: Duration) -> io::Result<Vec<u8>> {

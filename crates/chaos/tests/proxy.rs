@@ -11,9 +11,9 @@ use chaos::faults::{FaultKind, UpstreamFaults};
 use chaos::plan::{DurationRange, UpstreamPlan};
 use chaos::proxy::{FaultProxy, Mode};
 use chaos::upstream::OpenAiServer;
-use support::{Conn, weights_only};
+use support::{Conn, echo_server, weights_only};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 const BOUND: Duration = Duration::from_secs(5);
@@ -25,21 +25,6 @@ fn only(kind: FaultKind) -> UpstreamPlan {
         latency: DurationRange::new(Duration::from_millis(300), Duration::from_millis(300)),
         stall: Duration::from_secs(10),
     }
-}
-
-/// An echo server: writes back whatever it reads.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

@@ -50,8 +50,8 @@ pub use record::{Counter, LiveStats, Recorder};
 pub use render::{ReportError, Table, WrittenFiles};
 // The open-loop storm.
 pub use storm::{
-    Got, OpenLoopStorm, StormSample, StormSchedule, StormVariant, UpstreamCalls,
-    table as open_loop_storm_table, time_to_fail_fast, time_to_recover,
+    Got, OpenLoopStorm, StormSample, StormSchedule, StormVariant, UpstreamCalls, time_to_fail_fast,
+    time_to_recover,
 };
 pub use summary::{
     HardFailures, LatencySummary, RunSummary, SecondBucket, StepSummary, percentile,

@@ -33,8 +33,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Table;
-
 /// How the app calls its upstream in one storm run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -273,62 +271,6 @@ impl OpenLoopStorm {
     }
 }
 
-/// The open-loop storm's table: one row per variant.
-pub fn table(storms: &[OpenLoopStorm]) -> Table {
-    let secs = |s: Option<f64>| s.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s"));
-    let pct = |f: f64| format!("{:.1}%", f * 100.0);
-    let title = storms.first().map_or_else(String::new, |s| {
-        format!(
-            "Storm (open loop): {:.0} requests/s, the upstream down from {:.0} s for {:.0} s of {:.0} s",
-            s.offered_rate, s.outage_start_secs, s.outage_secs, s.duration_secs
-        )
-    });
-    Table {
-        title,
-        header: [
-            "variant",
-            "requests",
-            "upstream calls/s down",
-            "upstream calls/s overall",
-            "calls per request",
-            "time to fail fast",
-            "time to recover",
-            "p95 down",
-            "ok / degraded / failed (down)",
-            "ok / degraded / failed (all)",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        rows: storms
-            .iter()
-            .map(|s| {
-                vec![
-                    s.variant.label().to_owned(),
-                    s.requests.to_string(),
-                    format!("{:.1}", s.upstream_calls_per_sec_down),
-                    format!("{:.1}", s.upstream_calls_per_sec_overall),
-                    format!("{:.2}", s.upstream_calls_per_request),
-                    secs(s.time_to_fail_fast_secs),
-                    secs(s.time_to_recover_secs),
-                    format!("{:.0} ms", s.latency_p95_down_ms),
-                    format!(
-                        "{} / {} / {}",
-                        pct(s.success_rate_down),
-                        pct(s.degraded_rate_down),
-                        pct(s.failed_rate_down)
-                    ),
-                    format!(
-                        "{} / {} / {}",
-                        pct(s.success_rate),
-                        pct(s.degraded_rate),
-                        pct(s.failed_rate)
-                    ),
-                ]
-            })
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,8 +387,5 @@ mod tests {
         assert_eq!(storm.time_to_recover_secs, Some(0.0));
         let json = serde_json::to_value(&storm).unwrap();
         assert_eq!(json["variant"], "budget_breaker");
-        let table = table(&[storm]);
-        assert_eq!(table.rows.len(), 1);
-        assert_eq!(table.rows[0].len(), table.header.len());
     }
 }

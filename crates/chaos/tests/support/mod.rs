@@ -175,3 +175,18 @@ pub fn weights_only(kind: chaos::faults::FaultKind) -> chaos::plan::FaultWeights
     *weight = 1.0;
     weights
 }
+
+/// An echo server on loopback: writes back whatever it reads.
+pub async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
