@@ -257,3 +257,71 @@ async fn a_give_up_is_recorded_under_its_code_and_operation() {
     })
     .await;
 }
+
+/// A run cancelled while its `BEGIN IMMEDIATE` waits for the lock (a
+/// request timeout, a client gone) leaves no transaction behind: once the
+/// lock is free, another writer gets it. A connection returned to the pool
+/// inside a transaction would hold SQLite's write lock for good and fail
+/// every writer; sqlx 0.8 rolls such a begin back, and this keeps it so
+/// (it was the first suspect of a wedged chaos run, and is not the cause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_while_begin_waits_leaves_no_lock_behind() {
+    run(
+        "cancelled-begin",
+        Duration::from_secs(30),
+        async |db: &Sqlite| {
+            db.counter_table().await;
+            // Patient connections: the begin waits for the lock inside SQLite.
+            let pool = pool(db.dir(), Duration::from_secs(5)).await;
+            let runner = Runner::new(pool.clone());
+            let mut holder =
+                SqliteConnection::connect_with(&options(db.dir(), Duration::from_secs(1)))
+                    .await
+                    .unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                let cancelled = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    runner.run("cancelled", async |tx| {
+                        sqlx::query("UPDATE counter SET value = value + 1")
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok::<_, sqlx::Error>(())
+                    }),
+                )
+                .await;
+                assert!(cancelled.is_err(), "the run should still be waiting");
+            }
+            // The lock is free; the cancelled begins get it in turn, and must
+            // give it back.
+            sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut writer =
+                SqliteConnection::connect_with(&options(db.dir(), Duration::from_secs(3)))
+                    .await
+                    .unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut writer)
+                .await
+                .expect("a writer gets the lock: no cancelled begin kept it");
+            sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+            // And the pool's connections are all usable: nothing ran twice or
+            // half.
+            runner
+                .run("after", async |tx| {
+                    sqlx::query("UPDATE counter SET value = value + 1")
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(db.counter().await, 1);
+            pool.close().await;
+        },
+    )
+    .await;
+}
