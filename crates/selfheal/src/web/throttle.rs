@@ -165,9 +165,11 @@ impl Throttled {
     }
 }
 
-/// Counts failed sign-ins per account and client and refuses guessing; see
-/// the [module docs](self) for the design and its defaults. Cheap to clone;
-/// clones share the counts.
+/// Counts failed sign-ins per account and client and refuses guessing: per
+/// account and client ([`PER_ACCOUNT_AND_CLIENT`](Self::PER_ACCOUNT_AND_CLIENT),
+/// refuses), per client ([`PER_CLIENT`](Self::PER_CLIENT), refuses) and per
+/// account ([`PER_ACCOUNT`](Self::PER_ACCOUNT), only slows: nobody can lock a
+/// student out from elsewhere). Cheap to clone; clones share the counts.
 ///
 /// ```
 /// use selfheal::web::LoginThrottle;
