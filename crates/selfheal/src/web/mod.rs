@@ -82,7 +82,7 @@ mod guard;
 mod layer;
 mod probes;
 mod respond;
-mod throttle;
+pub mod throttle;
 
 pub use client::ClientKey;
 pub use csrf::{CsrfLayer, CsrfToken};
