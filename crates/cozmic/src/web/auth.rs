@@ -106,20 +106,7 @@ fn validate_signup(form: &SignupForm) -> Result<ValidSignup, &'static str> {
         }
         Err(_) => return Err("Please enter a valid email address, like ada@example.com."),
     };
-    let valid_email = email.len() <= input::EMAIL_MAX
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        // No invisible characters (U+200B, joiners, direction marks): an
-        // address that looks like another must not be another account.
-        && email.chars().all(input::is_visible)
-        // What the mailer will accept, so the welcome email can be sent.
-        && email.parse::<lettre::Address>().is_ok();
-    if !valid_email {
+    if !input::is_valid_email(&email) {
         return Err("Please enter a valid email address, like ada@example.com.");
     }
     let length = form.password.chars().count();

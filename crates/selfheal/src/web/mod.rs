@@ -86,7 +86,7 @@ mod layer;
 mod limit;
 mod probes;
 mod respond;
-mod throttle;
+pub mod throttle;
 
 pub use client::ClientKey;
 pub use csrf::{CsrfLayer, CsrfToken};
