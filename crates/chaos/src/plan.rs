@@ -433,6 +433,23 @@ impl Plan {
         toml::to_string_pretty(self).expect("a plan always serialises to TOML")
     }
 
+    /// This plan with every fault off: what a run that measures one fault
+    /// alone (a kill -9) or a calm baseline runs with.
+    pub fn calm(&self) -> Plan {
+        let mut plan = self.clone();
+        plan.sqlite_lock.enabled = false;
+        plan.upstream.fault_probability = 0.0;
+        plan.smtp.down_fraction = 0.0;
+        plan.sessions.corrupt_fraction = 0.0;
+        plan.panic.probability = 0.0;
+        plan.panic.after_commit_probability = 0.0;
+        plan.client.disconnect_probability = 0.0;
+        plan.database.enabled = false;
+        plan.redis.enabled = false;
+        plan.postgres_restart.enabled = false;
+        plan
+    }
+
     /// Checks every probability is within 0..=1, every range has min <= max,
     /// weights are non-negative and not all zero when faults are enabled.
     pub fn validate(&self) -> Result<(), PlanError> {

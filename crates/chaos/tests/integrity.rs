@@ -17,19 +17,6 @@ use chaos::progress::Progress;
 use chaos::report::{Integrity, Recorder, runs};
 use cozmic::config::Healing;
 
-/// A plan with every fault off.
-fn calm_plan() -> Plan {
-    let mut plan = Plan::default();
-    plan.sqlite_lock.enabled = false;
-    plan.upstream.fault_probability = 0.0;
-    plan.smtp.down_fraction = 0.0;
-    plan.sessions.corrupt_fraction = 0.0;
-    plan.panic.probability = 0.0;
-    plan.panic.after_commit_probability = 0.0;
-    plan.client.disconnect_probability = 0.0;
-    plan
-}
-
 /// Runs `statements` on the app's database, each required to change a row.
 async fn execute(db: &cozmic::db::Db, statements: &[&str]) -> anyhow::Result<()> {
     for statement in statements {
@@ -58,7 +45,7 @@ async fn planted_defects_are_reported(database_url: Option<String>) {
             storm: None,
             duration: Duration::from_secs(3),
             users: 4,
-            plan: calm_plan(),
+            plan: Plan::default().calm(),
             seed: 14,
             database_url,
             redis_url: None,

@@ -217,7 +217,7 @@ pub async fn run_tampered(
         anyhow::bail!(reason);
     }
     if options.app.kills() {
-        options.plan = process::quiet(&options.plan);
+        options.plan = options.plan.calm();
     }
     let mut world = World::start(&options).await?;
     let locker = LockHolder::start(&world, &options, recorder);

@@ -24,7 +24,7 @@
 //!   would have to sign in again).
 //!
 //! A kill run injects nothing else (no upstream, SMTP, lock, panic or
-//! session faults: see [`quiet`]), so that what it loses is the kill's.
+//! session faults: see [`Plan::calm`](crate::plan::Plan::calm)), so that what it loses is the kill's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,6 @@ use super::app::{AppMode, Fleet};
 use super::world::World;
 use super::{RunOptions, RunOutcome, Shared};
 use crate::ledger::FaultLedger;
-use crate::plan::Plan;
 use crate::report::Recorder;
 
 /// The ledger's name for the fault.
@@ -88,20 +87,6 @@ pub struct ProcessFaults {
     /// Of those, sessions that no longer worked on the restarted instance
     /// (the student must sign in again).
     pub sessions_lost: u64,
-}
-
-/// The plan of a kill run: the same plan with every other fault off, so
-/// that what the run loses is the kill's.
-pub(super) fn quiet(plan: &Plan) -> Plan {
-    let mut plan = plan.clone();
-    plan.sqlite_lock.enabled = false;
-    plan.upstream.fault_probability = 0.0;
-    plan.smtp.down_fraction = 0.0;
-    plan.sessions.corrupt_fraction = 0.0;
-    plan.panic.probability = 0.0;
-    plan.panic.after_commit_probability = 0.0;
-    plan.client.disconnect_probability = 0.0;
-    plan
 }
 
 /// Why the run `options` describes cannot be run here (a fleet needs
