@@ -247,6 +247,12 @@ pub struct Config {
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
     /// half that on average with full jitter).
     pub mail_backoff: (Duration, Duration),
+    /// How long a purchase may stay pending (tried, the provider's answer
+    /// never heard) before a background worker asks the provider about it
+    /// with the same idempotency key, and how long it waits before asking
+    /// again when the provider does not answer. Only with healing on.
+    /// Default 60 s.
+    pub payment_check: Duration,
 }
 
 /// The configuration is wrong: every problem, in one message.
@@ -284,6 +290,7 @@ impl Config {
             public_origin: None,
             login_limits: LoginLimits::default(),
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
+            payment_check: Duration::from_secs(60),
         }
     }
 

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | saving progress while SQLite is locked | the whole transaction re-run, a lost commit looked up, not re-applied | [`db::Db`] on `selfheal::db::Runner` with the guard |
 //! | the AI provider fails or rate-limits | retried (it has no side effects), `Retry-After` obeyed, a budget and a breaker; then a kind 503 | [`upstream::Tutor`] on `selfheal::http` |
-//! | the payment API fails mid-purchase | retried with one `Idempotency-Key` per purchase: never charged twice | [`upstream::Payments`] |
+//! | the payment API fails mid-purchase | retried with one `Idempotency-Key` per purchase: never charged twice; a purchase whose answer was lost is asked about again in the background until it is settled (Premium and receipt, or failed) | [`upstream::Payments`], a supervised purchase check |
 //! | the mail server is down | emails in an outbox, in the same transaction as their cause; a supervised worker retries each email for up to ~15 hours | [`mail::Mailer`] on `selfheal::supervise` |
 //! | the database is down | the outbox worker waits for it (never given up), pages answer a friendly 503 with `Retry-After`, `/readyz` stays up (the database is shared by every instance) | `selfheal::supervise::Supervisor::depends_on`, `selfheal::health` |
 //! | a corrupt or tampered session | repaired field by field, or a fresh session, never a 500 | [`session::Visitor`] on `selfheal::session` |
@@ -35,6 +35,7 @@ pub mod input;
 pub mod lessons;
 pub mod mail;
 pub mod password;
+mod payments_check;
 pub mod session;
 pub mod store;
 pub mod upstream;
@@ -290,6 +291,15 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Run
                 }
             }),
     );
+    if state.healing() == Healing::On && state.inner.payments.is_configured() {
+        let checker = state.clone();
+        workers.push(
+            Supervisor::new("payments-check")
+                .with_monitor(state.monitor().clone())
+                .depends_on(DATABASE_CHECK)
+                .spawn(move |shutdown| payments_check::run(checker.clone(), shutdown)),
+        );
+    }
     let (db, guard) = (state.db().clone(), state.inner.admin_guard.clone());
     workers.push(
         Supervisor::new("admin-revocations")

@@ -106,6 +106,7 @@ both_backends!(
     bad_form_input_is_a_form_error_not_a_500,
     a_purchase_retried_through_503_is_charged_once,
     a_purchase_whose_outcome_is_unknown_keeps_its_key,
+    a_purchase_whose_answer_was_lost_is_settled_in_the_background,
     the_panic_hook_is_off_unless_armed_and_a_panic_is_a_friendly_page,
     fifty_anonymous_nul_bytes_are_422s_and_the_instance_stays_ready,
     an_nfd_twin_of_an_email_is_the_same_account,
@@ -724,6 +725,16 @@ async fn subscribe(client: &reqwest::Client, base: &str) -> (String, reqwest::Re
 }
 
 /// Serves `router` on a free loopback port.
+/// The `Idempotency-Key` a request to a Stripe-like server carried (empty
+/// when none).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1180,11 +1191,7 @@ async fn a_purchase_retried_through_503_is_charged_once(fixture: Fixture) {
         post(move |headers: axum::http::HeaderMap, body: String| {
             let seen = seen.clone();
             async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
+                let key = idempotency_key(&headers);
                 let mut seen = seen.lock().unwrap();
                 seen.push(key);
                 if seen.len() == 1 {
@@ -1252,6 +1259,88 @@ async fn a_purchase_whose_outcome_is_unknown_keeps_its_key(fixture: Fixture) {
         purchase,
         "the pending purchase keeps its key"
     );
+    app.shutdown().await;
+}
+
+async fn a_purchase_whose_answer_was_lost_is_settled_in_the_background(fixture: Fixture) {
+    // A Stripe-like server that charges on the first call but whose answers
+    // to the student's request never arrive (503 twice), then answers the
+    // same key with the charge it made (what Stripe's idempotency does).
+    // A second student's purchase is declined once the provider answers.
+    let calls = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = calls.clone();
+    let stripe = Router::new().route(
+        "/v1/payment_intents",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let key = idempotency_key(&headers);
+                let mut seen = seen.lock().unwrap();
+                seen.push(key.clone());
+                if seen.iter().filter(|k| **k == key).count() <= 2 {
+                    return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+                }
+                let status = if body.contains("metadata%5Bstudent_id%5D=1") {
+                    "succeeded"
+                } else {
+                    "requires_payment_method"
+                };
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"id": "pi_lost", "status": status}).to_string(),
+                )
+            }
+        }),
+    );
+    let addr = serve(stripe).await;
+    let mut config = fixture.config();
+    with_stripe(&mut config, addr);
+    config.upstream.max_attempts = 2;
+    config.payment_check = Duration::from_millis(300);
+    let app = cozmic::start(config).await.unwrap();
+    let base = app.url();
+    let (ada, bob) = (browser(), browser());
+    sign_up(&ada, &base, "ada@example.com").await;
+    sign_up(&bob, &base, "bob@example.com").await;
+    for client in [&ada, &bob] {
+        // Both students give up after the friendly 503: nobody presses again.
+        let (_, response) = subscribe(client, &base).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let db = app.state().db().clone();
+    let students = db.students().await.unwrap();
+    let ids: Vec<i64> = students.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2], "{students:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.pending_payments().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purchases still pending after 20 s: {:?}",
+            calls.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ada was charged and is Premium, with her receipt on its way; Bob's
+    // declined purchase is failed, and he is not Premium.
+    assert_eq!(db.student(1).await.unwrap().unwrap().premium, 1);
+    assert_eq!(db.student(2).await.unwrap().unwrap().premium, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, sent, _) = db.outbox_counts().await.unwrap();
+        // Two welcome emails and one receipt.
+        if sent == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sent} emails sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = fetch_page(&ada, &format!("{base}/premium")).await;
+    assert!(!page.contains("name=\"purchase\""), "{page}");
+    // Every call about one purchase carried that purchase's key.
+    let calls = calls.lock().unwrap().clone();
+    let keys: std::collections::BTreeSet<_> = calls.iter().collect();
+    assert_eq!(keys.len(), 2, "{calls:?}");
+    assert!(calls.len() >= 6, "{calls:?}");
     app.shutdown().await;
 }
 

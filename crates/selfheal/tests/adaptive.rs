@@ -200,18 +200,13 @@ async fn an_outage_that_answers_costs_at_most_one_tenth_extra() {
     }
 }
 
-/// A dependency that is hard down (nobody listens): the breaker opens after
-/// five attempts that got no answer, and every later call fails fast without
-/// an attempt.
-#[tokio::test]
-async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+/// Sends `n` requests one after the other to `addr` (which never answers)
+/// through selfheal's defaults; returns how many failed fast with the
+/// circuit open, and the events.
+async fn hammer(addr: SocketAddr, n: usize) -> (usize, Recorder) {
     let events = Recorder::new();
     let client = client(Some(healing(&events).build().unwrap()));
     let mut refused = 0;
-    let n = 200;
     for _ in 0..n {
         let error = client
             .get(format!("http://{addr}/"))
@@ -222,6 +217,20 @@ async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
             refused += 1;
         }
     }
+    assert!(events.lines().iter().any(|l| l.ends_with("closed->open")));
+    (refused, events)
+}
+
+/// A dependency that is hard down (nobody listens): the breaker opens after
+/// eight attempts that got no answer, and every later call fails fast without
+/// an attempt.
+#[tokio::test]
+async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let n = 200;
+    let (refused, events) = hammer(addr, n).await;
     let attempts = events
         .lines()
         .iter()
@@ -230,7 +239,32 @@ async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
     println!("down: {n} requests -> {attempts} attempts, {refused} failed fast");
     assert!(attempts <= n / 10, "{attempts} attempts");
     assert!(refused >= n - 10, "{refused}");
-    assert!(events.lines().iter().any(|l| l.ends_with("closed->open")));
+}
+
+/// A dependency whose port is up but that resets every connection before
+/// any answer (a proxy whose backend is gone, a crashing server): as hard
+/// down as a closed port, so the breaker opens the same way and later calls
+/// fail fast without an attempt.
+#[tokio::test]
+async fn a_dependency_that_resets_every_connection_fails_fast_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            // SO_LINGER 0: closing sends RST, before any byte of answer.
+            stream.set_zero_linger().unwrap();
+            drop(stream);
+        }
+    });
+    let n = 200;
+    let (refused, _) = hammer(addr, n).await;
+    let connections = accepted.load(Ordering::SeqCst);
+    println!("resets: {n} requests -> {connections} connections, {refused} failed fast");
+    assert!(connections <= n / 10, "{connections} connections");
+    assert!(refused >= n - 10, "{refused}");
 }
 
 // ------------------------------------------------ the server's own limit

@@ -88,6 +88,7 @@ struct ChildSpec {
     log_json: bool,
     client_ip_header: Option<String>,
     mail_backoff: (Duration, Duration),
+    payment_check: Duration,
     /// The parent's `format!("{config:?}")` (secrets redacted), checked by
     /// the child against the `Config` it rebuilt.
     debug: String,
@@ -117,6 +118,7 @@ impl ChildSpec {
             log_format,
             client_ip_header,
             mail_backoff,
+            payment_check,
             https,
             public_origin,
             // Never changed by the harness: the child's defaults (the Debug
@@ -166,6 +168,7 @@ impl ChildSpec {
             log_json: *log_format == LogFormat::Json,
             client_ip_header: client_ip_header.clone(),
             mail_backoff: *mail_backoff,
+            payment_check: *payment_check,
             debug,
         }
     }
@@ -218,6 +221,7 @@ impl ChildSpec {
         };
         config.client_ip_header = self.client_ip_header;
         config.mail_backoff = self.mail_backoff;
+        config.payment_check = self.payment_check;
         let rebuilt = format!("{config:?}");
         anyhow::ensure!(
             rebuilt == self.debug,

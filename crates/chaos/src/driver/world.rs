@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cozmic::config::{Config, FaultHooks, OpenAi, Secret, Stripe};
+use cozmic::config::{Config, FaultHooks, Healing, OpenAi, Secret, Stripe};
 use tempfile::TempDir;
 
 use super::RunOptions;
@@ -207,12 +207,26 @@ impl World {
         let patience = cozmic::mail::MIN_LEASE + Duration::from_secs(3);
         let drain_deadline =
             Instant::now() + Duration::from_secs(if options.is_storm() { 3 } else { 45 });
-        let mut last = db.outbox_counts().await?;
+        // With healing on, purchases still pending (their answer lost) are
+        // settled by the app's purchase check: wait for those too.
+        let settles = options.healing == Healing::On;
+        let unsettled = async || -> anyhow::Result<((i64, i64, i64), i64)> {
+            let pending = if settles {
+                db.pending_payments().await?
+            } else {
+                0
+            };
+            Ok((db.outbox_counts().await?, pending))
+        };
+        let mut last = unsettled().await?;
         let mut last_change = Instant::now();
-        while Instant::now() < drain_deadline && last.0 > 0 && last_change.elapsed() < patience {
+        while Instant::now() < drain_deadline
+            && (last.0.0 > 0 || last.1 > 0)
+            && last_change.elapsed() < patience
+        {
             self.app.wake_mailer();
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = db.outbox_counts().await?;
+            let now = unsettled().await?;
             if now != last {
                 last = now;
                 last_change = Instant::now();
@@ -256,6 +270,10 @@ fn app_config(
     // Compressed time: the outbox retries within seconds instead of up to an
     // hour, so that a run drains in seconds after the SMTP server is back.
     config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));
+    // Compressed too: a purchase whose answer was lost is asked about again
+    // after 5 s (a user's subscribe takes up to a few seconds; asking while
+    // it is still in flight would only double its upstream calls).
+    config.payment_check = Duration::from_secs(5);
     config.smtp_url = Some(Secret::new(format!("smtp://{smtp}")));
     config.openai = Some(OpenAi {
         api_key: Secret::new("sk-chaos"),

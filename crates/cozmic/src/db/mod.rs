@@ -76,11 +76,55 @@ macro_rules! enqueue {
     };
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64
+}
+
+/// The future of a work queue's claim on one row of `$table`, for
+/// `$lease`: one statement that picks the first row (by id) matching
+/// `$pick` and stamps it with `$set`, returning `$returning`, so that only
+/// the claimer works on it until the lease runs out; `Result<Option<T>>`,
+/// `T` the caller's row type. In `$pick` and `$set`, `$1` is now and `$2`
+/// the lease's end (milliseconds since the epoch), and `$3` is now minus
+/// `$age` (an `Option<Duration>`: bound only when `Some`). PostgreSQL skips
+/// rows another worker's transaction is stamping right now (`FOR UPDATE
+/// SKIP LOCKED`); SQLite has one writer at a time.
+macro_rules! claim {
+    ($db:expr, $name:literal, $table:literal, pick: $pick:literal, set: $set:literal,
+     returning: $returning:literal, $lease:expr, $age:expr $(,)?) => {{
+        let lease_ms = $lease.as_millis() as i64;
+        let age_ms: Option<i64> = $age.map(|a: Duration| a.as_millis() as i64);
+        let this = $db.clone();
+        let postgres = matches!(this, Db::Postgres(_));
+        async move {
+            on_db!(&this, r => r.run($name, async move |tx| {
+                let now = now_ms();
+                let sql = if !postgres {
+                    concat!(
+                        "UPDATE ", $table, " SET ", $set, " WHERE id = (SELECT id FROM ", $table,
+                        " WHERE ", $pick, " ORDER BY id LIMIT 1) RETURNING ", $returning
+                    )
+                } else {
+                    concat!(
+                        "UPDATE ", $table, " SET ", $set, " WHERE id = (SELECT id FROM ", $table,
+                        " WHERE ", $pick, " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                        $returning
+                    )
+                };
+                let query = sqlx::query_as(sql).bind(now).bind(now + lease_ms);
+                match age_ms {
+                    Some(age) => query.bind(now - age),
+                    None => query,
+                }
+                .fetch_optional(&mut **tx)
+                .await
+            })
+            .await)
+        }
+    }};
 }
 
 // The submodules come after the macros above, which they use.
@@ -92,6 +136,7 @@ mod questions;
 mod students;
 
 pub use outbox::{NewEmail, OutboxEmail};
+pub use payments::UnsettledPayment;
 pub use progress::{Activity, Completion, Integrity, LESSON_XP, XP_PER_LEVEL, level};
 pub use questions::Question;
 pub use students::{SignupError, Student};
@@ -221,4 +266,5 @@ fn schema() -> Schema {
                 .column(Column::new("claimed_until", "BIGINT").nullable())
                 .index(Index::new("outbox_due", ["sent_at", "next_attempt_at"])),
         )
+        .table(Table::new("payments").column(Column::new("check_after", "BIGINT").nullable()))
 }

@@ -48,46 +48,17 @@ impl Db {
         &self,
         lease: Duration,
     ) -> impl Future<Output = Result<Option<OutboxEmail>>> + Send + 'static {
-        // The row is picked and stamped in one statement; PostgreSQL skips
-        // rows another worker's transaction is stamping right now, SQLite
-        // has one writer at a time.
-        const PICK: &str = "SELECT id FROM outbox \
-             WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
-             AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY id LIMIT 1";
-        const RETURNING: &str = "RETURNING id, recipient, subject, body, attempts";
-        let lease_ms = lease.as_millis() as i64;
-        let this = self.clone();
-        async move {
-            match &this {
-                Db::Sqlite(r) => {
-                    r.run("outbox_claim", async move |tx| {
-                        let now = now_ms();
-                        sqlx::query_as(&format!(
-                            "UPDATE outbox SET claimed_until = $2 WHERE id = ({PICK}) {RETURNING}"
-                        ))
-                        .bind(now)
-                        .bind(now + lease_ms)
-                        .fetch_optional(&mut **tx)
-                        .await
-                    })
-                    .await
-                }
-                Db::Postgres(r) => {
-                    r.run("outbox_claim", async move |tx| {
-                        let now = now_ms();
-                        sqlx::query_as(&format!(
-                            "UPDATE outbox SET claimed_until = $2 \
-                             WHERE id = ({PICK} FOR UPDATE SKIP LOCKED) {RETURNING}"
-                        ))
-                        .bind(now)
-                        .bind(now + lease_ms)
-                        .fetch_optional(&mut **tx)
-                        .await
-                    })
-                    .await
-                }
-            }
-        }
+        claim!(
+            self,
+            "outbox_claim",
+            "outbox",
+            pick: "sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
+                   AND (claimed_until IS NULL OR claimed_until <= $1)",
+            set: "claimed_until = $2",
+            returning: "id, recipient, subject, body, attempts",
+            lease,
+            None,
+        )
     }
 
     /// Marks an email sent.

@@ -1,6 +1,14 @@
 //! Premium purchases (idempotency keys and their outcome).
+//!
+//! A purchase is `pending` from just before the provider is asked until its
+//! answer is written. When that answer never arrives (lost on the way back,
+//! the student gave up), the purchase stays pending and the student may have
+//! been charged: [`Db::claim_unsettled_payment`] hands such purchases to the
+//! app's background purchase check, which asks the provider again with the
+//! same idempotency key and settles them.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::{Db, NewEmail, Result, now_ms};
 
@@ -89,6 +97,36 @@ impl Db {
         })
     }
 
+    /// Claims the oldest purchase pending for at least `age` that no other
+    /// worker is checking, for `lease` (until then other workers skip it):
+    /// `None` when there is none.
+    pub fn claim_unsettled_payment(
+        &self,
+        age: Duration,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<UnsettledPayment>>> + Send + 'static {
+        claim!(
+            self,
+            "payment_claim",
+            "payments",
+            pick: "status = 'pending' AND created_at <= $3 \
+                   AND (check_after IS NULL OR check_after <= $1)",
+            set: "check_after = $2",
+            returning: "student_id, idempotency_key, created_at",
+            lease,
+            Some(age),
+        )
+    }
+
+    /// How many purchases are pending (tried, outcome not yet known).
+    pub async fn pending_payments(&self) -> std::result::Result<i64, sqlx::Error> {
+        on_db!(self, r => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM payments WHERE status = 'pending'",
+        )
+        .fetch_one(r.pool())
+        .await)
+    }
+
     /// Records a purchase that could not be completed.
     pub fn fail_payment(&self, key: &str) -> impl Future<Output = Result<()>> + Send + 'static {
         let key = key.to_owned();
@@ -100,4 +138,15 @@ impl Db {
             Ok(())
         })
     }
+}
+
+/// A purchase still pending, claimed by [`Db::claim_unsettled_payment`].
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct UnsettledPayment {
+    /// Who is buying.
+    pub student_id: i64,
+    /// The purchase's idempotency key (the provider's record of it).
+    pub idempotency_key: String,
+    /// When it was first tried, milliseconds since the Unix epoch.
+    pub created_at: i64,
 }

@@ -28,6 +28,8 @@ mod lessons;
 mod premium;
 mod tutor;
 
+pub(crate) use premium::receipt as premium_receipt;
+
 use auth::{home, login, login_form, logout, signup, signup_form};
 use lessons::{complete_lesson, dashboard, lesson, lesson_list};
 use premium::{premium_page, subscribe};

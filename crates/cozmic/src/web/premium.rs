@@ -109,13 +109,7 @@ pub(super) async fn subscribe(
         .to_owned();
     match payments.charge_premium(student.id, &key).await {
         Ok(provider_id) => {
-            let email = NewEmail {
-                kind: "premium".to_owned(),
-                subject: "Your CozmicLearning Premium receipt".to_owned(),
-                body: format!(
-                    "Thank you! Your payment {provider_id} of $9.00 was received and Premium is active.\n"
-                ),
-            };
+            let email = receipt(&provider_id);
             state
                 .db()
                 .complete_payment(student.id, &key, &provider_id, email)
@@ -172,6 +166,17 @@ pub(super) async fn subscribe(
             };
             Ok(unavailable_response(retry_after, page.into_response()))
         }
+    }
+}
+
+/// The receipt emailed with a settled purchase.
+pub(crate) fn receipt(provider_id: &str) -> NewEmail {
+    NewEmail {
+        kind: "premium".to_owned(),
+        subject: "Your CozmicLearning Premium receipt".to_owned(),
+        body: format!(
+            "Thank you! Your payment {provider_id} of $9.00 was received and Premium is active.\n"
+        ),
     }
 }
 

@@ -70,8 +70,8 @@
 //! this server sheds its own load. Its [`Budget`](crate::retry::Budget)
 //! stops retries at once in a full outage (1,000 calls against a dead host
 //! make about 1,010 attempts, not 3,000), and its circuit breaker, which
-//! counts only attempts that got no answer (connect errors and timeouts,
-//! five in a row), fails calls fast with [`Unavailable`]
+//! counts only attempts that got no answer (connect errors, timeouts and
+//! connections reset before an answer, five in a row), fails calls fast with [`Unavailable`]
 //! ([`is_circuit_open`]) once the dependency is hard down. The registry is bounded
 //! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
 //! does not grow a breaker per attacker-chosen host.
@@ -380,10 +380,16 @@ impl Inner {
                         &dep.operation,
                         |run, outcome, verdict| {
                             // The breaker answers "does it answer at all?"
-                            // only: no connection, or no answer in time.
+                            // only: no connection, no answer in time, or the
+                            // connection reset before any answer (a host
+                            // whose port is up but whose server is gone, a
+                            // proxy whose backend is down).
                             pass.record(matches!(
                                 &*outcome,
-                                Err(e) if matches!(ErrorClass::of(e), ErrorClass::Connect | ErrorClass::Timeout)
+                                Err(e) if matches!(
+                                    ErrorClass::of(e),
+                                    ErrorClass::Connect | ErrorClass::Timeout | ErrorClass::Reset
+                                )
                             ));
                             let Some(verdict) = verdict else { return };
                             if let Err(error) = outcome {

@@ -80,8 +80,13 @@ impl fmt::Debug for GateFactory {
 impl GateFactory {
     fn make(&self, name: &str) -> Gate {
         let default = |observer: Option<&Arc<dyn Observer>>| {
-            // Hard down only: five attempts in a row that got no answer.
-            let mut builder = Breaker::builder(name.to_owned()).with_consecutive_failures(5);
+            // Hard down only: eight attempts in a row that got no answer
+            // (random resets and stalls rarely make eight in a row: at 24 %
+            // of calls, 0.24^8 = 1e-5), then one probe a second, so a
+            // dependency that is back is used again within a second.
+            let mut builder = Breaker::builder(name.to_owned())
+                .with_consecutive_failures(8)
+                .with_break_duration(std::time::Duration::from_secs(1));
             if let Some(observer) = observer {
                 builder = builder.with_observer(Arc::clone(observer));
             }
