@@ -289,6 +289,12 @@ fn verdict(cols: &[Col<'_>], get: Rate<'_>, n: Rate<'_>) -> String {
     };
     let n1 = n1 * on.seeds.len().max(1) as f64;
     let n2 = n2 * off.seeds.len().max(1) as f64;
+    proportion_verdict((p1, n1), (p2, n2))
+}
+
+/// Rate `p1` of `n1` trials (healing) against `p2` of `n2` (no healing):
+/// the difference in points and the verdict of [`verdict`].
+fn proportion_verdict((p1, n1): (f64, f64), (p2, n2): (f64, f64)) -> String {
     let points = (p1 - p2) * 100.0;
     let word = if n1.min(n2) < MIN_TRIALS {
         "too few to tell"
@@ -632,6 +638,9 @@ fn process_table(process: &std::collections::BTreeMap<String, super::ProcessRepo
 /// The open-loop storm: requests keep arriving at a fixed rate while the
 /// AI upstream is down, then back.
 fn open_loop_storm_table(storms: &[super::OpenLoopStorm]) -> Table {
+    let baseline = storms
+        .iter()
+        .find(|s| s.variant == super::StormVariant::NoHealing);
     let secs = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"));
     Table {
         title: format!(
@@ -649,12 +658,22 @@ fn open_loop_storm_table(storms: &[super::OpenLoopStorm]) -> Table {
             "ok",
             "degraded",
             "failed",
+            "ok: against no healing",
         ]
         .map(str::to_owned)
         .to_vec(),
         rows: storms
             .iter()
             .map(|s| {
+                let against = baseline.filter(|b| b.variant != s.variant).map_or_else(
+                    || "-".to_owned(),
+                    |b| {
+                        proportion_verdict(
+                            (s.success_rate, s.requests as f64),
+                            (b.success_rate, b.requests as f64),
+                        )
+                    },
+                );
                 vec![
                     s.variant.label().to_owned(),
                     s.requests.to_string(),
@@ -666,6 +685,7 @@ fn open_loop_storm_table(storms: &[super::OpenLoopStorm]) -> Table {
                     pct(s.success_rate),
                     pct(s.degraded_rate),
                     pct(s.failed_rate),
+                    against,
                 ]
             })
             .collect(),

@@ -258,12 +258,92 @@ async fn a_give_up_is_recorded_under_its_code_and_operation() {
     .await;
 }
 
+/// Runs cancelled at every moment of their life (a client that hangs up, a
+/// request timeout), hundreds of times, with other runs going on: none may
+/// leave a connection inside a transaction. sqlx 0.8.6's custom `BEGIN` on
+/// SQLite has an await point after SQLite began the transaction and before
+/// a `Transaction` exists to roll it back (it asks the worker thread for the
+/// handle, to check the transaction began); a run cancelled there left a
+/// pooled connection holding the write lock for good, and every writer on
+/// other connections failed after its busy timeout (a chaos run wedged with
+/// half its writes failing). The runner begins in a task of its own, which
+/// finishes even when the run is cancelled. Without that task this test
+/// failed on its first run: a whole run gave up on `database is locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_cancelled_at_any_moment_leave_no_transaction_behind() {
+    run(
+        "cancelled-anywhere",
+        Duration::from_secs(60),
+        async |db: &Sqlite| {
+            db.counter_table().await;
+            let pool = pool(db.dir(), Duration::from_secs(5)).await;
+            let runner = Runner::new(pool.clone());
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut cancelled = 0;
+            for round in 0..400u32 {
+                // Two runs at once, one of them cut short after a random
+                // delay around a begin's length.
+                let cut = Duration::from_micros(rng.u64(0..=400 + u64::from(round % 4) * 200));
+                let short = tokio::time::timeout(
+                    cut,
+                    runner.run("cut", async |tx| {
+                        sqlx::query("UPDATE counter SET value = value + 1")
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok::<_, sqlx::Error>(())
+                    }),
+                );
+                let whole = runner.run("whole", async |tx| {
+                    sqlx::query("UPDATE counter SET value = value + 1")
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                });
+                let (short, whole) = tokio::join!(short, whole);
+                cancelled += usize::from(short.is_err());
+                whole.expect("a whole run commits");
+            }
+            println!("{cancelled} of 400 runs cancelled");
+            assert!(
+                cancelled > 0,
+                "no run was cut short: the test tests nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // No pooled connection is left inside a transaction: another
+            // writer gets the lock at once.
+            let mut writer =
+                SqliteConnection::connect_with(&options(db.dir(), Duration::from_secs(2)))
+                    .await
+                    .unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut writer)
+                .await
+                .expect("a writer gets the lock: no cancelled run kept it");
+            sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+            // And no pooled connection thinks it is inside a transaction.
+            let mut held = Vec::new();
+            for _ in 0..pool.size() {
+                held.push(pool.acquire().await.unwrap());
+            }
+            for conn in &held {
+                assert!(
+                    !conn.is_in_transaction(),
+                    "a pooled connection kept a transaction"
+                );
+            }
+            drop(held);
+            pool.close().await;
+        },
+    )
+    .await;
+}
+
 /// A run cancelled while its `BEGIN IMMEDIATE` waits for the lock (a
 /// request timeout, a client gone) leaves no transaction behind: once the
 /// lock is free, another writer gets it. A connection returned to the pool
 /// inside a transaction would hold SQLite's write lock for good and fail
 /// every writer; sqlx 0.8 rolls such a begin back, and this keeps it so
-/// (it was the first suspect of a wedged chaos run, and is not the cause).
+/// (a cancellation just *after* the begin is the next test's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_cancelled_while_begin_waits_leaves_no_lock_behind() {
     run(

@@ -73,6 +73,38 @@ impl<F, T> State<F, T> {
 }
 
 impl<DB: Backend> Runner<DB> {
+    /// Begins a transaction, in a task of its own.
+    ///
+    /// Why a task: sqlx 0.8.6 can leave a connection inside a transaction
+    /// that nobody owns when the begin's future is cancelled (a client hangs
+    /// up, a request times out) after the database began the transaction
+    /// and before the `Transaction` is returned: its SQLite custom `BEGIN`
+    /// asks the connection's worker thread for the handle afterwards, an
+    /// await point. That connection then goes back to the pool holding
+    /// SQLite's write lock, and every writer on another connection fails
+    /// after its busy timeout for as long as it lives (chaos saw an app
+    /// wedge with half of its writes failing; `tests/db/sqlite.rs`
+    /// reproduces it). A spawned task runs to its end whatever happens to
+    /// this future, and a `Transaction` nobody receives is dropped, which
+    /// rolls it back. The cost is one task per transaction.
+    async fn begin(&self) -> Result<Transaction<'static, DB>, sqlx::Error> {
+        let (pool, statement) = (self.pool.clone(), self.begin.clone());
+        let begun = tokio::spawn(async move {
+            match statement {
+                Some(statement) => pool.begin_with(statement).await,
+                None => pool.begin().await,
+            }
+        });
+        match begun.await {
+            Ok(begun) => begun,
+            // The begin panicked (a bug in the driver) or the runtime is
+            // shutting down: no transaction to give.
+            Err(error) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+                "the transaction's begin did not finish: {error}"
+            )))),
+        }
+    }
+
     /// One attempt: resolve an earlier ambiguous commit, begin, run the
     /// body, write the guard row, commit.
     pub(super) async fn attempt<F, T, E>(
@@ -112,11 +144,7 @@ impl<DB: Backend> Runner<DB> {
             }
         }
 
-        let begun = match &self.begin {
-            Some(statement) => self.pool.begin_with(statement.clone()).await,
-            None => self.pool.begin().await,
-        };
-        let mut tx = begun.map_err(|e| fail(e, TxStep::Begin))?;
+        let mut tx = self.begin().await.map_err(|e| fail(e, TxStep::Begin))?;
 
         let value = match (state.body)(&mut tx).await {
             Ok(value) => value,
