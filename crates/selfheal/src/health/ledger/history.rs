@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::time::floor;
 use super::{DAY_MS, HOUR_MS, Ledger};
 
-/// The rules behind the marks (see the [module docs](self)). Defaults: 7
+/// The rules behind the marks of a [`History`]. Defaults: 7
 /// quiet days, 3 distinct days, resolved after 1 day quiet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MarkRules {

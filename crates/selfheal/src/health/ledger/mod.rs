@@ -238,7 +238,7 @@ impl LedgerBuilder {
     /// Builds the ledger (nothing runs until [`Ledger::start`]).
     pub fn build(self) -> Result<Ledger, ConfigError> {
         let width_ms = (self.monitor.inner.width_nanos / 1_000_000) as i64;
-        if width_ms < 1 || width_ms >= HOUR_MS || HOUR_MS % width_ms != 0 {
+        if !(1..HOUR_MS).contains(&width_ms) || HOUR_MS % width_ms != 0 {
             return Err(ConfigError::new(format!(
                 "the health ledger needs a monitor bucket width of whole milliseconds that \
                  divides an hour (and is shorter), got {width_ms} ms"

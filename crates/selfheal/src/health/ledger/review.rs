@@ -50,7 +50,8 @@ impl OperationRetries {
     }
 }
 
-/// One advice line (see the [module docs](self)).
+/// One advice line of a [`Review`]: a sentence for a person; nothing
+/// changes a retry policy by itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Advice {
     /// The operation.
