@@ -33,6 +33,7 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// The outcome's name and its cause (`""` unless a give-up).
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
     pub(crate) fn names(self) -> (&'static str, &'static str) {
         match self {
             Self::Recovered => ("recovered", ""),
@@ -93,6 +94,7 @@ impl AttemptBook {
     }
 
     /// Takes every tally, leaving the book empty.
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
     pub(crate) fn drain(&mut self) -> Vec<(String, Tally)> {
         self.overflow = 0;
         self.ops

@@ -95,6 +95,8 @@ pub(super) struct HealthPage {
     generated: String,
     /// The sign-out form's token, when a `CsrfLayer` runs.
     csrf: Option<String>,
+    /// The fleet and its history, with a ledger.
+    pub(super) fleet: Option<super::fleet::FleetView>,
 }
 
 const CHART_HEIGHT: u32 = 60;
@@ -252,6 +254,7 @@ impl HealthPage {
                 .collect(),
             generated: rfc3339(unix_secs(SystemTime::now())),
             csrf: csrf.map(crate::web::csrf::CsrfToken::value),
+            fleet: None,
         }
     }
 }
