@@ -210,7 +210,12 @@ async fn the_fleet_alerts_once_and_sees_a_killed_instance_go_silent() {
     }
     tokio::time::sleep(FLUSH * 5).await;
     for fp in [fp, "KeyError@dashboard", "Panic@checkout"] {
-        assert_eq!(sink.count(AlertState::Firing, fp), 1, "{fp}");
+        assert_eq!(
+            sink.count(AlertState::Firing, fp),
+            1,
+            "{fp}: {:#?}",
+            sink.0.lock().unwrap()
+        );
         assert_eq!(
             sink.count(AlertState::Resolved, fp),
             1,

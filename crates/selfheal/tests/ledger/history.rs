@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use selfheal::db::schema::Startup;
 use selfheal::health::ledger::{
     BucketRecord, DAY_MS, HOUR_MS, Ledger, LedgerPool, Mark, Retention, Trend,
 };
@@ -68,6 +69,39 @@ async fn a_restart_keeps_the_history_on_postgres() {
     };
     let first = LedgerPool::from(pg_pool(&options).await);
     a_restart_keeps_the_history(first, async || pg_pool(&options).await.into()).await;
+}
+
+/// The schema healer installs the ledger's tables and finds them as it
+/// declares them, on both databases (a single-column `TEXT PRIMARY KEY` is
+/// nullable in SQLite unless said otherwise).
+#[tokio::test]
+async fn the_schema_healer_installs_the_ledger_tables_without_drift() {
+    let pool = sqlite(&sqlite_url("startup")).await;
+    let report = Startup::new(&pool)
+        .with_health_ledger(true)
+        .run()
+        .await
+        .unwrap();
+    assert!(report.is_healthy(), "{report}");
+    if let Some(options) = postgres("startup").await {
+        let pool = pg_pool(&options).await;
+        let report = Startup::new(&pool)
+            .with_health_ledger(true)
+            .run()
+            .await
+            .unwrap();
+        assert!(report.is_healthy(), "{report}");
+        // Twice: idempotent.
+        let report = Startup::new(&pool)
+            .with_health_ledger(true)
+            .run()
+            .await
+            .unwrap();
+        assert!(
+            report.is_healthy() && report.repaired.is_empty(),
+            "{report}"
+        );
+    }
 }
 
 /// 2026-01-01T00:00Z.

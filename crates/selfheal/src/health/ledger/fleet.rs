@@ -237,6 +237,16 @@ impl Ledger {
             let window_ms = rule.window().as_millis().min(i64::MAX as u128) as i64;
             // Buckets that started within the window.
             let from = now_ms - window_ms;
+            // What fires, read before the counts: an instance claims a
+            // notice after its data is committed, so counts read after the
+            // claim include what made it fire. Read the other way round, a
+            // stale count could resolve an alert claimed a moment before.
+            let firing: Vec<(String,)> = on_pool!(&self.inner.pool, p => sqlx::query_as(
+                "SELECT fingerprint FROM selfheal_health_alerts WHERE rule = $1 AND firing = 1",
+            )
+            .bind(rule.name())
+            .fetch_all(p)
+            .await?);
             let mut holding: Vec<(String, f64, f64, String)> = Vec::new();
             match rule {
                 AlertRule::RepeatedError { threshold, .. } => {
@@ -312,12 +322,6 @@ impl Ledger {
                     ));
                 }
             }
-            let firing: Vec<(String,)> = on_pool!(&self.inner.pool, p => sqlx::query_as(
-                "SELECT fingerprint FROM selfheal_health_alerts WHERE rule = $1 AND firing = 1",
-            )
-            .bind(rule.name())
-            .fetch_all(p)
-            .await?);
             for (fingerprint,) in firing {
                 if held.contains(fingerprint.as_str()) {
                     continue;
@@ -346,6 +350,10 @@ impl Ledger {
                 }
             }
         }
+        for n in &mut notices {
+            n.summary
+                .push_str(&format!(" (noticed by instance {})", self.inner.instance));
+        }
         *lock(&monitor.inner.fleet_firing) = holding_now;
         for n in &notices {
             monitor.publish(n.clone());
@@ -354,7 +362,10 @@ impl Ledger {
     }
 
     /// Claims the firing notice of `(rule, fingerprint)`: `true` for the
-    /// one instance that should send it.
+    /// one instance that should send it. The cooldown runs from the last
+    /// notice either way: an instance whose clock or read lags sees the
+    /// condition hold a moment after another resolved it, and must not
+    /// fire it again.
     async fn claim_fire(
         &self,
         rule: &str,
@@ -369,7 +380,8 @@ impl Ledger {
              ON CONFLICT (rule, fingerprint) DO UPDATE SET firing = 1, \
              fired_ms = excluded.fired_ms, instance_id = excluded.instance_id \
              WHERE selfheal_health_alerts.firing = 0 \
-             AND selfheal_health_alerts.fired_ms <= $5",
+             AND selfheal_health_alerts.fired_ms <= $5 \
+             AND selfheal_health_alerts.resolved_ms <= $5",
         )
         .bind(rule)
         .bind(fingerprint)

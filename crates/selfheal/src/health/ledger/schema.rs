@@ -26,7 +26,7 @@ pub const TABLES: [&str; 7] = [
 /// One statement per table or index; the same text on both databases.
 const DDL: [&str; 10] = [
     "CREATE TABLE IF NOT EXISTS selfheal_health_instances (\
-         instance_id TEXT PRIMARY KEY, \
+         instance_id TEXT NOT NULL PRIMARY KEY, \
          version TEXT NOT NULL DEFAULT '', \
          host TEXT NOT NULL DEFAULT '', \
          started_ms BIGINT NOT NULL, \
@@ -38,7 +38,7 @@ const DDL: [&str; 10] = [
          dropped BIGINT NOT NULL DEFAULT 0, \
          stopped_ms BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS selfheal_health_fingerprints (\
-         fingerprint TEXT PRIMARY KEY, \
+         fingerprint TEXT NOT NULL PRIMARY KEY, \
          kind TEXT NOT NULL, \
          operation TEXT NOT NULL, \
          sample TEXT NOT NULL DEFAULT '', \
