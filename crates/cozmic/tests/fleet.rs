@@ -15,6 +15,8 @@ use selfheal::health::HealKind;
 use selfheal::health::ledger::BucketRecord;
 use tempfile::TempDir;
 
+mod support;
+
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn config(dir: &TempDir, database_url: Option<&str>) -> Config {
@@ -23,34 +25,6 @@ fn config(dir: &TempDir, database_url: Option<&str>) -> Config {
     config.database_url = database_url.map(Secret::new);
     config.admin_token = Some(Secret::new(TOKEN));
     config
-}
-
-/// A fresh PostgreSQL schema's URL; `None` (with a note) without
-/// `SELFHEAL_TEST_POSTGRES_URL` outside CI, a failure in CI.
-async fn postgres_url() -> Option<String> {
-    let Ok(base) = std::env::var("SELFHEAL_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "SELFHEAL_TEST_POSTGRES_URL is not set: in CI the PostgreSQL tests must run"
-        );
-        eprintln!(
-            "SELFHEAL_TEST_POSTGRES_URL not set: PostgreSQL fleet test skipped (it fails in CI)"
-        );
-        return None;
-    };
-    let schema = format!("cozmic_fleet_{:016x}", fastrand::u64(..));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at SELFHEAL_TEST_POSTGRES_URL is unreachable: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Some(format!(
-        "{base}{separator}options=-c%20search_path%3D{schema}"
-    ))
 }
 
 async fn health_json(base: &str, query: &str) -> serde_json::Value {
@@ -71,7 +45,7 @@ async fn health_json(base: &str, query: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_show_one_fleet() {
     selfheal::tls::install_default_crypto_provider();
-    let Some(url) = postgres_url().await else {
+    let Some(url) = support::postgres_schema_url("cozmic_fleet").await else {
         return;
     };
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
