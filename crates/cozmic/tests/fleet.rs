@@ -89,6 +89,9 @@ async fn three_instances_on_one_postgres_show_one_fleet() {
             assert!(listed.contains(&id.as_str()), "{id} in {listed:?}");
         }
         assert!(instances.iter().all(|i| i["silent"] == false), "{fleet}");
+        let ledger = &json["checks"]["healthLedger:droppedBuckets"][0];
+        assert_eq!(ledger["observedValue"], 0, "{ledger}");
+        assert_eq!(ledger["status"], "pass", "{ledger}");
         let fp = &fleet["fingerprints"][0];
         assert_eq!(
             fp["fingerprint"], "OperationalError@save_progress",

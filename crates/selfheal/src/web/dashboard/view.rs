@@ -84,6 +84,8 @@ pub(super) struct HealthPage {
     breakers: Vec<Row>,
     limiters: Vec<Row>,
     notes: Vec<String>,
+    /// The health ledger's state, in words, when one is attached.
+    ledger: Option<String>,
     throttle_rejections: u64,
     retries: u64,
     budget_refusals: u64,
@@ -209,6 +211,19 @@ impl HealthPage {
                 })
                 .collect(),
             notes: report.notes.clone(),
+            ledger: report.ledger.as_ref().map(|l| {
+                format!(
+                    "{} buckets written, {} waiting, {} dropped{}",
+                    l.flushed_buckets,
+                    l.pending_buckets,
+                    l.dropped_buckets,
+                    if l.fleet_alerts {
+                        ""
+                    } else {
+                        "; alerts from this instance's own view"
+                    }
+                )
+            }),
             throttle_rejections: report.throttle_rejections,
             retries: report.retries,
             budget_refusals: report.budget_refusals,
