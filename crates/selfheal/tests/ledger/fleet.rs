@@ -185,6 +185,17 @@ async fn the_fleet_alerts_once_and_sees_a_killed_instance_go_silent() {
             .iter()
             .any(|r| r.contains("instance c silent"))
     );
+    // An hour later c is still listed as silent, but no longer degrades
+    // the fleet.
+    let later = a.ledger.fleet_at(killed_at + 3_700_000).await.unwrap();
+    let c = later.instances.iter().find(|i| i.id == "c").unwrap();
+    assert!(c.silent);
+    assert!(
+        !later
+            .reasons
+            .iter()
+            .any(|r| r.contains("instance c silent"))
+    );
     // The others carry on (they keep beating), and c's history stays.
     tokio::time::sleep(FLUSH * 3).await;
     let fleet = a.ledger.fleet().await.unwrap();

@@ -16,8 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::Ledger;
 use super::time::floor;
+use super::{HOUR_MS, Ledger};
 use crate::health::evaluate::describe_window;
 use crate::health::{Alert, AlertRule, AlertState, Status};
 use crate::sync::lock;
@@ -72,8 +72,9 @@ pub struct FleetFingerprint {
 /// The fleet's health (see [`Ledger::fleet`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Fleet {
-    /// The worst status among live instances; degraded when one is silent;
-    /// critical while a critical alert fires for the fleet.
+    /// The worst status among live instances; degraded while one has been
+    /// silent for less than an hour; critical while a critical alert fires
+    /// for the fleet.
     pub status: Status,
     /// Why.
     pub reasons: Vec<String>,
@@ -130,7 +131,10 @@ impl Ledger {
                 "degraded" => Status::Degraded,
                 _ => Status::Healthy,
             };
-            if silent {
+            // A silent instance degrades the fleet for an hour: long enough
+            // to be seen, not forever (a killed process comes back under a
+            // new id, and the old one stays listed for a day).
+            if silent && now_ms - seen <= HOUR_MS {
                 status = status.max(Status::Degraded);
                 reasons.push(format!(
                     "instance {id} silent for {} s",
