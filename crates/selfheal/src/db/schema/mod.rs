@@ -17,7 +17,10 @@
 //! 1. runs your `sqlx::migrate!` migrations ([`Startup::with_migrate`]); on
 //!    PostgreSQL sqlx holds an advisory lock while it does, so instances
 //!    starting together migrate once;
-//! 2. installs selfheal's own table (the [idempotency guard](super::guard));
+//! 2. installs selfheal's own table (the [idempotency guard](super::guard)),
+//!    and with [`Startup::with_health_ledger`] the
+//!    [health ledger](crate::health::ledger)'s, whose declaration is added to
+//!    yours;
 //! 3. compares the [`Schema`] you declare with the live database (SQLite:
 //!    `pragma_table_info`, `pragma_index_list`; PostgreSQL: `pg_attribute`,
 //!    `pg_index`) and, under a lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL:
