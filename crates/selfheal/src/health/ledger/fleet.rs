@@ -11,7 +11,7 @@
 //! Exactly one instance sees one row affected, and it sends the alert; the
 //! resolution is claimed the same way (an `UPDATE … WHERE firing = 1`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -235,6 +235,7 @@ impl Ledger {
     pub async fn evaluate_fleet_at(&self, now_ms: i64) -> Result<Vec<Alert>, sqlx::Error> {
         let monitor = &self.inner.monitor;
         let cooldown_ms = monitor.inner.cooldown.as_millis().min(i64::MAX as u128) as i64;
+        let local = self.unflushed();
         let mut notices = Vec::new();
         let mut holding_now = Vec::new();
         for rule in &monitor.inner.rules {
@@ -257,14 +258,25 @@ impl Ledger {
                     let rows: Vec<(String, i64)> = on_pool!(&self.inner.pool, p => sqlx::query_as(
                         "SELECT fingerprint, CAST(SUM(counted) AS BIGINT) \
                          FROM selfheal_health_errors WHERE scale = $1 AND bucket_ms >= $2 \
-                         GROUP BY fingerprint HAVING SUM(counted) > $3",
+                         GROUP BY fingerprint",
                     )
                     .bind(self.inner.width_ms)
                     .bind(from)
-                    .bind(i64::try_from(*threshold).unwrap_or(i64::MAX))
                     .fetch_all(p)
                     .await?);
-                    for (fingerprint, count) in rows {
+                    // The fleet's closed buckets, plus what this instance
+                    // has not written yet (its open bucket, its buffer).
+                    let mut counts: HashMap<String, u64> = rows
+                        .into_iter()
+                        .map(|(f, n)| (f, n.max(0) as u64))
+                        .collect();
+                    for (fingerprint, n) in &local.errors {
+                        *counts.entry(fingerprint.clone()).or_default() += n;
+                    }
+                    let mut over: Vec<(String, u64)> =
+                        counts.into_iter().filter(|(_, n)| n > threshold).collect();
+                    over.sort();
+                    for (fingerprint, count) in over {
                         let summary = format!(
                             "{fingerprint} occurred {count} times across the fleet in the last {} \
                              (threshold {threshold})",
@@ -287,6 +299,8 @@ impl Ledger {
                     .bind(from)
                     .fetch_one(p)
                     .await?);
+                    let total = total + local.requests as i64;
+                    let failed = failed + local.failed as i64;
                     let ratio = if total > 0 {
                         failed as f64 / total as f64
                     } else {
@@ -399,7 +413,9 @@ impl Ledger {
     }
 
     /// Claims the resolved notice: `true` for the one instance that should
-    /// send it.
+    /// send it. Not within two flushes of the firing: the instance that
+    /// fired may have counted its own unwritten buckets, which the others
+    /// see only once it has flushed them.
     async fn claim_resolve(
         &self,
         rule: &str,
@@ -408,12 +424,13 @@ impl Ledger {
     ) -> Result<bool, sqlx::Error> {
         let affected = on_pool!(&self.inner.pool, p => sqlx::query(
             "UPDATE selfheal_health_alerts SET firing = 0, resolved_ms = $1, instance_id = $2 \
-             WHERE rule = $3 AND fingerprint = $4 AND firing = 1",
+             WHERE rule = $3 AND fingerprint = $4 AND firing = 1 AND fired_ms <= $5",
         )
         .bind(now_ms)
         .bind(&self.inner.instance)
         .bind(rule)
         .bind(fingerprint)
+        .bind(now_ms - 2 * self.inner.flush_every.as_millis().min(i64::MAX as u128 / 4) as i64)
         .execute(p)
         .await?
         .rows_affected());

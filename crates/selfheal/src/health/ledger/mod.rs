@@ -43,7 +43,11 @@
 //!   rules are evaluated on the fleet's counts (4 + 4 + 4 is 12), and each
 //!   notice is claimed through a row of the database (an upsert that
 //!   succeeds for one instance only), so one alert and one resolved notice
-//!   leave the fleet, whichever instances see the error. While the database
+//!   leave the fleet, whichever instances see the error. Rules run every
+//!   5 s (the monitor's evaluation interval, if longer) on the fleet's
+//!   written buckets plus this instance's unwritten ones, so an alert does
+//!   not wait for a bucket to close; a resolution waits two flushes after
+//!   the firing, until every instance's part is written. While the database
 //!   is unreachable an instance falls back to its own view, and says so (a
 //!   degraded condition on its monitor).
 //! - **History and review.** [`Ledger::history`] gives 24 h / 7 d / 30 d

@@ -7,9 +7,10 @@
 //! `VecDeque` behind a mutex only this task and the report touch, and a
 //! database that hangs holds this task, nobody else.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::time::floor;
 use super::write::{self, Beat};
@@ -20,6 +21,15 @@ use crate::sync::lock;
 
 /// The monitor condition set while the database is unreachable.
 pub const CONDITION: &str = "health.ledger";
+
+/// What this instance recorded that is not in the database yet.
+#[derive(Debug, Default)]
+pub(super) struct Unflushed {
+    /// Counted errors per fingerprint.
+    pub(super) errors: HashMap<String, u64>,
+    pub(super) requests: u64,
+    pub(super) failed: u64,
+}
 
 #[derive(Debug)]
 pub(super) struct State {
@@ -71,6 +81,18 @@ impl Ledger {
                 async move {
                     let mut ticker = tokio::time::interval(ledger.inner.flush_every);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // Alerts are evaluated more often than buckets close
+                    // (every 5 s at most, the monitor's interval at least).
+                    let every = ledger
+                        .inner
+                        .monitor
+                        .inner
+                        .evaluation_interval
+                        .max(Duration::from_secs(5))
+                        .min(ledger.inner.flush_every);
+                    let mut evaluator = tokio::time::interval(every);
+                    evaluator.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut healthy = false;
                     loop {
                         tokio::select! {
                             () = shutdown.recv() => {
@@ -78,7 +100,14 @@ impl Ledger {
                                 return Ok::<(), Infallible>(());
                             }
                             _ = ticker.tick() => {
-                                ledger.tick_at(ledger.now_ms()).await;
+                                healthy = ledger.tick_at(ledger.now_ms()).await;
+                            }
+                            _ = evaluator.tick(), if healthy && ledger.inner.fleet_alerts => {
+                                let now = ledger.now_ms();
+                                if let Err(error) = ledger.evaluate_fleet_at(now).await {
+                                    ledger.fall_back(&error);
+                                    healthy = false;
+                                }
                             }
                         }
                     }
@@ -142,20 +171,40 @@ impl Ledger {
                 monitor.inner.fleet_alerts.store(true, Ordering::Release);
             }
         } else {
-            monitor.inner.fleet_alerts.store(false, Ordering::Release);
-            lock(&monitor.inner.fleet_firing).clear();
-            monitor.set_condition(
-                CONDITION,
-                Status::Degraded,
-                format!(
-                    "health ledger: database unreachable; alerts from this instance's own view \
-                     ({} buckets waiting, {} dropped)",
-                    stats.pending_buckets, stats.dropped_buckets
-                ),
-            );
+            self.local_view(&stats);
         }
         *lock(&monitor.inner.ledger) = Some(stats);
         ok
+    }
+
+    /// A fleet evaluation failed between flushes: the same fallback as a
+    /// failed flush.
+    fn fall_back(&self, error: &sqlx::Error) {
+        let stats = {
+            let mut state = lock(&self.inner.state);
+            state.stats.failed_flushes += 1;
+            state.stats.last_error = Some(crate::redact::redact(&error.to_string()));
+            state.stats.fleet_alerts = false;
+            state.stats.clone()
+        };
+        self.local_view(&stats);
+        *lock(&self.inner.monitor.inner.ledger) = Some(stats);
+    }
+
+    /// Alerts from this instance's own view, and a condition that says so.
+    fn local_view(&self, stats: &LedgerStats) {
+        let monitor = &self.inner.monitor;
+        monitor.inner.fleet_alerts.store(false, Ordering::Release);
+        lock(&monitor.inner.fleet_firing).clear();
+        monitor.set_condition(
+            CONDITION,
+            Status::Degraded,
+            format!(
+                "health ledger: database unreachable; alerts from this instance's own view \
+                 ({} buckets waiting, {} dropped)",
+                stats.pending_buckets, stats.dropped_buckets
+            ),
+        );
     }
 
     /// Writes an explicit bucket for this instance (an import, a test with
@@ -200,6 +249,26 @@ impl Ledger {
             .inner
             .fleet_alerts
             .store(false, Ordering::Release);
+    }
+
+    /// This instance's counts not in the database yet: the buffered
+    /// buckets and the open one. Added to the fleet's counts, so that an
+    /// alert does not wait for its bucket to close and be written.
+    pub(super) fn unflushed(&self) -> Unflushed {
+        let monitor = &self.inner.monitor;
+        let now = monitor.epoch_now();
+        let state = lock(&self.inner.state);
+        let mut out = Unflushed::default();
+        let open = (state.next_epoch..=now).map(|epoch| monitor.snapshot(epoch, 0));
+        let open: Vec<BucketRecord> = open.collect();
+        for bucket in state.pending.iter().chain(open.iter()) {
+            out.requests += bucket.requests;
+            out.failed += bucket.failed;
+            for e in &bucket.errors {
+                *out.errors.entry(e.fingerprint.clone()).or_default() += e.counted;
+            }
+        }
+        out
     }
 
     /// Copies every closed bucket not copied yet into the buffer.
