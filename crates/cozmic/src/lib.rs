@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use selfheal::health::ledger::Ledger;
 use selfheal::health::{CheckOptions, Monitor};
 use selfheal::supervise::{SupervisedHandle, Supervisor};
 use tokio::net::TcpListener;
@@ -76,6 +77,9 @@ struct Inner {
     /// The monitor, shared as an observer for fallbacks (one allocation
     /// for the app's life, not one per fallback).
     observer: Arc<Monitor>,
+    /// The monitor's closed buckets in the database every instance shares:
+    /// the fleet, its history, alerts once per fleet.
+    ledger: Ledger,
 }
 
 impl AppState {
@@ -85,6 +89,9 @@ impl AppState {
         selfheal::tls::install_default_crypto_provider();
         let monitor = Monitor::builder().with_global(false).start()?;
         let db = Db::open(&config, &monitor).await?;
+        let ledger = Ledger::builder(db.ledger_pool(), &monitor)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()?;
         let store = Store::open(&db, config.redis_url.as_ref().map(|u| u.expose())).await?;
         if config.secret_key.is_none() {
             config::create_private_dir(&config.data_dir)?;
@@ -138,6 +145,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 observer,
+                ledger,
                 login_throttle,
                 db,
                 store,
@@ -156,6 +164,11 @@ impl AppState {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The health ledger: this instance's health in the shared database.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
     }
 
     /// The health monitor every heal and error is reported to.
@@ -233,7 +246,8 @@ impl Running {
         self.state.monitor().set_draining();
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
-        for worker in self.workers {
+        // Last started, first stopped: the ledger (first) flushes last.
+        for worker in self.workers.into_iter().rev() {
             worker.shutdown().await;
         }
         self.state.db().close().await;
@@ -275,7 +289,8 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<Run
         })
         .await
     });
-    let mut workers = vec![state.mailer().spawn()];
+    // The ledger first: stopped last, it flushes what the others recorded.
+    let mut workers = vec![state.ledger().start(), state.mailer().spawn()];
     let store = state.inner.store.clone();
     workers.push(
         Supervisor::new("session-cleanup")

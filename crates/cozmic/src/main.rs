@@ -31,9 +31,13 @@ async fn main() -> ExitCode {
         [command @ ("promote" | "demote"), email] => {
             return promote(config, email, *command == "promote").await;
         }
+        ["review"] => return review(config, 30).await,
+        ["review", "--days", days] if days.parse::<u32>().is_ok_and(|d| (1..=730).contains(&d)) => {
+            return review(config, days.parse().unwrap_or(30)).await;
+        }
         _ => {
             eprintln!(
-                "usage: cozmic                  serve the app\n       cozmic promote EMAIL    make a student an admin\n       cozmic demote EMAIL     take it back"
+                "usage: cozmic                     serve the app\n       cozmic promote EMAIL       make a student an admin\n       cozmic demote EMAIL        take it back\n       cozmic review [--days N]   the health review of the last N days (30), as Markdown"
             );
             return ExitCode::from(2);
         }
@@ -139,6 +143,35 @@ async fn promote(config: cozmic::config::Config, email: &str, admin: bool) -> Ex
         Ok(false) => {
             eprintln!("cozmic: no student signed up with {email}");
             ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("cozmic: {}", selfheal::web::redact(&format!("{error:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cozmic review --days N`: the guide's monthly review ("review health
+/// logs monthly; look for recurring error patterns") of the whole fleet,
+/// from the health ledger in the app's database, as Markdown on stdout.
+async fn review(config: cozmic::config::Config, days: u32) -> ExitCode {
+    let result = async {
+        let monitor = selfheal::health::Monitor::builder()
+            .with_global(false)
+            .build()?;
+        let db = cozmic::db::Db::open(&config, &monitor).await?;
+        let ledger = selfheal::health::ledger::Ledger::builder(db.ledger_pool(), &monitor)
+            .with_instance("cozmic-review")
+            .build()?;
+        let review = ledger.review(days).await?;
+        db.close().await;
+        anyhow::Ok(review.markdown)
+    }
+    .await;
+    match result {
+        Ok(markdown) => {
+            print!("{markdown}");
+            ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("cozmic: {}", selfheal::web::redact(&format!("{error:#}")));

@@ -131,6 +131,8 @@ pub mod tls;
 #[cfg(feature = "axum")]
 pub mod web;
 
+#[cfg(any(feature = "axum", feature = "sqlx"))]
+mod civil;
 mod error;
 mod sync;
 pub use error::ConfigError;

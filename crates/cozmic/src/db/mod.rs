@@ -162,6 +162,7 @@ impl Db {
                 .with_migrate(&POSTGRES_MIGRATIONS)
                 .with_declare(schema())
                 .with_monitor(monitor.clone())
+                .with_health_ledger(true)
                 .run()
                 .await?;
             Db::Postgres(runner(Runner::new(pool), heal, monitor)?)
@@ -190,12 +191,22 @@ impl Db {
                 .with_migrate(&SQLITE_MIGRATIONS)
                 .with_declare(schema())
                 .with_monitor(monitor.clone())
+                .with_health_ledger(true)
                 .run()
                 .await?;
             Db::Sqlite(runner(Runner::new(pool), heal, monitor)?)
         };
         db.ensure_instance_tag().await?;
         Ok(db)
+    }
+
+    /// The pool as the health ledger takes it (the ledger's tables are
+    /// installed and healed by [`Db::open`]).
+    pub fn ledger_pool(&self) -> selfheal::health::ledger::LedgerPool {
+        match self {
+            Db::Sqlite(r) => r.pool().clone().into(),
+            Db::Postgres(r) => r.pool().clone().into(),
+        }
     }
 
     /// The SQLite pool, if that is the backend.

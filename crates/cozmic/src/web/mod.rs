@@ -237,6 +237,7 @@ fn admin_dashboard(state: &AppState, guard: AdminGuard) -> Dashboard {
     let config = state.config();
     let dashboard = Dashboard::new(state.monitor().clone(), guard)
         .with_service_name("cozmic")
+        .with_ledger(state.ledger().clone())
         .with_login_throttle(login_throttle(
             "admin:login",
             config,

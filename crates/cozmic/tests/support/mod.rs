@@ -189,6 +189,27 @@ pub fn service_url(variable: &str) -> Option<String> {
     }
 }
 
+/// The URL of a fresh schema named `prefix_<random>` in the server at
+/// `SELFHEAL_TEST_POSTGRES_URL` (its `search_path`), so that several
+/// instances of cozmic can share one database; `None` when the variable
+/// is not set outside CI.
+pub async fn postgres_schema_url(prefix: &str) -> Option<String> {
+    let base = service_url("SELFHEAL_TEST_POSTGRES_URL")?;
+    let schema = format!("{prefix}_{:016x}", fastrand::u64(..));
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at SELFHEAL_TEST_POSTGRES_URL is unreachable: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
+
 /// The `.eml` files in `dir` whose text contains `needle`.
 pub fn mails_containing(dir: &std::path::Path, needle: &str) -> usize {
     std::fs::read_dir(dir)

@@ -211,6 +211,9 @@ pub(crate) mod sealed {
             ok: bool,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
 
+        /// The pool as the health ledger takes it.
+        fn ledger_pool(pool: &Pool<Self>) -> crate::health::ledger::LedgerPool;
+
         /// Runs the app's migrations.
         fn migrate<'c>(
             pool: &'c Pool<Self>,

@@ -83,6 +83,10 @@ impl Sealed for Postgres {
     const ADD_COLUMN: &'static str = "ADD COLUMN IF NOT EXISTS";
     const CAN_SET_DEFAULT: bool = true;
 
+    fn ledger_pool(pool: &Pool<Self>) -> crate::health::ledger::LedgerPool {
+        pool.clone().into()
+    }
+
     fn default_begin() -> Option<&'static str> {
         None
     }

@@ -108,6 +108,10 @@ impl Sealed for Sqlite {
     const ADD_COLUMN: &'static str = "ADD COLUMN";
     const CAN_SET_DEFAULT: bool = false;
 
+    fn ledger_pool(pool: &Pool<Self>) -> crate::health::ledger::LedgerPool {
+        pool.clone().into()
+    }
+
     fn default_begin() -> Option<&'static str> {
         Some(BEGIN_IMMEDIATE)
     }

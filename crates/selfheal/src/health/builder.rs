@@ -336,6 +336,11 @@ impl MonitorBuilder {
             coarse_ms: AtomicU64::new(0),
             coarse_epoch: AtomicU64::new(0),
             global_generation: AtomicU64::new(0),
+            fleet_alerts: AtomicBool::new(false),
+            fleet_firing: Mutex::new(Vec::new()),
+            keep_attempts: AtomicBool::new(false),
+            attempts: Mutex::new(super::AttemptBook::default()),
+            ledger: Mutex::new(None),
         };
         Ok(Monitor {
             inner: Arc::new(inner),

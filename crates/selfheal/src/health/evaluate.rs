@@ -88,19 +88,29 @@ impl Monitor {
         }
         book.prune(now_secs, self.inner.cooldown);
         drop(book);
+        if self.inner.fleet_alerts.load(Ordering::Acquire) {
+            // A health ledger notifies for the whole fleet; this instance's
+            // book still moves its own status.
+            return Vec::new();
+        }
         for notice in &notices {
-            {
-                let mut recent = lock(&self.inner.recent_alerts);
-                if recent.len() >= self.inner.recent.max(1) {
-                    recent.pop_front();
-                }
-                recent.push_back(notice.clone());
-            }
-            if self.inner.tx.try_send(notice.clone()).is_err() {
-                self.inner.alerts_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            self.publish(notice.clone());
         }
         notices
+    }
+
+    /// Queues `notice` for the sinks and keeps it among the recent alerts.
+    pub(super) fn publish(&self, notice: Alert) {
+        {
+            let mut recent = lock(&self.inner.recent_alerts);
+            if recent.len() >= self.inner.recent.max(1) {
+                recent.pop_front();
+            }
+            recent.push_back(notice.clone());
+        }
+        if self.inner.tx.try_send(notice).is_err() {
+            self.inner.alerts_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn notice(

@@ -64,12 +64,15 @@
 //! ```
 
 mod alert;
+mod attempts;
 mod builder;
 mod check;
 #[cfg(feature = "email")]
 mod email;
 mod evaluate;
 mod fingerprint;
+#[cfg(feature = "sqlx")]
+pub mod ledger;
 mod observer;
 mod report;
 mod table;
@@ -94,8 +97,8 @@ pub use check::{CheckOptions, CheckResult};
 #[cfg(feature = "email")]
 pub use email::{EmailError, EmailSink};
 pub use report::{
-    BreakerReport, FingerprintReport, HealRecord, LimiterReport, Report, RequestReport, Status,
-    Summary, ThrottleReport,
+    BreakerReport, FingerprintReport, HealRecord, LedgerStats, LimiterReport, Report,
+    RequestReport, Status, Summary, ThrottleReport,
 };
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookError, WebhookPayload, WebhookSink};
@@ -105,6 +108,7 @@ pub use crate::observe::{ClientId, HealKind};
 use crate::retry::Policy;
 use crate::sync::lock;
 use alert::AlertBook;
+use attempts::AttemptBook;
 use check::Check;
 use fingerprint::Fingerprint;
 pub(crate) use fingerprint::truncate;
@@ -167,6 +171,18 @@ struct Inner {
     coarse_on: AtomicBool,
     coarse_ms: AtomicU64,
     coarse_epoch: AtomicU64,
+    /// Set while a health ledger evaluates the alert rules on the fleet's
+    /// counts: the local evaluation keeps its book (for the status) but
+    /// sends no notices, so that a fleet alerts once, not once per instance.
+    fleet_alerts: AtomicBool,
+    /// The fleet's alerts holding now (rule, fingerprint, severity), as
+    /// last evaluated by the ledger.
+    fleet_firing: Mutex<Vec<(String, Option<String>, Severity)>>,
+    /// Whether retry outcomes are tallied per operation (a ledger asks).
+    keep_attempts: AtomicBool,
+    attempts: Mutex<AttemptBook>,
+    /// The health ledger's state, when one is attached.
+    ledger: Mutex<Option<LedgerStats>>,
     /// The global observer's generation when [`MonitorBuilder::start`]
     /// installed this monitor there (0: never).
     global_generation: AtomicU64,

@@ -25,7 +25,9 @@
 //! | `Error`, `Heal` | recorded as they are (an error with its client, if any) |
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use super::attempts::Outcome;
 use super::{HealKind, Monitor};
 use crate::observe::{BreakerState, Event, GiveUpReason, Observer};
 use crate::sync::lock;
@@ -47,6 +49,14 @@ impl Observer for Monitor {
 }
 
 impl Monitor {
+    /// Tallies a retry outcome for the health ledger, when one asked.
+    fn tally(&self, operation: &str, outcome: Outcome, attempt: u32, waited: Duration) {
+        if self.inner.keep_attempts.load(Ordering::Relaxed) {
+            let waited_ms = waited.as_millis().min(u128::from(u64::MAX)) as u64;
+            lock(&self.inner.attempts).add(operation, outcome, attempt, waited_ms);
+        }
+    }
+
     #[inline(never)]
     fn on_other_event(&self, event: &Event<'_>) {
         let m = self;
@@ -56,10 +66,21 @@ impl Monitor {
             return;
         }
         match *event {
-            Event::Retry { .. } => {
+            Event::Retry {
+                operation,
+                attempt,
+                delay,
+                ..
+            } => {
                 m.inner.retries.fetch_add(1, Ordering::Relaxed);
+                m.tally(operation, Outcome::Retry, attempt, delay);
             }
-            Event::Recovered { operation, .. } => {
+            Event::Recovered {
+                operation,
+                attempts,
+                waited,
+            } => {
+                m.tally(operation, Outcome::Recovered, attempts, waited);
                 m.record_heal(HealKind::RetryRecovered, operation)
             }
             Event::GaveUp {
@@ -70,8 +91,9 @@ impl Monitor {
                 operation,
                 reason,
                 failure,
-                ..
+                attempts,
             } => {
+                m.tally(operation, Outcome::GaveUp(reason), attempts, Duration::ZERO);
                 if reason == GiveUpReason::Budget {
                     m.inner.budget_refusals.fetch_add(1, Ordering::Relaxed);
                 }

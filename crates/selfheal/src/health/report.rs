@@ -199,6 +199,32 @@ pub struct Report {
     pub alerts_dropped: u64,
     /// Alert deliveries that failed after retrying.
     pub alert_delivery_failures: u64,
+    /// The health ledger's state, when one is attached (feature `sqlx`).
+    pub ledger: Option<LedgerStats>,
+}
+
+/// What the health ledger did (feature `sqlx`, `health::ledger`): how many
+/// closed buckets reached the database, how many wait in memory, how many
+/// were dropped because the database stayed away longer than the buffer
+/// lasts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerStats {
+    /// This instance's id in the fleet.
+    pub instance: String,
+    /// Buckets written to the database since start.
+    pub flushed_buckets: u64,
+    /// Closed buckets waiting in memory for the database.
+    pub pending_buckets: u64,
+    /// Closed buckets dropped (the buffer was full, or the ledger fell
+    /// further behind than the monitor's ring reaches).
+    pub dropped_buckets: u64,
+    /// Flushes that failed.
+    pub failed_flushes: u64,
+    /// The last flush's error, while flushes fail (redacted).
+    pub last_error: Option<String>,
+    /// Whether alert rules run on the fleet's counts now (`false`: on this
+    /// instance's own view, because the database is unreachable).
+    pub fleet_alerts: bool,
 }
 
 /// "Last 15 minutes", "Last hour".
@@ -401,6 +427,20 @@ impl Monitor {
             }
         }
 
+        if self.inner.fleet_alerts.load(Ordering::Acquire) {
+            for (rule, fingerprint, severity) in lock(&self.inner.fleet_firing).iter() {
+                if *severity == Severity::Critical {
+                    let what = fingerprint
+                        .as_deref()
+                        .map_or_else(String::new, |fp| format!(" for {fp}"));
+                    raise(
+                        Status::Critical,
+                        format!("alert '{rule}' is firing{what} across the fleet"),
+                    );
+                }
+            }
+        }
+
         for (status, reason) in lock(&self.inner.conditions).values() {
             raise(*status, reason.clone());
         }
@@ -544,6 +584,7 @@ impl Monitor {
                 .collect(),
             alerts_dropped: self.alerts_dropped(),
             alert_delivery_failures: self.inner.delivery_failures.load(Ordering::Relaxed),
+            ledger: lock(&self.inner.ledger).clone(),
         }
     }
 }

@@ -127,6 +127,21 @@ impl Ring {
             .sum()
     }
 
+    /// The count of bucket `epoch` alone (0 if its slots moved on to a newer
+    /// epoch): one word per stripe. A read for the health ledger, which
+    /// copies closed buckets out; the record path never calls it.
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    pub(crate) fn at(&self, epoch: u32) -> u64 {
+        let index = epoch as usize % self.len;
+        (0..self.stripes)
+            .map(|stripe| {
+                let (tag, count) =
+                    unpack(self.slots[stripe * self.len + index].load(Ordering::Relaxed));
+                if tag == epoch { u64::from(count) } else { 0 }
+            })
+            .sum()
+    }
+
     /// Adds the counts of the `out.len()` most recent epochs into `out`,
     /// oldest first.
     pub(crate) fn add_series(&self, now: u32, out: &mut [u64]) {
@@ -282,6 +297,9 @@ mod tests {
         r.add(14, 1);
         assert_eq!(r.sum(14, 4), 6);
         assert_eq!(r.sum(20, 4), 0);
+        assert_eq!(r.at(11), 5);
+        assert_eq!(r.at(14), 1);
+        assert_eq!(r.at(10), 0, "overwritten by epoch 14");
     }
 
     #[test]

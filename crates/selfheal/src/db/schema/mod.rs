@@ -17,7 +17,10 @@
 //! 1. runs your `sqlx::migrate!` migrations ([`Startup::with_migrate`]); on
 //!    PostgreSQL sqlx holds an advisory lock while it does, so instances
 //!    starting together migrate once;
-//! 2. installs selfheal's own table (the [idempotency guard](super::guard));
+//! 2. installs selfheal's own table (the [idempotency guard](super::guard)),
+//!    and with [`Startup::with_health_ledger`] the
+//!    [health ledger](crate::health::ledger)'s, whose declaration is added to
+//!    yours;
 //! 3. compares the [`Schema`] you declare with the live database (SQLite:
 //!    `pragma_table_info`, `pragma_index_list`; PostgreSQL: `pg_attribute`,
 //!    `pg_index`) and, under a lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL:
@@ -148,6 +151,7 @@ pub struct Startup<'a, DB: Backend> {
     refuse: bool,
     repair: bool,
     guard_table: bool,
+    ledger: bool,
     check: CheckOptions,
 }
 
@@ -162,6 +166,7 @@ impl<'a, DB: Backend> Startup<'a, DB> {
             refuse: false,
             repair: true,
             guard_table: true,
+            ledger: false,
             check: CheckOptions {
                 interval: std::time::Duration::from_secs(60),
                 critical: false,
@@ -208,6 +213,14 @@ impl<'a, DB: Backend> Startup<'a, DB> {
         self
     }
 
+    /// Whether to install the [health ledger](crate::health::ledger)'s
+    /// tables and check them with the app's (default `false`): missing
+    /// columns added since are repaired like the app's own.
+    pub fn with_health_ledger(mut self, install: bool) -> Self {
+        self.ledger = install;
+        self
+    }
+
     /// How the `db.schema` check runs.
     pub fn with_check_options(mut self, options: CheckOptions) -> Self {
         self.check = options;
@@ -224,7 +237,13 @@ impl<'a, DB: Backend> Startup<'a, DB> {
         if self.guard_table {
             guard::install(self.pool).await?;
         }
-        let Some(schema) = self.schema else {
+        let mut schema = self.schema;
+        if self.ledger {
+            crate::health::ledger::install(&DB::ledger_pool(self.pool)).await?;
+            let tables = crate::health::ledger::declare().tables;
+            schema.get_or_insert_with(Schema::new).tables.extend(tables);
+        }
+        let Some(schema) = schema else {
             return Ok(SchemaReport::default());
         };
         let report = if self.repair {

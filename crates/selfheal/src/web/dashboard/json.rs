@@ -34,6 +34,7 @@ fn health_status(status: Status) -> &'static str {
 /// | `<check>:responseTime` | each registered check: pass/fail, took ms |
 /// | `<breaker>:state` | each circuit breaker: `closed`, `half_open`, `open` |
 /// | `retries:count`, `retryBudget:refusals`, `breakers:rejections` | since start |
+/// | `healthLedger:droppedBuckets` | with a [health ledger](crate::health::ledger): buckets dropped, and written, waiting, where alerts come from (`warn` while flushes fail) |
 pub fn health_json(report: &Report, service: &str) -> Value {
     let now = rfc3339(unix_secs(SystemTime::now()));
     let overall = health_status(report.status);
@@ -149,6 +150,31 @@ pub fn health_json(report: &Report, service: &str) -> Value {
                 "observedUnit": unit,
                 "status": "pass",
                 "time": now,
+            })],
+        );
+    }
+    if let Some(ledger) = &report.ledger {
+        let output = format!(
+            "instance {}: {} buckets written, {} waiting, {} dropped; alerts from {}",
+            ledger.instance,
+            ledger.flushed_buckets,
+            ledger.pending_buckets,
+            ledger.dropped_buckets,
+            if ledger.fleet_alerts {
+                "the fleet's counts"
+            } else {
+                "this instance's own view"
+            }
+        );
+        put(
+            "healthLedger:droppedBuckets".into(),
+            vec![json!({
+                "componentType": "datastore",
+                "observedValue": ledger.dropped_buckets,
+                "observedUnit": "buckets",
+                "status": if ledger.last_error.is_none() { "pass" } else { "warn" },
+                "time": now,
+                "output": output,
             })],
         );
     }

@@ -18,6 +18,7 @@
 //! the timestamps both show.
 
 mod dates;
+mod fleet;
 mod json;
 mod routes;
 mod view;
@@ -43,6 +44,8 @@ pub struct Dashboard {
     service: String,
     hint: Option<String>,
     throttle: LoginThrottle,
+    #[cfg(feature = "sqlx")]
+    ledger: Option<crate::health::ledger::Ledger>,
 }
 
 impl Dashboard {
@@ -56,6 +59,8 @@ impl Dashboard {
             refresh: Duration::from_secs(30),
             service: "service".to_owned(),
             hint: None,
+            #[cfg(feature = "sqlx")]
+            ledger: None,
         }
     }
 
@@ -64,6 +69,18 @@ impl Dashboard {
     /// change its budgets or tell clients apart by a proxy's header.
     pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
         self.throttle = throttle;
+        self
+    }
+
+    /// Shows the fleet and its history from `ledger` (feature `sqlx`): every
+    /// instance with its status (silent ones flagged), fingerprints merged
+    /// across instances with per-instance counts, and 24 h / 7 d / 30 d of
+    /// history (`?history=24h|7d|30d`) with trends, marks and retry advice;
+    /// in `health.json` too (`fleet`, `history`). Default: this instance
+    /// only.
+    #[cfg(feature = "sqlx")]
+    pub fn with_ledger(mut self, ledger: crate::health::ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
         self
     }
 

@@ -75,6 +75,9 @@ where
 #[derive(Debug, Deserialize)]
 struct WindowQuery {
     window: Option<String>,
+    /// The history period (`24h`, `7d`, `30d`), with a ledger.
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    history: Option<String>,
 }
 
 impl WindowQuery {
@@ -152,7 +155,13 @@ async fn html(
 ) -> Response {
     let (window, key) = query.window();
     let report = dashboard.monitor.report(window);
-    let page = HealthPage::new(&dashboard, &report, key, csrf.as_ref());
+    #[allow(unused_mut)]
+    let mut page = HealthPage::new(&dashboard, &report, key, csrf.as_ref());
+    #[cfg(feature = "sqlx")]
+    if let Some(ledger) = &dashboard.ledger {
+        let period = query.history.as_deref().unwrap_or("24h");
+        page.fleet = Some(super::fleet::read(ledger, period).await.0);
+    }
     match page.render() {
         Ok(body) => secured(StatusCode::OK, "text/html; charset=utf-8", body),
         Err(error) => {
@@ -169,7 +178,16 @@ async fn json(
 ) -> Response {
     let (window, _) = query.window();
     let report = dashboard.monitor.report(window);
-    let body = health_json(&report, &dashboard.service);
+    #[allow(unused_mut)]
+    let mut body = health_json(&report, &dashboard.service);
+    #[cfg(feature = "sqlx")]
+    if let Some(ledger) = &dashboard.ledger {
+        let period = query.history.as_deref().unwrap_or("24h");
+        let (_, read) = super::fleet::read(ledger, period).await;
+        let (fleet, history) = super::fleet::to_json(&read);
+        body["fleet"] = fleet;
+        body["history"] = history;
+    }
     let status = if report.status == Status::Critical {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -84,6 +84,8 @@ pub(super) struct HealthPage {
     breakers: Vec<Row>,
     limiters: Vec<Row>,
     notes: Vec<String>,
+    /// The health ledger's state, in words, when one is attached.
+    ledger: Option<String>,
     throttle_rejections: u64,
     retries: u64,
     budget_refusals: u64,
@@ -95,6 +97,8 @@ pub(super) struct HealthPage {
     generated: String,
     /// The sign-out form's token, when a `CsrfLayer` runs.
     csrf: Option<String>,
+    /// The fleet and its history, with a ledger.
+    pub(super) fleet: Option<super::fleet::FleetView>,
 }
 
 const CHART_HEIGHT: u32 = 60;
@@ -207,6 +211,19 @@ impl HealthPage {
                 })
                 .collect(),
             notes: report.notes.clone(),
+            ledger: report.ledger.as_ref().map(|l| {
+                format!(
+                    "{} buckets written, {} waiting, {} dropped{}",
+                    l.flushed_buckets,
+                    l.pending_buckets,
+                    l.dropped_buckets,
+                    if l.fleet_alerts {
+                        ""
+                    } else {
+                        "; alerts from this instance's own view"
+                    }
+                )
+            }),
             throttle_rejections: report.throttle_rejections,
             retries: report.retries,
             budget_refusals: report.budget_refusals,
@@ -252,6 +269,7 @@ impl HealthPage {
                 .collect(),
             generated: rfc3339(unix_secs(SystemTime::now())),
             csrf: csrf.map(crate::web::csrf::CsrfToken::value),
+            fleet: None,
         }
     }
 }
