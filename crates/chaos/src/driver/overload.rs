@@ -28,6 +28,7 @@
 //! many of the `503`s were the limit's is read from the app's `/metrics`
 //! (`selfheal_shed_total`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,9 @@ pub struct AppOverloadRun {
     pub peak_rss_bytes: Option<u64>,
     /// Successful logins per arrival second of the overload phase.
     pub goodput_per_second: Vec<f64>,
+    /// What the overload phase's logins got: status codes, `timeout` (the
+    /// user stopped waiting), `error` (no answer).
+    pub answers: BTreeMap<String, u64>,
 }
 
 /// A visitor's login form: its CSRF cookie and token.
@@ -140,9 +144,16 @@ struct Logins {
     base: String,
     forms: Vec<Form>,
     accounts: Vec<String>,
+    /// What the logins got, by status code (`timeout`, `error`).
+    answers: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 const PASSWORD: &str = "chaos-password-123";
+
+/// Students the logins take turns on: the login throttle slows an account
+/// with more than 30 attempts in flight, which a rush spread over this many
+/// never reaches.
+const ACCOUNTS: usize = 32;
 
 impl Logins {
     /// A visitor's login form.
@@ -178,6 +189,7 @@ impl Logins {
             let answer = http
                 .post(format!("{base}/signup"))
                 .header(reqwest::header::COOKIE, &form.cookie)
+                .header("x-real-ip", client_ip(i))
                 .form(&[
                     ("name", format!("Overload User {i}")),
                     ("email", email.clone()),
@@ -198,6 +210,7 @@ impl Logins {
             base,
             forms,
             accounts: emails,
+            answers: Default::default(),
         })
     }
 
@@ -208,6 +221,7 @@ impl Logins {
             .http
             .post(format!("{}/login", self.base))
             .header(reqwest::header::COOKIE, &form.cookie)
+            .header("x-real-ip", client_ip(n))
             .form(&[
                 ("email", self.accounts[n % self.accounts.len()].as_str()),
                 ("password", PASSWORD),
@@ -215,11 +229,27 @@ impl Logins {
             ])
             .send()
             .await;
+        let kind = match &answer {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".to_owned(),
+            Err(_) => "error".to_owned(),
+        };
+        self.note(kind);
         match answer {
             Ok(r) if r.status() == reqwest::StatusCode::SEE_OTHER => Got::Success,
             Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => Got::Shed,
             _ => Got::Failed,
         }
+    }
+
+    /// Counts one answer of kind `kind`.
+    fn note(&self, kind: String) {
+        *self
+            .answers
+            .lock()
+            .expect("answers")
+            .entry(kind)
+            .or_default() += 1;
     }
 
     /// `users` users in a closed loop for `duration`: one sample per login.
@@ -275,7 +305,10 @@ impl Logins {
             tasks.push(tokio::spawn(async move {
                 let got = tokio::time::timeout_at((scheduled + timeout).into(), logins.login(n))
                     .await
-                    .unwrap_or(Got::Failed);
+                    .unwrap_or_else(|_| {
+                        logins.note("timeout".to_owned());
+                        Got::Failed
+                    });
                 Sample {
                     arrival: at,
                     latency: scheduled.elapsed().min(timeout),
@@ -291,6 +324,14 @@ impl Logins {
         }
         all
     }
+}
+
+/// The address of the `n`th visitor, as the reverse proxy in front of the
+/// app (`x-real-ip`) reports it: logins come from many clients, as in a
+/// real rush, so the login throttle (which counts attempts in flight per
+/// client and per account) sees no single client guessing.
+fn client_ip(n: usize) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
 }
 
 /// The value of the metric line starting with `prefix` in a Prometheus text page.
@@ -310,6 +351,7 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun>
     let mut config = Config::new(dir.path());
     config.healing = Healing::On;
     config.concurrency_limit = options.limit;
+    config.client_ip_header = Some("x-real-ip".to_owned());
     config.secret_key = Some(Secret::new(format!(
         "{:016x}{:016x}{:016x}{:016x}",
         fastrand::u64(..),
@@ -331,7 +373,7 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun>
 /// The three phases against a running app.
 async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppOverloadRun> {
     let base = app.url();
-    let logins = Arc::new(Logins::prepare(base.clone(), 4).await?);
+    let logins = Arc::new(Logins::prepare(base.clone(), ACCOUNTS).await?);
     let unloaded = logins.closed_loop(1, options.unloaded).await;
     let ok = |s: &Sample| s.got == Got::Success;
     let peak = logins.closed_loop(options.peak_users, options.peak).await;
@@ -340,6 +382,7 @@ async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppO
         .rate
         .unwrap_or(options.factor * peak_goodput)
         .max(1.0);
+    logins.answers.lock().expect("answers").clear();
     let overload = logins
         .open_loop(rate, options.overload, options.user_timeout, options.seed)
         .await;
@@ -383,6 +426,7 @@ async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppO
         final_limit: metric(&metrics, "selfheal_concurrency_limit{limiter=\"cozmic\"}"),
         peak_rss_bytes: app.peak_rss_bytes().await,
         goodput_per_second: figures::goodput_per_second(&overload, options.overload),
+        answers: logins.answers.lock().expect("answers").clone(),
     })
 }
 

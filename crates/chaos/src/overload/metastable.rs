@@ -156,6 +156,10 @@ pub struct MetastableRun {
     pub settled_ratio: Option<f64>,
     /// Upstream work done for clients that had gone, share of all served.
     pub wasted_share: f64,
+    /// The longest the upstream's queue was in the trigger's last second.
+    pub backlog_at_trigger_end: u64,
+    /// The longest the upstream's queue was in the run's last second.
+    pub backlog_at_end: u64,
     /// Successes per arrival second (the chart's curve).
     pub goodput_per_second: Vec<f64>,
     /// Upstream calls per second.
@@ -207,6 +211,16 @@ impl MetastableRun {
             } else {
                 wasted as f64 / (answered + wasted) as f64
             },
+            backlog_at_trigger_end: counts
+                .queue
+                .get(secs(s.trigger_end).saturating_sub(1))
+                .copied()
+                .unwrap_or(0),
+            backlog_at_end: counts
+                .queue
+                .get(secs(s.duration).saturating_sub(1))
+                .copied()
+                .unwrap_or(0),
             goodput_per_second: figures::goodput_per_second(samples, s.duration),
             calls_per_second,
         }

@@ -44,6 +44,8 @@ pub struct PoolCounts {
     pub answered: Vec<u64>,
     /// Requests served after their client had gone (wasted work), per second.
     pub wasted: Vec<u64>,
+    /// The longest the queue (requests waiting for a worker) was, per second.
+    pub queue: Vec<u64>,
 }
 
 /// The pool's shared state.
@@ -53,6 +55,8 @@ struct Pool {
     service: Duration,
     /// The slowdown factor × 1000 (1000: none).
     slowdown_millis: AtomicU64,
+    /// Requests waiting for a worker now.
+    waiting: AtomicU64,
     started: Instant,
     counts: Mutex<PoolCounts>,
 }
@@ -60,13 +64,22 @@ struct Pool {
 impl Pool {
     /// Adds one to `pick(counts)` at the current second.
     fn count(&self, pick: fn(&mut PoolCounts) -> &mut Vec<u64>) {
+        self.at_this_second(pick, |slot| *slot += 1);
+    }
+
+    /// Applies `update` to `pick(counts)` at the current second.
+    fn at_this_second(
+        &self,
+        pick: fn(&mut PoolCounts) -> &mut Vec<u64>,
+        update: impl FnOnce(&mut u64),
+    ) {
         let second = self.started.elapsed().as_secs() as usize;
         let mut counts = self.counts.lock().expect("pool counts");
         let series = pick(&mut counts);
         if series.len() <= second {
             series.resize(second + 1, 0);
         }
-        series[second] += 1;
+        update(&mut series[second]);
     }
 
     fn service_time(&self) -> Duration {
@@ -91,6 +104,7 @@ impl PoolServer {
             workers: Semaphore::new(workers.max(1)),
             service,
             slowdown_millis: AtomicU64::new(1000),
+            waiting: AtomicU64::new(0),
             started: Instant::now(),
             counts: Mutex::new(PoolCounts::default()),
         });
@@ -145,7 +159,11 @@ async fn work(State(pool): State<Arc<Pool>>) -> StatusCode {
     let job = pool.clone();
     // Detached: the job runs its turn even if this handler is dropped.
     tokio::spawn(async move {
-        let Ok(_worker) = job.workers.acquire().await else {
+        let queued = job.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        job.at_this_second(|c| &mut c.queue, |max| *max = (*max).max(queued));
+        let worker = job.workers.acquire().await;
+        job.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(_worker) = worker else {
             return;
         };
         tokio::time::sleep(job.service_time()).await;
@@ -191,5 +209,6 @@ mod tests {
         assert_eq!(counts.arrived.iter().sum::<u64>(), 2);
         assert_eq!(counts.wasted.iter().sum::<u64>(), 1);
         assert_eq!(counts.answered.iter().sum::<u64>(), 1);
+        assert_eq!(counts.queue.iter().max(), Some(&1));
     }
 }

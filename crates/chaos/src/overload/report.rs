@@ -66,8 +66,8 @@ impl OverloadReport {
             s.attempt_timeout_ms
         );
         out.push_str(
-            "| client | goodput before | during trigger | after | upstream calls/s before / during / after | calls per request (trigger) | time to recover to 95 % | goodput 10 s+ after (of before) | upstream work wasted |\n\
-             | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| client | goodput before | during trigger | after | upstream calls/s before / during / after | calls per request (trigger) | upstream queue at trigger end / run end | time to recover to 95 % | goodput 10 s+ after (of before) | upstream work wasted |\n\
+             | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for variant in ClientVariant::ALL {
             let runs = self.runs_of(variant);
@@ -88,7 +88,7 @@ impl OverloadReport {
             let settled: Vec<f64> = runs.iter().filter_map(|r| r.settled_ratio).collect();
             let _ = writeln!(
                 out,
-                "| {} | {:.1}/s | {:.1}/s | {:.1}/s | {:.0} / {:.0} / {:.0} | {:.2} | {recover} | {:.0} % | {:.0} % |",
+                "| {} | {:.1}/s | {:.1}/s | {:.1}/s | {:.0} / {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {recover} | {:.0} % | {:.0} % |",
                 variant.label(),
                 m(|r| r.goodput_before),
                 m(|r| r.goodput_during),
@@ -97,6 +97,8 @@ impl OverloadReport {
                 m(|r| r.calls_per_sec[1]),
                 m(|r| r.calls_per_sec[2]),
                 m(|r| r.calls_per_request_during),
+                m(|r| r.backlog_at_trigger_end as f64),
+                m(|r| r.backlog_at_end as f64),
                 mean(settled) * 100.0,
                 m(|r| r.wasted_share) * 100.0,
             );
