@@ -99,7 +99,9 @@ fn panel<DB: DrawingBackend>(
 }
 
 impl OverloadReport {
-    /// The chart (see the [module docs](self)).
+    /// The chart: goodput per second of each metastability client with the
+    /// trigger shaded, and of the app under 3× overload with and without
+    /// its limit against its peak; each curve the mean over the seeds.
     pub fn svg(&self) -> Result<String, String> {
         let mut svg = String::new();
         {
