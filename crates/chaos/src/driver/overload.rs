@@ -68,7 +68,7 @@ pub struct AppOverloadOptions {
 }
 
 impl AppOverloadOptions {
-    /// The full scenario: 6 s unloaded, 8 s of peak with 4 users, 25 s of
+    /// The full scenario: 6 s unloaded, 8 s of peak with 8 users, 25 s of
     /// overload at 3× the peak (figures from its 5th second), users waiting
     /// 5 s.
     pub fn full(limit: bool, exe: PathBuf, seed: u64) -> Self {
@@ -77,7 +77,7 @@ impl AppOverloadOptions {
             exe,
             unloaded: Duration::from_secs(6),
             peak: Duration::from_secs(8),
-            peak_users: 4,
+            peak_users: 8,
             overload: Duration::from_secs(25),
             settle: Duration::from_secs(5),
             factor: 3.0,

@@ -116,7 +116,7 @@ impl OverloadReport {
             out,
             "#### App overload: cozmic offered about 3× the logins it can serve ({seeds})\n\n\
              Logins (an argon2 verification each, on one hashing thread per core), cozmic as a child process with healing on; \
-             unloaded = one user at a time; peak = 4 users in a closed loop; then {:.0} logins/s offered (3× the peak without the limit), \
+             unloaded = one user at a time; peak = 8 users in a closed loop (enough to keep both hashing threads busy); then {:.0} logins/s offered (3× the peak without the limit), \
              open loop, users wait 5 s; figures from the overload's 5th second.\n",
             first.offered_rate
         );
