@@ -84,9 +84,38 @@ pub struct Cli {
     pub readme: Option<PathBuf>,
 
     /// The README block to replace (`chaos` for the default plan; one block
-    /// per plan, e.g. `chaos-harsh`).
+    /// per plan, e.g. `chaos-harsh`; `--suite overload` writes
+    /// `chaos-overload` unless told otherwise).
     #[arg(long, default_value = "chaos", value_parser = block_name)]
     pub readme_block: String,
+
+    /// Which suite to run: the fault plan with healing on and off (the
+    /// default), or the overload suite (a metastable retry storm and the
+    /// app offered 3× what it serves; about 4 minutes per seed, run on its
+    /// own).
+    #[arg(long, value_enum, default_value_t = Suite::Faults)]
+    pub suite: Suite,
+}
+
+/// `--suite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// The fault plan, healing on vs off, the storm and the process faults.
+    Faults,
+    /// The overload suite (`chaos::overload`).
+    Overload,
+}
+
+impl Cli {
+    /// The README block to write: `--readme-block`, or for the overload
+    /// suite `chaos-overload` when it was left at its default.
+    pub fn block(&self) -> &str {
+        if self.suite == Suite::Overload && self.readme_block == "chaos" {
+            "chaos-overload"
+        } else {
+            &self.readme_block
+        }
+    }
 }
 
 /// A README block name: letters, digits and `-` only (it goes into an
@@ -293,6 +322,8 @@ mod tests {
         assert_eq!(cli.users, 32);
         assert_eq!(cli.heal, HealMode::Both);
         assert_eq!(cli.out, PathBuf::from("chaos-report"));
+        assert_eq!(cli.suite, Suite::Faults);
+        assert_eq!(cli.block(), "chaos");
         let storm = crate::plan::StormPlan::default().duration;
         let runs = cli.runs(storm);
         // heal on/off, three storm variants, kill -9 with healing on/off
@@ -338,6 +369,16 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].kind, RunKind::Heal { heal: false });
         assert_eq!(cli.database_url.as_deref(), Some("sqlite://x.db"));
+    }
+
+    #[test]
+    fn the_overload_suite_has_its_own_readme_block() {
+        let cli = Cli::try_parse_from(["chaos", "--suite", "overload", "--seeds", "3"]).unwrap();
+        assert_eq!(cli.suite, Suite::Overload);
+        assert_eq!(cli.block(), "chaos-overload");
+        let cli =
+            Cli::try_parse_from(["chaos", "--suite", "overload", "--readme-block", "x"]).unwrap();
+        assert_eq!(cli.block(), "x");
     }
 
     #[test]

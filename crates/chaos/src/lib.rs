@@ -20,6 +20,7 @@
 //! * [`balancer`]: a round-robin TCP load balancer in front of app instances (the fleet run).
 //! * [`upstream`]: local OpenAI- and Stripe-compatible HTTP servers.
 //! * [`smtp`]: a real SMTP server that can go down and come back on the same port.
+//! * [`overload`]: the overload suite (a metastable retry storm, the app offered 3× its capacity).
 //! * [`report`]: the outcome recorder, summaries, and the text/Markdown, JSON and SVG outputs.
 //! * [`progress`]: progress bars.
 //! * [`cli`]: the command line.
@@ -30,6 +31,7 @@ pub mod driver;
 pub mod faults;
 pub mod ledger;
 pub mod link;
+pub mod overload;
 pub mod plan;
 pub mod progress;
 pub mod proxy;

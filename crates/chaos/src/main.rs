@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chaos::cli::{Cli, RunKind, RunSpec};
+use chaos::cli::{Cli, RunKind, RunSpec, Suite};
 use chaos::driver::storm::StormOptions;
 use chaos::driver::{self, AppMode, RunOptions, RunOutcome};
 use chaos::plan::Plan;
@@ -84,6 +84,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {
+    if cli.suite == Suite::Overload {
+        let command = shown_command(std::env::args().skip(1)).join(" ");
+        chaos::overload::run_from_cli(cli, &command).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let seed = cli.seed_or_random();
     let specs = cli.runs(plan.storm.duration);
     let total: Duration = specs.iter().map(|r| r.duration).sum();

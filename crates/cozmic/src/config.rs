@@ -217,6 +217,11 @@ pub struct Config {
     pub upstream: UpstreamPolicy,
     /// Healing on (the default) or off (the chaos harness' control run).
     pub healing: Healing,
+    /// With healing on, whether the server limits how many requests it
+    /// serves at once (selfheal's adaptive concurrency limit, the excess
+    /// answered at once with a friendly 503). Default on; code only: the
+    /// chaos harness turns it off to measure what it does under overload.
+    pub concurrency_limit: bool,
     /// Chaos hooks, off by default.
     pub faults: FaultHooks,
     /// How often the email worker looks for due messages. Default 500 ms.
@@ -282,6 +287,7 @@ impl Config {
             https: false,
             upstream: UpstreamPolicy::default(),
             healing: Healing::On,
+            concurrency_limit: true,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
             mail_lease: Duration::from_secs(60),

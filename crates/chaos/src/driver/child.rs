@@ -82,6 +82,7 @@ struct ChildSpec {
     upstream_breaker: bool,
     upstream_throttle: bool,
     healing_on: bool,
+    concurrency_limit: bool,
     faults_armed: bool,
     mail_poll: Duration,
     mail_lease: Duration,
@@ -112,6 +113,7 @@ impl ChildSpec {
             secure_cookies,
             upstream,
             healing,
+            concurrency_limit,
             faults,
             mail_poll,
             mail_lease,
@@ -162,6 +164,7 @@ impl ChildSpec {
             upstream_breaker: breaker,
             upstream_throttle: throttle,
             healing_on: *healing == Healing::On,
+            concurrency_limit: *concurrency_limit,
             faults_armed: faults.is_armed(),
             mail_poll: *mail_poll,
             mail_lease: *mail_lease,
@@ -208,6 +211,7 @@ impl ChildSpec {
         } else {
             Healing::Off
         };
+        config.concurrency_limit = self.concurrency_limit;
         // Armed in code, as the in-process driver does: no variable can.
         if self.faults_armed {
             config.faults = FaultHooks::armed();

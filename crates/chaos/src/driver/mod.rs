@@ -44,6 +44,7 @@ mod database;
 mod integrity;
 mod links;
 mod lock;
+pub mod overload;
 mod process;
 mod resources;
 pub mod storm;

@@ -87,11 +87,13 @@ pub fn app(state: AppState) -> Router {
             // with the friendly 503 + Retry-After; the admin pages are never
             // shed (probes and /metrics are outside this layer anyway).
             // Starts at 64 and never goes below 16 requests at once.
-            heal = heal.with_adaptive_limit(
-                selfheal::web::AdaptiveLimit::new("cozmic")
-                    .with_limits(64, 16, 1000)
-                    .expect("valid limits"),
-            );
+            if config.concurrency_limit {
+                heal = heal.with_adaptive_limit(
+                    selfheal::web::AdaptiveLimit::new("cozmic")
+                        .with_limits(64, 16, 1000)
+                        .expect("valid limits"),
+                );
+            }
             pages.layer(heal)
         }
         Healing::Off => pages

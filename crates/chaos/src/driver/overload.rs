@@ -1,0 +1,450 @@
+//! The app's own overload: cozmic (a child process, healing on) offered
+//! about three times the logins it can serve, with and without its
+//! adaptive concurrency limit (`Config::concurrency_limit`).
+//!
+//! Why logins: a login verifies an argon2 hash (tens of milliseconds of
+//! CPU and 19 MiB each, on a gate of one thread per core), so its cost is
+//! real and the app's, not the harness's: the load generator spends
+//! microseconds per request and cannot be what saturates first on a
+//! 2-core machine. Each login is a fresh visitor (no session cookie, the
+//! login form's CSRF cookie and token), so each success also writes a new
+//! session.
+//!
+//! Three phases per run, on one app process:
+//!
+//! 1. **unloaded**: one user, one login after the other: the p50 and p99
+//!    that the overload is compared with;
+//! 2. **peak**: a few users in a closed loop (each sends its next login
+//!    when the last is answered), enough to keep every hashing thread
+//!    busy: the peak goodput, logins per second;
+//! 3. **overload**: open-loop Poisson arrivals at the offered rate (three
+//!    times the peak of the run without the limit, the same for both), each
+//!    user waiting at most the user timeout; the figures are taken after
+//!    the first seconds (while the limit finds its level).
+//!
+//! A login is a success when it is answered with the redirect to the
+//! dashboard; shed when answered `503` (the limit's friendly page, or the
+//! hashing gate's own "busy"); failed otherwise (a timeout, an error). How
+//! many of the `503`s were the limit's is read from the app's `/metrics`
+//! (`selfheal_shed_total`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cozmic::config::{Config, Healing, Secret};
+use serde::Serialize;
+
+use super::app::{App, AppMode};
+use crate::overload::figures::{self, Got, Sample};
+
+/// One app-overload run.
+#[derive(Debug, Clone)]
+pub struct AppOverloadOptions {
+    /// Whether the app's adaptive concurrency limit is on.
+    pub limit: bool,
+    /// The chaos binary, which serves the app as a child.
+    pub exe: PathBuf,
+    /// Length of the unloaded phase.
+    pub unloaded: Duration,
+    /// Length of the peak phase.
+    pub peak: Duration,
+    /// Users of the peak phase's closed loop.
+    pub peak_users: usize,
+    /// Length of the overload phase.
+    pub overload: Duration,
+    /// The overload's first part, left out of its figures.
+    pub settle: Duration,
+    /// The overload's offered rate as a multiple of the peak goodput.
+    pub factor: f64,
+    /// The offered rate, logins per second; `None`: `factor` × this run's
+    /// peak.
+    pub rate: Option<f64>,
+    /// How long a user waits for a login.
+    pub user_timeout: Duration,
+    /// RNG seed of the arrivals.
+    pub seed: u64,
+}
+
+impl AppOverloadOptions {
+    /// The full scenario: 6 s unloaded, 8 s of peak with 8 users, 25 s of
+    /// overload at 3× the peak (figures from its 5th second), users waiting
+    /// 5 s.
+    pub fn full(limit: bool, exe: PathBuf, seed: u64) -> Self {
+        Self {
+            limit,
+            exe,
+            unloaded: Duration::from_secs(6),
+            peak: Duration::from_secs(8),
+            peak_users: 8,
+            overload: Duration::from_secs(25),
+            settle: Duration::from_secs(5),
+            factor: 3.0,
+            rate: None,
+            user_timeout: Duration::from_secs(5),
+            seed,
+        }
+    }
+}
+
+/// What one app-overload run measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppOverloadRun {
+    /// Whether the adaptive concurrency limit was on.
+    pub limit: bool,
+    /// Seed of the arrivals.
+    pub seed: u64,
+    /// Median login latency, one user at a time, ms.
+    pub unloaded_p50_ms: f64,
+    /// 99th percentile login latency, one user at a time, ms.
+    pub unloaded_p99_ms: f64,
+    /// Logins per second with the peak phase's closed loop.
+    pub peak_goodput: f64,
+    /// The overload's offered rate, logins per second.
+    pub offered_rate: f64,
+    /// Logins that arrived in the overload's measured part.
+    pub requests: u64,
+    /// Successful logins per second in the overload's measured part.
+    pub goodput: f64,
+    /// `goodput / peak_goodput`.
+    pub goodput_ratio: f64,
+    /// Median latency of the logins accepted (succeeded) under overload, ms.
+    pub accepted_p50_ms: f64,
+    /// 99th percentile latency of the logins accepted under overload, ms.
+    pub accepted_p99_ms: f64,
+    /// `503` answers in the measured part (the limit's and the hashing gate's).
+    pub shed: u64,
+    /// Requests the limit shed over the whole run (`/metrics`), `None`
+    /// without a limit or when unreadable.
+    pub shed_by_limit: Option<u64>,
+    /// Logins that neither succeeded nor were shed (timeouts, errors).
+    pub failed: u64,
+    /// The limit at the end of the run (`/metrics`).
+    pub final_limit: Option<u64>,
+    /// The app process's peak resident set size (`VmHWM`), bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Successful logins per arrival second of the overload phase.
+    pub goodput_per_second: Vec<f64>,
+    /// What the overload phase's logins got: status codes, `timeout` (the
+    /// user stopped waiting), `error` (no answer).
+    pub answers: BTreeMap<String, u64>,
+}
+
+/// A visitor's login form: its CSRF cookie and token.
+#[derive(Clone)]
+struct Form {
+    cookie: String,
+    csrf: String,
+}
+
+/// Everything a login needs.
+struct Logins {
+    http: reqwest::Client,
+    base: String,
+    forms: Vec<Form>,
+    accounts: Vec<String>,
+    /// What the logins got, by status code (`timeout`, `error`).
+    answers: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+const PASSWORD: &str = "chaos-password-123";
+
+/// Students the logins take turns on: the login throttle slows an account
+/// with more than 30 attempts in flight, which a rush spread over this many
+/// never reaches.
+const ACCOUNTS: usize = 32;
+
+impl Logins {
+    /// A visitor's login form.
+    async fn form(http: &reqwest::Client, base: &str) -> anyhow::Result<Form> {
+        let page = http.get(format!("{base}/login")).send().await?;
+        let cookie = page
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("cozmic_csrf="))
+            .and_then(|v| v.split(';').next())
+            .ok_or_else(|| anyhow::anyhow!("no CSRF cookie on /login"))?
+            .to_owned();
+        let csrf = super::user::form_value(&page.text().await?, "csrf")
+            .ok_or_else(|| anyhow::anyhow!("no CSRF token on /login"))?;
+        Ok(Form { cookie, csrf })
+    }
+
+    /// Signs up `accounts` students and prepares 8 visitors' forms.
+    async fn prepare(base: String, accounts: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut forms = Vec::new();
+        for _ in 0..8 {
+            forms.push(Self::form(&http, &base).await?);
+        }
+        let mut emails = Vec::new();
+        for i in 0..accounts {
+            let email = format!("overload{i}@chaos.test");
+            let form = &forms[i % forms.len()];
+            let answer = http
+                .post(format!("{base}/signup"))
+                .header(reqwest::header::COOKIE, &form.cookie)
+                .header("x-real-ip", client_ip(i))
+                .form(&[
+                    ("name", format!("Overload User {i}")),
+                    ("email", email.clone()),
+                    ("password", PASSWORD.to_owned()),
+                    ("csrf", form.csrf.clone()),
+                ])
+                .send()
+                .await?;
+            anyhow::ensure!(
+                answer.status() == reqwest::StatusCode::SEE_OTHER,
+                "overload sign-up {i}: {}",
+                answer.status()
+            );
+            emails.push(email);
+        }
+        Ok(Self {
+            http,
+            base,
+            forms,
+            accounts: emails,
+            answers: Default::default(),
+        })
+    }
+
+    /// Login number `n`: what it got.
+    async fn login(&self, n: usize) -> Got {
+        let form = &self.forms[n % self.forms.len()];
+        let answer = self
+            .http
+            .post(format!("{}/login", self.base))
+            .header(reqwest::header::COOKIE, &form.cookie)
+            .header("x-real-ip", client_ip(n))
+            .form(&[
+                ("email", self.accounts[n % self.accounts.len()].as_str()),
+                ("password", PASSWORD),
+                ("csrf", form.csrf.as_str()),
+            ])
+            .send()
+            .await;
+        let kind = match &answer {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".to_owned(),
+            Err(_) => "error".to_owned(),
+        };
+        self.note(kind);
+        match answer {
+            Ok(r) if r.status() == reqwest::StatusCode::SEE_OTHER => Got::Success,
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => Got::Shed,
+            _ => Got::Failed,
+        }
+    }
+
+    /// Counts one answer of kind `kind`.
+    fn note(&self, kind: String) {
+        *self
+            .answers
+            .lock()
+            .expect("answers")
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// `users` users in a closed loop for `duration`: one sample per login.
+    async fn closed_loop(self: &Arc<Self>, users: usize, duration: Duration) -> Vec<Sample> {
+        let began = Instant::now();
+        let mut tasks = Vec::new();
+        for user in 0..users {
+            let logins = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut n = user;
+                while began.elapsed() < duration {
+                    let at = Instant::now();
+                    let got = logins.login(n).await;
+                    samples.push(Sample {
+                        arrival: at - began,
+                        latency: at.elapsed(),
+                        got,
+                    });
+                    n += users;
+                }
+                samples
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap_or_default());
+        }
+        all
+    }
+
+    /// Poisson arrivals at `rate` for `duration`, each waiting at most
+    /// `timeout`.
+    async fn open_loop(
+        self: &Arc<Self>,
+        rate: f64,
+        duration: Duration,
+        timeout: Duration,
+        seed: u64,
+    ) -> Vec<Sample> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let began = Instant::now();
+        let mut at = Duration::ZERO;
+        let mut tasks = Vec::new();
+        for n in 0.. {
+            at += Duration::from_secs_f64(-(1.0 - rng.f64()).ln() / rate);
+            if at >= duration {
+                break;
+            }
+            let scheduled = began + at;
+            tokio::time::sleep_until(scheduled.into()).await;
+            let logins = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let got = tokio::time::timeout_at((scheduled + timeout).into(), logins.login(n))
+                    .await
+                    .unwrap_or_else(|_| {
+                        logins.note("timeout".to_owned());
+                        Got::Failed
+                    });
+                Sample {
+                    arrival: at,
+                    latency: scheduled.elapsed().min(timeout),
+                    got,
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            if let Ok(sample) = task.await {
+                all.push(sample);
+            }
+        }
+        all
+    }
+}
+
+/// The address of the `n`th visitor, as the reverse proxy in front of the
+/// app (`x-real-ip`) reports it: logins come from many clients, as in a
+/// real rush, so the login throttle (which counts attempts in flight per
+/// client and per account) sees no single client guessing.
+fn client_ip(n: usize) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+/// The value of the metric line starting with `prefix` in a Prometheus text page.
+fn metric(page: &str, prefix: &str) -> Option<u64> {
+    page.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
+}
+
+/// Runs one app-overload run (see the [module docs](self)).
+pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::new(dir.path());
+    config.healing = Healing::On;
+    config.concurrency_limit = options.limit;
+    config.client_ip_header = Some("x-real-ip".to_owned());
+    config.secret_key = Some(Secret::new(format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )));
+    let mode = AppMode::Children {
+        exe: options.exe.clone(),
+        instances: 1,
+        kill: false,
+    };
+    let app = App::start(&mode, config, dir.path()).await?;
+    let measured = measure(options, &app).await;
+    app.shutdown().await;
+    measured
+}
+
+/// The three phases against a running app.
+async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppOverloadRun> {
+    let base = app.url();
+    let logins = Arc::new(Logins::prepare(base.clone(), ACCOUNTS).await?);
+    let unloaded = logins.closed_loop(1, options.unloaded).await;
+    let ok = |s: &Sample| s.got == Got::Success;
+    let peak = logins.closed_loop(options.peak_users, options.peak).await;
+    let peak_goodput = peak.iter().filter(|s| ok(s)).count() as f64 / options.peak.as_secs_f64();
+    let rate = options
+        .rate
+        .unwrap_or(options.factor * peak_goodput)
+        .max(1.0);
+    logins.answers.lock().expect("answers").clear();
+    let overload = logins
+        .open_loop(rate, options.overload, options.user_timeout, options.seed)
+        .await;
+    let measured: Vec<Sample> = overload
+        .iter()
+        .filter(|s| s.arrival >= options.settle)
+        .copied()
+        .collect();
+    let goodput = figures::goodput(&measured, options.settle, options.overload);
+    let metrics = async {
+        logins
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await
+    }
+    .await
+    .unwrap_or_default();
+    let count = |got| measured.iter().filter(|s| s.got == got).count() as u64;
+    Ok(AppOverloadRun {
+        limit: options.limit,
+        seed: options.seed,
+        unloaded_p50_ms: figures::percentile_ms(&unloaded, 0.5, ok),
+        unloaded_p99_ms: figures::percentile_ms(&unloaded, 0.99, ok),
+        peak_goodput,
+        offered_rate: rate,
+        requests: measured.len() as u64,
+        goodput,
+        goodput_ratio: if peak_goodput > 0.0 {
+            goodput / peak_goodput
+        } else {
+            0.0
+        },
+        accepted_p50_ms: figures::percentile_ms(&measured, 0.5, ok),
+        accepted_p99_ms: figures::percentile_ms(&measured, 0.99, ok),
+        shed: count(Got::Shed),
+        shed_by_limit: metric(&metrics, "selfheal_shed_total{limiter=\"cozmic\"}"),
+        failed: count(Got::Failed),
+        final_limit: metric(&metrics, "selfheal_concurrency_limit{limiter=\"cozmic\"}"),
+        peak_rss_bytes: app.peak_rss_bytes().await,
+        goodput_per_second: figures::goodput_per_second(&overload, options.overload),
+        answers: logins.answers.lock().expect("answers").clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_from_the_prometheus_page() {
+        let page = "# TYPE x counter\nselfheal_shed_total{limiter=\"cozmic\"} 42\nselfheal_concurrency_limit{limiter=\"cozmic\"} 17.4\n";
+        assert_eq!(
+            metric(page, "selfheal_shed_total{limiter=\"cozmic\"}"),
+            Some(42)
+        );
+        assert_eq!(
+            metric(page, "selfheal_concurrency_limit{limiter=\"cozmic\"}"),
+            Some(17)
+        );
+        assert_eq!(metric(page, "nothing"), None);
+    }
+}
