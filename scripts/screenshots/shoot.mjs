@@ -35,7 +35,8 @@ await student.screenshot({ path: `${out}/cozmic-dashboard.png`, fullPage: true }
 const admin = await (await browser.newContext(phone)).newPage();
 await admin.goto(`${base}/admin/login`);
 await admin.fill('input[name=token]', token);
-await Promise.all([admin.waitForLoadState('load'), admin.click('button[type=submit]')]);
+// Wait for the redirect to the health page: the sign-in sets the cookie there.
+await Promise.all([admin.waitForURL('**/admin/health'), admin.click('form[action="/admin/login"] button')]);
 await admin.goto(`${base}/admin/health`);
 await admin.screenshot({ path: `${out}/admin-health.png`, fullPage: true });
 await browser.close();
