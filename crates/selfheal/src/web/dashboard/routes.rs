@@ -140,7 +140,7 @@ fn secured(status: StatusCode, content_type: &'static str, body: String) -> Resp
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     // Ours and safe to show: a `HealLayer` around these routes keeps them.
     response.extensions_mut().insert(Friendly);
