@@ -115,12 +115,13 @@ pub struct AppOverloadRun {
     pub accepted_p99_ms: f64,
     /// `503` answers in the measured part (the limit's and the hashing gate's).
     pub shed: u64,
-    /// Requests the limit shed over the whole run (`/metrics`), `None`
-    /// without a limit or when unreadable.
+    /// Requests the limits shed over the whole run (`/metrics`: the
+    /// logins' own limit and the pages' limit), `None` without a limit or
+    /// when unreadable.
     pub shed_by_limit: Option<u64>,
     /// Logins that neither succeeded nor were shed (timeouts, errors).
     pub failed: u64,
-    /// The limit at the end of the run (`/metrics`).
+    /// The logins' limit at the end of the run (`/metrics`).
     pub final_limit: Option<u64>,
     /// The app process's peak resident set size (`VmHWM`), bytes.
     pub peak_rss_bytes: Option<u64>,
@@ -345,6 +346,18 @@ fn metric(page: &str, prefix: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// The sum of the metric lines starting with `prefix` (all labels), `None`
+/// when there is none.
+fn metric_sum(page: &str, prefix: &str) -> Option<u64> {
+    let values: Vec<u64> = page
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// Runs one app-overload run (see the [module docs](self)).
 pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun> {
     let dir = tempfile::tempdir()?;
@@ -421,9 +434,12 @@ async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppO
         accepted_p50_ms: figures::percentile_ms(&measured, 0.5, ok),
         accepted_p99_ms: figures::percentile_ms(&measured, 0.99, ok),
         shed: count(Got::Shed),
-        shed_by_limit: metric(&metrics, "selfheal_shed_total{limiter=\"cozmic\"}"),
+        shed_by_limit: metric_sum(&metrics, "selfheal_shed_total{"),
         failed: count(Got::Failed),
-        final_limit: metric(&metrics, "selfheal_concurrency_limit{limiter=\"cozmic\"}"),
+        final_limit: metric(
+            &metrics,
+            "selfheal_concurrency_limit{limiter=\"cozmic-passwords\"}",
+        ),
         peak_rss_bytes: app.peak_rss_bytes().await,
         goodput_per_second: figures::goodput_per_second(&overload, options.overload),
         answers: logins.answers.lock().expect("answers").clone(),
@@ -446,5 +462,8 @@ mod tests {
             Some(17)
         );
         assert_eq!(metric(page, "nothing"), None);
+        let page = format!("{page}selfheal_shed_total{{limiter=\"cozmic-passwords\"}} 8\n");
+        assert_eq!(metric_sum(&page, "selfheal_shed_total{"), Some(50));
+        assert_eq!(metric_sum(&page, "nothing"), None);
     }
 }

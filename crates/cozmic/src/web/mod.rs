@@ -82,17 +82,10 @@ pub fn app(state: AppState) -> Router {
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
-            // The server protects itself: the concurrency limit is found
-            // from latency (Gradient2) and the excess is answered at once
-            // with the friendly 503 + Retry-After; the admin pages are never
-            // shed (probes and /metrics are outside this layer anyway).
-            // Starts at 64 and never goes below 16 requests at once.
             if config.concurrency_limit {
-                heal = heal.with_adaptive_limit(
-                    selfheal::web::AdaptiveLimit::new("cozmic")
-                        .with_limits(64, 16, 1000)
-                        .expect("valid limits"),
-                );
+                for limit in concurrency_limits(&state) {
+                    heal = heal.with_adaptive_limit(limit);
+                }
             }
             pages.layer(heal)
         }
@@ -108,6 +101,37 @@ pub fn app(state: AppState) -> Router {
         Https(config.https),
         security_headers,
     ))
+}
+
+/// The server protects itself: its concurrency limits are found from
+/// latency (Gradient2) and the excess is answered at once with the friendly
+/// 503 + `Retry-After`; the admin pages are never shed (probes and
+/// `/metrics` are outside the layer anyway).
+///
+/// Two limits, because one would settle at the wrong level for one of
+/// them: the pages' (starts at 64, never below 16 at once), and a bulkhead
+/// for the two routes that verify or hash a password (argon2, tens of
+/// milliseconds of CPU each on one hashing thread per core). Measured under
+/// a login rush at 3x what the app serves: under the app-wide limit alone
+/// 16 logins in flight on two hashing threads waited ~8 hash times each
+/// (accepted p99 14x the unloaded p99); their own limit, between one and
+/// eight logins per hashing thread with Gradient2's queue at 1, settles at
+/// about what the threads run (`chaos --suite overload`, docs/adaptive.md).
+fn concurrency_limits(state: &AppState) -> [selfheal::web::AdaptiveLimit; 2] {
+    use axum::http::Method;
+    use selfheal::web::AdaptiveLimit;
+    let threads = u32::try_from(state.password_work().max_running()).unwrap_or(1);
+    [
+        AdaptiveLimit::new("cozmic")
+            .with_limits(64, 16, 1000)
+            .expect("valid limits"),
+        AdaptiveLimit::new("cozmic-passwords")
+            .with_limits(2 * threads, threads, 8 * threads)
+            .and_then(|l| l.with_queue(1.0))
+            .expect("valid limits")
+            .for_route(Method::POST, "/login")
+            .for_route(Method::POST, "/signup"),
+    ]
 }
 
 /// Whether the operator said the app is served over HTTPS (`COZMIC_HTTPS`).

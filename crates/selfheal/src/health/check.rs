@@ -4,7 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -67,7 +68,14 @@ pub(crate) struct Check {
     pub(crate) options: CheckOptions,
     pub(crate) probe: Probe,
     last: Mutex<CheckResult>,
+    /// The last verdict as one word, for [`CheckWatch`]: read on request
+    /// paths, so an atomic rather than the result's lock.
+    verdict: Arc<AtomicU8>,
 }
+
+const UNKNOWN: u8 = 0;
+const PASSING: u8 = 1;
+const FAILING: u8 = 2;
 
 impl fmt::Debug for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +101,16 @@ impl Check {
             options,
             probe,
             last: Mutex::new(last),
+            verdict: Arc::new(AtomicU8::new(UNKNOWN)),
+        }
+    }
+
+    /// A watch on this check's verdict.
+    pub(crate) fn watch(&self) -> CheckWatch {
+        CheckWatch {
+            name: Arc::from(&*self.name),
+            verdict: self.verdict.clone(),
+            interval: self.options.interval,
         }
     }
 
@@ -104,6 +122,8 @@ impl Check {
             Err(_) => Err(format!("timed out after {:?}", self.options.timeout)),
         };
         let passing = outcome.is_ok();
+        self.verdict
+            .store(if passing { PASSING } else { FAILING }, Ordering::Relaxed);
         let mut last = crate::sync::lock(&self.last);
         last.passing = Some(passing);
         last.message = outcome
@@ -119,5 +139,55 @@ impl Check {
 
     pub(crate) fn result(&self) -> CheckResult {
         crate::sync::lock(&self.last).clone()
+    }
+}
+
+/// A registered check's last verdict, readable in one atomic load: for
+/// policies that should act on what a check reports (from
+/// [`Monitor::watch_check`](super::Monitor::watch_check)).
+///
+/// Why: a check probes a dependency on its own schedule (a login to the
+/// payment provider's API, a `SELECT 1`, a model listing), and while it
+/// fails every call to that dependency would wait out a connect or attempt
+/// timeout and then fail anyway. The HTTP middleware
+/// ([`Builder::with_check`](crate::http::Builder::with_check)) uses a watch
+/// to fail such calls at once, so that the caller's fallback answers in
+/// microseconds; the check keeps probing, and calls resume the moment it
+/// passes again. Nothing stops for good.
+///
+/// Cheap to clone; clones watch the same check.
+#[derive(Clone)]
+pub struct CheckWatch {
+    name: Arc<str>,
+    verdict: Arc<AtomicU8>,
+    interval: Duration,
+}
+
+impl CheckWatch {
+    /// The check's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the check's last run failed (`false` before its first run:
+    /// no verdict is not a failure).
+    #[inline]
+    pub fn is_failing(&self) -> bool {
+        self.verdict.load(Ordering::Relaxed) == FAILING
+    }
+
+    /// How often the check runs: the longest a failing verdict can be
+    /// stale, so a fair `Retry-After` for calls refused on its word.
+    pub const fn interval(&self) -> Duration {
+        self.interval
+    }
+}
+
+impl fmt::Debug for CheckWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckWatch")
+            .field("name", &self.name)
+            .field("failing", &self.is_failing())
+            .finish()
     }
 }

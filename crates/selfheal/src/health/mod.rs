@@ -93,7 +93,7 @@ use tokio::time::Instant;
 
 pub use alert::{Alert, AlertRule, AlertSink, AlertState, LogSink, Severity, SinkFuture};
 pub use builder::{MonitorBuilder, StatusRules};
-pub use check::{CheckOptions, CheckResult};
+pub use check::{CheckOptions, CheckResult, CheckWatch};
 #[cfg(feature = "email")]
 pub use email::{EmailError, EmailSink};
 pub use report::{

@@ -44,6 +44,32 @@ impl Monitor {
         }
     }
 
+    /// A watch on the registered check `name`: its last verdict in one
+    /// atomic load, for a policy that acts on it (the HTTP middleware's
+    /// [`with_check`](crate::http::Builder::with_check)). `None` if no
+    /// check has that name yet: register the check first.
+    ///
+    /// ```
+    /// use selfheal::health::{CheckOptions, Monitor};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let monitor = Monitor::builder().with_global(false).build().unwrap();
+    /// monitor.register_check("payments", CheckOptions::default(), || async {
+    ///     Err::<(), _>("connection refused".to_owned())
+    /// });
+    /// let watch = monitor.watch_check("payments").unwrap();
+    /// assert!(!watch.is_failing()); // not run yet: no verdict
+    /// monitor.run_checks().await;
+    /// assert!(watch.is_failing());
+    /// assert!(monitor.watch_check("nothing").is_none());
+    /// # }
+    /// ```
+    pub fn watch_check(&self, name: &str) -> Option<super::CheckWatch> {
+        lock(&self.inner.checks)
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.watch())
+    }
+
     /// Runs every registered check once, now. Returns whether all passed.
     pub async fn run_checks(&self) -> bool {
         let checks: Vec<_> = lock(&self.inner.checks).clone();

@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     pub(crate) retry_after: Duration,
     pub(crate) responder: Arc<dyn Responder>,
     pub(super) status: Arc<StatusCache>,
-    pub(super) limit: Option<super::limit::AdaptiveLimit>,
+    pub(super) limits: super::limit::Limits,
     #[cfg(feature = "prometheus")]
     pub(crate) metrics: Option<crate::metrics::HttpMetrics>,
 }
@@ -62,9 +62,21 @@ pub(crate) struct RequestContext {
     start: Option<Instant>,
     /// Who asked: failures are recorded against this client.
     client: Client,
-    /// Its slot under the adaptive concurrency limit, if any: released
-    /// when the context is dropped, with a latency sample once answered.
-    permit: Option<super::limit::LimitPermit>,
+    /// Its slot under an adaptive concurrency limit, if any (the limit's
+    /// index in `shared.limits`, and when it was admitted): released when
+    /// the handler answers, with a latency sample, or when the context is
+    /// dropped (abandoned, timed out, panicked), without one. An index
+    /// rather than a clone of the limit: no reference count to touch.
+    slot: Option<(usize, tokio::time::Instant)>,
+}
+
+impl Drop for RequestContext {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((limit, start)) = self.slot.take() {
+            self.shared.limits.get(limit).release(start, false);
+        }
+    }
 }
 
 impl RequestContext {
@@ -79,22 +91,23 @@ impl RequestContext {
             start: start_clock(&shared),
             client: shared.client_key.capture(req),
             shared,
-            permit: None,
+            slot: None,
         }
     }
 
-    /// Holds `permit` for the life of the request.
+    /// Holds a slot under limit number `limit`, admitted at `start`, for the
+    /// life of the request.
     #[inline]
-    pub(super) fn with_permit(mut self, permit: super::limit::LimitPermit) -> Self {
-        self.permit = Some(permit);
+    pub(super) fn with_slot(mut self, limit: usize, start: tokio::time::Instant) -> Self {
+        self.slot = Some((limit, start));
         self
     }
 
     /// The handler answered: its latency is a sample for the limit.
     #[inline]
     pub(crate) fn answered(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            permit.complete();
+        if let Some((limit, start)) = self.slot.take() {
+            self.shared.limits.get(limit).release(start, true);
         }
     }
 

@@ -44,7 +44,7 @@ impl fmt::Debug for HealLayer {
         f.debug_struct("HealLayer")
             .field("timeout", &self.shared.timeout)
             .field("load_shedding", &self.shared.shed)
-            .field("adaptive_limit", &self.shared.limit)
+            .field("adaptive_limits", &self.shared.limits)
             .field("retry_after", &self.shared.retry_after)
             .finish_non_exhaustive()
     }
@@ -62,7 +62,7 @@ impl HealLayer {
                 retry_after: Duration::from_secs(5),
                 responder: Arc::new(FriendlyResponder),
                 status: Arc::new(StatusCache::new()),
-                limit: None,
+                limits: Default::default(),
                 #[cfg(feature = "prometheus")]
                 metrics: None,
             }),
@@ -109,9 +109,13 @@ impl HealLayer {
     /// status), except probes, `/metrics` and `/admin/` (and the limit's
     /// other exempt paths). The limit reports its windows to this layer's
     /// monitor unless it has an observer of its own. Default off.
+    ///
+    /// Call once more for each [route limit](AdaptiveLimit::for_route) (a
+    /// bulkhead for an expensive route); a second limit without routes
+    /// replaces the first.
     pub fn with_adaptive_limit(mut self, limit: AdaptiveLimit) -> Self {
         limit.observe_with(self.shared.monitor.observer());
-        self.shared_mut().limit = Some(limit);
+        self.shared_mut().limits.add(limit);
         self
     }
 
@@ -183,12 +187,12 @@ where
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
         }
-        let ctx = match &shared.limit {
-            Some(limit) if !limit.is_exempt(req.uri().path()) => match limit.try_acquire() {
-                Some(permit) => ctx.with_permit(permit),
+        let ctx = match shared.limits.pick(req.method(), req.uri().path()) {
+            Some(i) => match shared.limits.get(i).try_acquire() {
+                Some(start) => ctx.with_slot(i, start),
                 None => return ResponseFuture::ready(ctx.overloaded()),
             },
-            _ => ctx,
+            None => ctx,
         };
         // For the session extractor: needed only when the monitor is not the
         // global observer (else the extractor reports there anyway), and an

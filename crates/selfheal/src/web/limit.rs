@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::http::Method;
 use tokio::time::Instant;
 
 use crate::ConfigError;
@@ -108,6 +109,9 @@ struct Settings {
     smoothing: f64,
     queue: f64,
     exempt: Vec<Cow<'static, str>>,
+    /// The requests this limit is for (`method`, exact path); empty: every
+    /// request not exempt and not taken by a route's own limit.
+    routes: Vec<(Method, Cow<'static, str>)>,
 }
 
 struct Inner {
@@ -163,6 +167,7 @@ impl AdaptiveLimit {
                         Cow::Borrowed("/metrics"),
                         Cow::Borrowed("/admin/"),
                     ],
+                    routes: Vec::new(),
                 },
                 created: Instant::now(),
                 in_flight: AtomicU32::new(0),
@@ -242,6 +247,72 @@ impl AdaptiveLimit {
         self
     }
 
+    /// Makes this limit a **bulkhead** for `method path` (the exact path):
+    /// only those requests take a slot under it, and they take no slot under
+    /// the layer's app-wide limit. Call again to add routes (two routes
+    /// that spend the same resource share one limit).
+    ///
+    /// Why: one limit for a whole app settles where the app's *average*
+    /// request queues, which is far too many for an expensive route. A
+    /// login verifies an argon2 hash on a fixed pool of hashing threads: ten
+    /// logins in flight on two threads wait five hash times each, while the
+    /// same ten lesson pages are nothing. A limit of its own (with a small
+    /// [queue](Self::with_queue)) lets the expensive route settle at about
+    /// what its pool can run, shedding the rest at once, and a rush on it
+    /// can neither fill the app-wide limit nor be starved by it.
+    ///
+    /// A [`HealLayer`](super::HealLayer) takes any number of route limits
+    /// and one app-wide limit (one without routes); a request is counted
+    /// under the first route limit it matches, else the app-wide one.
+    /// Exempt paths only apply to the app-wide limit: a route is named on
+    /// purpose.
+    ///
+    /// ```
+    /// use axum::http::Method;
+    /// use selfheal::web::AdaptiveLimit;
+    /// let passwords = AdaptiveLimit::new("passwords")
+    ///     .with_limits(4, 2, 32)?
+    ///     .with_queue(1.0)?
+    ///     .for_route(Method::POST, "/login")
+    ///     .for_route(Method::POST, "/signup");
+    /// # let _ = passwords;
+    /// # Ok::<(), selfheal::ConfigError>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned.
+    pub fn for_route(mut self, method: Method, path: impl Into<Cow<'static, str>>) -> Self {
+        self.settings_mut()
+            .settings
+            .routes
+            .push((method, path.into()));
+        self
+    }
+
+    /// Gradient2's *queue*: what the limit adds in a window when latency
+    /// holds (times the smoothing). Default 4, at least 0.1.
+    ///
+    /// It also sets how low the limit can settle: at the steepest gradient
+    /// (latency at twice the tolerated level and more) the limit tends to
+    /// `2 × queue`, so with the default the limit does not go below about
+    /// 8 requests whatever `min` says. That suits an app-wide limit in the
+    /// tens or hundreds; a route whose right limit is a handful (a pool of
+    /// two hashing threads) needs a queue of about 1.
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned.
+    pub fn with_queue(mut self, queue: f64) -> Result<Self, ConfigError> {
+        if !(queue.is_finite() && queue >= 0.1) {
+            return Err(ConfigError::new(format!(
+                "adaptive limit queue must be at least 0.1, got {queue}"
+            )));
+        }
+        self.settings_mut().settings.queue = queue;
+        Ok(self)
+    }
+
     /// Reports its windows to `observer` (the [`HealLayer`](super::HealLayer)
     /// sets its monitor when none is set; otherwise the global observer).
     pub fn with_observer(self, observer: Arc<dyn Observer>) -> Self {
@@ -273,6 +344,22 @@ impl AdaptiveLimit {
         self.inner.shed.load(Ordering::Relaxed)
     }
 
+    /// Whether this limit is for some routes only
+    /// ([`for_route`](Self::for_route)).
+    pub(crate) fn has_routes(&self) -> bool {
+        !self.inner.settings.routes.is_empty()
+    }
+
+    /// Whether `method path` is one of this limit's routes.
+    #[inline]
+    fn is_for(&self, method: &Method, path: &str) -> bool {
+        self.inner
+            .settings
+            .routes
+            .iter()
+            .any(|(m, p)| m == method && p == path)
+    }
+
     /// Whether requests to `path` are never shed.
     #[inline]
     pub(crate) fn is_exempt(&self, path: &str) -> bool {
@@ -283,9 +370,10 @@ impl AdaptiveLimit {
             .any(|prefix| path.starts_with(&**prefix))
     }
 
-    /// Admits one request, or `None`: shed it.
+    /// Admits one request (the instant it was admitted; give it back to
+    /// [`release`](Self::release)), or `None`: shed it.
     #[inline]
-    pub(crate) fn try_acquire(&self) -> Option<LimitPermit> {
+    pub(crate) fn try_acquire(&self) -> Option<Instant> {
         let inner = &*self.inner;
         let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         if now > inner.limit.load(Ordering::Relaxed) {
@@ -294,11 +382,66 @@ impl AdaptiveLimit {
             return None;
         }
         inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Some(LimitPermit {
-            limit: self.clone(),
-            start: Instant::now(),
-            completed: false,
-        })
+        Some(Instant::now())
+    }
+
+    /// Gives back the slot of a request admitted at `start`; its latency is
+    /// a sample when it was `answered` (an abandoned request says nothing
+    /// about latency).
+    #[inline]
+    pub(crate) fn release(&self, start: Instant, answered: bool) {
+        self.inner.release(start, answered);
+    }
+}
+
+/// The limits of one [`HealLayer`](super::HealLayer): the route limits (in
+/// the order given) and the app-wide one.
+#[derive(Clone, Default)]
+pub(crate) struct Limits {
+    all: Vec<AdaptiveLimit>,
+    app_wide: Option<usize>,
+}
+
+impl Limits {
+    /// Adds `limit`: a route limit, or the app-wide limit (replacing an
+    /// earlier one).
+    pub(crate) fn add(&mut self, limit: AdaptiveLimit) {
+        if limit.has_routes() {
+            self.all.push(limit);
+        } else if let Some(i) = self.app_wide {
+            self.all[i] = limit;
+        } else {
+            self.app_wide = Some(self.all.len());
+            self.all.push(limit);
+        }
+    }
+
+    /// The limit a request counts under, by index, if any.
+    #[inline]
+    pub(crate) fn pick(&self, method: &Method, path: &str) -> Option<usize> {
+        if self.all.is_empty() {
+            return None;
+        }
+        if let Some(i) = self
+            .all
+            .iter()
+            .position(|l| l.has_routes() && l.is_for(method, path))
+        {
+            return Some(i);
+        }
+        self.app_wide.filter(|&i| !self.all[i].is_exempt(path))
+    }
+
+    /// The limit at `index` (from [`pick`](Self::pick)).
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> &AdaptiveLimit {
+        &self.all[index]
+    }
+}
+
+impl fmt::Debug for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.all).finish()
     }
 }
 
@@ -393,35 +536,6 @@ impl Gradient {
     }
 }
 
-/// One admitted request; dropping it releases its slot (and, when
-/// [completed](LimitPermit::complete), records its latency).
-pub(crate) struct LimitPermit {
-    limit: AdaptiveLimit,
-    start: Instant,
-    completed: bool,
-}
-
-impl LimitPermit {
-    /// The request was answered: its latency is a sample.
-    #[inline]
-    pub(crate) fn complete(mut self) {
-        self.completed = true;
-    }
-}
-
-impl Drop for LimitPermit {
-    #[inline]
-    fn drop(&mut self) {
-        self.limit.inner.release(self.start, self.completed);
-    }
-}
-
-impl fmt::Debug for LimitPermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LimitPermit").finish_non_exhaustive()
-    }
-}
-
 impl fmt::Debug for AdaptiveLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveLimit")
@@ -450,6 +564,7 @@ mod tests {
         fn clone_for_test(&self) -> Self {
             Self {
                 exempt: self.exempt.clone(),
+                routes: self.routes.clone(),
                 ..*self
             }
         }
@@ -511,10 +626,65 @@ mod tests {
         assert!(limit.try_acquire().is_none());
         assert!(crate::throttle::server_is_shedding());
         assert_eq!((limit.in_flight(), limit.shed()), (2, 1));
-        a.complete();
-        drop(b);
+        limit.release(a, true);
+        limit.release(b, false);
         assert_eq!(limit.in_flight(), 0);
         assert!(limit.try_acquire().is_some());
         crate::throttle::set_shedding(false);
+    }
+
+    #[test]
+    fn a_request_counts_under_its_route_limit_else_the_app_wide_one() {
+        let mut limits = Limits::default();
+        assert_eq!(limits.pick(&Method::GET, "/"), None);
+        limits.add(AdaptiveLimit::new("app"));
+        limits.add(
+            AdaptiveLimit::new("passwords")
+                .for_route(Method::POST, "/login")
+                .for_route(Method::POST, "/signup"),
+        );
+        // A second app-wide limit replaces the first.
+        limits.add(AdaptiveLimit::new("app2"));
+        let name = |method: Method, path: &str| {
+            limits
+                .pick(&method, path)
+                .map(|i| limits.get(i).name().to_owned())
+        };
+        assert_eq!(name(Method::POST, "/login").as_deref(), Some("passwords"));
+        assert_eq!(name(Method::POST, "/signup").as_deref(), Some("passwords"));
+        // Same path, other method; a longer path: the app-wide limit.
+        assert_eq!(name(Method::GET, "/login").as_deref(), Some("app2"));
+        assert_eq!(name(Method::POST, "/login/x").as_deref(), Some("app2"));
+        // Exempt from the app-wide limit.
+        assert_eq!(name(Method::GET, "/readyz"), None);
+        assert!(AdaptiveLimit::new("t").with_queue(0.0).is_err());
+        assert!(AdaptiveLimit::new("t").with_queue(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn a_small_queue_lets_the_limit_settle_low() {
+        // Latency far above the baseline in every window: the limit falls
+        // to about 2 × queue, not to `min`, so a route whose right limit is
+        // a handful needs a small queue.
+        let settle = |queue: f64| {
+            let mut s = settings();
+            s.min = 1;
+            s.queue = queue;
+            let mut g = Gradient {
+                estimated: 20.0,
+                long_micros: 0.0,
+                windows: 0,
+            };
+            for _ in 0..10 {
+                g.update(&s, 10_000.0, 20);
+            }
+            let mut limit = 20;
+            for _ in 0..100 {
+                limit = g.update(&s, 100_000.0, limit);
+            }
+            limit
+        };
+        assert!((7..=8).contains(&settle(4.0)), "{}", settle(4.0));
+        assert!((1..=2).contains(&settle(1.0)), "{}", settle(1.0));
     }
 }
