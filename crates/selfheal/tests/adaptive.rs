@@ -392,3 +392,262 @@ async fn the_server_sheds_the_excess_early_and_never_its_probes() {
         report.notes
     );
 }
+
+/// A payment provider with a health endpoint: while in maintenance,
+/// `/health` answers 503 and every other request hangs (a dependency that
+/// accepts connections and never answers: the worst kind to wait for).
+struct Provider {
+    maintenance: std::sync::atomic::AtomicBool,
+    calls: AtomicUsize,
+}
+
+async fn provider_health(State(p): State<Arc<Provider>>) -> StatusCode {
+    if p.maintenance.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn provider_call(State(p): State<Arc<Provider>>) -> StatusCode {
+    p.calls.fetch_add(1, Ordering::SeqCst);
+    if p.maintenance.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
+    StatusCode::OK
+}
+
+/// Health steers policy: while the provider's own health check fails, calls
+/// to it fail fast with `ReportedDown` (the caller's fallback answers at
+/// once) and none reaches it; each change is one `Steered` event; the
+/// monitor says so in its notes while the check fails; calls resume when
+/// the check passes. Without the check the same call waits out its attempt
+/// timeout against the hung provider.
+#[tokio::test]
+async fn a_dependency_its_health_check_reports_down_is_not_called() {
+    use selfheal::health::{CheckOptions, Monitor};
+    use selfheal::http::{UnavailableReason, unavailable};
+
+    let state = Arc::new(Provider {
+        maintenance: std::sync::atomic::AtomicBool::new(true),
+        calls: AtomicUsize::new(0),
+    });
+    let app = Router::new()
+        .route("/health", axum::routing::get(provider_health))
+        .fallback(provider_call)
+        .with_state(state.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
+    selfheal::tls::install_default_crypto_provider();
+    let probe = reqwest::Client::new();
+    monitor.register_check("provider", CheckOptions::default(), move || {
+        let probe = probe.clone();
+        async move {
+            let answer = probe
+                .get(format!("http://{addr}/health"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if answer.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("health endpoint answered {}", answer.status()))
+            }
+        }
+    });
+    let watch = monitor.watch_check("provider").unwrap();
+    let events = Recorder::new();
+    let observer = Arc::new(selfheal::observe::Fanout::new(vec![
+        monitor.observer(),
+        events.observer(),
+    ]));
+    let timeout = std::time::Duration::from_millis(300);
+    let steered = client(Some(
+        healing(&events)
+            .with_observer(observer)
+            .with_attempt_timeout(timeout)
+            .with_check(addr.to_string(), watch.clone())
+            .build()
+            .unwrap(),
+    ));
+
+    // No verdict yet: calls go out (no verdict is not "down").
+    assert!(!watch.is_failing());
+    assert!(!monitor.run_checks().await);
+    assert!(watch.is_failing());
+
+    let n = 50;
+    for _ in 0..n {
+        let error = steered
+            .post(format!("http://{addr}/v1/charges"))
+            .send()
+            .await
+            .unwrap_err();
+        let unavailable = unavailable(&error).expect("the middleware's own error");
+        assert_eq!(unavailable.reason(), UnavailableReason::ReportedDown);
+        assert_eq!(unavailable.check(), Some("provider"));
+        assert_eq!(unavailable.attempts(), 0);
+        assert_eq!(unavailable.retry_after(), CheckOptions::default().interval);
+    }
+    assert_eq!(state.calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    let fail_fast = |events: &Recorder| {
+        events
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("steered "))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fail_fast(&events),
+        vec![format!("steered {addr} fail-fast")]
+    );
+    let note = format!("calls to {addr} fail fast");
+    assert!(
+        monitor
+            .report(std::time::Duration::from_secs(900))
+            .notes
+            .iter()
+            .any(|n| n.starts_with(&note)),
+        "{:?}",
+        monitor.report(std::time::Duration::from_secs(900)).notes
+    );
+
+    // The control: the same call without the check reaches the hung
+    // provider and waits out its attempt timeout (no retries).
+    let unsteered = client(Some(
+        healing(&Recorder::new())
+            .with_attempt_timeout(timeout)
+            .with_max_attempts(1)
+            .build()
+            .unwrap(),
+    ));
+    assert!(
+        unsteered
+            .post(format!("http://{addr}/v1/charges"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert_eq!(state.calls.load(Ordering::SeqCst), 1);
+
+    // Back: once the check passes, calls go out again.
+    state.maintenance.store(false, Ordering::SeqCst);
+    assert!(monitor.run_checks().await);
+    let answer = steered
+        .post(format!("http://{addr}/v1/charges"))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    assert_eq!(state.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        fail_fast(&events),
+        vec![
+            format!("steered {addr} fail-fast"),
+            format!("steered {addr} resumed")
+        ]
+    );
+    assert!(
+        !monitor
+            .report(std::time::Duration::from_secs(900))
+            .notes
+            .iter()
+            .any(|n| n.starts_with(&note)),
+        "{:?}",
+        monitor.report(std::time::Duration::from_secs(900)).notes
+    );
+}
+
+/// A route limit is a bulkhead: a rush on the expensive route (30 password
+/// checks at once, 2 "hashing threads") is held to that route's own limit,
+/// and takes no slot from the app-wide limit, so the few page views that
+/// arrive in the middle of it are all served.
+#[tokio::test(start_paused = true)]
+async fn a_rush_on_an_expensive_route_is_held_to_its_own_limit() {
+    use axum::http::Method;
+    use selfheal::health::Monitor;
+    use selfheal::web::{AdaptiveLimit, HealLayer};
+
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
+    let app_wide = AdaptiveLimit::new("web").with_limits(4, 4, 4).unwrap();
+    let hashing = AdaptiveLimit::new("passwords")
+        .with_limits(2, 1, 2)
+        .unwrap()
+        .with_queue(1.0)
+        .unwrap()
+        .for_route(Method::POST, "/login");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (i, m) = (inside.clone(), most.clone());
+    let app = Router::new()
+        .route(
+            "/login",
+            axum::routing::post(move || {
+                let (i, m) = (i.clone(), m.clone());
+                async move {
+                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    i.fetch_sub(1, Ordering::SeqCst);
+                    "signed in"
+                }
+            }),
+        )
+        .route(
+            "/lessons",
+            axum::routing::get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                "lessons"
+            }),
+        )
+        .layer(
+            HealLayer::new(monitor.clone())
+                .with_adaptive_limit(app_wide)
+                .with_adaptive_limit(hashing.clone()),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    selfheal::tls::install_default_crypto_provider();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..33 {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = if n % 11 == 5 {
+                http.get(format!("http://{addr}/lessons"))
+            } else {
+                http.post(format!("http://{addr}/login"))
+            };
+            let status = request.send().await.unwrap().status().as_u16();
+            (n % 11 == 5, status)
+        }));
+    }
+    let (mut pages, mut logins, mut shed) = (0, 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (true, status) => {
+                assert_eq!(status, 200, "a page was shed during the login rush");
+                pages += 1;
+            }
+            (false, 200) => logins += 1,
+            (false, 503) => shed += 1,
+            (false, other) => panic!("unexpected {other}"),
+        }
+    }
+    println!("login rush: {logins} served, {shed} shed; {pages} pages served");
+    assert_eq!(pages, 3);
+    assert_eq!(logins + shed, 30);
+    assert!(logins >= 2 && shed > 0, "{logins} served, {shed} shed");
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "{}",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(hashing.shed(), shed as u64);
+}

@@ -314,6 +314,7 @@ impl MonitorBuilder {
             throttle_rejections: AtomicU64::new(0),
             throttles: Mutex::new(BTreeMap::new()),
             limiters: Mutex::new(BTreeMap::new()),
+            steered: Mutex::new(BTreeMap::new()),
             checks: Mutex::new(Vec::new()),
             conditions: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),

@@ -144,6 +144,9 @@ struct Inner {
     throttles: Mutex<BTreeMap<String, (bool, f64, u64)>>,
     /// Adaptive concurrency limits: name → their last window.
     limiters: Mutex<BTreeMap<String, LimiterReport>>,
+    /// Dependencies steered by a health check: name → (check, failing
+    /// fast, since ms).
+    steered: Mutex<BTreeMap<String, (String, bool, u64)>>,
     checks: Mutex<Vec<Arc<Check>>>,
     /// Conditions set by components (a supervised worker waiting for a
     /// dependency, say): key → (status, reason).

@@ -20,6 +20,7 @@
 //! | `BreakerTransition` | the breaker's state; `breaker_opened` / `breaker_closed` heals |
 //! | `BreakerRejected` | a rejection count |
 //! | `ThrottleChanged` | the throttle's regime, shown in the report's notes (never the status: throttling is the healing working) |
+//! | `Steered` | a dependency failing fast on a health check's word, shown in the notes while the check fails (the check itself moves the status) |
 //! | `ThrottleRejected` | a throttle rejection count |
 //! | `LimitChanged` | the concurrency limit's last window (limit, in flight, shed), shown in the report's notes (never the status: shedding is the server protecting itself) |
 //! | `Error`, `Heal` | recorded as they are (an error with its client, if any) |
@@ -130,6 +131,19 @@ impl Monitor {
                 let mut throttles = lock(&m.inner.throttles);
                 if throttles.len() < 256 || throttles.contains_key(throttle) {
                     throttles.insert(throttle.to_owned(), (throttling, failure_ratio, m.now().ms));
+                }
+            }
+            Event::Steered {
+                dependency,
+                check,
+                failing_fast,
+            } => {
+                let mut steered = lock(&m.inner.steered);
+                if steered.len() < 256 || steered.contains_key(dependency) {
+                    steered.insert(
+                        dependency.to_owned(),
+                        (check.to_owned(), failing_fast, m.now().ms),
+                    );
                 }
             }
             Event::LimitChanged {

@@ -533,6 +533,19 @@ impl Monitor {
                 t.since_secs
             ));
         }
+        let checks = self.checks();
+        for (dependency, (check, failing_fast, since)) in lock(&self.inner.steered).iter() {
+            let failing = checks
+                .iter()
+                .any(|c| c.name == *check && c.passing == Some(false));
+            if *failing_fast && failing {
+                notes.push(format!(
+                    "calls to {dependency} fail fast (the fallback answers): health check \
+                     '{check}' failing ({}s ago)",
+                    now.ms.saturating_sub(*since) / 1000
+                ));
+            }
+        }
         for l in limiters.iter().filter(|l| l.shed > 0) {
             notes.push(format!(
                 "{} sheds load: limit {}, {} in flight, {} requests shed since start",
@@ -575,7 +588,7 @@ impl Monitor {
             throttles,
             limiters,
             notes,
-            checks: self.checks(),
+            checks,
             active_alerts,
             recent_alerts: lock(&self.inner.recent_alerts)
                 .iter()

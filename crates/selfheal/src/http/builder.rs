@@ -11,6 +11,7 @@ use super::classify::{Classifier, StatusSet};
 use super::registry::{GateFactory, Registry, Template};
 use crate::ConfigError;
 use crate::breaker::Breaker;
+use crate::health::CheckWatch;
 use crate::observe::Observer;
 use crate::retry::{Backoff, Budget, Policy, Random};
 
@@ -48,6 +49,7 @@ pub struct Builder {
     generate_keys: bool,
     observer: Option<Arc<dyn Observer>>,
     random: Option<Arc<dyn Random>>,
+    checks: Vec<(Arc<str>, CheckWatch)>,
 }
 
 impl Default for Builder {
@@ -66,6 +68,7 @@ impl Default for Builder {
             generate_keys: false,
             observer: None,
             random: None,
+            checks: Vec::new(),
         }
     }
 }
@@ -85,6 +88,7 @@ impl fmt::Debug for Builder {
             .field("max_dependencies", &self.max_dependencies)
             .field("generate_idempotency_keys", &self.generate_keys)
             .field("observer", &self.observer.as_ref().map(|_| "custom"))
+            .field("checks", &self.checks)
             .finish()
     }
 }
@@ -246,6 +250,50 @@ impl Builder {
         self
     }
 
+    /// Fails calls to `dependency` at once, without sending them, while the
+    /// health check behind `watch` fails
+    /// ([`Monitor::watch_check`](crate::health::Monitor::watch_check)):
+    /// the error is [`Unavailable`](super::Unavailable) with
+    /// [`ReportedDown`](super::UnavailableReason::ReportedDown) and a
+    /// `Retry-After` of the check's interval, so the caller's fallback
+    /// answers in microseconds instead of after a timeout. Calls resume the
+    /// moment the check passes again (it keeps probing on its own
+    /// schedule: nothing stops for good). `dependency` is a host (with its
+    /// port when not the scheme's default) or a [`Dependency`](super::Dependency)
+    /// name. Each change (failing fast, then calling again) is an
+    /// [`Event::Steered`](crate::observe::Event::Steered) with the check's
+    /// name, shown in the monitor's notes while the check fails.
+    ///
+    /// **Give it a check that says "down", never one that samples
+    /// traffic.** A provider's status or health endpoint, a maintenance
+    /// flag, a login to its API: a verdict about the dependency as a whole.
+    /// A check that fails on the random errors of a *flaky* dependency
+    /// would refuse calls that would have succeeded, which is the failure
+    /// of the failure-ratio breaker this middleware no longer uses for that
+    /// reason (see the adaptive throttle).
+    ///
+    /// ```
+    /// use selfheal::health::{CheckOptions, Monitor};
+    /// use selfheal::http::ResilientMiddleware;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), selfheal::ConfigError> {
+    /// let monitor = Monitor::builder().with_global(false).build()?;
+    /// monitor.register_check("payments", CheckOptions::default(), || async {
+    ///     // e.g. GET the provider's health endpoint
+    ///     Ok::<(), String>(())
+    /// });
+    /// let watch = monitor.watch_check("payments").expect("registered above");
+    /// let middleware = ResilientMiddleware::builder()
+    ///     .with_check("api.stripe.com", watch)
+    ///     .build()?;
+    /// # let _ = middleware;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_check(mut self, dependency: impl Into<Arc<str>>, watch: CheckWatch) -> Self {
+        self.checks.push((dependency.into(), watch));
+        self
+    }
+
     /// Reports events to `observer` instead of the global observer.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
@@ -313,6 +361,7 @@ impl Builder {
                     throttle: self.throttle,
                     gates,
                     max_dependencies: self.max_dependencies,
+                    checks: self.checks,
                 }),
                 attempt_timeout: self.attempt_timeout,
                 generate_keys: self.generate_keys,

@@ -18,6 +18,10 @@ pub enum UnavailableReason {
     /// rate-limit header), and later is past the call's deadline: the
     /// middleware gave up at once instead of waiting in vain.
     RetryAfterBeyondDeadline,
+    /// A health check reports the dependency down
+    /// ([`Builder::with_check`](super::Builder::with_check)): the request
+    /// was not sent.
+    ReportedDown,
 }
 
 /// The middleware failed a call itself, because the dependency is
@@ -38,6 +42,7 @@ pub struct Unavailable {
     retry_after: Duration,
     status: Option<StatusCode>,
     attempts: u32,
+    check: Option<Arc<str>>,
 }
 
 impl Unavailable {
@@ -48,6 +53,23 @@ impl Unavailable {
             retry_after: retry_in,
             status: None,
             attempts,
+            check: None,
+        }
+    }
+
+    pub(crate) fn reported_down(
+        dependency: Arc<str>,
+        check: &str,
+        retry_after: Duration,
+        attempts: u32,
+    ) -> Self {
+        Self {
+            dependency,
+            reason: UnavailableReason::ReportedDown,
+            retry_after,
+            status: None,
+            attempts,
+            check: Some(check.into()),
         }
     }
 
@@ -63,6 +85,7 @@ impl Unavailable {
             retry_after: hint,
             status: Some(status),
             attempts,
+            check: None,
         }
     }
 
@@ -78,14 +101,15 @@ impl Unavailable {
     }
 
     /// How long until it is worth calling again: the breaker's time to its
-    /// next probe, or the server's hint (uncapped, at most
+    /// next probe, the failing check's interval, or the server's hint (uncapped, at most
     /// [`hints::MAX_HINT`](super::hints::MAX_HINT)).
     pub const fn retry_after(&self) -> Duration {
         self.retry_after
     }
 
     /// The status of the last response (the `429` or `503` that carried the
-    /// hint); `None` for an open breaker.
+    /// hint); `None` when no request was sent (an open breaker, a failing
+    /// check).
     pub const fn status(&self) -> Option<StatusCode> {
         self.status
     }
@@ -94,6 +118,12 @@ impl Unavailable {
     /// the breaker refused the first one).
     pub const fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The health check that reports the dependency down, for
+    /// [`ReportedDown`](UnavailableReason::ReportedDown).
+    pub fn check(&self) -> Option<&str> {
+        self.check.as_deref()
     }
 
     /// `true` when the dependency's circuit breaker refused the call.
@@ -110,6 +140,13 @@ impl fmt::Display for Unavailable {
                 f,
                 "'{}' is unavailable: its circuit breaker is open; next probe in {after}",
                 self.dependency
+            ),
+            UnavailableReason::ReportedDown => write!(
+                f,
+                "'{}' is unavailable: its health check '{}' is failing; calls resume when it \
+                 passes (checked every {after})",
+                self.dependency,
+                self.check.as_deref().unwrap_or("?")
             ),
             UnavailableReason::RetryAfterBeyondDeadline => {
                 let s = if self.attempts == 1 { "" } else { "s" };

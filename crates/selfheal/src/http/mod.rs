@@ -340,6 +340,18 @@ impl Inner {
             let policy = &dep.policy;
             let mut run = Run::new(started);
             let result = loop {
+                if let Some(check) = &dep.check
+                    && check.fails_fast(&dep.name, policy.observer())
+                {
+                    break Err(reqwest_middleware::Error::middleware(
+                        Unavailable::reported_down(
+                            Arc::clone(&dep.name),
+                            check.watch.name(),
+                            check.watch.interval(),
+                            run.attempts,
+                        ),
+                    ));
+                }
                 let pass = match dep.gate.try_acquire() {
                     Ok(pass) => pass,
                     Err(retry_in) => {

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use reqwest::Url;
 use super::classify::Classifier;
 use crate::ConfigError;
 use crate::breaker::{Breaker, Permit};
-use crate::observe::Observer;
+use crate::health::CheckWatch;
+use crate::observe::{self, Event, Observer};
 use crate::retry::{Budget, Policy};
 use crate::throttle::AdaptiveThrottle;
 
@@ -161,6 +163,63 @@ pub(crate) struct Dep {
     /// The middleware's policy with this dependency's budget.
     pub(crate) policy: Policy<Classifier>,
     pub(crate) gate: Gate,
+    /// The health check that fails its calls fast while it fails.
+    pub(crate) check: Option<Steer>,
+}
+
+/// A dependency steered by a health check: whether it is failing fast now
+/// (to report each change once).
+#[derive(Debug)]
+pub(crate) struct Steer {
+    pub(crate) watch: CheckWatch,
+    failing_fast: AtomicBool,
+}
+
+impl Steer {
+    /// Whether calls to `dependency` fail fast now; reports each change.
+    #[inline]
+    pub(crate) fn fails_fast(
+        &self,
+        dependency: &str,
+        observer: Option<&Arc<dyn Observer>>,
+    ) -> bool {
+        let failing = self.watch.is_failing();
+        if failing != self.failing_fast.load(Ordering::Relaxed) {
+            self.changed(dependency, failing, observer);
+        }
+        failing
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn changed(&self, dependency: &str, failing: bool, observer: Option<&Arc<dyn Observer>>) {
+        if self.failing_fast.swap(failing, Ordering::Relaxed) == failing {
+            return;
+        }
+        if failing {
+            tracing::warn!(
+                target: "selfheal",
+                dependency,
+                check = self.watch.name(),
+                "health check failing: calls fail fast until it passes"
+            );
+        } else {
+            tracing::info!(
+                target: "selfheal",
+                dependency,
+                check = self.watch.name(),
+                "health check passing again: calls resume"
+            );
+        }
+        observe::emit(
+            observer.map(|o| &**o),
+            &Event::Steered {
+                dependency,
+                check: self.watch.name(),
+                failing_fast: failing,
+            },
+        );
+    }
 }
 
 /// The settings every new dependency is made from.
@@ -174,6 +233,8 @@ pub(crate) struct Template {
     pub(crate) throttle: Option<f64>,
     pub(crate) gates: GateFactory,
     pub(crate) max_dependencies: usize,
+    /// Health checks by dependency name ([`Builder::with_check`](super::Builder::with_check)).
+    pub(crate) checks: Vec<(Arc<str>, CheckWatch)>,
 }
 
 type Map = HashMap<Box<str>, Vec<(Option<u16>, Arc<Dep>)>, foldhash::fast::RandomState>;
@@ -280,8 +341,18 @@ impl Registry {
             }
             policy = policy.with_throttle(throttle.build().expect("validated by the builder"));
         }
+        let check = self
+            .template
+            .checks
+            .iter()
+            .find(|(dependency, _)| **dependency == *name)
+            .map(|(_, watch)| Steer {
+                watch: watch.clone(),
+                failing_fast: AtomicBool::new(false),
+            });
         Dep {
             gate: self.template.gates.make(&name),
+            check,
             name,
             operation,
             policy,
@@ -321,6 +392,7 @@ mod tests {
             throttle: Some(2.0),
             gates: GateFactory::Off,
             max_dependencies: max,
+            checks: Vec::new(),
         })
     }
 

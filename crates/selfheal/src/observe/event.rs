@@ -254,6 +254,19 @@ pub enum Event<'a> {
         /// The probability of refusal it drew against.
         probability: f64,
     },
+    /// A policy changed because of what the health monitor reports: calls
+    /// to `dependency` now fail fast because its health check `check` is
+    /// failing (`failing_fast`), or go out again because it passes
+    /// ([`Builder::with_check`](crate::http::Builder::with_check)). Once
+    /// per change; the monitor shows it in its notes while the check fails.
+    Steered {
+        /// The dependency whose calls are steered.
+        dependency: &'a str,
+        /// The health check whose verdict steers them.
+        check: &'a str,
+        /// Whether its calls now fail fast (`false`: they go out again).
+        failing_fast: bool,
+    },
     /// An adaptive concurrency limit closed a window: its limit, the
     /// requests in flight and the requests it shed since it started. At
     /// most once a window (1 s by default); shedding is the server

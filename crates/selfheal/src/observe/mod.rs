@@ -286,6 +286,17 @@ fn trace_event(event: &Event<'_>) {
             probability,
             "adaptive throttle refused a call"
         ),
+        Event::Steered {
+            dependency,
+            check,
+            failing_fast,
+        } => tracing::warn!(
+            target: "selfheal",
+            dependency,
+            check,
+            failing_fast,
+            "health check steers calls"
+        ),
         Event::LimitChanged {
             limiter,
             limit,

@@ -110,6 +110,15 @@ pub enum Recorded {
         /// The throttle's name.
         throttle: String,
     },
+    /// [`Event::Steered`].
+    Steered {
+        /// The dependency.
+        dependency: String,
+        /// The check.
+        check: String,
+        /// Whether its calls fail fast now.
+        failing_fast: bool,
+    },
     /// [`Event::LimitChanged`].
     LimitChanged {
         /// The limiter's name.
@@ -214,6 +223,15 @@ impl Recorded {
             Event::ThrottleRejected { throttle, .. } => Self::ThrottleRejected {
                 throttle: throttle.into(),
             },
+            Event::Steered {
+                dependency,
+                check,
+                failing_fast,
+            } => Self::Steered {
+                dependency: dependency.into(),
+                check: check.into(),
+                failing_fast,
+            },
             Event::LimitChanged {
                 limiter,
                 limit,
@@ -301,6 +319,19 @@ impl fmt::Display for Recorded {
                 if *throttling { "on" } else { "off" }
             ),
             Self::ThrottleRejected { throttle } => write!(f, "throttled {throttle}"),
+            Self::Steered {
+                dependency,
+                failing_fast,
+                ..
+            } => write!(
+                f,
+                "steered {dependency} {}",
+                if *failing_fast {
+                    "fail-fast"
+                } else {
+                    "resumed"
+                }
+            ),
             Self::LimitChanged { limiter, limit, .. } => write!(f, "limit {limiter} {limit}"),
             Self::Error {
                 operation, kind, ..
