@@ -244,7 +244,9 @@ impl Inner {
     #[inline]
     fn closed_success(&self) {
         match &self.trip {
-            Trip::Ratio { window, .. } => window.record(window.epoch(self.now()), false),
+            Trip::Ratio { window, .. } => {
+                window.record(window.epoch(self.now()), false);
+            }
             Trip::Consecutive { streak, .. } => {
                 // Only write when there is a streak to break: a shared cache
                 // line is not dirtied by every success.

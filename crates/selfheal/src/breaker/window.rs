@@ -124,10 +124,17 @@ impl Window {
         self.width.div_rem(elapsed_nanos).0
     }
 
-    /// Records one outcome in the bucket of `epoch`.
+    /// The index of the bucket that holds `epoch`.
     #[inline]
-    pub(crate) fn record(&self, epoch: u64, failed: bool) {
-        let slot = &self.buckets[self.len.div_rem(epoch).1 as usize];
+    pub(crate) fn slot(&self, epoch: u64) -> usize {
+        self.len.div_rem(epoch).1 as usize
+    }
+
+    /// Records one outcome in the bucket of `epoch`; returns the bucket's
+    /// total after it.
+    #[inline]
+    pub(crate) fn record(&self, epoch: u64, failed: bool) -> u64 {
+        let slot = &self.buckets[self.slot(epoch)];
         let tag = epoch & EPOCH_MASK;
         let mut current = slot.load(Ordering::Relaxed);
         loop {
@@ -143,7 +150,36 @@ impl Window {
             }
             let next = pack(tag, failures + u64::from(failed), total + 1);
             match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return total + 1,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Records one success in bucket `slot` (which must be
+    /// [`Window::slot`]`(epoch)`), but only if that bucket already holds
+    /// `epoch` and has room: never resets or halves a bucket. Returns the
+    /// bucket's total after it, or `None` (nothing recorded) when the bucket
+    /// holds another slice or is full; the caller then records through
+    /// [`Window::record`] with an epoch read from the clock.
+    #[inline]
+    pub(crate) fn add_success_if_current(&self, slot: usize, epoch: u64) -> Option<u64> {
+        let slot = &self.buckets[slot];
+        let tag = epoch & EPOCH_MASK;
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let (stored, _, total) = unpack(current);
+            if stored != tag || total == COUNT_MAX {
+                return None;
+            }
+            // `total < COUNT_MAX`: adding one cannot carry into the failures.
+            match slot.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(total + 1),
                 Err(actual) => current = actual,
             }
         }
@@ -292,6 +328,28 @@ mod tests {
         window.record(6, true);
         window.record(7, false);
         assert_eq!(window.counts(7), counts(1, 2));
+    }
+
+    #[test]
+    fn conditional_success_only_lands_in_a_current_bucket_with_room() {
+        let window = Window::new(4, 10);
+        // Bucket 1 still holds its initial slice 0, not slice 5.
+        assert_eq!(window.add_success_if_current(window.slot(5), 5), None);
+        assert_eq!(window.counts(5), counts(0, 0));
+        assert_eq!(window.record(5, true), 1);
+        assert_eq!(window.add_success_if_current(window.slot(5), 5), Some(2));
+        assert_eq!(window.counts(5), counts(1, 2));
+        // A slice that has been overwritten by a newer one is not touched.
+        window.record(9, false);
+        assert_eq!(window.add_success_if_current(window.slot(5), 5), None);
+        assert_eq!(window.counts(9), counts(0, 1));
+        // A full bucket is left to `record`, which halves it.
+        let full = Window::new(1, 1);
+        for _ in 0..COUNT_MAX {
+            full.record(0, false);
+        }
+        assert_eq!(full.add_success_if_current(0, 0), None);
+        assert_eq!(full.counts(0), counts(0, COUNT_MAX));
     }
 
     #[test]

@@ -53,11 +53,41 @@
 //!
 //! # Cost
 //!
-//! Asking is one atomic load while the dependency is healthy (`p = 0`);
-//! recording an outcome is one clock read and one compare-exchange on a
-//! bucket of the window (the breaker's lock-free window). No lock, no
-//! allocation. While `p > 0` each admission reads the window and draws a
-//! random number.
+//! Asking is one atomic load while the dependency is healthy (`p = 0`).
+//! Recording an accept while `p = 0` — the success path, paid by every
+//! healthy call — is, in the common case, two atomic loads and one
+//! compare-exchange on a bucket of the window (the breaker's lock-free
+//! window), and **no clock read**; failures, and every outcome while
+//! `p > 0`, read the clock and are placed exactly. No lock, no allocation.
+//! While `p > 0` each admission reads the window and draws a random number.
+//!
+//! Why no clock: reading tokio's clock costs about 20 ns on a virtual
+//! machine, more than everything else on the path put together, and it
+//! only serves to pick the bucket an accept goes into. So accepts reuse a
+//! *coarse clock*: the window's current slice as last read from the clock,
+//! cached in an atomic with the bucket it maps to. The clock is read again
+//! on every 32nd outcome a bucket receives, and the cache is used only
+//! while the last 32 outcomes came within a quarter of a bucket (default:
+//! at least ~43 calls a second); at a slower pace every outcome reads the
+//! clock, as before. What that gives up, and what it does not:
+//!
+//! - An accept may be counted in an *earlier* slice than the one it
+//!   happened in, never a later one: the cached slice was read from the
+//!   clock before the accept. At a steady pace that is at most a quarter of
+//!   a bucket early. When traffic slows or stops, at most 31 accepts are
+//!   counted at the time of the last clock read (however long ago that
+//!   was) before the next read notices and switches to a read per outcome.
+//!   Counting an accept early can only make it leave the window early: the
+//!   throttle may see up to 31 accepts fewer than there were, never more.
+//! - An accept only ever lands in a bucket that already holds the cached
+//!   slice: a bucket holding another slice is reset only by an outcome
+//!   placed from the clock, so a stale cache cannot wipe newer counts.
+//! - Reading the window always uses the clock, so buckets that have aged
+//!   out never count: after an idle period the window is as empty as it
+//!   should be, and a dependency that recovered stops being throttled as
+//!   its failures leave the window, exactly as with a clock per outcome.
+//!
+//! [`Builder::with_exact_clock`] reads the clock on every outcome instead.
 //!
 //! # Reporting
 //!
@@ -100,7 +130,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -118,6 +148,23 @@ use crate::retry::{Classify, Random, ThreadRandom, Verdict};
 
 /// Probabilities are kept in fixed point: `ONE` is certainty.
 const ONE: u32 = 1 << 24;
+
+/// The coarse clock is read again on every `REFRESH_EVERY`th outcome a
+/// bucket receives (a power of two).
+const REFRESH_EVERY: u64 = 32;
+
+/// The coarse clock's word: `slice << SLICE_SHIFT | bucket << 1 | usable`.
+/// Buckets are at most 1,000 (< 2^10); slices are at least 10 µs, so a
+/// slice index fits the remaining 53 bits for 2,800 years.
+const BUCKET_BITS: u32 = 10;
+const SLICE_SHIFT: u32 = BUCKET_BITS + 1;
+const USABLE: u64 = 1;
+
+/// The coarse clock's word for `epoch`, in bucket `slot`.
+#[inline]
+const fn coarse(epoch: u64, slot: usize, usable: bool) -> u64 {
+    (epoch << SLICE_SHIFT) | ((slot as u64) << 1) | (usable as u64)
+}
 
 /// An adaptive client-side throttle for one dependency; see the
 /// [module docs](self).
@@ -140,6 +187,18 @@ struct Inner {
     min_requests: u64,
     window: Window,
     created: Instant,
+    /// The coarse clock (see the module docs' "Cost"): a slice of the window
+    /// last read from the clock, the bucket it maps to, and whether accepts
+    /// may use it; see `coarse`.
+    coarse: AtomicU64,
+    /// When the pace of outcomes was last checked, in nanoseconds since
+    /// `created`.
+    paced_at: AtomicU64,
+    /// The pace at which accepts may use the coarse clock: `REFRESH_EVERY`
+    /// outcomes within this many nanoseconds (a quarter of a bucket).
+    fast_span: u64,
+    /// Never use the coarse clock.
+    exact_clock: bool,
     /// The rejection probability last computed, in `1 / ONE`.
     reject: AtomicU32,
     observer: Option<Arc<dyn Observer>>,
@@ -155,6 +214,7 @@ struct Inner {
 /// | [multiplier](Self::with_multiplier) `K` | `2.0` | the SRE book's value: up to twice what the dependency accepts is sent, so a dependency that recovers is noticed at once, while one accepting less than half is relieved of the excess |
 /// | [window](Self::with_window) | 30 s in 10 buckets | long enough to hold a few dozen calls on modest traffic, short enough that throttling ends within half a minute of a recovery (sooner in practice: accepts bring `p` down as they come) |
 /// | [minimum requests](Self::with_min_requests) | `10` | below that, a ratio is noise: three failures in a row must not refuse 75 % of the next calls |
+/// | [exact clock](Self::with_exact_clock) | off | the coarse clock saves a clock read (~20 ns) on most successes, at the price of counting at most 31 accepts early when traffic slows (module docs, "Cost") |
 #[derive(Clone)]
 pub struct Builder {
     name: Cow<'static, str>,
@@ -162,6 +222,7 @@ pub struct Builder {
     window: Duration,
     buckets: u32,
     min_requests: u32,
+    exact_clock: bool,
     observer: Option<Arc<dyn Observer>>,
     random: Option<Arc<dyn Random>>,
 }
@@ -174,6 +235,7 @@ impl fmt::Debug for Builder {
             .field("window", &self.window)
             .field("buckets", &self.buckets)
             .field("min_requests", &self.min_requests)
+            .field("exact_clock", &self.exact_clock)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +257,7 @@ impl Builder {
             window: Self::DEFAULT_WINDOW,
             buckets: Self::DEFAULT_BUCKETS,
             min_requests: Self::DEFAULT_MIN_REQUESTS,
+            exact_clock: false,
             observer: None,
             random: None,
         }
@@ -219,6 +282,16 @@ impl Builder {
     /// Never throttles while the window holds fewer requests. Default `10`.
     pub const fn with_min_requests(mut self, requests: u32) -> Self {
         self.min_requests = requests;
+        self
+    }
+
+    /// With `true`, every outcome reads the clock and is placed in the bucket
+    /// of the moment it is recorded; by default most accepts use the coarse
+    /// clock instead (see the [module docs](self), "Cost": about 20 ns less
+    /// per successful call, and up to 31 accepts counted early when traffic
+    /// slows down). Default `false`.
+    pub const fn with_exact_clock(mut self, exact: bool) -> Self {
+        self.exact_clock = exact;
         self
     }
 
@@ -265,6 +338,10 @@ impl Builder {
                 min_requests: u64::from(self.min_requests),
                 window: Window::new(self.buckets, width),
                 created: Instant::now(),
+                coarse: AtomicU64::new(coarse(0, 0, false)),
+                paced_at: AtomicU64::new(0),
+                fast_span: width / 4,
+                exact_clock: self.exact_clock,
                 reject: AtomicU32::new(0),
                 observer: self.observer,
                 random: self.random,
@@ -384,19 +461,100 @@ impl AdaptiveThrottle {
 }
 
 impl Inner {
+    /// Nanoseconds since the throttle was built, from tokio's clock (so
+    /// that a paused clock drives the window in tests).
+    #[inline]
+    fn nanos(&self) -> u64 {
+        self.created.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+
     #[inline]
     fn epoch(&self) -> u64 {
-        let nanos = self.created.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.window.epoch(nanos)
+        self.window.epoch(self.nanos())
     }
 
     #[inline]
     fn record(&self, accepted: bool) {
-        let epoch = self.epoch();
-        self.window.record(epoch, !accepted);
+        if accepted && self.reject.load(Ordering::Relaxed) == 0 && self.record_coarse() {
+            return;
+        }
+        self.record_exact(accepted);
+    }
+
+    /// The success path: records an accept in the bucket of the coarse
+    /// clock, without reading the clock, if the coarse clock is usable and
+    /// its bucket still holds its slice. `false`: nothing was recorded.
+    #[inline]
+    fn record_coarse(&self) -> bool {
+        let word = self.coarse.load(Ordering::Relaxed);
+        if word & USABLE == 0 {
+            return false;
+        }
+        let epoch = word >> SLICE_SHIFT;
+        let slot = ((word >> 1) & ((1 << BUCKET_BITS) - 1)) as usize;
+        match self.window.add_success_if_current(slot, epoch) {
+            Some(total) => {
+                if total.is_multiple_of(REFRESH_EVERY) {
+                    self.reread_clock();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every `REFRESH_EVERY`th outcome of a bucket recorded by the coarse
+    /// clock: reads the clock.
+    #[cold]
+    #[inline(never)]
+    fn reread_clock(&self) {
+        let now = self.nanos();
+        self.pace(now, self.window.epoch(now));
+    }
+
+    /// Outcomes placed from the clock: failures, anything while throttling,
+    /// accepts while the coarse clock is not usable. Never inlined: the
+    /// success path that calls it stays small enough to inline.
+    #[inline(never)]
+    fn record_exact(&self, accepted: bool) {
+        let now = self.nanos();
+        let epoch = self.window.epoch(now);
+        let total = self.window.record(epoch, !accepted);
+        if !self.exact_clock {
+            if total.is_multiple_of(REFRESH_EVERY) {
+                self.pace(now, epoch);
+            } else {
+                self.distrust_if_behind(epoch);
+            }
+        }
         if !accepted || self.reject.load(Ordering::Relaxed) != 0 {
             self.update(epoch);
         }
+    }
+
+    /// Given `epoch` just read from the clock: if the coarse clock is usable
+    /// but behind, traffic may have slowed down; every outcome reads the
+    /// clock again until the pace says otherwise.
+    #[inline]
+    fn distrust_if_behind(&self, epoch: u64) {
+        let word = self.coarse.load(Ordering::Relaxed);
+        if word & USABLE != 0 && word >> SLICE_SHIFT != epoch {
+            self.coarse.store(
+                coarse(epoch, self.window.slot(epoch), false),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Sets the coarse clock to `epoch` (read at `now`), usable if the last
+    /// `REFRESH_EVERY` outcomes came within `fast_span`.
+    fn pace(&self, now: u64, epoch: u64) {
+        let last = self.paced_at.swap(now, Ordering::Relaxed);
+        let usable = now.saturating_sub(last) <= self.fast_span;
+        self.coarse.store(
+            coarse(epoch, self.window.slot(epoch), usable),
+            Ordering::Relaxed,
+        );
     }
 
     /// Recomputes the probability from the window and reports a change of
@@ -438,7 +596,11 @@ impl Inner {
     #[cold]
     #[inline(never)]
     fn admit_slow(&self) -> bool {
-        let p = self.update(self.epoch());
+        let epoch = self.epoch();
+        if !self.exact_clock {
+            self.distrust_if_behind(epoch);
+        }
+        let p = self.update(epoch);
         if p == 0 {
             return true;
         }

@@ -179,3 +179,163 @@ async fn the_servers_shedding_suppresses_retries() {
     assert_eq!(error.reason(), crate::observe::GiveUpReason::Overloaded);
     assert_eq!(error.attempts(), 1);
 }
+
+// ------------------------------------------------------------ coarse clock
+
+/// A throttle and its twin that reads the clock on every outcome.
+fn twins() -> (AdaptiveThrottle, AdaptiveThrottle) {
+    let build = |exact| {
+        AdaptiveThrottle::builder("dep")
+            .with_observer(Recorder::new().observer())
+            .with_random(Arc::new(SeededRandom::new(3)))
+            .with_exact_clock(exact)
+            .build()
+            .unwrap()
+    };
+    (build(false), build(true))
+}
+
+fn coarse_clock_in_use(t: &AdaptiveThrottle) -> bool {
+    t.inner.coarse.load(std::sync::atomic::Ordering::Relaxed) & USABLE != 0
+}
+
+fn both(twins: &(AdaptiveThrottle, AdaptiveThrottle), accepted: bool) {
+    twins.0.record(accepted);
+    twins.1.record(accepted);
+}
+
+/// At a high pace accepts skip the clock, and the window still holds what
+/// the exact clock would, give or take the 31 accepts the docs allow
+/// (counted early, never late: never more than the exact count).
+#[tokio::test(start_paused = true)]
+async fn at_a_high_pace_accepts_skip_the_clock_and_stay_in_their_window() {
+    let twins = twins();
+    // 500 calls a second for a minute: 50 every 100 ms.
+    for _ in 0..600 {
+        for _ in 0..50 {
+            both(&twins, true);
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(coarse_clock_in_use(&twins.0));
+    assert!(!coarse_clock_in_use(&twins.1));
+    let (coarse, exact) = (twins.0.snapshot(), twins.1.snapshot());
+    assert!(exact.accepts > 10_000, "{exact:?}");
+    assert!(
+        coarse.accepts <= exact.accepts && coarse.accepts + 31 >= exact.accepts,
+        "{coarse:?} vs {exact:?}"
+    );
+}
+
+/// The aging the coarse clock must not break: after an idle period the
+/// accepts from before it are gone, whether the next outcomes are failures
+/// (which must be throttled at once) or accepts (which must count).
+#[tokio::test(start_paused = true)]
+async fn after_an_idle_period_only_new_outcomes_count() {
+    let twins = twins();
+    for _ in 0..1000 {
+        both(&twins, true);
+    }
+    assert!(coarse_clock_in_use(&twins.0));
+    tokio::time::advance(Duration::from_secs(600)).await;
+    for _ in 0..20 {
+        both(&twins, false);
+    }
+    for t in [&twins.0, &twins.1] {
+        let snapshot = t.snapshot();
+        assert_eq!((snapshot.requests, snapshot.accepts), (20, 0));
+        assert!(t.rejection_probability() > 0.9);
+        assert!(!t.admit() || !t.admit() || !t.admit());
+    }
+
+    let twins = self::twins();
+    for _ in 0..1000 {
+        both(&twins, true);
+    }
+    tokio::time::advance(Duration::from_secs(600)).await;
+    for _ in 0..100 {
+        both(&twins, true);
+    }
+    for _ in 0..20 {
+        both(&twins, false);
+    }
+    let (coarse, exact) = (twins.0.snapshot(), twins.1.snapshot());
+    assert_eq!((exact.requests, exact.accepts), (120, 100));
+    // At most 31 accepts after the pause went to the slice before it.
+    assert!(coarse.accepts >= 100 - 31, "{coarse:?}");
+    assert_eq!(coarse.requests - coarse.accepts, 20);
+    assert_eq!(twins.0.rejection_probability(), 0.0);
+    assert_eq!(twins.1.rejection_probability(), 0.0);
+}
+
+/// When traffic slows down, the coarse clock is dropped within 32 outcomes
+/// and every outcome reads the clock again: the window is then exact.
+#[tokio::test(start_paused = true)]
+async fn when_traffic_slows_down_every_outcome_reads_the_clock_again() {
+    let twins = twins();
+    for _ in 0..1000 {
+        both(&twins, true);
+    }
+    assert!(coarse_clock_in_use(&twins.0));
+    // One call a second for 70 s.
+    for i in 0..70 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        both(&twins, true);
+        if i >= 32 {
+            assert!(!coarse_clock_in_use(&twins.0), "call {i}");
+        }
+    }
+    assert_eq!(twins.0.snapshot(), twins.1.snapshot());
+}
+
+/// A dependency that was refused most calls is admitted again once its
+/// failures have left the window (within one bucket of it), with accepts
+/// recorded by the coarse clock before and after.
+#[tokio::test(start_paused = true)]
+async fn a_recovered_dependency_is_admitted_again_one_window_later() {
+    let events = Recorder::new();
+    let t = throttle(&events);
+    for _ in 0..1000 {
+        t.record(true);
+    }
+    assert!(coarse_clock_in_use(&t));
+    // It goes down for 3 s: it fails everything it is sent.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    for _ in 0..30 {
+        for _ in 0..100 {
+            if t.admit() {
+                t.record(false);
+            }
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(
+        t.rejection_probability() > 0.9,
+        "{}",
+        t.rejection_probability()
+    );
+    // It is back, but sent only a trickle while refused; after the window
+    // (30 s) plus one bucket (3 s), the failures are gone.
+    tokio::time::advance(Duration::from_secs(33)).await;
+    assert!(t.admit());
+    assert_eq!(t.rejection_probability(), 0.0);
+    for _ in 0..1000 {
+        assert!(t.admit());
+        t.record(true);
+    }
+    assert!(coarse_clock_in_use(&t));
+    // A few failures now: the window holds the new accepts only, so no
+    // refusal.
+    for _ in 0..20 {
+        t.record(false);
+    }
+    assert_eq!(t.rejection_probability(), 0.0);
+    let snapshot = t.snapshot();
+    assert_eq!((snapshot.requests, snapshot.accepts), (1020, 1000));
+    let changes: Vec<String> = events
+        .lines()
+        .into_iter()
+        .filter(|l| l != "throttled dep")
+        .collect();
+    assert_eq!(changes, ["throttle dep on", "throttle dep off"]);
+}
