@@ -122,13 +122,15 @@ pub async fn run_suite(seeds: &[u64], exe: PathBuf) -> anyhow::Result<OverloadRe
             );
             report.metastable.push(run);
         }
-        let mut rate = None;
+        let (mut rate, mut peak) = (None, None);
         for limit in [false, true] {
             let began = Instant::now();
             let mut options = AppOverloadOptions::full(limit, exe.clone(), seed);
             options.rate = rate;
+            options.reference_peak = peak;
             let run = crate::driver::overload::run(&options).await?;
             rate = Some(run.offered_rate);
+            peak = Some(run.peak_goodput);
             println!(
                 "app overload, limit {:<3} seed {seed}: peak {:.0}/s, {:.0}/s offered, goodput {:.0}/s ({:.0} % of peak), accepted p99 {:.0} ms (unloaded {:.0} ms), {} shed, {:.0} s",
                 if limit { "on" } else { "off" },

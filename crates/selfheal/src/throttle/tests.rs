@@ -172,9 +172,9 @@ async fn the_servers_shedding_suppresses_retries() {
         .with_throttle(throttle(&events))
         .with_observer(events.observer())
         .with_name("op");
-    set_shedding(true);
+    crate::throttle::shed_for(std::time::Duration::from_millis(200));
     let result = policy.retry(|| async { Err::<(), _>("busy") }).await;
-    set_shedding(false);
+    crate::throttle::clear_shedding();
     let error = result.unwrap_err();
     assert_eq!(error.reason(), crate::observe::GiveUpReason::Overloaded);
     assert_eq!(error.attempts(), 1);

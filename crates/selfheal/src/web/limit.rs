@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -37,7 +37,8 @@ use crate::observe::{self, Event, Observer};
 ///
 /// ```text
 /// short    = the window's average latency
-/// long     = an exponential average of `short` over ~600 windows (a 10-window warm-up)
+/// long     = an exponential average of `short` over ~600 windows, seeded
+///            by the lowest of the first 10 windows (the latency without queueing)
 /// gradient = clamp(tolerance × long / short, 0.5, 1)        tolerance 1.5
 /// limit    = (1 − smoothing) × limit + smoothing × (gradient × limit + queue)
 /// ```
@@ -121,14 +122,12 @@ struct Inner {
     in_flight: AtomicU32,
     limit: AtomicU32,
     shed: AtomicU64,
-    /// This window: latency sum (µs), samples, highest in-flight, sheds.
+    /// This window: latency sum (µs), samples, highest in-flight.
     sum_micros: AtomicU64,
     samples: AtomicU32,
     max_in_flight: AtomicU32,
-    shed_in_window: AtomicU32,
     /// When the window ends, in ms since `created`.
     window_end_ms: AtomicU64,
-    shedding: AtomicBool,
     gradient: Mutex<Gradient>,
     observer: OnceLock<Arc<dyn Observer>>,
 }
@@ -176,9 +175,7 @@ impl AdaptiveLimit {
                 sum_micros: AtomicU64::new(0),
                 samples: AtomicU32::new(0),
                 max_in_flight: AtomicU32::new(0),
-                shed_in_window: AtomicU32::new(0),
                 window_end_ms: AtomicU64::new(1000),
-                shedding: AtomicBool::new(false),
                 gradient: Mutex::new(Gradient {
                     estimated: 20.0,
                     long_micros: 0.0,
@@ -288,6 +285,28 @@ impl AdaptiveLimit {
             .routes
             .push((method, path.into()));
         self
+    }
+
+    /// How far above its baseline latency may rise before the limit
+    /// shrinks (Gradient2's `rttTolerance`): at least 1.0. Default 1.5.
+    ///
+    /// With tolerance `t` and a resource that serves `n` requests at once,
+    /// latency holds until about `n` in flight and grows with the queue
+    /// beyond, so the limit settles near `t × n` plus the queue: a lower
+    /// tolerance trades a little throughput for less waiting. cozmic's
+    /// password route uses 1.2.
+    ///
+    /// # Panics
+    ///
+    /// When called on a limit already cloned.
+    pub fn with_tolerance(mut self, tolerance: f64) -> Result<Self, ConfigError> {
+        if !(tolerance.is_finite() && tolerance >= 1.0) {
+            return Err(ConfigError::new(format!(
+                "adaptive limit tolerance must be at least 1.0, got {tolerance}"
+            )));
+        }
+        self.settings_mut().settings.tolerance = tolerance;
+        Ok(self)
     }
 
     /// Gradient2's *queue*: what the limit adds in a window when latency
@@ -450,10 +469,7 @@ impl Inner {
     #[inline(never)]
     fn on_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
-        self.shed_in_window.fetch_add(1, Ordering::Relaxed);
-        if !self.shedding.swap(true, Ordering::Relaxed) {
-            crate::throttle::set_shedding(true);
-        }
+        crate::throttle::shed_for(self.settings.window);
     }
 
     #[inline]
@@ -488,7 +504,6 @@ impl Inner {
         let samples = self.samples.swap(0, Ordering::Relaxed).max(1);
         let sum = self.sum_micros.swap(0, Ordering::Relaxed);
         let max_in_flight = self.max_in_flight.swap(0, Ordering::Relaxed);
-        let shed = self.shed_in_window.swap(0, Ordering::Relaxed);
         self.window_end_ms.store(
             now_ms + self.settings.window.as_millis() as u64,
             Ordering::Relaxed,
@@ -496,9 +511,6 @@ impl Inner {
         let short = (sum as f64 / f64::from(samples)).max(1.0);
         let limit = gradient.update(&self.settings, short, max_in_flight);
         self.limit.store(limit, Ordering::Relaxed);
-        if shed == 0 && self.shedding.swap(false, Ordering::Relaxed) {
-            crate::throttle::set_shedding(false);
-        }
         drop(gradient);
         observe::emit(
             self.observer.get().map(|o| &**o),
@@ -516,9 +528,15 @@ impl Gradient {
     /// One window of Gradient2: the new limit.
     fn update(&mut self, s: &Settings, short: f64, max_in_flight: u32) -> u32 {
         self.windows += 1;
-        if self.windows <= WARMUP {
-            let n = f64::from(self.windows);
-            self.long_micros += (short - self.long_micros) / n;
+        if self.windows == 1 {
+            self.long_micros = short;
+        } else if self.windows <= WARMUP {
+            // The warm-up seeds the baseline with the *lowest* window: the
+            // latency without queueing. An average would let a first burst
+            // of load into the baseline (measured: a login limit seeded by
+            // 6 idle windows and 4 busy ones settled at 6 logins on 2
+            // hashing threads, three times the queue it should allow).
+            self.long_micros = self.long_micros.min(short);
         } else {
             let factor = 2.0 / (LONG_WINDOW + 1.0);
             self.long_micros = self.long_micros * (1.0 - factor) + short * factor;
@@ -630,7 +648,7 @@ mod tests {
         limit.release(b, false);
         assert_eq!(limit.in_flight(), 0);
         assert!(limit.try_acquire().is_some());
-        crate::throttle::set_shedding(false);
+        crate::throttle::clear_shedding();
     }
 
     #[test]
@@ -659,6 +677,8 @@ mod tests {
         assert_eq!(name(Method::GET, "/readyz"), None);
         assert!(AdaptiveLimit::new("t").with_queue(0.0).is_err());
         assert!(AdaptiveLimit::new("t").with_queue(f64::NAN).is_err());
+        assert!(AdaptiveLimit::new("t").with_tolerance(0.9).is_err());
+        assert!(AdaptiveLimit::new("t").with_tolerance(1.2).is_ok());
     }
 
     #[test]
