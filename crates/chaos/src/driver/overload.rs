@@ -62,9 +62,10 @@ pub struct AppOverloadOptions {
     /// peak.
     pub rate: Option<f64>,
     /// The peak goodput the overload's goodput is compared with; `None`:
-    /// this run's. The suite passes the run without the limit's peak to
-    /// the run with it: the app's capacity is what it serves at its best,
-    /// and a closed loop under a limit measures the limit, not the app.
+    /// this run's. The suite passes the best of the run without the limit
+    /// (its peak, or its goodput under the overload when higher) to the run
+    /// with it: the app's capacity is what it serves at its best, and a
+    /// closed loop under a limit measures the limit, not the app.
     pub reference_peak: Option<f64>,
     /// How long a user waits for a login.
     pub user_timeout: Duration,

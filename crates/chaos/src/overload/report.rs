@@ -134,7 +134,7 @@ impl OverloadReport {
              Logins (an argon2 verification each, on one hashing thread per core), cozmic as a child process with healing on; \
              unloaded = one user at a time; peak = 8 users in a closed loop (enough to keep both hashing threads busy; a user turned away waits 20 ms); then {} logins/s offered (3× the peak of the run without the limit, the same for both), \
              open loop, users wait 5 s; figures from the overload's 5th second. \
-             \"Of peak\" compares with the app's peak, the run without the limit's (a closed loop under a limit measures the limit).\n",
+             \"Of peak\" compares with the app's best without the limit: its closed-loop peak, or its goodput under the overload when that was higher (a closed loop under a limit measures the limit).\n",
             offered
         );
         out.push_str(

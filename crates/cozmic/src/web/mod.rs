@@ -115,9 +115,11 @@ pub fn app(state: AppState) -> Router {
 /// a login rush at 3x what the app serves: under the app-wide limit alone
 /// 16 logins in flight on two hashing threads waited ~8 hash times each
 /// (accepted p99 14x the unloaded p99); their own limit, between one and
-/// eight logins per hashing thread with Gradient2's queue at 1 and a
-/// tolerance of 1.2, settles near what the threads run (`chaos --suite
-/// overload`, docs/adaptive.md).
+/// eight logins per hashing thread with Gradient2's queue at 1, settles
+/// near what the threads run: 4 on two threads, accepted p99 2.2x the
+/// unloaded p99 (`chaos --suite overload`, docs/adaptive.md). A tolerance
+/// of 1.2 settled at 3 with the same p99 and less goodput: the rest of the
+/// p99 is the CPU the two cores share with everything else, not the queue.
 fn concurrency_limits(state: &AppState) -> [selfheal::web::AdaptiveLimit; 2] {
     use axum::http::Method;
     use selfheal::web::AdaptiveLimit;
@@ -129,7 +131,6 @@ fn concurrency_limits(state: &AppState) -> [selfheal::web::AdaptiveLimit; 2] {
         AdaptiveLimit::new("cozmic-passwords")
             .with_limits(2 * threads, threads, 8 * threads)
             .and_then(|l| l.with_queue(1.0))
-            .and_then(|l| l.with_tolerance(1.2))
             .expect("valid limits")
             .for_route(Method::POST, "/login")
             .for_route(Method::POST, "/signup"),

@@ -293,8 +293,7 @@ impl AdaptiveLimit {
     /// With tolerance `t` and a resource that serves `n` requests at once,
     /// latency holds until about `n` in flight and grows with the queue
     /// beyond, so the limit settles near `t × n` plus the queue: a lower
-    /// tolerance trades a little throughput for less waiting. cozmic's
-    /// password route uses 1.2.
+    /// tolerance trades throughput for less waiting.
     ///
     /// # Panics
     ///
