@@ -343,7 +343,7 @@ async fn a_dependency_its_health_check_reports_down_is_not_called() {
         healing(&events)
             .with_observer(observer)
             .with_attempt_timeout(timeout)
-            .with_check(addr.to_string(), watch.clone())
+            .with_check(&addr.to_string(), watch.clone())
             .build()
             .unwrap(),
     ));

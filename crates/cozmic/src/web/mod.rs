@@ -9,6 +9,7 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -51,10 +52,20 @@ pub fn app(state: AppState) -> Router {
         .with_expiry(Expiry::OnInactivity(time::Duration::days(14)))
         .with_signed(Key::from(state.inner.secret.as_bytes()));
 
+    // The password routes' own limit (a bulkhead), on their handlers: see
+    // `passwords_limit`.
+    let limited = healing == Healing::On && config.concurrency_limit;
+    let (signup_post, login_post) = match limited.then(|| passwords_limit(&state)) {
+        Some(limit) => (
+            post(signup.layer(limit.layer())),
+            post(login.layer(limit.layer())),
+        ),
+        None => (post(signup), post(login)),
+    };
     let mut pages = Router::new()
         .route("/", get(home))
-        .route("/signup", get(signup_form).post(signup))
-        .route("/login", get(login_form).post(login))
+        .route("/signup", get(signup_form).merge(signup_post))
+        .route("/login", get(login_form).merge(login_post))
         .route("/logout", post(logout))
         .route("/dashboard", get(dashboard))
         .route("/lessons", get(lesson_list))
@@ -82,10 +93,13 @@ pub fn app(state: AppState) -> Router {
             if let Some(metrics) = &metrics {
                 heal = heal.with_metrics(metrics);
             }
+            // The pages' limit: starts at 64, never below 16 at once.
             if config.concurrency_limit {
-                for limit in concurrency_limits(&state) {
-                    heal = heal.with_adaptive_limit(limit);
-                }
+                heal = heal.with_adaptive_limit(
+                    selfheal::web::AdaptiveLimit::new("cozmic")
+                        .with_limits(64, 16, 1000)
+                        .expect("valid limits"),
+                );
             }
             pages.layer(heal)
         }
@@ -109,32 +123,26 @@ pub fn app(state: AppState) -> Router {
 /// `/metrics` are outside the layer anyway).
 ///
 /// Two limits, because one would settle at the wrong level for one of
-/// them: the pages' (starts at 64, never below 16 at once), and a bulkhead
-/// for the two routes that verify or hash a password (argon2, tens of
-/// milliseconds of CPU each on one hashing thread per core). Measured under
-/// a login rush at 3x what the app serves: under the app-wide limit alone
-/// 16 logins in flight on two hashing threads waited ~8 hash times each
+/// them: the pages' (in `HealLayer`), and this one, a bulkhead on the two
+/// handlers that verify or hash a password (argon2, tens of milliseconds
+/// of CPU each on one hashing thread per core). On the handlers, so that
+/// the slot is taken once the form has been read (the CSRF layer reads it)
+/// and a client trickling its body holds none. Measured under a login
+/// rush at 3x what the app serves: under the app-wide limit alone 16
+/// logins in flight on two hashing threads waited ~8 hash times each
 /// (accepted p99 14x the unloaded p99); their own limit, between one and
 /// eight logins per hashing thread with Gradient2's queue at 1, settles
-/// near what the threads run: 4 on two threads, accepted p99 2.2x the
-/// unloaded p99 (`chaos --suite overload`, docs/adaptive.md). A tolerance
-/// of 1.2 settled at 3 with the same p99 and less goodput: the rest of the
-/// p99 is the CPU the two cores share with everything else, not the queue.
-fn concurrency_limits(state: &AppState) -> [selfheal::web::AdaptiveLimit; 2] {
-    use axum::http::Method;
-    use selfheal::web::AdaptiveLimit;
+/// near what the threads run (`chaos --suite overload`, docs/adaptive.md).
+/// A tolerance of 1.2 settled one lower with the same p99 and less
+/// goodput: the rest of the p99 is the CPU the two cores share with
+/// everything else, not the queue.
+fn passwords_limit(state: &AppState) -> selfheal::web::AdaptiveLimit {
     let threads = u32::try_from(state.password_work().max_running()).unwrap_or(1);
-    [
-        AdaptiveLimit::new("cozmic")
-            .with_limits(64, 16, 1000)
-            .expect("valid limits"),
-        AdaptiveLimit::new("cozmic-passwords")
-            .with_limits(2 * threads, threads, 8 * threads)
-            .and_then(|l| l.with_queue(1.0))
-            .expect("valid limits")
-            .for_route(Method::POST, "/login")
-            .for_route(Method::POST, "/signup"),
-    ]
+    selfheal::web::AdaptiveLimit::new("cozmic-passwords")
+        .with_limits(2 * threads, threads, 8 * threads)
+        .and_then(|l| l.with_queue(1.0))
+        .expect("valid limits")
+        .with_observer(state.monitor().observer())
 }
 
 /// Whether the operator said the app is served over HTTPS (`COZMIC_HTTPS`).

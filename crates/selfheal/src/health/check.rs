@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -68,14 +68,16 @@ pub(crate) struct Check {
     pub(crate) options: CheckOptions,
     pub(crate) probe: Probe,
     last: Mutex<CheckResult>,
-    /// The last verdict as one word, for [`CheckWatch`]: read on request
-    /// paths, so an atomic rather than the result's lock.
-    verdict: Arc<AtomicU8>,
+    /// The last verdict and when it was made, as one word for
+    /// [`CheckWatch`] (read on request paths, so an atomic rather than the
+    /// result's lock): `ms since origin << 2 | state`.
+    verdict: Arc<AtomicU64>,
+    origin: tokio::time::Instant,
 }
 
-const UNKNOWN: u8 = 0;
-const PASSING: u8 = 1;
-const FAILING: u8 = 2;
+const UNKNOWN: u64 = 0;
+const PASSING: u64 = 1;
+const FAILING: u64 = 2;
 
 impl fmt::Debug for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,7 +103,8 @@ impl Check {
             options,
             probe,
             last: Mutex::new(last),
-            verdict: Arc::new(AtomicU8::new(UNKNOWN)),
+            verdict: Arc::new(AtomicU64::new(UNKNOWN)),
+            origin: tokio::time::Instant::now(),
         }
     }
 
@@ -110,7 +113,11 @@ impl Check {
         CheckWatch {
             name: Arc::from(&*self.name),
             verdict: self.verdict.clone(),
+            origin: self.origin,
             interval: self.options.interval,
+            // Two runs missed: the probe's task is gone (its runtime
+            // stopped, the monitor dropped) or hangs past its timeout.
+            fresh_ms: (2 * self.options.interval + self.options.timeout).as_millis() as u64,
         }
     }
 
@@ -122,8 +129,11 @@ impl Check {
             Err(_) => Err(format!("timed out after {:?}", self.options.timeout)),
         };
         let passing = outcome.is_ok();
-        self.verdict
-            .store(if passing { PASSING } else { FAILING }, Ordering::Relaxed);
+        let at = self.origin.elapsed().as_millis() as u64;
+        self.verdict.store(
+            (at << 2) | if passing { PASSING } else { FAILING },
+            Ordering::Relaxed,
+        );
         let mut last = crate::sync::lock(&self.last);
         last.passing = Some(passing);
         last.message = outcome
@@ -159,8 +169,10 @@ impl Check {
 #[derive(Clone)]
 pub struct CheckWatch {
     name: Arc<str>,
-    verdict: Arc<AtomicU8>,
+    verdict: Arc<AtomicU64>,
+    origin: tokio::time::Instant,
     interval: Duration,
+    fresh_ms: u64,
 }
 
 impl CheckWatch {
@@ -169,11 +181,21 @@ impl CheckWatch {
         &self.name
     }
 
-    /// Whether the check's last run failed (`false` before its first run:
-    /// no verdict is not a failure).
+    /// Whether the check's last run failed, and recently: `false` before
+    /// its first run (no verdict is not a failure), and `false` once the
+    /// failing verdict is older than two intervals and a timeout (the
+    /// probe stopped running: a stale "down" must not refuse calls for
+    /// good). One atomic load while passing; a clock read while failing.
     #[inline]
     pub fn is_failing(&self) -> bool {
-        self.verdict.load(Ordering::Relaxed) == FAILING
+        let word = self.verdict.load(Ordering::Relaxed);
+        word & 3 == FAILING && self.is_fresh(word >> 2)
+    }
+
+    #[cold]
+    fn is_fresh(&self, at_ms: u64) -> bool {
+        let now = self.origin.elapsed().as_millis() as u64;
+        now.saturating_sub(at_ms) <= self.fresh_ms
     }
 
     /// How often the check runs: the longest a failing verdict can be
@@ -189,5 +211,36 @@ impl fmt::Debug for CheckWatch {
             .field("name", &self.name)
             .field("failing", &self.is_failing())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_verdict_that_is_not_renewed_expires() {
+        let options = CheckOptions {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            ..CheckOptions::default()
+        };
+        let check = Check::new(
+            "dep".into(),
+            options,
+            Box::new(|| Box::pin(async { Err("down".to_owned()) })),
+        );
+        let watch = check.watch();
+        assert!(!watch.is_failing(), "no verdict yet");
+        assert!(!check.run().await);
+        assert!(watch.is_failing());
+        // Renewed in time: still failing.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(watch.is_failing());
+        // Two intervals and a timeout without a run: the probe is gone.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!watch.is_failing(), "a stale verdict refused calls");
+        assert!(!check.run().await);
+        assert!(watch.is_failing());
     }
 }

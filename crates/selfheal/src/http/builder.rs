@@ -289,8 +289,15 @@ impl Builder {
     /// # let _ = middleware;
     /// # Ok(()) }
     /// ```
-    pub fn with_check(mut self, dependency: impl Into<Arc<str>>, watch: CheckWatch) -> Self {
-        self.checks.push((dependency.into(), watch));
+    ///
+    /// `dependency` is matched as the middleware names dependencies: a URL
+    /// (`https://api.stripe.com`) is reduced to its host, and its port when
+    /// not the scheme's default; names are compared in lower case. A
+    /// second check for the same dependency replaces the first.
+    pub fn with_check(mut self, dependency: &str, watch: CheckWatch) -> Self {
+        let name: Arc<str> = dependency_name(dependency).into();
+        self.checks.retain(|(n, _)| *n != name);
+        self.checks.push((name, watch));
         self
     }
 
@@ -367,5 +374,34 @@ impl Builder {
                 generate_keys: self.generate_keys,
             }),
         })
+    }
+}
+
+/// How the registry names `dependency`: a URL's host (with its port when
+/// not the scheme's default), in lower case.
+fn dependency_name(dependency: &str) -> String {
+    match reqwest::Url::parse(dependency) {
+        Ok(url) if url.has_host() => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => dependency.to_ascii_lowercase(),
+        },
+        _ => dependency.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn check_names_are_the_registrys() {
+        for (given, name) in [
+            ("https://API.stripe.com", "api.stripe.com"),
+            ("https://api.stripe.com:443/v1", "api.stripe.com"),
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("Billing", "billing"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ] {
+            assert_eq!(super::dependency_name(given), name, "{given}");
+        }
     }
 }

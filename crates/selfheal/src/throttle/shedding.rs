@@ -65,12 +65,22 @@ pub(crate) fn clear() {
     SHED_UNTIL_MS.store(0, Ordering::Relaxed);
 }
 
+/// Unit tests that set or read the mark run one at a time.
+#[cfg(test)]
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_mark_expires_by_itself() {
+        let _serial = serial();
         shed_for(Duration::from_millis(30));
         assert!(server_is_shedding());
         std::thread::sleep(Duration::from_millis(60));

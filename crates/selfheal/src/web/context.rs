@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     pub(crate) retry_after: Duration,
     pub(crate) responder: Arc<dyn Responder>,
     pub(super) status: Arc<StatusCache>,
-    pub(super) limits: super::limit::Limits,
+    pub(super) limit: Option<super::limit::AdaptiveLimit>,
     #[cfg(feature = "prometheus")]
     pub(crate) metrics: Option<crate::metrics::HttpMetrics>,
 }
@@ -62,19 +62,19 @@ pub(crate) struct RequestContext {
     start: Option<Instant>,
     /// Who asked: failures are recorded against this client.
     client: Client,
-    /// Its slot under an adaptive concurrency limit, if any (the limit's
-    /// index in `shared.limits`, and when it was admitted): released when
-    /// the handler answers, with a latency sample, or when the context is
-    /// dropped (abandoned, timed out, panicked), without one. An index
-    /// rather than a clone of the limit: no reference count to touch.
-    slot: Option<(usize, tokio::time::Instant)>,
+    /// When it was admitted under the layer's adaptive limit, if it was:
+    /// the slot is released when the handler answers (with a latency
+    /// sample for a success or a redirect), or when the context is dropped
+    /// (abandoned, timed out, panicked: without one). Released through
+    /// `shared`, not a clone of the limit: no reference count to touch.
+    slot: Option<tokio::time::Instant>,
 }
 
 impl Drop for RequestContext {
     #[inline]
     fn drop(&mut self) {
-        if let Some((limit, start)) = self.slot.take() {
-            self.shared.limits.get(limit).release(start, false);
+        if let (Some(start), Some(limit)) = (self.slot.take(), &self.shared.limit) {
+            limit.release(start, false);
         }
     }
 }
@@ -95,19 +95,22 @@ impl RequestContext {
         }
     }
 
-    /// Holds a slot under limit number `limit`, admitted at `start`, for the
+    /// Holds a slot under the layer's limit, admitted at `start`, for the
     /// life of the request.
     #[inline]
-    pub(super) fn with_slot(mut self, limit: usize, start: tokio::time::Instant) -> Self {
-        self.slot = Some((limit, start));
+    pub(super) fn with_slot(mut self, start: tokio::time::Instant) -> Self {
+        self.slot = Some(start);
         self
     }
 
-    /// The handler answered: its latency is a sample for the limit.
+    /// The handler answered with `status`: the slot is released, and its
+    /// latency is a sample for the limit when it is a success or a redirect
+    /// (a fast error says nothing about capacity, and a warm-up full of
+    /// them would set the baseline far too low).
     #[inline]
-    pub(crate) fn answered(&mut self) {
-        if let Some((limit, start)) = self.slot.take() {
-            self.shared.limits.get(limit).release(start, true);
+    pub(crate) fn answered(&mut self, status: StatusCode) {
+        if let (Some(start), Some(limit)) = (self.slot.take(), &self.shared.limit) {
+            limit.release(start, status.is_success() || status.is_redirection());
         }
     }
 
@@ -158,6 +161,15 @@ impl RequestContext {
     /// The inner service answered.
     #[inline]
     pub(crate) fn finish(&self, response: Response) -> Response {
+        if response
+            .extensions()
+            .get::<super::bulkhead::Shed>()
+            .is_some()
+        {
+            // A route's own limit shed it: the same friendly answer as
+            // this layer's, and no more recorded than this layer's.
+            return self.overloaded();
+        }
         let status = response.status();
         self.observe(status);
         if !status.is_server_error() {

@@ -80,7 +80,7 @@ where
                 // polled again), so observing it broken is impossible.
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Ready(Ok(response))) => {
-                        ctx.answered();
+                        ctx.answered(response.status());
                         ctx.finish(response)
                     }
                     Ok(Poll::Ready(Err(error))) => return Poll::Ready(Err(error)),

@@ -44,7 +44,7 @@ impl fmt::Debug for HealLayer {
         f.debug_struct("HealLayer")
             .field("timeout", &self.shared.timeout)
             .field("load_shedding", &self.shared.shed)
-            .field("adaptive_limits", &self.shared.limits)
+            .field("adaptive_limit", &self.shared.limit)
             .field("retry_after", &self.shared.retry_after)
             .finish_non_exhaustive()
     }
@@ -62,7 +62,7 @@ impl HealLayer {
                 retry_after: Duration::from_secs(5),
                 responder: Arc::new(FriendlyResponder),
                 status: Arc::new(StatusCache::new()),
-                limits: Default::default(),
+                limit: None,
                 #[cfg(feature = "prometheus")]
                 metrics: None,
             }),
@@ -110,12 +110,12 @@ impl HealLayer {
     /// other exempt paths). The limit reports its windows to this layer's
     /// monitor unless it has an observer of its own. Default off.
     ///
-    /// Call once more for each [route limit](AdaptiveLimit::for_route) (a
-    /// bulkhead for an expensive route); a second limit without routes
-    /// replaces the first.
+    /// For an expensive route, give its handler a limit of its own with
+    /// [`AdaptiveLimit::layer`] (a bulkhead); this layer answers what that
+    /// one sheds with the same friendly `503`, unrecorded.
     pub fn with_adaptive_limit(mut self, limit: AdaptiveLimit) -> Self {
-        limit.observe_with(self.shared.monitor.observer());
-        self.shared_mut().limits.add(limit);
+        limit.serve_app_wide(self.shared.monitor.observer());
+        self.shared_mut().limit = Some(limit);
         self
     }
 
@@ -187,12 +187,12 @@ where
         if shared.shed && shared.status.is_critical(&shared.monitor) {
             return ResponseFuture::ready(ctx.overloaded());
         }
-        let ctx = match shared.limits.pick(req.method(), req.uri().path()) {
-            Some(i) => match shared.limits.get(i).try_acquire() {
-                Some(start) => ctx.with_slot(i, start),
+        let ctx = match &shared.limit {
+            Some(limit) if !limit.is_exempt(req.uri().path()) => match limit.try_acquire() {
+                Some(start) => ctx.with_slot(start),
                 None => return ResponseFuture::ready(ctx.overloaded()),
             },
-            None => ctx,
+            _ => ctx,
         };
         // For the session extractor: needed only when the monitor is not the
         // global observer (else the extractor reports there anyway), and an

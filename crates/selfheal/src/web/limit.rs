@@ -2,11 +2,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::http::Method;
 use tokio::time::Instant;
 
 use crate::ConfigError;
@@ -68,8 +67,23 @@ use crate::observe::{self, Event, Observer};
 /// not recorded as an error nor as a request (the monitor's error rate and
 /// status do not move, readiness does not change), only counted; the limit,
 /// the requests in flight and the count are on the dashboard and
-/// `/metrics`. While a limiter sheds, outbound retries are suppressed
-/// ([`server_is_shedding`](crate::throttle::server_is_shedding)).
+/// `/metrics`. While the app-wide limit sheds, outbound retries are
+/// suppressed ([`server_is_shedding`](crate::throttle::server_is_shedding)).
+///
+/// # A limit of its own for an expensive route (a bulkhead)
+///
+/// One app-wide limit settles where the app's *average* request queues,
+/// which is far too many for an expensive route: a login verifies an
+/// argon2 hash on a fixed pool of hashing threads, and sixteen logins in
+/// flight on two threads wait eight hash times each, where sixteen lesson
+/// pages are nothing. Put a limit of its own on that route's handler with
+/// [`layer`](Self::layer) (and a small [queue](Self::with_queue)): it
+/// settles near what the pool runs and sheds the rest at once; a rush on
+/// it takes no slot from the pages; its sheds do not mark the server as
+/// shedding (a busy pool is not an overloaded server, and outbound retries
+/// go on). Inside the router, the slot is taken once the route is matched
+/// and the layers outside it (a CSRF check that reads the form, say) are
+/// done, so a client trickling its body does not hold one.
 ///
 /// # Cost
 ///
@@ -110,9 +124,6 @@ struct Settings {
     smoothing: f64,
     queue: f64,
     exempt: Vec<Cow<'static, str>>,
-    /// The requests this limit is for (`method`, exact path); empty: every
-    /// request not exempt and not taken by a route's own limit.
-    routes: Vec<(Method, Cow<'static, str>)>,
 }
 
 struct Inner {
@@ -130,6 +141,9 @@ struct Inner {
     window_end_ms: AtomicU64,
     gradient: Mutex<Gradient>,
     observer: OnceLock<Arc<dyn Observer>>,
+    /// Whether this is a [`HealLayer`](super::HealLayer)'s app-wide limit,
+    /// whose sheds mark the server as shedding.
+    app_wide: AtomicBool,
 }
 
 /// The algorithm's own state, touched once a window.
@@ -166,7 +180,6 @@ impl AdaptiveLimit {
                         Cow::Borrowed("/metrics"),
                         Cow::Borrowed("/admin/"),
                     ],
-                    routes: Vec::new(),
                 },
                 created: Instant::now(),
                 in_flight: AtomicU32::new(0),
@@ -182,6 +195,7 @@ impl AdaptiveLimit {
                     windows: 0,
                 }),
                 observer: OnceLock::new(),
+                app_wide: AtomicBool::new(false),
             }),
         }
     }
@@ -244,49 +258,6 @@ impl AdaptiveLimit {
         self
     }
 
-    /// Makes this limit a **bulkhead** for `method path` (the exact path):
-    /// only those requests take a slot under it, and they take no slot under
-    /// the layer's app-wide limit. Call again to add routes (two routes
-    /// that spend the same resource share one limit).
-    ///
-    /// Why: one limit for a whole app settles where the app's *average*
-    /// request queues, which is far too many for an expensive route. A
-    /// login verifies an argon2 hash on a fixed pool of hashing threads: ten
-    /// logins in flight on two threads wait five hash times each, while the
-    /// same ten lesson pages are nothing. A limit of its own (with a small
-    /// [queue](Self::with_queue)) lets the expensive route settle at about
-    /// what its pool can run, shedding the rest at once, and a rush on it
-    /// can neither fill the app-wide limit nor be starved by it.
-    ///
-    /// A [`HealLayer`](super::HealLayer) takes any number of route limits
-    /// and one app-wide limit (one without routes); a request is counted
-    /// under the first route limit it matches, else the app-wide one.
-    /// Exempt paths only apply to the app-wide limit: a route is named on
-    /// purpose.
-    ///
-    /// ```
-    /// use axum::http::Method;
-    /// use selfheal::web::AdaptiveLimit;
-    /// let passwords = AdaptiveLimit::new("passwords")
-    ///     .with_limits(4, 2, 32)?
-    ///     .with_queue(1.0)?
-    ///     .for_route(Method::POST, "/login")
-    ///     .for_route(Method::POST, "/signup");
-    /// # let _ = passwords;
-    /// # Ok::<(), selfheal::ConfigError>(())
-    /// ```
-    ///
-    /// # Panics
-    ///
-    /// When called on a limit already cloned.
-    pub fn for_route(mut self, method: Method, path: impl Into<Cow<'static, str>>) -> Self {
-        self.settings_mut()
-            .settings
-            .routes
-            .push((method, path.into()));
-        self
-    }
-
     /// How far above its baseline latency may rise before the limit
     /// shrinks (Gradient2's `rttTolerance`): at least 1.0. Default 1.5.
     ///
@@ -316,7 +287,8 @@ impl AdaptiveLimit {
     /// `2 × queue`, so with the default the limit does not go below about
     /// 8 requests whatever `min` says. That suits an app-wide limit in the
     /// tens or hundreds; a route whose right limit is a handful (a pool of
-    /// two hashing threads) needs a queue of about 1.
+    /// two hashing threads, behind [`layer`](Self::layer)) needs a queue
+    /// of about 1.
     ///
     /// # Panics
     ///
@@ -338,8 +310,39 @@ impl AdaptiveLimit {
         self
     }
 
-    pub(crate) fn observe_with(&self, observer: Arc<dyn Observer>) {
+    /// Made the app-wide limit of a [`HealLayer`](super::HealLayer): its
+    /// windows go to `observer` (unless it has one), its sheds mark the
+    /// server as shedding.
+    pub(crate) fn serve_app_wide(&self, observer: Arc<dyn Observer>) {
         let _ = self.inner.observer.set(observer);
+        self.inner.app_wide.store(true, Ordering::Relaxed);
+    }
+
+    /// A tower layer that limits the requests through it (a route's
+    /// handler) with this limit: see the type's docs, "a limit of its own
+    /// for an expensive route". A request it sheds is answered `503` with
+    /// `Retry-After`, marked so that an outer [`HealLayer`](super::HealLayer)
+    /// answers it with its friendly page and does not record it. Clones
+    /// share the limit. A request's latency is a sample only when it is
+    /// answered with a success or a redirect (a fast error says nothing
+    /// about the route's capacity).
+    ///
+    /// ```
+    /// use axum::{Router, handler::Handler, routing::post};
+    /// use selfheal::web::AdaptiveLimit;
+    ///
+    /// async fn login() -> &'static str { "signed in" }
+    ///
+    /// let passwords = AdaptiveLimit::new("passwords")
+    ///     .with_limits(4, 2, 16)?
+    ///     .with_queue(1.0)?;
+    /// let app: Router = Router::new()
+    ///     .route("/login", post(login.layer(passwords.layer())));
+    /// # let _ = app;
+    /// # Ok::<(), selfheal::ConfigError>(())
+    /// ```
+    pub fn layer(&self) -> super::bulkhead::LimitLayer {
+        super::bulkhead::LimitLayer::new(self.clone())
     }
 
     /// The name.
@@ -360,22 +363,6 @@ impl AdaptiveLimit {
     /// Requests shed since the limit was made.
     pub fn shed(&self) -> u64 {
         self.inner.shed.load(Ordering::Relaxed)
-    }
-
-    /// Whether this limit is for some routes only
-    /// ([`for_route`](Self::for_route)).
-    pub(crate) fn has_routes(&self) -> bool {
-        !self.inner.settings.routes.is_empty()
-    }
-
-    /// Whether `method path` is one of this limit's routes.
-    #[inline]
-    fn is_for(&self, method: &Method, path: &str) -> bool {
-        self.inner
-            .settings
-            .routes
-            .iter()
-            .any(|(m, p)| m == method && p == path)
     }
 
     /// Whether requests to `path` are never shed.
@@ -412,63 +399,14 @@ impl AdaptiveLimit {
     }
 }
 
-/// The limits of one [`HealLayer`](super::HealLayer): the route limits (in
-/// the order given) and the app-wide one.
-#[derive(Clone, Default)]
-pub(crate) struct Limits {
-    all: Vec<AdaptiveLimit>,
-    app_wide: Option<usize>,
-}
-
-impl Limits {
-    /// Adds `limit`: a route limit, or the app-wide limit (replacing an
-    /// earlier one).
-    pub(crate) fn add(&mut self, limit: AdaptiveLimit) {
-        if limit.has_routes() {
-            self.all.push(limit);
-        } else if let Some(i) = self.app_wide {
-            self.all[i] = limit;
-        } else {
-            self.app_wide = Some(self.all.len());
-            self.all.push(limit);
-        }
-    }
-
-    /// The limit a request counts under, by index, if any.
-    #[inline]
-    pub(crate) fn pick(&self, method: &Method, path: &str) -> Option<usize> {
-        if self.all.is_empty() {
-            return None;
-        }
-        if let Some(i) = self
-            .all
-            .iter()
-            .position(|l| l.has_routes() && l.is_for(method, path))
-        {
-            return Some(i);
-        }
-        self.app_wide.filter(|&i| !self.all[i].is_exempt(path))
-    }
-
-    /// The limit at `index` (from [`pick`](Self::pick)).
-    #[inline]
-    pub(crate) fn get(&self, index: usize) -> &AdaptiveLimit {
-        &self.all[index]
-    }
-}
-
-impl fmt::Debug for Limits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(&self.all).finish()
-    }
-}
-
 impl Inner {
     #[cold]
     #[inline(never)]
     fn on_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
-        crate::throttle::shed_for(self.settings.window);
+        if self.app_wide.load(Ordering::Relaxed) {
+            crate::throttle::shed_for(self.settings.window);
+        }
     }
 
     #[inline]
@@ -581,7 +519,6 @@ mod tests {
         fn clone_for_test(&self) -> Self {
             Self {
                 exempt: self.exempt.clone(),
-                routes: self.routes.clone(),
                 ..*self
             }
         }
@@ -637,43 +574,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_limit_are_refused_and_slots_come_back() {
+        let _serial = crate::throttle::shedding_serial();
+        crate::throttle::clear_shedding();
+        // A route's own limit (a bulkhead): its sheds do not mark the
+        // server as shedding.
         let limit = AdaptiveLimit::new("t").with_limits(2, 1, 4).unwrap();
         let a = limit.try_acquire().unwrap();
         let b = limit.try_acquire().unwrap();
         assert!(limit.try_acquire().is_none());
-        assert!(crate::throttle::server_is_shedding());
+        assert!(!crate::throttle::server_is_shedding());
         assert_eq!((limit.in_flight(), limit.shed()), (2, 1));
         limit.release(a, true);
         limit.release(b, false);
         assert_eq!(limit.in_flight(), 0);
         assert!(limit.try_acquire().is_some());
+        // The app-wide limit's do.
+        let app_wide = AdaptiveLimit::new("app").with_limits(1, 1, 1).unwrap();
+        app_wide.serve_app_wide(crate::observe::testing::Recorder::new().observer());
+        let _held = app_wide.try_acquire().unwrap();
+        assert!(app_wide.try_acquire().is_none());
+        assert!(crate::throttle::server_is_shedding());
         crate::throttle::clear_shedding();
     }
 
     #[test]
-    fn a_request_counts_under_its_route_limit_else_the_app_wide_one() {
-        let mut limits = Limits::default();
-        assert_eq!(limits.pick(&Method::GET, "/"), None);
-        limits.add(AdaptiveLimit::new("app"));
-        limits.add(
-            AdaptiveLimit::new("passwords")
-                .for_route(Method::POST, "/login")
-                .for_route(Method::POST, "/signup"),
-        );
-        // A second app-wide limit replaces the first.
-        limits.add(AdaptiveLimit::new("app2"));
-        let name = |method: Method, path: &str| {
-            limits
-                .pick(&method, path)
-                .map(|i| limits.get(i).name().to_owned())
-        };
-        assert_eq!(name(Method::POST, "/login").as_deref(), Some("passwords"));
-        assert_eq!(name(Method::POST, "/signup").as_deref(), Some("passwords"));
-        // Same path, other method; a longer path: the app-wide limit.
-        assert_eq!(name(Method::GET, "/login").as_deref(), Some("app2"));
-        assert_eq!(name(Method::POST, "/login/x").as_deref(), Some("app2"));
-        // Exempt from the app-wide limit.
-        assert_eq!(name(Method::GET, "/readyz"), None);
+    fn settings_out_of_range_are_rejected() {
         assert!(AdaptiveLimit::new("t").with_queue(0.0).is_err());
         assert!(AdaptiveLimit::new("t").with_queue(f64::NAN).is_err());
         assert!(AdaptiveLimit::new("t").with_tolerance(0.9).is_err());

@@ -76,6 +76,7 @@
 //! ```
 
 mod body;
+mod bulkhead;
 mod client;
 mod context;
 pub mod csrf;
@@ -88,6 +89,7 @@ mod probes;
 mod respond;
 pub mod throttle;
 
+pub use bulkhead::{LimitLayer, LimitService};
 pub use client::ClientKey;
 pub use csrf::{CsrfLayer, CsrfToken};
 pub use dashboard::{Dashboard, admin_routes, health_json};
