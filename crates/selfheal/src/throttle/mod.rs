@@ -79,6 +79,18 @@
 //!   was) before the next read notices and switches to a read per outcome.
 //!   Counting an accept early can only make it leave the window early: the
 //!   throttle may see up to 31 accepts fewer than there were, never more.
+//!   After an idle period longer than the window, those up to 31 accepts
+//!   land in a bucket that has already aged out: they are lost, not early.
+//!   Found in review: a worker idle for a minute that then makes 24
+//!   successful calls and 10 failing ones sees 10 requests and no accepts,
+//!   and refuses 91 % of its calls where the exact clock refuses none. This
+//!   only matters where first attempts are throttled (the closure API and
+//!   [`ThrottleLayer`]); the retry engine and the HTTP middleware throttle
+//!   retries only, so there it costs retries, never a call that would have
+//!   been made without healing. Bursty, low-rate callers of the closure
+//!   API should use [`Builder::with_exact_clock`]. Not fixed: detecting the
+//!   idle period without reading the clock needs a ticker, which a
+//!   throttle does not have.
 //! - An accept only ever lands in a bucket that already holds the cached
 //!   slice: a bucket holding another slice is reset only by an outcome
 //!   placed from the clock, so a stale cache cannot wipe newer counts.
