@@ -83,6 +83,7 @@ struct ChildSpec {
     upstream_throttle: bool,
     healing_on: bool,
     concurrency_limit: bool,
+    passwords_limit: bool,
     faults_armed: bool,
     mail_poll: Duration,
     mail_lease: Duration,
@@ -114,6 +115,7 @@ impl ChildSpec {
             upstream,
             healing,
             concurrency_limit,
+            passwords_limit,
             faults,
             mail_poll,
             mail_lease,
@@ -165,6 +167,7 @@ impl ChildSpec {
             upstream_throttle: throttle,
             healing_on: *healing == Healing::On,
             concurrency_limit: *concurrency_limit,
+            passwords_limit: *passwords_limit,
             faults_armed: faults.is_armed(),
             mail_poll: *mail_poll,
             mail_lease: *mail_lease,
@@ -212,6 +215,7 @@ impl ChildSpec {
             Healing::Off
         };
         config.concurrency_limit = self.concurrency_limit;
+        config.passwords_limit = self.passwords_limit;
         // Armed in code, as the in-process driver does: no variable can.
         if self.faults_armed {
             config.faults = FaultHooks::armed();

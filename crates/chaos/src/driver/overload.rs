@@ -1,6 +1,7 @@
 //! The app's own overload: cozmic (a child process, healing on) offered
 //! about three times the logins it can serve, with and without its
-//! adaptive concurrency limit (`Config::concurrency_limit`).
+//! adaptive concurrency limits (`Config::concurrency_limit`, and the
+//! logins' own `Config::passwords_limit`, off by default in cozmic).
 //!
 //! Why logins: a login verifies an argon2 hash (tens of milliseconds of
 //! CPU and 19 MiB each, on a gate of one thread per core), so its cost is
@@ -384,6 +385,7 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun>
     let mut config = Config::new(dir.path());
     config.healing = Healing::On;
     config.concurrency_limit = options.limit;
+    config.passwords_limit = options.limit;
     config.client_ip_header = Some("x-real-ip".to_owned());
     config.secret_key = Some(Secret::new(format!(
         "{:016x}{:016x}{:016x}{:016x}",

@@ -36,8 +36,7 @@ use crate::observe::{self, Event, Observer};
 ///
 /// ```text
 /// short    = the window's average latency
-/// long     = an exponential average of `short` over ~600 windows, seeded
-///            by the lowest of the first 10 windows (the latency without queueing)
+/// long     = an exponential average of `short` over ~600 windows (a 10-window warm-up)
 /// gradient = clamp(tolerance × long / short, 0.5, 1)        tolerance 1.5
 /// limit    = (1 − smoothing) × limit + smoothing × (gradient × limit + queue)
 /// ```
@@ -465,15 +464,14 @@ impl Gradient {
     /// One window of Gradient2: the new limit.
     fn update(&mut self, s: &Settings, short: f64, max_in_flight: u32) -> u32 {
         self.windows += 1;
-        if self.windows == 1 {
-            self.long_micros = short;
-        } else if self.windows <= WARMUP {
-            // The warm-up seeds the baseline with the *lowest* window: the
-            // latency without queueing. An average would let a first burst
-            // of load into the baseline (measured: a login limit seeded by
-            // 6 idle windows and 4 busy ones settled at 6 logins on 2
-            // hashing threads, three times the queue it should allow).
-            self.long_micros = self.long_micros.min(short);
+        if self.windows <= WARMUP {
+            // The warm-up averages its windows (Gradient2's own choice). The
+            // lowest window was tried: a login limit then settled lower
+            // under a rush, but the app-wide limit, seeded by the quietest
+            // of its first windows, shed pages on the chaos journey that
+            // the mean let through (healing that hurts).
+            let n = f64::from(self.windows);
+            self.long_micros += (short - self.long_micros) / n;
         } else {
             let factor = 2.0 / (LONG_WINDOW + 1.0);
             self.long_micros = self.long_micros * (1.0 - factor) + short * factor;
