@@ -57,6 +57,18 @@ impl AppMode {
     }
 }
 
+/// A fresh `SECRET_KEY` for an app run by the harness: every instance (and
+/// every life of one) of that run signs sessions alike.
+pub(super) fn random_secret_key() -> cozmic::config::Secret {
+    cozmic::config::Secret::new(format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..)
+    ))
+}
+
 /// What the users and the session corrupter need from the app.
 #[derive(Debug, Clone)]
 pub(super) struct AppAccess {

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cozmic::config::{Config, Healing, Secret};
+use cozmic::config::{Config, Healing};
 use serde::Serialize;
 
 use super::app::{App, AppMode};
@@ -387,13 +387,7 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun>
     config.concurrency_limit = options.limit;
     config.passwords_limit = options.limit;
     config.client_ip_header = Some("x-real-ip".to_owned());
-    config.secret_key = Some(Secret::new(format!(
-        "{:016x}{:016x}{:016x}{:016x}",
-        fastrand::u64(..),
-        fastrand::u64(..),
-        fastrand::u64(..),
-        fastrand::u64(..)
-    )));
+    config.secret_key = Some(super::app::random_secret_key());
     let mode = AppMode::Children {
         exe: options.exe.clone(),
         instances: 1,

@@ -96,13 +96,7 @@ impl World {
         config.redis_url = urls.redis.map(Secret::new);
         if options.app != AppMode::InProcess {
             // Every instance (and every life of one) signs sessions alike.
-            config.secret_key = Some(Secret::new(format!(
-                "{:016x}{:016x}{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..),
-                fastrand::u64(..),
-                fastrand::u64(..)
-            )));
+            config.secret_key = Some(super::app::random_secret_key());
         }
         let app = App::start(&options.app, config, dir.path()).await?;
         links.start_faults(options, &ledger);

@@ -102,7 +102,7 @@ struct Slot {
 
 impl Slot {
     fn answered(mut self, status: StatusCode) {
-        self.sample = status.is_success() || status.is_redirection();
+        self.sample = AdaptiveLimit::is_sample(status);
     }
 }
 

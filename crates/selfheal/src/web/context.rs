@@ -110,7 +110,7 @@ impl RequestContext {
     #[inline]
     pub(crate) fn answered(&mut self, status: StatusCode) {
         if let (Some(start), Some(limit)) = (self.slot.take(), &self.shared.limit) {
-            limit.release(start, status.is_success() || status.is_redirection());
+            limit.release(start, super::limit::AdaptiveLimit::is_sample(status));
         }
     }
 

@@ -389,6 +389,14 @@ impl AdaptiveLimit {
         Some(Instant::now())
     }
 
+    /// Whether an answer with `status` is a latency sample: successes and
+    /// redirects only (a fast error says nothing about capacity, and a
+    /// warm-up full of them would set the baseline far too low).
+    #[inline]
+    pub(crate) fn is_sample(status: axum::http::StatusCode) -> bool {
+        status.is_success() || status.is_redirection()
+    }
+
     /// Gives back the slot of a request admitted at `start`; its latency is
     /// a sample when it was `answered` (an abandoned request says nothing
     /// about latency).
