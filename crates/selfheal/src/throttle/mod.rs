@@ -150,11 +150,11 @@ use tokio::time::Instant;
 pub use self::error::{ThrottleError, Throttled};
 #[cfg(feature = "tower")]
 pub use self::layer::{ResponseFuture, ThrottleLayer, ThrottleService};
+#[cfg(test)]
+pub(crate) use self::shedding::clear as clear_shedding;
 pub use self::shedding::server_is_shedding;
 #[cfg_attr(not(feature = "axum"), allow(unused_imports))]
 pub(crate) use self::shedding::shed_for;
-#[cfg(test)]
-pub(crate) use self::shedding::{clear as clear_shedding, serial as shedding_serial};
 use crate::ConfigError;
 use crate::breaker::window::Window;
 use crate::observe::{self, Event, Observer};

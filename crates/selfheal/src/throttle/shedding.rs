@@ -26,10 +26,31 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Until when the server counts as shedding, in ms since [`origin`]
-/// (0: never shed). The OS clock: the signal is process-wide, shared by
-/// every runtime, so it cannot follow one runtime's (pausable) clock.
-static SHED_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+/// Runs `f` on the mark: until when the server counts as shedding, in ms
+/// since [`origin`] (0: never shed). The OS clock: the signal is
+/// process-wide, shared by every runtime, so it cannot follow one
+/// runtime's (pausable) clock.
+///
+/// In this crate's unit tests the mark is per thread: tests run side by
+/// side in one process, and a test that sheds on purpose must not suppress
+/// the retries another test counts (that flaked in CI). Each unit test
+/// runs its runtime on its own thread, so it sees only its own sheds; the
+/// integration tests (`tests/limit.rs`) exercise the process-wide mark.
+#[inline]
+fn with_mark<R>(f: impl FnOnce(&AtomicU64) -> R) -> R {
+    #[cfg(not(test))]
+    {
+        static SHED_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+        f(&SHED_UNTIL_MS)
+    }
+    #[cfg(test)]
+    {
+        thread_local! {
+            static SHED_UNTIL_MS: AtomicU64 = const { AtomicU64::new(0) };
+        }
+        SHED_UNTIL_MS.with(f)
+    }
+}
 
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -46,7 +67,7 @@ fn now_ms() -> u64 {
 /// are suppressed.
 #[inline]
 pub fn server_is_shedding() -> bool {
-    let until = SHED_UNTIL_MS.load(Ordering::Relaxed);
+    let until = with_mark(|mark| mark.load(Ordering::Relaxed));
     until != 0 && now_ms() < until
 }
 
@@ -55,23 +76,14 @@ pub fn server_is_shedding() -> bool {
 #[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) fn shed_for(hold: Duration) {
     let until = now_ms().saturating_add(hold.as_millis() as u64);
-    SHED_UNTIL_MS.fetch_max(until, Ordering::Relaxed);
+    with_mark(|mark| mark.fetch_max(until, Ordering::Relaxed));
 }
 
-/// Forgets every mark (tests that shed on purpose clean up after
+/// Forgets this thread's mark (tests that shed on purpose clean up after
 /// themselves).
 #[cfg(test)]
 pub(crate) fn clear() {
-    SHED_UNTIL_MS.store(0, Ordering::Relaxed);
-}
-
-/// Unit tests that set or read the mark run one at a time.
-#[cfg(test)]
-pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    with_mark(|mark| mark.store(0, Ordering::Relaxed));
 }
 
 #[cfg(test)]
@@ -80,7 +92,6 @@ mod tests {
 
     #[test]
     fn the_mark_expires_by_itself() {
-        let _serial = serial();
         shed_for(Duration::from_millis(30));
         assert!(server_is_shedding());
         std::thread::sleep(Duration::from_millis(60));

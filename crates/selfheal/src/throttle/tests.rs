@@ -164,9 +164,6 @@ async fn the_engine_cuts_retries_the_throttle_refuses_but_never_first_attempts()
 }
 
 /// While the server sheds load, a policy with a throttle does not retry.
-// A std guard across the await: this test's runtime is its own and
-// single-threaded, and the guard only orders it with other tests.
-#[allow(clippy::await_holding_lock)]
 #[tokio::test(start_paused = true)]
 async fn the_servers_shedding_suppresses_retries() {
     let events = Recorder::new();
@@ -175,7 +172,6 @@ async fn the_servers_shedding_suppresses_retries() {
         .with_throttle(throttle(&events))
         .with_observer(events.observer())
         .with_name("op");
-    let _serial = crate::throttle::shedding_serial();
     crate::throttle::shed_for(std::time::Duration::from_millis(200));
     let result = policy.retry(|| async { Err::<(), _>("busy") }).await;
     crate::throttle::clear_shedding();

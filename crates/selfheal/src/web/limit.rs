@@ -580,7 +580,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_limit_are_refused_and_slots_come_back() {
-        let _serial = crate::throttle::shedding_serial();
         crate::throttle::clear_shedding();
         // A route's own limit (a bulkhead): its sheds do not mark the
         // server as shedding.
