@@ -298,7 +298,7 @@ impl Config {
             upstream: UpstreamPolicy::default(),
             healing: Healing::On,
             concurrency_limit: true,
-            passwords_limit: false,
+            passwords_limit: true,
             faults: FaultHooks::default(),
             mail_poll: Duration::from_millis(500),
             mail_lease: Duration::from_secs(60),

@@ -142,6 +142,11 @@ impl AppState {
         tokio::task::spawn_blocking(password::dummy_hash).await?;
         let observer = Arc::new(monitor.clone());
         let login_throttle = web::login_throttle("login", &config, observer.clone());
+        let mut password_work = password::PasswordWork::for_this_machine();
+        if config.healing == Healing::On && config.concurrency_limit && config.passwords_limit {
+            let threads = password_work.max_running();
+            password_work = password_work.with_limit(password::limit(threads, observer.clone()));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 observer,
@@ -153,7 +158,7 @@ impl AppState {
                 tutor,
                 payments,
                 mailer,
-                password_work: password::PasswordWork::for_this_machine(),
+                password_work,
                 admin_guard,
                 config,
                 secret,

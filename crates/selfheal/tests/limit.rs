@@ -240,6 +240,70 @@ async fn a_rush_on_an_expensive_route_is_held_to_its_own_limit() {
     }
 }
 
+/// A route limit that lets requests wait (`with_wait`) absorbs a burst:
+/// 12 sign-ups at once on a limit of 2 (each 150 ms) are all served, never
+/// more than 2 in the handler at once, none shed; the same burst on the
+/// same limit without the wait sheds all but 2.
+#[tokio::test]
+async fn a_burst_on_a_route_waits_for_its_slots_instead_of_being_shed() {
+    use axum::handler::Handler;
+    use selfheal::health::Monitor;
+    use selfheal::web::{AdaptiveLimit, HealLayer};
+    use std::time::Duration;
+
+    let _serial = SERIAL.lock().await;
+    selfheal::tls::install_default_crypto_provider();
+    let burst = async |limit: AdaptiveLimit| -> (Vec<u16>, usize) {
+        let monitor = Monitor::builder().with_global(false).build().unwrap();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (i, m) = (inside.clone(), most.clone());
+        let signup = move || {
+            let (i, m) = (i.clone(), m.clone());
+            async move {
+                m.fetch_max(i.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                i.fetch_sub(1, Ordering::SeqCst);
+                "welcome"
+            }
+        };
+        let app = Router::new()
+            .route("/signup", axum::routing::post(signup.layer(limit.layer())))
+            .layer(HealLayer::new(monitor));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let http = reqwest::Client::new();
+        let answers: Vec<_> = (0..12)
+            .map(|_| {
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let answer = http.post(format!("http://{addr}/signup")).send().await;
+                    answer.unwrap().status().as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for answer in answers {
+            statuses.push(answer.await.unwrap());
+        }
+        server.abort();
+        (statuses, most.load(Ordering::SeqCst))
+    };
+    let two = || AdaptiveLimit::new("signups").with_limits(2, 2, 2).unwrap();
+    let waiting = two()
+        .with_wait(Duration::from_millis(20), Duration::from_secs(5))
+        .unwrap();
+    let (statuses, most) = burst(waiting.clone()).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!((most, waiting.shed(), waiting.in_flight()), (2, 0, 0));
+
+    let shedding = two();
+    let (statuses, most) = burst(shedding.clone()).await;
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!((served, most, shedding.shed()), (2, 2, 10), "{statuses:?}");
+}
+
 /// The tests of this binary that shed run one at a time: shedding marks
 /// the process (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -9,7 +9,6 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -52,20 +51,10 @@ pub fn app(state: AppState) -> Router {
         .with_expiry(Expiry::OnInactivity(time::Duration::days(14)))
         .with_signed(Key::from(state.inner.secret.as_bytes()));
 
-    // The password routes' own limit (a bulkhead), on their handlers: see
-    // `passwords_limit`.
-    let limited = healing == Healing::On && config.concurrency_limit && config.passwords_limit;
-    let (signup_post, login_post) = match limited.then(|| passwords_limit(&state)) {
-        Some(limit) => (
-            post(signup.layer(limit.layer())),
-            post(login.layer(limit.layer())),
-        ),
-        None => (post(signup), post(login)),
-    };
     let mut pages = Router::new()
         .route("/", get(home))
-        .route("/signup", get(signup_form).merge(signup_post))
-        .route("/login", get(login_form).merge(login_post))
+        .route("/signup", get(signup_form).post(signup))
+        .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/dashboard", get(dashboard))
         .route("/lessons", get(lesson_list))
@@ -115,35 +104,6 @@ pub fn app(state: AppState) -> Router {
         Https(config.https),
         security_headers,
     ))
-}
-
-/// The server protects itself: its concurrency limits are found from
-/// latency (Gradient2) and the excess is answered at once with the friendly
-/// 503 + `Retry-After`; the admin pages are never shed (probes and
-/// `/metrics` are outside the layer anyway).
-///
-/// Two limits, because one would settle at the wrong level for one of
-/// them: the pages' (in `HealLayer`), and this one, a bulkhead on the two
-/// handlers that verify or hash a password (argon2, tens of milliseconds
-/// of CPU each on one hashing thread per core). On the handlers, so that
-/// the slot is taken once the form has been read (the CSRF layer reads it)
-/// and a client trickling its body holds none. Measured under a login
-/// rush at 3x what the app serves: under the app-wide limit alone 16
-/// logins in flight on two hashing threads waited ~8 hash times each
-/// (accepted p99 14x the unloaded p99); their own limit (between one and
-/// eight logins per hashing thread, Gradient2's queue at 1, tolerance 1.2)
-/// settles near what the threads run, about 2x (`chaos --suite overload`,
-/// docs/adaptive.md). Off by default (`Config::passwords_limit`): it
-/// starts small, and sheds a burst of sign-ups that the hashing gate's
-/// queue would have served within half a second.
-fn passwords_limit(state: &AppState) -> selfheal::web::AdaptiveLimit {
-    let threads = u32::try_from(state.password_work().max_running()).unwrap_or(1);
-    selfheal::web::AdaptiveLimit::new("cozmic-passwords")
-        .with_limits(2 * threads, threads, 8 * threads)
-        .and_then(|l| l.with_queue(1.0))
-        .and_then(|l| l.with_tolerance(1.2))
-        .expect("valid limits")
-        .with_observer(state.monitor().observer())
 }
 
 /// Whether the operator said the app is served over HTTPS (`COZMIC_HTTPS`).
@@ -396,6 +356,9 @@ impl std::fmt::Display for Csrf {
 #[derive(Debug)]
 enum AppError {
     Unavailable(Unavailable),
+    /// A limit shed the request (the passwords' limit): the server
+    /// protecting itself, answered as `HealLayer`'s shedding, not recorded.
+    Shed(selfheal::web::LimitFull),
     Internal(anyhow::Error),
 }
 
@@ -476,6 +439,9 @@ impl Unavailable {
 impl<E: Into<anyhow::Error>> From<E> for AppError {
     fn from(error: E) -> Self {
         let error = error.into();
+        if let Some(&full) = error.downcast_ref::<selfheal::web::LimitFull>() {
+            return AppError::Shed(full);
+        }
         match Unavailable::of(&error) {
             Some(what) => {
                 tracing::warn!(error = %selfheal::web::redact(&format!("{error:#}")), ?what, "request answered 503: infrastructure unavailable");
@@ -508,6 +474,7 @@ impl IntoResponse for AppError {
                 response.extensions_mut().insert(UnavailableAnswer);
                 response
             }
+            AppError::Shed(full) => full.into_response(),
             AppError::Internal(error) => {
                 tracing::error!(error = %selfheal::web::redact(&format!("{error:#}")), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()

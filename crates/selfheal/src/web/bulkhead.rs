@@ -10,6 +10,10 @@
 //! latency samples are the handler's. `HealLayer` stays the one place that
 //! answers and records: a shed request leaves here as a bare `503` marked
 //! [`Shed`], which it turns into its friendly page without recording.
+//!
+//! A limit that [waits](AdaptiveLimit::with_wait) lets a request beyond it
+//! wait for a slot (a burst) before it is shed (a standing queue); only
+//! those requests pay for a boxed future, the others none.
 
 use std::fmt;
 use std::future::Future;
@@ -22,7 +26,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::limit::AdaptiveLimit;
+use super::limit::{AdaptiveLimit, Permit};
 
 /// Marks a response as shed by a route's limit: an outer
 /// [`HealLayer`](super::HealLayer) answers it as its own shedding.
@@ -30,7 +34,8 @@ use super::limit::AdaptiveLimit;
 pub(crate) struct Shed;
 
 /// The tower layer of [`AdaptiveLimit::layer`]: requests beyond the limit
-/// are answered at once with `503` and `Retry-After: 1`.
+/// are answered with `503` and `Retry-After: 1`, at once or, when the limit
+/// [waits](AdaptiveLimit::with_wait), once their wait gives up.
 #[derive(Clone, Debug)]
 pub struct LimitLayer {
     limit: AdaptiveLimit,
@@ -62,11 +67,13 @@ pub struct LimitService<S> {
 
 impl<S, B> Service<Request<B>> for LimitService<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = LimitFuture<S::Future>;
+    type Future = LimitFuture<S::Future, S::Error>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -74,60 +81,70 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.limit.try_acquire() {
-            Some(start) => LimitFuture {
+        let waits = self.limit.waits();
+        // A limit that lets requests wait counts a shed only when the wait
+        // gives up.
+        let admitted = if waits {
+            self.limit.try_admit()
+        } else {
+            self.limit.try_acquire()
+        };
+        if let Some(start) = admitted {
+            return LimitFuture {
                 future: Some(self.inner.call(req)),
-                slot: Some(Slot {
-                    limit: self.limit.clone(),
-                    start,
-                    sample: false,
-                }),
-            },
-            None => LimitFuture {
+                slot: Some(Permit::new(self.limit.clone(), start)),
+                waiting: None,
+            };
+        }
+        if !waits {
+            return LimitFuture {
                 future: None,
                 slot: None,
-            },
+                waiting: None,
+            };
+        }
+        // The slow path: wait for a slot, then call a clone of the service
+        // that was made ready (the tower idiom for moving it into a future).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let limit = self.limit.clone();
+        let waiting = async move {
+            let Ok(mut slot) = limit.acquire().await else {
+                return Ok(shed());
+            };
+            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            let response = inner.call(req).await?;
+            slot.set_sample(AdaptiveLimit::is_sample(response.status()));
+            Ok(response)
+        };
+        LimitFuture {
+            future: None,
+            slot: None,
+            waiting: Some(Box::pin(waiting)),
         }
     }
 }
 
-/// A request's slot, given back once when dropped: with a latency sample
-/// when it was answered with a success or a redirect, without one when
-/// abandoned or answered with an error.
-struct Slot {
-    limit: AdaptiveLimit,
-    start: tokio::time::Instant,
-    sample: bool,
-}
-
-impl Slot {
-    fn answered(mut self, status: StatusCode) {
-        self.sample = AdaptiveLimit::is_sample(status);
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.limit.release(self.start, self.sample);
-    }
-}
+/// A request waiting for a slot, then served (the wait path only).
+type Waiting<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
 pin_project! {
     /// The future of [`LimitService`].
-    pub struct LimitFuture<F> {
+    pub struct LimitFuture<F, E> {
         #[pin]
         future: Option<F>,
-        slot: Option<Slot>,
+        slot: Option<Permit>,
+        waiting: Option<Waiting<E>>,
     }
 }
 
-impl<F> fmt::Debug for LimitFuture<F> {
+impl<F, E> fmt::Debug for LimitFuture<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LimitFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, E> Future for LimitFuture<F>
+impl<F, E> Future for LimitFuture<F, E>
 where
     F: Future<Output = Result<Response, E>>,
 {
@@ -135,13 +152,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(waiting) = this.waiting {
+            return waiting.as_mut().poll(cx);
+        }
         let Some(future) = this.future.as_pin_mut() else {
             return Poll::Ready(Ok(shed()));
         };
         let output = std::task::ready!(future.poll(cx));
-        if let (Some(slot), Ok(response)) = (this.slot.take(), &output) {
-            slot.answered(response.status());
+        if let (Some(slot), Ok(response)) = (this.slot.as_mut(), &output) {
+            slot.set_sample(AdaptiveLimit::is_sample(response.status()));
         }
+        // Given back now, not when the future is dropped.
+        this.slot.take();
         Poll::Ready(output)
     }
 }
@@ -149,7 +171,7 @@ where
 /// The answer to a request shed here: `503`, `Retry-After: 1`, a short
 /// text, and the [`Shed`] mark for an outer `HealLayer`.
 #[cold]
-fn shed() -> Response {
+pub(super) fn shed() -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, HeaderValue::from_static("1"))],

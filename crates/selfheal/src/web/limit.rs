@@ -11,6 +11,11 @@ use tokio::time::Instant;
 use crate::ConfigError;
 use crate::observe::{self, Event, Observer};
 
+mod permit;
+mod wait;
+
+pub use self::permit::{LimitFull, Permit};
+
 /// An adaptive concurrency limit for a server. Give it to
 /// [`HealLayer::with_adaptive_limit`](super::HealLayer::with_adaptive_limit).
 ///
@@ -123,6 +128,9 @@ struct Settings {
     smoothing: f64,
     queue: f64,
     exempt: Vec<Cow<'static, str>>,
+    /// How long a request beyond the limit may wait for a slot (none: it is
+    /// shed at once).
+    wait: Option<wait::Wait>,
 }
 
 struct Inner {
@@ -138,6 +146,9 @@ struct Inner {
     max_in_flight: AtomicU32,
     /// When the window ends, in ms since `created`.
     window_end_ms: AtomicU64,
+    /// Requests waiting for a slot, when the queue was last empty, and the
+    /// wake-up a release gives one of them (see [`wait`]).
+    waiters: wait::Waiters,
     gradient: Mutex<Gradient>,
     observer: OnceLock<Arc<dyn Observer>>,
     /// Whether this is a [`HealLayer`](super::HealLayer)'s app-wide limit,
@@ -179,6 +190,7 @@ impl AdaptiveLimit {
                         Cow::Borrowed("/metrics"),
                         Cow::Borrowed("/admin/"),
                     ],
+                    wait: None,
                 },
                 created: Instant::now(),
                 in_flight: AtomicU32::new(0),
@@ -188,6 +200,7 @@ impl AdaptiveLimit {
                 samples: AtomicU32::new(0),
                 max_in_flight: AtomicU32::new(0),
                 window_end_ms: AtomicU64::new(1000),
+                waiters: wait::Waiters::default(),
                 gradient: Mutex::new(Gradient {
                     estimated: 20.0,
                     long_micros: 0.0,
@@ -378,15 +391,11 @@ impl AdaptiveLimit {
     /// [`release`](Self::release)), or `None`: shed it.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Option<Instant> {
-        let inner = &*self.inner;
-        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        if now > inner.limit.load(Ordering::Relaxed) {
-            inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-            inner.on_shed();
-            return None;
+        let admitted = self.inner.admit();
+        if admitted.is_none() {
+            self.inner.on_shed();
         }
-        inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Some(Instant::now())
+        admitted
     }
 
     /// Whether an answer with `status` is a latency sample: successes and
@@ -407,6 +416,24 @@ impl AdaptiveLimit {
 }
 
 impl Inner {
+    /// Takes a slot if one is free (the instant it was taken).
+    #[inline]
+    fn admit(&self) -> Option<Instant> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if now > self.limit.load(Ordering::Relaxed) {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Some(Instant::now())
+    }
+
+    /// Milliseconds since the limit was made.
+    #[inline]
+    fn ms_since_created(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.created).as_millis() as u64
+    }
+
     #[cold]
     #[inline(never)]
     fn on_shed(&self) {
@@ -419,6 +446,7 @@ impl Inner {
     #[inline]
     fn release(&self, start: Instant, completed: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.waiters.slot_freed();
         if !completed {
             // A request the client abandoned says nothing about latency.
             return;
@@ -427,7 +455,7 @@ impl Inner {
         let micros = now.saturating_duration_since(start).as_micros() as u64;
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
         self.samples.fetch_add(1, Ordering::Relaxed);
-        let now_ms = now.saturating_duration_since(self.created).as_millis() as u64;
+        let now_ms = self.ms_since_created(now);
         if now_ms >= self.window_end_ms.load(Ordering::Relaxed) {
             self.close_window(now_ms);
         }
@@ -454,8 +482,9 @@ impl Inner {
         );
         let short = (sum as f64 / f64::from(samples)).max(1.0);
         let limit = gradient.update(&self.settings, short, max_in_flight);
-        self.limit.store(limit, Ordering::Relaxed);
+        let before = self.limit.swap(limit, Ordering::Relaxed);
         drop(gradient);
+        self.waiters.slots_added(limit.saturating_sub(before));
         observe::emit(
             self.observer.get().map(|o| &**o),
             &Event::LimitChanged {
@@ -509,131 +538,4 @@ impl fmt::Debug for AdaptiveLimit {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> Settings {
-        AdaptiveLimit::new("t")
-            .with_limits(20, 4, 200)
-            .unwrap()
-            .inner
-            .settings
-            .clone_for_test()
-    }
-
-    impl Settings {
-        fn clone_for_test(&self) -> Self {
-            Self {
-                exempt: self.exempt.clone(),
-                ..*self
-            }
-        }
-    }
-
-    #[test]
-    fn the_limit_grows_while_latency_holds_and_shrinks_when_it_rises() {
-        let s = settings();
-        let mut g = Gradient {
-            estimated: 20.0,
-            long_micros: 0.0,
-            windows: 0,
-        };
-        let mut limit = 0;
-        // Busy (in flight near the limit), latency steady at 10 ms.
-        for _ in 0..50 {
-            limit = g.update(&s, 10_000.0, limit.max(20));
-        }
-        // +smoothing × queue (0.8) a window.
-        assert!(limit >= 55, "{limit}");
-        // Latency triples: requests queue; the limit comes down.
-        let high = limit;
-        for _ in 0..10 {
-            limit = g.update(&s, 30_000.0, limit);
-        }
-        assert!(limit < high * 2 / 3, "{high} -> {limit}");
-        // Idle (in flight under half the limit): no signal, no change.
-        let idle = g.update(&s, 10_000.0, 1);
-        assert_eq!(idle, limit);
-    }
-
-    #[test]
-    fn bad_settings_are_rejected_and_paths_exempt() {
-        assert!(AdaptiveLimit::new("t").with_limits(2, 4, 8).is_err());
-        assert!(AdaptiveLimit::new("t").with_limits(4, 0, 8).is_err());
-        assert!(
-            AdaptiveLimit::new("t")
-                .with_window(Duration::from_millis(1), 1)
-                .is_err()
-        );
-        let limit = AdaptiveLimit::new("t").with_exempt_path("/internal/");
-        for path in [
-            "/healthz",
-            "/readyz",
-            "/metrics",
-            "/admin/health.json",
-            "/internal/x",
-        ] {
-            assert!(limit.is_exempt(path), "{path}");
-        }
-        assert!(!limit.is_exempt("/dashboard"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_beyond_the_limit_are_refused_and_slots_come_back() {
-        crate::throttle::clear_shedding();
-        // A route's own limit (a bulkhead): its sheds do not mark the
-        // server as shedding.
-        let limit = AdaptiveLimit::new("t").with_limits(2, 1, 4).unwrap();
-        let a = limit.try_acquire().unwrap();
-        let b = limit.try_acquire().unwrap();
-        assert!(limit.try_acquire().is_none());
-        assert!(!crate::throttle::server_is_shedding());
-        assert_eq!((limit.in_flight(), limit.shed()), (2, 1));
-        limit.release(a, true);
-        limit.release(b, false);
-        assert_eq!(limit.in_flight(), 0);
-        assert!(limit.try_acquire().is_some());
-        // The app-wide limit's do.
-        let app_wide = AdaptiveLimit::new("app").with_limits(1, 1, 1).unwrap();
-        app_wide.serve_app_wide(crate::observe::testing::Recorder::new().observer());
-        let _held = app_wide.try_acquire().unwrap();
-        assert!(app_wide.try_acquire().is_none());
-        assert!(crate::throttle::server_is_shedding());
-        crate::throttle::clear_shedding();
-    }
-
-    #[test]
-    fn settings_out_of_range_are_rejected() {
-        assert!(AdaptiveLimit::new("t").with_queue(0.0).is_err());
-        assert!(AdaptiveLimit::new("t").with_queue(f64::NAN).is_err());
-        assert!(AdaptiveLimit::new("t").with_tolerance(0.9).is_err());
-        assert!(AdaptiveLimit::new("t").with_tolerance(1.2).is_ok());
-    }
-
-    #[test]
-    fn a_small_queue_lets_the_limit_settle_low() {
-        // Latency far above the baseline in every window: the limit falls
-        // to about 2 × queue, not to `min`, so a route whose right limit is
-        // a handful needs a small queue.
-        let settle = |queue: f64| {
-            let mut s = settings();
-            s.min = 1;
-            s.queue = queue;
-            let mut g = Gradient {
-                estimated: 20.0,
-                long_micros: 0.0,
-                windows: 0,
-            };
-            for _ in 0..10 {
-                g.update(&s, 10_000.0, 20);
-            }
-            let mut limit = 20;
-            for _ in 0..100 {
-                limit = g.update(&s, 100_000.0, limit);
-            }
-            limit
-        };
-        assert!((7..=8).contains(&settle(4.0)), "{}", settle(4.0));
-        assert!((1..=2).contains(&settle(1.0)), "{}", settle(1.0));
-    }
-}
+mod tests;
