@@ -304,6 +304,58 @@ async fn a_burst_on_a_route_waits_for_its_slots_instead_of_being_shed() {
     assert_eq!((served, most, shedding.shed()), (2, 2, 10), "{statuses:?}");
 }
 
+/// Work shed by `AdaptiveLimit::acquire` inside a handler (a limit around
+/// one resource, not the route) is answered like a route limit's shed:
+/// `HealLayer`'s friendly 503 with `Retry-After`, not recorded; once the
+/// slot is back, the same request is served.
+#[tokio::test]
+async fn work_shed_inside_a_handler_is_answered_as_shedding_and_not_recorded() {
+    use selfheal::health::Monitor;
+    use selfheal::web::{AdaptiveLimit, HealLayer, LimitFull};
+
+    let _serial = SERIAL.lock().await;
+    selfheal::tls::install_default_crypto_provider();
+    let monitor = Monitor::builder().with_global(false).build().unwrap();
+    let hashing = AdaptiveLimit::new("hashing").with_limits(1, 1, 1).unwrap();
+    let held = hashing.acquire().await.unwrap();
+    let h = hashing.clone();
+    let login = move || {
+        let h = h.clone();
+        async move {
+            let mut permit = h.acquire().await?;
+            permit.succeeded();
+            Ok::<_, LimitFull>("signed in")
+        }
+    };
+    let app = Router::new()
+        .route("/login", axum::routing::post(login))
+        .layer(HealLayer::new(monitor.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let shed = http
+        .post(format!("http://{addr}/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    assert!(shed.headers().contains_key("retry-after"));
+    let body = shed.text().await.unwrap();
+    assert!(body.contains("We are busy right now"), "{body}");
+    let report = monitor.report(std::time::Duration::from_secs(60));
+    assert_eq!(report.requests.failed, 0, "a shed was recorded as an error");
+    drop(held);
+    let served = http
+        .post(format!("http://{addr}/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!((hashing.shed(), hashing.in_flight()), (1, 0));
+    server.abort();
+}
+
 /// The tests of this binary that shed run one at a time: shedding marks
 /// the process (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -89,6 +89,23 @@ pub use self::permit::{LimitFull, Permit};
 /// and the layers outside it (a CSRF check that reads the form, say) are
 /// done, so a client trickling its body does not hold one.
 ///
+/// When the scarce thing is not the whole route but one resource inside it
+/// (the hashing threads, not the database reads and session write around
+/// them), hold a slot around that resource alone with
+/// [`acquire`](Self::acquire): the slot then covers only the work that
+/// needs it, and a limit of exactly the resource's capacity keeps it busy
+/// without queueing behind it.
+///
+/// # Bursts and standing queues
+///
+/// Shedding at once everything beyond the limit sheds a burst that the
+/// resource would have served in a fraction of a second.
+/// [`with_wait`](Self::with_wait) lets requests beyond the limit wait for a
+/// slot the controlled-delay way (CoDel, as Facebook applies it to server
+/// queues): a burst waits up to an interval and is served whole; once the
+/// queue stands (an overload), a request waits only a short target and is
+/// then shed, so what is admitted has not queued long.
+///
 /// # Cost
 ///
 /// Per request: two atomic adds on the in-flight count, two clock reads,
