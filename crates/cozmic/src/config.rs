@@ -264,6 +264,13 @@ pub struct Config {
     /// (the 24 waits between 25 attempts add up to at most about 15 hours,
     /// half that on average with full jitter).
     pub mail_backoff: (Duration, Duration),
+    /// Attempts before an email is given up on (logged at error level,
+    /// recorded as an error, left in the outbox marked failed). Default
+    /// [`crate::mail::MAX_ATTEMPTS`] (25): with the default backoff, about
+    /// 15 hours of trying. Code only: the chaos harness compresses the
+    /// backoff to seconds and raises this with it, so that the give-up
+    /// horizon stays longer than a run, as it is in production.
+    pub mail_max_attempts: u32,
     /// How long a purchase may stay pending (tried, the provider's answer
     /// never heard) before a background worker asks the provider about it
     /// with the same idempotency key, and how long it waits before asking
@@ -309,6 +316,7 @@ impl Config {
             public_origin: None,
             login_limits: LoginLimits::default(),
             mail_backoff: (Duration::from_secs(2), Duration::from_secs(3600)),
+            mail_max_attempts: crate::mail::MAX_ATTEMPTS as u32,
             payment_check: Duration::from_secs(60),
         }
     }

@@ -36,8 +36,9 @@ use tokio::sync::Notify;
 use crate::config::{Config, Healing};
 use crate::db::{Db, OutboxEmail};
 
-/// Attempts before an email is given up on (with the default backoff, at
-/// most about 15 hours of waiting; see the test below).
+/// Attempts before an email is given up on, by default
+/// (`Config::mail_max_attempts`): with the default backoff, at most about
+/// 15 hours of waiting; see the test below.
 pub const MAX_ATTEMPTS: i64 = 25;
 
 /// Where emails go.
@@ -97,6 +98,8 @@ pub struct Mailer {
     /// How long a claimed email is this worker's alone.
     lease: Duration,
     backoff: Backoff,
+    /// Attempts before an email is given up on.
+    max_attempts: i64,
     wake: Arc<Notify>,
     /// Delivered, but the row could not be marked sent yet (the database
     /// failed right after the server said 250): marked, never sent again,
@@ -121,6 +124,7 @@ impl Mailer {
             backoff: Backoff::exponential(config.mail_backoff.0, 2.0, config.mail_backoff.1)
                 .map_err(|e| anyhow::anyhow!("mail backoff: {e}"))?
                 .with_jitter(Jitter::Full),
+            max_attempts: i64::from(config.mail_max_attempts.max(1)),
             wake: Arc::new(Notify::new()),
             unmarked: Arc::default(),
             monitor,
@@ -212,7 +216,7 @@ impl Mailer {
                     },
                 );
                 let attempts = email.attempts + 1;
-                if self.healing == Healing::Off || attempts >= MAX_ATTEMPTS {
+                if self.healing == Healing::Off || attempts >= self.max_attempts {
                     tracing::error!(outbox_id = email.id, attempts, error = %message, "email given up");
                     self.db
                         .mark_failed_attempt(email.id, None, &message)

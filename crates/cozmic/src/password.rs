@@ -372,4 +372,54 @@ mod tests {
         );
         assert_eq!(done + busy, 20);
     }
+
+    /// With a limit in front of the gate: a burst of six 100 ms jobs on
+    /// one thread with one slot waits for the slot and is served whole,
+    /// one at a time, nothing queueing inside the gate; the slot is given
+    /// back on the hashing thread as each job ends (the limit's in-flight
+    /// count is back to 0 before the next job starts). A limit that does
+    /// not wait sheds the second of two jobs at once with `LimitFull`, the
+    /// error `AppError` answers as the limit's shedding.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_limit_in_front_of_the_gate_holds_a_slot_per_hash() {
+        let limit = limit(1, Arc::new(|_: &selfheal::observe::Event<'_>| {}));
+        let work = PasswordWork::new(1, 8).with_limit(limit.clone());
+        let seen_in_flight = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let (work, limit, seen) = (work.clone(), limit.clone(), seen_in_flight.clone());
+            tasks.push(tokio::spawn(async move {
+                work.run(move || {
+                    seen.lock().unwrap().push(limit.in_flight());
+                    std::thread::sleep(Duration::from_millis(100));
+                })
+                .await
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap().unwrap();
+        }
+        assert_eq!(*seen_in_flight.lock().unwrap(), vec![1; 6]);
+        assert_eq!((limit.in_flight(), limit.shed()), (0, 0));
+
+        let at_once = selfheal::web::AdaptiveLimit::new("t")
+            .with_limits(1, 1, 1)
+            .unwrap();
+        let work = PasswordWork::new(1, 8).with_limit(at_once.clone());
+        let slow = tokio::spawn({
+            let work = work.clone();
+            async move {
+                work.run(|| std::thread::sleep(Duration::from_millis(300)))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let shed = work.run(|| ()).await.unwrap_err();
+        assert!(
+            shed.downcast_ref::<selfheal::web::LimitFull>().is_some(),
+            "{shed:#}"
+        );
+        slow.await.unwrap().unwrap().unwrap();
+        assert_eq!((at_once.in_flight(), at_once.shed()), (0, 1));
+    }
 }

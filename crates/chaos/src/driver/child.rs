@@ -90,6 +90,7 @@ struct ChildSpec {
     log_json: bool,
     client_ip_header: Option<String>,
     mail_backoff: (Duration, Duration),
+    mail_max_attempts: u32,
     payment_check: Duration,
     /// The parent's `format!("{config:?}")` (secrets redacted), checked by
     /// the child against the `Config` it rebuilt.
@@ -122,6 +123,7 @@ impl ChildSpec {
             log_format,
             client_ip_header,
             mail_backoff,
+            mail_max_attempts,
             payment_check,
             https,
             public_origin,
@@ -174,6 +176,7 @@ impl ChildSpec {
             log_json: *log_format == LogFormat::Json,
             client_ip_header: client_ip_header.clone(),
             mail_backoff: *mail_backoff,
+            mail_max_attempts: *mail_max_attempts,
             payment_check: *payment_check,
             debug,
         }
@@ -229,6 +232,7 @@ impl ChildSpec {
         };
         config.client_ip_header = self.client_ip_header;
         config.mail_backoff = self.mail_backoff;
+        config.mail_max_attempts = self.mail_max_attempts;
         config.payment_check = self.payment_check;
         let rebuilt = format!("{config:?}");
         anyhow::ensure!(
@@ -593,6 +597,7 @@ mod tests {
             base_url: "http://127.0.0.1:1".into(),
         });
         config.mail_backoff = (Duration::from_millis(250), Duration::from_secs(3));
+        config.mail_max_attempts = 1000;
         let spec = ChildSpec::from_config(&config);
         let json = serde_json::to_string(&spec).unwrap();
         let back: ChildSpec = serde_json::from_str(&json).unwrap();

@@ -103,10 +103,12 @@ where
                 waiting: None,
             };
         }
-        // The slow path: wait for a slot, then call a clone of the service
-        // that was made ready (the tower idiom for moving it into a future).
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        // The slow path: wait for a slot, then make a clone of the service
+        // ready and call it. The clone, not the service made ready for this
+        // call: an inner service that reserves capacity in `poll_ready` (a
+        // tower `ConcurrencyLimit`, a `Buffer`) would hold it for the whole
+        // wait; `self.inner` stays ready for the next call.
+        let mut inner = self.inner.clone();
         let limit = self.limit.clone();
         let waiting = async move {
             let Ok(mut slot) = limit.acquire().await else {

@@ -436,12 +436,26 @@ impl Inner {
     /// Takes a slot if one is free (the instant it was taken).
     #[inline]
     fn admit(&self) -> Option<Instant> {
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        if now > self.limit.load(Ordering::Relaxed) {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return None;
+        // A compare-and-swap, not add-then-undo: a refused request never
+        // raises the count, even for an instant, so it cannot make a woken
+        // waiter find a free slot taken.
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
         }
-        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        self.max_in_flight.fetch_max(current + 1, Ordering::Relaxed);
         Some(Instant::now())
     }
 
@@ -462,8 +476,11 @@ impl Inner {
 
     #[inline]
     fn release(&self, start: Instant, completed: bool) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.waiters.slot_freed();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.settings.wait.is_some() {
+            self.waiters
+                .slot_freed(Instant::now().saturating_duration_since(start));
+        }
         if !completed {
             // A request the client abandoned says nothing about latency.
             return;

@@ -12,6 +12,11 @@ use super::AdaptiveLimit;
 /// back when dropped. Its latency is a sample of the limit only when the
 /// work is marked [`succeeded`](Self::succeeded) (a failure or an abandoned
 /// piece of work says nothing about capacity).
+///
+/// It may be dropped on any thread (a worker thread that ran the work gives
+/// the slot back the moment the work ends). Under tokio's paused test
+/// clock, though, a thread outside the runtime reads the real clock, so
+/// the latency samples of permits dropped there are meaningless.
 #[must_use = "the slot is given back as soon as the permit is dropped"]
 pub struct Permit {
     limit: AdaptiveLimit,
