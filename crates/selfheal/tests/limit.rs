@@ -270,9 +270,7 @@ async fn a_burst_on_a_route_waits_for_its_slots_instead_of_being_shed() {
         let app = Router::new()
             .route("/signup", axum::routing::post(signup.layer(limit.layer())))
             .layer(HealLayer::new(monitor));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (addr, server) = serve(app).await;
         let http = reqwest::Client::new();
         let answers: Vec<_> = (0..12)
             .map(|_| {
@@ -330,15 +328,10 @@ async fn work_shed_inside_a_handler_is_answered_as_shedding_and_not_recorded() {
     let app = Router::new()
         .route("/login", axum::routing::post(login))
         .layer(HealLayer::new(monitor.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, server) = serve(app).await;
     let http = reqwest::Client::new();
-    let shed = http
-        .post(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
+    let sign_in = || http.post(format!("http://{addr}/login")).send();
+    let shed = sign_in().await.unwrap();
     assert_eq!(shed.status(), 503);
     assert!(shed.headers().contains_key("retry-after"));
     let body = shed.text().await.unwrap();
@@ -346,14 +339,20 @@ async fn work_shed_inside_a_handler_is_answered_as_shedding_and_not_recorded() {
     let report = monitor.report(std::time::Duration::from_secs(60));
     assert_eq!(report.requests.failed, 0, "a shed was recorded as an error");
     drop(held);
-    let served = http
-        .post(format!("http://{addr}/login"))
-        .send()
-        .await
-        .unwrap();
+    let served = sign_in().await.unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!((hashing.shed(), hashing.in_flight()), (1, 0));
     server.abort();
+}
+
+/// Serves `app` on a loopback port: its address, and the server's task.
+async fn serve(app: Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+    )
 }
 
 /// The tests of this binary that shed run one at a time: shedding marks

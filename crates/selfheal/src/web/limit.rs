@@ -11,8 +11,11 @@ use tokio::time::Instant;
 use crate::ConfigError;
 use crate::observe::{self, Event, Observer};
 
+mod gradient;
 mod permit;
 mod wait;
+
+use self::gradient::Gradient;
 
 pub use self::permit::{LimitFull, Permit};
 
@@ -173,18 +176,6 @@ struct Inner {
     app_wide: AtomicBool,
 }
 
-/// The algorithm's own state, touched once a window.
-#[derive(Debug)]
-struct Gradient {
-    estimated: f64,
-    long_micros: f64,
-    windows: u32,
-}
-
-/// Windows over which the long average is taken, and its warm-up.
-const LONG_WINDOW: f64 = 600.0;
-const WARMUP: u32 = 10;
-
 impl AdaptiveLimit {
     /// A limit named `name` (in events, the dashboard and `/metrics`) with
     /// the defaults.
@@ -218,11 +209,7 @@ impl AdaptiveLimit {
                 max_in_flight: AtomicU32::new(0),
                 window_end_ms: AtomicU64::new(1000),
                 waiters: wait::Waiters::default(),
-                gradient: Mutex::new(Gradient {
-                    estimated: 20.0,
-                    long_micros: 0.0,
-                    windows: 0,
-                }),
+                gradient: Mutex::new(Gradient::new(20)),
                 observer: OnceLock::new(),
                 app_wide: AtomicBool::new(false),
             }),
@@ -249,11 +236,7 @@ impl AdaptiveLimit {
         inner.settings.min = min;
         inner.settings.max = max;
         inner.limit = AtomicU32::new(initial);
-        inner.gradient = Mutex::new(Gradient {
-            estimated: f64::from(initial),
-            long_micros: 0.0,
-            windows: 0,
-        });
+        inner.gradient = Mutex::new(Gradient::new(initial));
         Ok(self)
     }
 
@@ -477,16 +460,21 @@ impl Inner {
     #[inline]
     fn release(&self, start: Instant, completed: bool) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.settings.wait.is_some() {
-            self.waiters
-                .slot_freed(Instant::now().saturating_duration_since(start));
+        let waits = self.settings.wait.is_some();
+        if !(waits || completed) {
+            return;
+        }
+        // One clock read for both uses.
+        let now = Instant::now();
+        let held = now.saturating_duration_since(start);
+        if waits {
+            self.waiters.slot_freed(held);
         }
         if !completed {
             // A request the client abandoned says nothing about latency.
             return;
         }
-        let now = Instant::now();
-        let micros = now.saturating_duration_since(start).as_micros() as u64;
+        let micros = held.as_micros() as u64;
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
         self.samples.fetch_add(1, Ordering::Relaxed);
         let now_ms = self.ms_since_created(now);
@@ -528,35 +516,6 @@ impl Inner {
                 shed: self.shed.load(Ordering::Relaxed),
             },
         );
-    }
-}
-
-impl Gradient {
-    /// One window of Gradient2: the new limit.
-    fn update(&mut self, s: &Settings, short: f64, max_in_flight: u32) -> u32 {
-        self.windows += 1;
-        if self.windows <= WARMUP {
-            // The warm-up averages its windows (Gradient2's own choice). The
-            // lowest window was tried: a login limit then settled lower
-            // under a rush, but the app-wide limit, seeded by the quietest
-            // of its first windows, shed pages on the chaos journey that
-            // the mean let through (healing that hurts).
-            let n = f64::from(self.windows);
-            self.long_micros += (short - self.long_micros) / n;
-        } else {
-            let factor = 2.0 / (LONG_WINDOW + 1.0);
-            self.long_micros = self.long_micros * (1.0 - factor) + short * factor;
-        }
-        if self.long_micros / short > 2.0 {
-            self.long_micros *= 0.95;
-        }
-        if f64::from(max_in_flight) >= self.estimated / 2.0 {
-            let gradient = (s.tolerance * self.long_micros / short).clamp(0.5, 1.0);
-            let next = self.estimated * gradient + s.queue;
-            self.estimated = ((1.0 - s.smoothing) * self.estimated + s.smoothing * next)
-                .clamp(f64::from(s.min), f64::from(s.max));
-        }
-        self.estimated as u32
     }
 }
 

@@ -23,11 +23,7 @@ impl Settings {
 #[test]
 fn the_limit_grows_while_latency_holds_and_shrinks_when_it_rises() {
     let s = settings();
-    let mut g = Gradient {
-        estimated: 20.0,
-        long_micros: 0.0,
-        windows: 0,
-    };
+    let mut g = Gradient::new(20);
     let mut limit = 0;
     // Busy (in flight near the limit), latency steady at 10 ms.
     for _ in 0..50 {
@@ -109,11 +105,7 @@ fn a_small_queue_lets_the_limit_settle_low() {
         let mut s = settings();
         s.min = 1;
         s.queue = queue;
-        let mut g = Gradient {
-            estimated: 20.0,
-            long_micros: 0.0,
-            windows: 0,
-        };
+        let mut g = Gradient::new(20);
         for _ in 0..10 {
             g.update(&s, 10_000.0, 20);
         }
