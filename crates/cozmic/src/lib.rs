@@ -145,7 +145,8 @@ impl AppState {
         let mut password_work = password::PasswordWork::for_this_machine();
         if config.healing == Healing::On && config.concurrency_limit && config.passwords_limit {
             let threads = password_work.max_running();
-            password_work = password_work.with_limit(password::limit(threads, observer.clone()));
+            password_work =
+                password_work.with_controlled_delay(password::rule(threads, observer.clone()));
         }
         Ok(Self {
             inner: Arc::new(Inner {

@@ -16,7 +16,7 @@
 //!   no answer (connect errors and timeouts); here every failure is an
 //!   attempt timeout, so the breaker sees exactly what it saw before;
 //! * **adaptive selfheal** ([`ClientVariant::Adaptive`]): today's
-//!   middleware defaults (throttle `K = 2` on retries, budget 20 / 2.0,
+//!   middleware defaults (throttle `K = 2` on retries, budget 50 / 2.0,
 //!   the "no answer" breaker).
 //!
 //! Both selfheal variants get the same attempts (3), attempt timeout and a
@@ -47,7 +47,7 @@ pub enum ClientVariant {
     Naive,
     /// selfheal before issue 15: failure-ratio breaker, budget 20 / 0.5.
     Static,
-    /// selfheal's middleware defaults today: throttle, budget 20 / 2.0, "no answer" breaker.
+    /// selfheal's middleware defaults today: throttle, budget 50 / 2.0, "no answer" breaker.
     Adaptive,
 }
 
@@ -64,7 +64,7 @@ impl ClientVariant {
         match self {
             ClientVariant::Naive => "naive retries (3 attempts, no budget)",
             ClientVariant::Static => "static selfheal (failure-ratio breaker, budget 20/0.5)",
-            ClientVariant::Adaptive => "adaptive selfheal (throttle, budget 20/2.0)",
+            ClientVariant::Adaptive => "adaptive selfheal (throttle, budget 50/2.0)",
         }
     }
 }

@@ -242,11 +242,7 @@ pub(crate) fn is_failure<C, T, E>(classifier: &C, result: &Result<T, E>) -> bool
 where
     C: Classify<T, E>,
 {
-    let verdict = match result {
-        Ok(value) => classifier.classify_ok(value),
-        Err(error) => Some(classifier.classify_error(error)),
-    };
-    matches!(verdict, Some(Verdict::Transient | Verdict::RetryAfter(_)))
+    crate::retry::verdict_of(classifier, result).is_some_and(Verdict::is_retryable)
 }
 
 /// Permission to make one call through a [`Breaker`].

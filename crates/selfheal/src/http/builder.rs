@@ -29,7 +29,7 @@ use crate::retry::{Backoff, Budget, Policy, Random};
 /// | [max delay](Self::with_max_delay) (cap on server hints) | 30 s | a server asking for more is shortened to this, and a hint past the deadline fails at once |
 /// | [transient statuses](Self::with_transient_status) | 408, 429, 502, 503, 504 | not 500: see the [module docs](super) |
 /// | [adaptive throttle](Self::with_throttle) | one per dependency, `K = 2`, on retries | retries go on while the dependency accepts at least half of what it is sent, and are shed in proportion beyond: a flaky dependency keeps being healed, an overloaded one is not sent a retry storm (see [`throttle`](crate::throttle)) |
-/// | [budget](Self::with_budget) | 20 tokens, ratio 2.0, per dependency | with the throttle shedding retries in proportion, the budget only has to stop them at once in a full outage (after about 10 failures); a ratio of 2 keeps retrying while up to two attempts in three fail (0.5 stopped at one in three: measured, on 60 % random failures it healed nothing) |
+/// | [budget](Self::with_budget) | 50 tokens, ratio 2.0, per dependency | with the throttle shedding retries in proportion, the budget only has to stop them at once in a full outage (after about 25 failures); a ratio of 2 keeps retrying while up to two attempts in three fail (0.5 stopped at one in three: measured, on 60 % random failures it healed nothing); 50 rather than 20 tokens because calls in flight together fail together: with 20, a flaky dependency's bucket dipped to its threshold often enough to stop one call in ten that more attempts would have healed (chaos, harsh plan) |
 /// | [circuit breaker](Self::with_breaker) | one per dependency, opening after 8 attempts in a row that got no answer (connect errors: refused, DNS, connect timeout; attempt timeouts; a connection reset before any answer); one probe a second while open; reporting to this middleware's observer | a dependency that is hard down or hung fails fast instead of waiting out timeouts; failures of a dependency that answers (a 503, a 429) are the throttle's, never the breaker's: a failure-ratio breaker refused calls that would have succeeded under heavy random failure |
 /// | [max dependencies](Self::with_max_dependencies) | 64 | more distinct hosts than that share one `other` budget and breaker |
 /// | [generated idempotency keys](Self::with_generated_idempotency_keys) | off | only helps with servers that honour the header |
@@ -61,7 +61,7 @@ impl Default for Builder {
             backoff: Backoff::default(),
             max_delay: Duration::from_secs(30),
             transient: StatusSet::default_transient(),
-            budget: Some((20, 2.0)),
+            budget: Some((50, 2.0)),
             throttle: Some(crate::throttle::Builder::DEFAULT_MULTIPLIER),
             gates: GateFactory::Default(None),
             max_dependencies: 64,

@@ -206,6 +206,23 @@ impl Classify<Response, reqwest_middleware::Error> for Classifier {
             Err(error) => Cow::Borrowed(ErrorClass::of(error).as_str()),
         }
     }
+
+    /// A refusal is an answer that pushes back (a retryable status) or an
+    /// attempt that timed out (the first symptom of an overloaded server);
+    /// a refused connect or a reset connection is a failure of the link,
+    /// the breaker's to weigh, and no reason to send a flaky but capable
+    /// dependency fewer retries.
+    fn is_refusal(
+        &self,
+        outcome: Result<&Response, &reqwest_middleware::Error>,
+        verdict: Verdict,
+    ) -> bool {
+        verdict.is_retryable()
+            && match outcome {
+                Ok(_) => true,
+                Err(error) => ErrorClass::of(error) == ErrorClass::Timeout,
+            }
+    }
 }
 
 impl Classifier {

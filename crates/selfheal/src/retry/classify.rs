@@ -73,6 +73,34 @@ pub trait Classify<T, E> {
             Err(_) => Cow::Borrowed(short_type_name::<E>()),
         }
     }
+
+    /// Whether a failed outcome (classified `verdict`) is the dependency
+    /// *pushing back*: the signal the [adaptive throttle](crate::throttle)
+    /// sheds retries on. Defaults to every retryable failure.
+    ///
+    /// Override it when the classifier can tell a refusal (a `429`, a `503`,
+    /// a timeout: the dependency has more work than it can take) from a
+    /// failure of the link (a reset connection, a refused connect: the
+    /// network or a dead process, which a
+    /// [circuit breaker](crate::breaker) watches). Throttling retries
+    /// because the link is flaky only takes healing away from a dependency
+    /// that has the capacity for them; the HTTP middleware's classifier
+    /// does this.
+    fn is_refusal(&self, outcome: Result<&T, &E>, verdict: Verdict) -> bool {
+        let _ = outcome;
+        verdict.is_retryable()
+    }
+}
+
+/// What `classifier` makes of `result`: `None` for an accepted success.
+pub(crate) fn verdict_of<C, T, E>(classifier: &C, result: &Result<T, E>) -> Option<Verdict>
+where
+    C: Classify<T, E>,
+{
+    match result {
+        Ok(value) => classifier.classify_ok(value),
+        Err(error) => Some(classifier.classify_error(error)),
+    }
 }
 
 impl<T, E, F> Classify<T, E> for F

@@ -196,10 +196,7 @@ impl<C> Policy<C> {
     where
         C: Classify<T, E>,
     {
-        match outcome {
-            Ok(value) => self.classifier.classify_ok(value),
-            Err(error) => Some(self.classifier.classify_error(error)),
-        }
+        super::verdict_of(&self.classifier, outcome)
     }
 
     /// Records a success; reports a recovery when it took more than one attempt.
@@ -240,7 +237,7 @@ impl<C> Policy<C> {
         E: fmt::Display,
     {
         if let Some(throttle) = &self.throttle {
-            throttle.record(!crate::throttle::is_refusal(Some(verdict)));
+            throttle.record(!self.classifier.is_refusal(outcome.as_ref(), verdict));
         }
         let step = self.plan(run, verdict, elapsed);
         let kind = self.classifier.failure_kind(outcome.as_ref());

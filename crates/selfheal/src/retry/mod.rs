@@ -68,6 +68,7 @@ use std::time::Duration;
 
 pub use backoff::{Backoff, Jitter, Random, SeededRandom, ThreadRandom};
 pub use budget::Budget;
+pub(crate) use classify::verdict_of;
 pub use classify::{AlwaysTransient, ByTrait, Classify, Transient, Verdict};
 pub(crate) use engine::{Run, Step};
 pub use error::RetryError;

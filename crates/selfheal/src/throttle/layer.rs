@@ -10,7 +10,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{AdaptiveThrottle, ThrottleError, Throttled};
-use crate::breaker::is_failure;
 use crate::retry::{AlwaysTransient, Classify};
 
 /// Applies an [`AdaptiveThrottle`] to a tower service: every request asks
@@ -162,7 +161,7 @@ where
             } => {
                 let result = std::task::ready!(future.poll(cx));
                 if let Some(throttle) = throttle.take() {
-                    throttle.record(!is_failure(classifier, &result));
+                    throttle.record(!super::refused(classifier, &result));
                 }
                 Poll::Ready(result.map_err(ThrottleError::Inner))
             }

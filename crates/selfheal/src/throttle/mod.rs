@@ -158,7 +158,7 @@ pub(crate) use self::shedding::shed_for;
 use crate::ConfigError;
 use crate::breaker::window::Window;
 use crate::observe::{self, Event, Observer};
-use crate::retry::{Classify, Random, ThreadRandom, Verdict};
+use crate::retry::{Classify, Random, ThreadRandom};
 
 /// Probabilities are kept in fixed point: `ONE` is certainty.
 const ONE: u32 = 1 << 24;
@@ -432,9 +432,11 @@ impl AdaptiveThrottle {
     }
 
     /// Like [`AdaptiveThrottle::call`], but `classifier` says which
-    /// outcomes are refusals: transient ones ([`Verdict::Transient`],
-    /// [`Verdict::RetryAfter`]); a permanent error is the dependency's
-    /// answer, an accept.
+    /// outcomes are refusals ([`Classify::is_refusal`]: by default the
+    /// transient ones,
+    /// [`Transient`](crate::retry::Verdict::Transient) and
+    /// [`RetryAfter`](crate::retry::Verdict::RetryAfter));
+    /// a permanent error is the dependency's answer, an accept.
     ///
     /// # Errors
     ///
@@ -453,7 +455,7 @@ impl AdaptiveThrottle {
             return Err(ThrottleError::Throttled(self.throttled()));
         }
         let result = op().await;
-        self.record(!crate::breaker::is_failure(classifier, &result));
+        self.record(!refused(classifier, &result));
         result.map_err(ThrottleError::Inner)
     }
 
@@ -659,10 +661,14 @@ pub struct Snapshot {
     pub rejection_probability: f64,
 }
 
-/// Whether `verdict` (of a classified outcome) is a refusal by the
-/// dependency, for [`AdaptiveThrottle::record`].
-pub(crate) fn is_refusal(verdict: Option<Verdict>) -> bool {
-    matches!(verdict, Some(Verdict::Transient | Verdict::RetryAfter(_)))
+/// Whether `classifier` counts `result` as a refusal by the dependency
+/// ([`Classify::is_refusal`] of a failed outcome).
+pub(crate) fn refused<C, T, E>(classifier: &C, result: &Result<T, E>) -> bool
+where
+    C: Classify<T, E>,
+{
+    crate::retry::verdict_of(classifier, result)
+        .is_some_and(|verdict| classifier.is_refusal(result.as_ref(), verdict))
 }
 
 #[cfg(test)]

@@ -11,12 +11,15 @@ use tokio::time::Instant;
 use crate::ConfigError;
 use crate::observe::{self, Event, Observer};
 
+mod busy;
+mod codel;
 mod gradient;
 mod permit;
 mod wait;
 
 use self::gradient::Gradient;
 
+pub use self::codel::ControlledDelay;
 pub use self::permit::{LimitFull, Permit};
 
 /// An adaptive concurrency limit for a server. Give it to

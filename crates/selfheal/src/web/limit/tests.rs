@@ -310,3 +310,80 @@ fn wait_settings_out_of_range_are_rejected() {
     );
     assert!(AdaptiveLimit::new("t").with_wait(ms(5), ms(100)).is_ok());
 }
+
+/// The controlled-delay rule for a queue drained by workers: a job may
+/// wait up to the interval while jobs keep being taken within the target
+/// (a burst); once none has been for a whole interval (a standing queue),
+/// only up to the target; a worker that finds the queue empty ends that.
+#[test]
+fn a_standing_queue_gets_the_target_and_an_emptied_one_the_interval() {
+    use std::time::Instant;
+    let ms = Duration::from_millis;
+    let rule = ControlledDelay::new(ms(5), ms(100), 1).unwrap();
+    // A burst: jobs that waited 50 ms run (within the interval).
+    assert!(rule.admit(Instant::now()));
+    assert!(rule.admit(Instant::now() - ms(50)));
+    // No job taken within the target for longer than the interval.
+    std::thread::sleep(ms(120));
+    assert!(
+        !rule.admit(Instant::now() - ms(20)),
+        "standing: 20 ms > 5 ms"
+    );
+    assert_eq!(rule.shed(), 1);
+    // A worker found the queue empty: a burst may wait again.
+    rule.idle();
+    assert!(rule.admit(Instant::now() - ms(20)));
+    assert!(ControlledDelay::new(ms(0), ms(100), 1).is_err());
+    assert!(ControlledDelay::new(ms(5), ms(100), 0).is_err());
+}
+
+/// Workers busy ≥ 90 % of the last interval is an overload even when the
+/// queue keeps emptying (jobs are shed as fast as they come): a job that
+/// waited past the target is shed. At 50 % busy it runs.
+#[test]
+fn saturated_workers_get_the_target_and_half_busy_ones_the_interval() {
+    use std::time::Instant;
+    let ms = Duration::from_millis;
+    // Busy time as the workers report it; generous for "saturated" so that
+    // a sleep that overshoots the window on a loaded machine still reads
+    // ≥ 90 %, and "half busy" stays well under it.
+    for (busy, runs) in [(ms(400), false), (ms(100), true)] {
+        let rule = ControlledDelay::new(ms(5), ms(100), 2).unwrap();
+        assert!(rule.admit(Instant::now()));
+        rule.worked(busy);
+        std::thread::sleep(ms(100));
+        rule.idle();
+        assert_eq!(rule.admit(Instant::now() - ms(20)), runs, "busy {busy:?}");
+    }
+}
+
+/// The rule reports like an adaptive limit: the workers as the limit, the
+/// jobs running, the jobs shed.
+#[test]
+fn the_rule_reports_as_a_limiter() {
+    use std::time::Instant;
+    let ms = Duration::from_millis;
+    let events = crate::observe::testing::Recorder::new();
+    let rule = ControlledDelay::new(ms(5), ms(50), 3)
+        .unwrap()
+        .with_observer("pool", events.observer());
+    std::thread::sleep(ms(60));
+    assert!(rule.admit(Instant::now()));
+    assert!(!rule.admit(Instant::now() - ms(60)), "past the interval");
+    assert_eq!(events.lines(), ["limit pool 3"]);
+    let recorded = events.events();
+    assert!(
+        matches!(
+            &recorded[0],
+            crate::observe::testing::Recorded::LimitChanged {
+                in_flight: 1,
+                shed: 0,
+                ..
+            }
+        ),
+        "{recorded:?}"
+    );
+    rule.worked(ms(1));
+    rule.worked(ms(1)); // one too many: never below zero
+    assert!(format!("{rule:?}").contains("running: 0"));
+}

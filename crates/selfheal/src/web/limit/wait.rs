@@ -43,18 +43,19 @@
 //! registration and one timer each, and the request that waits is boxed
 //! (the wait path only).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::busy::BusyWindow;
 use super::{AdaptiveLimit, Inner};
 use crate::ConfigError;
 
 /// The longest `interval` accepted: a request that waits longer than this
 /// for a slot is better answered (and retried after `Retry-After`).
-const MAX_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The waiting settings of [`AdaptiveLimit::with_wait`].
 #[derive(Clone, Copy, Debug)]
@@ -74,12 +75,8 @@ pub(super) struct Waiters {
     /// When the present queue formed (ms since the limit was made), or
     /// [`EMPTY`].
     formed_at_ms: AtomicU64,
-    /// Time slots were held, summed as they are given back (µs), since
-    /// `window_start_ms`.
-    busy_micros: AtomicU64,
-    window_start_ms: AtomicU64,
-    /// Whether the slots were busy at least 90 % of the last window.
-    saturated: AtomicBool,
+    /// How busy the slots were (time summed as they are given back).
+    busy: BusyWindow,
     /// Given once per slot freed while someone waits.
     freed: Notify,
 }
@@ -89,9 +86,7 @@ impl Default for Waiters {
         Self {
             count: AtomicU32::new(0),
             formed_at_ms: AtomicU64::new(EMPTY),
-            busy_micros: AtomicU64::new(0),
-            window_start_ms: AtomicU64::new(0),
-            saturated: AtomicBool::new(false),
+            busy: BusyWindow::default(),
             freed: Notify::new(),
         }
     }
@@ -102,8 +97,7 @@ impl Waiters {
     /// wake one waiting request, if any.
     #[inline]
     pub(super) fn slot_freed(&self, held: Duration) {
-        self.busy_micros
-            .fetch_add(held.as_micros() as u64, Ordering::Relaxed);
+        self.busy.add(held);
         // Pairs with the fence in `Queued::join`: either this release sees
         // the waiter counted, or the waiter sees the slot free.
         fence(Ordering::SeqCst);
@@ -118,29 +112,6 @@ impl Waiters {
         for _ in 0..added.min(self.count.load(Ordering::Relaxed)) {
             self.freed.notify_one();
         }
-    }
-
-    /// Whether the slots (`limit` of them) were busy at least 90 % of the
-    /// last window of `interval`; the first caller after a window ends
-    /// closes it. A window that ends after a quiet spell is long and
-    /// mostly idle: not saturated.
-    fn saturated(&self, now_ms: u64, limit: u32, interval: Duration) -> bool {
-        let start = self.window_start_ms.load(Ordering::Relaxed);
-        let elapsed_ms = now_ms.saturating_sub(start);
-        if elapsed_ms >= interval.as_millis() as u64
-            && self
-                .window_start_ms
-                .compare_exchange(start, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let busy = self.busy_micros.swap(0, Ordering::Relaxed);
-            let capacity = u64::from(limit.max(1)) * elapsed_ms * 1000;
-            self.saturated.store(
-                busy.saturating_mul(10) >= capacity.saturating_mul(9),
-                Ordering::Relaxed,
-            );
-        }
-        self.saturated.load(Ordering::Relaxed)
     }
 }
 
@@ -211,7 +182,7 @@ impl AdaptiveLimit {
         };
         let queue = Queued::join(inner);
         let overloaded = queue.standing_for >= wait.interval
-            || inner.waiters.saturated(
+            || inner.waiters.busy.saturated(
                 queue.joined_ms,
                 inner.limit.load(Ordering::Relaxed),
                 wait.interval,
