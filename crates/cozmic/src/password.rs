@@ -19,7 +19,7 @@
 //! core, memory for hashing is bounded by the number of cores, whatever
 //! the load.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -87,6 +87,9 @@ pub struct PasswordWork {
     max_waiting: usize,
     done: Arc<AtomicU64>,
     rule: Arc<OnceLock<ControlledDelay>>,
+    /// Jobs in the queue (what the rule needs to know: whether a late job
+    /// has others behind it).
+    waiting: Arc<AtomicUsize>,
 }
 
 impl PasswordWork {
@@ -104,12 +107,12 @@ impl PasswordWork {
         let (queue, jobs) = sync_channel::<Job>(max_waiting);
         let jobs = Arc::new(Mutex::new(jobs));
         let rule = Arc::new(OnceLock::new());
+        let waiting = Arc::new(AtomicUsize::new(0));
         for n in 0..threads {
-            let jobs = jobs.clone();
-            let rule = rule.clone();
+            let (jobs, rule, waiting) = (jobs.clone(), rule.clone(), waiting.clone());
             std::thread::Builder::new()
                 .name(format!("cozmic-password-{n}"))
-                .spawn(move || work(&jobs, &rule))
+                .spawn(move || work(&jobs, &rule, &waiting))
                 .expect("cannot start a password hashing thread");
         }
         Self {
@@ -118,6 +121,7 @@ impl PasswordWork {
             max_waiting,
             done: Arc::default(),
             rule,
+            waiting,
         }
     }
 
@@ -184,10 +188,26 @@ impl PasswordWork {
             queued_at: Instant::now(),
             run,
         };
+        // Counted before it can be taken, so the count never goes below
+        // the jobs a thread can see.
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Ok(Err(Busy)),
-            Err(TrySendError::Disconnected(_)) => anyhow::bail!("the hashing threads are gone"),
+            Err(error) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                match error {
+                    TrySendError::Full(_) => {
+                        // Turned away at the door: asked of the threads too.
+                        if let Some(rule) = self.rule.get() {
+                            rule.refused();
+                        }
+                        return Ok(Err(Busy));
+                    }
+                    TrySendError::Disconnected(_) => {
+                        anyhow::bail!("the hashing threads are gone")
+                    }
+                }
+            }
         }
         match tokio::time::timeout(MAX_WAIT, rx).await {
             Ok(Ok(Some(value))) => Ok(Ok(value)),
@@ -199,7 +219,7 @@ impl PasswordWork {
 }
 
 /// A hashing thread: takes jobs until the queue's sender is gone.
-fn work(jobs: &Mutex<Receiver<Job>>, rule: &OnceLock<ControlledDelay>) {
+fn work(jobs: &Mutex<Receiver<Job>>, rule: &OnceLock<ControlledDelay>, waiting: &AtomicUsize) {
     loop {
         let job = {
             let Ok(jobs) = jobs.lock() else { return };
@@ -208,7 +228,10 @@ fn work(jobs: &Mutex<Receiver<Job>>, rule: &OnceLock<ControlledDelay>) {
                 Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => {
                     if let Some(rule) = rule.get() {
-                        rule.idle();
+                        // It may report: an observer's panic must not end
+                        // the thread.
+                        let _ =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rule.idle()));
                     }
                     match jobs.recv() {
                         Ok(job) => job,
@@ -217,15 +240,18 @@ fn work(jobs: &Mutex<Receiver<Job>>, rule: &OnceLock<ControlledDelay>) {
                 }
             }
         };
-        let started = Instant::now();
-        let admitted = rule.get().is_none_or(|rule| rule.admit(job.queued_at));
-        // A panicking job loses its answer (the requester sees an error);
-        // the thread lives on.
-        let run = job.run;
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || run(admitted)));
-        if admitted && let Some(rule) = rule.get() {
-            rule.worked(started.elapsed());
-        }
+        let behind = waiting.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        // The rule, once per job (it may be set while the thread runs).
+        let rule = rule.get();
+        // A panicking job (or observer) loses its answer (the requester
+        // sees an error); the thread lives on, and the turn, dropped while
+        // unwinding, still counts the job's time.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let turn = rule.map(|rule| rule.admit(job.queued_at, behind));
+            let admitted = !matches!(turn, Some(None));
+            (job.run)(admitted);
+            drop(turn);
+        }));
     }
 }
 
@@ -402,9 +428,9 @@ mod tests {
         assert_eq!(done + busy, 20);
     }
 
-    /// With the controlled-delay rule (10 ms / 1 s): a burst of six 100 ms
-    /// jobs on one thread is served whole (the last waits half a second,
-    /// within the interval). Thirty at once (1.5 s of work) are not: the
+    /// With the controlled-delay rule (10 ms / 1 s): a burst of six 50 ms
+    /// jobs on one thread is served whole (the last waits a quarter of a
+    /// second, within the interval). Thirty at once (1.5 s of work) are not: the
     /// jobs that would wait past the interval are shed with `LimitFull`
     /// (the error `AppError` answers as shedding), and no admitted job
     /// waited much past the interval. Without the rule all thirty would be
@@ -440,7 +466,7 @@ mod tests {
         }
         let work = PasswordWork::new(1, 64)
             .with_controlled_delay(rule(1, Arc::new(|_: &selfheal::observe::Event<'_>| {})));
-        let (served, shed) = rush(&work, 6, Duration::from_millis(100)).await;
+        let (served, shed) = rush(&work, 6, Duration::from_millis(50)).await;
         assert_eq!((served.len(), shed), (6, 0));
 
         let work = PasswordWork::new(1, 64)

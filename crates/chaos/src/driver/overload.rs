@@ -1,8 +1,8 @@
 //! The app's own overload: cozmic (a child process, healing on) offered
 //! about three times the logins it can serve, with and without its
 //! concurrency limits (`Config::concurrency_limit`, and the passwords' own
-//! `Config::passwords_limit` in front of the hashing gate; both on by
-//! default in cozmic).
+//! `Config::passwords_limit`: the controlled-delay rule on the hashing
+//! queue; both on by default in cozmic).
 //!
 //! Why logins: a login verifies an argon2 hash (tens of milliseconds of
 //! CPU and 19 MiB each, on a gate of one thread per core), so its cost is

@@ -432,6 +432,31 @@ fn fault_table(cols: &[Col<'_>]) -> Table {
         row.push(verdict(cols, &get, &n));
         rows.push(row);
     }
+    // The upstream faults together: the "faults no user saw" target
+    // is stated for them.
+    let upstream = |r: &RunReport| {
+        Tally::sum(
+            r.faults
+                .iter()
+                .filter(|(kind, _)| kind.starts_with("upstream_"))
+                .map(|(_, t)| t),
+        )
+    };
+    if cols
+        .iter()
+        .any(|c| c.mean.faults.keys().any(|k| k.starts_with("upstream_")))
+    {
+        let get = |r: &RunReport| {
+            let t = upstream(r);
+            (judged(&t) > 0.0).then(|| t.hidden_rate())
+        };
+        let mut row = vec!["upstream faults".to_owned()];
+        for c in cols {
+            row.extend(tally_cells(c, Some(&upstream(c.mean)), &get));
+        }
+        row.push(verdict(cols, &get, &|r| Some(judged(&upstream(r)))));
+        rows.push(row);
+    }
     let get = |r: &RunReport| Some(r.faults_hidden_rate);
     let mut row = vec!["all faults".to_owned()];
     for c in cols {

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use reqwest::{Method, Response, StatusCode};
 
 use super::hints;
-use crate::retry::{Classify, Verdict};
+use crate::retry::{Classify, Signal, Verdict};
 
 /// A set of HTTP status codes (0 to 639, which covers the 100 to 599 that
 /// exist), as a bitmap: `contains` is a shift and a mask.
@@ -110,6 +110,11 @@ impl ErrorClass {
         Self::Other("request")
     }
 
+    /// Whether the attempt or its connect timed out.
+    pub(crate) fn timed_out(error: &reqwest_middleware::Error) -> bool {
+        matches!(error, reqwest_middleware::Error::Reqwest(e) if e.is_timeout())
+    }
+
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -208,20 +213,24 @@ impl Classify<Response, reqwest_middleware::Error> for Classifier {
     }
 
     /// A refusal is an answer that pushes back (a retryable status) or an
-    /// attempt that timed out (the first symptom of an overloaded server);
-    /// a refused connect or a reset connection is a failure of the link,
-    /// the breaker's to weigh, and no reason to send a flaky but capable
-    /// dependency fewer retries.
-    fn is_refusal(
+    /// attempt or connect that timed out (the first symptoms of an
+    /// overloaded server: a slow answer, a full accept backlog); a refused
+    /// connect or a reset connection says nothing about capacity (the
+    /// link, or a process that is gone: the breaker's to weigh) and is not
+    /// counted; any other answer is an accept.
+    fn throttle_signal(
         &self,
         outcome: Result<&Response, &reqwest_middleware::Error>,
         verdict: Verdict,
-    ) -> bool {
-        verdict.is_retryable()
-            && match outcome {
-                Ok(_) => true,
-                Err(error) => ErrorClass::of(error) == ErrorClass::Timeout,
-            }
+    ) -> Signal {
+        if !verdict.is_retryable() {
+            return Signal::Accepted;
+        }
+        match outcome {
+            Ok(_) => Signal::Refused,
+            Err(error) if ErrorClass::timed_out(error) => Signal::Refused,
+            Err(_) => Signal::NoAnswer,
+        }
     }
 }
 

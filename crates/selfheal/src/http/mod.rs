@@ -62,16 +62,19 @@
 //! **One throttle, one budget and one breaker per dependency.** A
 //! dependency is a host (with its port, unless it is the scheme's default),
 //! or a name given with [`Dependency`]. Its
-//! [adaptive throttle](crate::throttle) weighs every attempt's outcome and
-//! sheds retries in proportion once the dependency refuses or fails more
-//! than half of what it is sent (a flaky dependency keeps being retried, an
-//! overloaded one gets no retry storm; first attempts are never refused,
-//! so healing never does worse than no healing); retries also stop while
-//! this server sheds its own load. Its [`Budget`](crate::retry::Budget)
-//! stops retries at once in a full outage (1,000 calls against a dead host
-//! make about 1,010 attempts, not 3,000), and its circuit breaker, which
-//! counts only attempts that got no answer (connect errors, timeouts and
-//! connections reset before an answer, five in a row), fails calls fast with [`Unavailable`]
+//! [adaptive throttle](crate::throttle) weighs every attempt's answer and
+//! sheds retries in proportion once the dependency refuses (a retryable
+//! status, a timeout) more than half of what it answers (a flaky
+//! dependency keeps being retried, an overloaded one gets no retry storm;
+//! first attempts are never refused, so healing never makes fewer calls
+//! succeed than no healing); a reset or a refused connect is the link's
+//! failure, not counted. Retries also stop while this server sheds its own
+//! load. Its [`Budget`](crate::retry::Budget) counts every failure, resets
+//! included: it stops retries at once in a full outage (1,000 calls against
+//! a host that answers 503 make about 1,006 attempts, not 3,000) and once
+//! more than two attempts in three fail. Its circuit breaker, which counts
+//! only attempts that got no answer (connect errors, timeouts and
+//! connections reset before an answer, eight in a row), fails calls fast with [`Unavailable`]
 //! ([`is_circuit_open`]) once the dependency is hard down. The registry is bounded
 //! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
 //! does not grow a breaker per attacker-chosen host.

@@ -74,22 +74,44 @@ pub trait Classify<T, E> {
         }
     }
 
-    /// Whether a failed outcome (classified `verdict`) is the dependency
-    /// *pushing back*: the signal the [adaptive throttle](crate::throttle)
-    /// sheds retries on. Defaults to every retryable failure.
+    /// What a failed outcome (classified `verdict`) tells the
+    /// [adaptive throttle](crate::throttle) about the dependency's capacity:
+    /// a [refusal](Signal::Refused) (it is pushing back), an
+    /// [accept](Signal::Accepted) (it answered, if only with an error), or
+    /// [nothing](Signal::NoAnswer). Defaults to a refusal for every
+    /// retryable failure and an accept for a permanent one.
     ///
-    /// Override it when the classifier can tell a refusal (a `429`, a `503`,
-    /// a timeout: the dependency has more work than it can take) from a
-    /// failure of the link (a reset connection, a refused connect: the
-    /// network or a dead process, which a
+    /// Override it when the classifier can tell a refusal (a `429`, a
+    /// `503`, a timeout: the dependency has more work than it can take)
+    /// from a failure of the link (a reset connection, a refused connect:
+    /// the network or a dead process, which a
     /// [circuit breaker](crate::breaker) watches). Throttling retries
     /// because the link is flaky only takes healing away from a dependency
-    /// that has the capacity for them; the HTTP middleware's classifier
-    /// does this.
-    fn is_refusal(&self, outcome: Result<&T, &E>, verdict: Verdict) -> bool {
+    /// that has the capacity for them, and counting such failures as
+    /// accepts would hide real refusals behind them; the HTTP middleware's
+    /// classifier does this.
+    fn throttle_signal(&self, outcome: Result<&T, &E>, verdict: Verdict) -> Signal {
         let _ = outcome;
-        verdict.is_retryable()
+        if verdict.is_retryable() {
+            Signal::Refused
+        } else {
+            Signal::Accepted
+        }
     }
+}
+
+/// What one outcome tells an [adaptive throttle](crate::throttle) about
+/// the dependency's capacity ([`Classify::throttle_signal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The dependency took the request (a success, or an answer that is
+    /// its own: a `404`, a validation error).
+    Accepted,
+    /// The dependency pushed back: it has more than it can take.
+    Refused,
+    /// The request got no answer that says anything about the dependency's
+    /// capacity (the link failed): counted neither way.
+    NoAnswer,
 }
 
 /// What `classifier` makes of `result`: `None` for an accepted success.

@@ -237,7 +237,7 @@ impl<C> Policy<C> {
         E: fmt::Display,
     {
         if let Some(throttle) = &self.throttle {
-            throttle.record(!self.classifier.is_refusal(outcome.as_ref(), verdict));
+            throttle.observe(self.classifier.throttle_signal(outcome.as_ref(), verdict));
         }
         let step = self.plan(run, verdict, elapsed);
         let kind = self.classifier.failure_kind(outcome.as_ref());

@@ -69,7 +69,7 @@ use std::time::Duration;
 pub use backoff::{Backoff, Jitter, Random, SeededRandom, ThreadRandom};
 pub use budget::Budget;
 pub(crate) use classify::verdict_of;
-pub use classify::{AlwaysTransient, ByTrait, Classify, Transient, Verdict};
+pub use classify::{AlwaysTransient, ByTrait, Classify, Signal, Transient, Verdict};
 pub(crate) use engine::{Run, Step};
 pub use error::RetryError;
 #[cfg(feature = "tower")]

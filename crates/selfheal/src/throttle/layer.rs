@@ -161,7 +161,7 @@ where
             } => {
                 let result = std::task::ready!(future.poll(cx));
                 if let Some(throttle) = throttle.take() {
-                    throttle.record(!super::refused(classifier, &result));
+                    throttle.observe(super::signal(classifier, &result));
                 }
                 Poll::Ready(result.map_err(ThrottleError::Inner))
             }

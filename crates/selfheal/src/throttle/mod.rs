@@ -48,8 +48,18 @@
 //!   the caller would have sent without any healing, so refusing it can
 //!   only make a flaky dependency look worse, while retries are the load
 //!   that healing adds, and the load that turns an overload into a
-//!   self-sustaining retry storm. Throttled that way, healing never does
-//!   worse than no healing, whatever the failure rate.
+//!   self-sustaining retry storm. Throttled that way, healing never makes
+//!   fewer of the caller's calls succeed than no healing, whatever the
+//!   failure rate (what the retries cost the dependency is what the
+//!   throttle and the budget bound).
+//! - **A failure of the link is not a refusal.** What the throttle weighs
+//!   is the dependency pushing back (a `429`, a `503`, a timeout). A reset
+//!   connection or a refused connect says nothing about its capacity (a
+//!   flaky network, a dead process: the breaker's business), so a
+//!   classifier can leave it out ([`Classify::throttle_signal`],
+//!   [`Signal::NoAnswer`]); the HTTP middleware's does. Counted as
+//!   refusals, the resets of a flaky link cut the retries that heal it;
+//!   counted as accepts, they would hide real refusals.
 //!
 //! # Cost
 //!
@@ -158,7 +168,7 @@ pub(crate) use self::shedding::shed_for;
 use crate::ConfigError;
 use crate::breaker::window::Window;
 use crate::observe::{self, Event, Observer};
-use crate::retry::{Classify, Random, ThreadRandom};
+use crate::retry::{Classify, Random, Signal, ThreadRandom};
 
 /// Probabilities are kept in fixed point: `ONE` is certainty.
 const ONE: u32 = 1 << 24;
@@ -403,12 +413,25 @@ impl AdaptiveThrottle {
     }
 
     /// Records the outcome of a call that was made: `accepted` unless the
-    /// dependency refused or failed it in a way that says it is struggling
-    /// (a timeout, a reset, a `429` or `503`). A `400` or a `404` is an
-    /// accept: the dependency answered.
+    /// dependency refused it in a way that says it is struggling (a
+    /// timeout, a `429` or `503`). A `400` or a `404` is an accept: the
+    /// dependency answered. A failure that says nothing about its capacity
+    /// (a reset connection) is best not recorded at all
+    /// ([`observe`](Self::observe)).
     #[inline]
     pub fn record(&self, accepted: bool) {
         self.inner.record(accepted);
+    }
+
+    /// Records what a classifier made of an outcome
+    /// ([`Classify::throttle_signal`]): an accept, a refusal, or nothing.
+    #[inline]
+    pub fn observe(&self, signal: Signal) {
+        match signal {
+            Signal::Accepted => self.record(true),
+            Signal::Refused => self.record(false),
+            Signal::NoAnswer => {}
+        }
     }
 
     /// Runs `op` unless the throttle refuses it, and records the outcome:
@@ -432,7 +455,7 @@ impl AdaptiveThrottle {
     }
 
     /// Like [`AdaptiveThrottle::call`], but `classifier` says which
-    /// outcomes are refusals ([`Classify::is_refusal`]: by default the
+    /// outcomes are refusals ([`Classify::throttle_signal`]: by default the
     /// transient ones,
     /// [`Transient`](crate::retry::Verdict::Transient) and
     /// [`RetryAfter`](crate::retry::Verdict::RetryAfter));
@@ -455,7 +478,7 @@ impl AdaptiveThrottle {
             return Err(ThrottleError::Throttled(self.throttled()));
         }
         let result = op().await;
-        self.record(!refused(classifier, &result));
+        self.observe(signal(classifier, &result));
         result.map_err(ThrottleError::Inner)
     }
 
@@ -661,14 +684,15 @@ pub struct Snapshot {
     pub rejection_probability: f64,
 }
 
-/// Whether `classifier` counts `result` as a refusal by the dependency
-/// ([`Classify::is_refusal`] of a failed outcome).
-pub(crate) fn refused<C, T, E>(classifier: &C, result: &Result<T, E>) -> bool
+/// What `result` tells the throttle, as `classifier` sees it: an accept for
+/// an accepted success, else [`Classify::throttle_signal`].
+pub(crate) fn signal<C, T, E>(classifier: &C, result: &Result<T, E>) -> Signal
 where
     C: Classify<T, E>,
 {
-    crate::retry::verdict_of(classifier, result)
-        .is_some_and(|verdict| classifier.is_refusal(result.as_ref(), verdict))
+    crate::retry::verdict_of(classifier, result).map_or(Signal::Accepted, |verdict| {
+        classifier.throttle_signal(result.as_ref(), verdict)
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod wait;
 
 use self::gradient::Gradient;
 
-pub use self::codel::ControlledDelay;
+pub use self::codel::{ControlledDelay, Turn};
 pub use self::permit::{LimitFull, Permit};
 
 /// An adaptive concurrency limit for a server. Give it to

@@ -95,7 +95,7 @@ pub use csrf::{CsrfLayer, CsrfToken};
 pub use dashboard::{Dashboard, admin_routes, health_json};
 pub use guard::{AdminGuard, TokenError};
 pub use layer::{HealLayer, HealService};
-pub use limit::{AdaptiveLimit, ControlledDelay, LimitFull, Permit};
+pub use limit::{AdaptiveLimit, ControlledDelay, LimitFull, Permit, Turn};
 pub use probes::probes;
 pub use respond::{ErrorCause, ErrorContext, Friendly, FriendlyResponder, Responder, request_id};
 pub use throttle::{Attempt, Limit, LimitError, LoginThrottle, Scope, Throttled};

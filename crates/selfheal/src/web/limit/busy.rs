@@ -7,13 +7,41 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Busy time summed as work ends, judged once per window.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BusyWindow {
     /// Time the slots were held since `window_start_ms` (µs).
     busy_micros: AtomicU64,
     window_start_ms: AtomicU64,
-    /// Whether the slots were busy at least 90 % of the last window.
+    /// The busy share of the last windows (‰), as [`Judge`] says;
+    /// [`NONE`] before the first.
+    share_permille: AtomicU64,
+    /// Whether that share reached the judge's threshold.
     saturated: AtomicBool,
+}
+
+/// `share_permille` before any window closed.
+const NONE: u64 = u64::MAX;
+
+impl Default for BusyWindow {
+    fn default() -> Self {
+        Self {
+            busy_micros: AtomicU64::new(0),
+            window_start_ms: AtomicU64::new(0),
+            share_permille: AtomicU64::new(NONE),
+            saturated: AtomicBool::new(false),
+        }
+    }
+}
+
+/// How a [`BusyWindow`] judges: the threshold, and whether one window
+/// decides or a moving average of windows.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Judge {
+    /// Busy share (%) that is saturation.
+    pub(super) percent: u64,
+    /// Average each window with the previous average (half each): a share
+    /// that wanders over the threshold for one window does not count.
+    pub(super) smooth: bool,
 }
 
 impl BusyWindow {
@@ -24,11 +52,17 @@ impl BusyWindow {
             .fetch_add(held.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Whether the `slots` were busy at least 90 % of the last window of
-    /// `interval` (times in ms from any fixed start); the first caller
-    /// after a window ends closes it. A window that ends after a quiet
-    /// spell is long and mostly idle: not saturated.
-    pub(super) fn saturated(&self, now_ms: u64, slots: u32, interval: Duration) -> bool {
+    /// Whether the `slots` were saturated over the last window of
+    /// `interval` (times in ms from any fixed start), as `judge` says; the
+    /// first caller after a window ends closes it. A window that ends after
+    /// a quiet spell is long and mostly idle: not saturated.
+    pub(super) fn saturated(
+        &self,
+        now_ms: u64,
+        slots: u32,
+        interval: Duration,
+        judge: Judge,
+    ) -> bool {
         let start = self.window_start_ms.load(Ordering::Relaxed);
         let elapsed_ms = now_ms.saturating_sub(start);
         if elapsed_ms >= interval.as_millis() as u64
@@ -38,11 +72,18 @@ impl BusyWindow {
                 .is_ok()
         {
             let busy = self.busy_micros.swap(0, Ordering::Relaxed);
-            let capacity = u64::from(slots.max(1)) * elapsed_ms * 1000;
-            self.saturated.store(
-                busy.saturating_mul(10) >= capacity.saturating_mul(9),
-                Ordering::Relaxed,
-            );
+            let capacity = u64::from(slots.max(1))
+                .saturating_mul(elapsed_ms)
+                .saturating_mul(1000)
+                .max(1);
+            let share = busy.saturating_mul(1000) / capacity;
+            let share = match self.share_permille.load(Ordering::Relaxed) {
+                previous if judge.smooth && previous != NONE => (share + previous) / 2,
+                _ => share,
+            };
+            self.share_permille.store(share, Ordering::Relaxed);
+            self.saturated
+                .store(share >= judge.percent * 10, Ordering::Relaxed);
         }
         self.saturated.load(Ordering::Relaxed)
     }

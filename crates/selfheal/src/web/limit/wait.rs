@@ -49,7 +49,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::busy::BusyWindow;
+use super::busy::{BusyWindow, Judge};
 use super::{AdaptiveLimit, Inner};
 use crate::ConfigError;
 
@@ -186,6 +186,10 @@ impl AdaptiveLimit {
                 queue.joined_ms,
                 inner.limit.load(Ordering::Relaxed),
                 wait.interval,
+                Judge {
+                    percent: 90,
+                    smooth: false,
+                },
             );
         let patience = if overloaded {
             wait.target
