@@ -159,10 +159,10 @@ async fn with_random_failures_healing_does_at_least_as_well_as_none() {
 
 /// A flaky *link* in front of a capable dependency: 30 % of connections
 /// reset before any answer, 30 % of requests answered 503, the rest 200. The
-/// throttle weighs refusals (the 503s, 30 %, well under one in `K = 2`), not
-/// failures of the link, so it never refuses a retry and healing gets
-/// almost every call through; counting the resets as refusals (60 %) would
-/// shed retries in proportion. Neither does the breaker open: resets at
+/// throttle weighs refusals among the answers (30 of every 70, under one in
+/// `K = 2`), not failures of the link, so it never refuses a retry;
+/// counting the resets as refusals (60 %) would shed retries in
+/// proportion. Neither does the breaker open: resets at
 /// random are never 8 in a row here.
 #[tokio::test]
 async fn a_flaky_link_is_healed_not_throttled() {
