@@ -124,6 +124,9 @@ pub struct ControlledDelay {
     epoch: Instant,
     /// Work asked of the workers: time run, plus the mean job time per shed.
     demand: BusyWindow,
+    /// When (ms since `epoch`) a worker last found the queue empty or took
+    /// a job that had waited less than two jobs' time (or `target`).
+    good_ms: AtomicU64,
     /// Mean time of a job run (µs, moving average; 0 before the first).
     mean_micros: AtomicU64,
     shed: AtomicU64,
@@ -216,6 +219,7 @@ impl ControlledDelay {
             interval,
             workers,
             epoch: Instant::now(),
+            good_ms: AtomicU64::new(0),
             demand: BusyWindow::default(),
             mean_micros: AtomicU64::new(0),
             shed: AtomicU64::new(0),
@@ -264,17 +268,25 @@ impl ControlledDelay {
     ) -> Option<Turn<'_>> {
         let waited = now.saturating_duration_since(queued_at);
         let now_ms = self.ms(now);
+        let mean = Duration::from_micros(self.mean_micros.load(Ordering::Relaxed));
+        if waited < self.target.max(2 * mean) {
+            // A job that waited less than two jobs' time: no queue stands.
+            self.good_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
         let admitted = if waited < self.target {
             true
         } else if waited > self.interval {
             false
         } else {
+            let standing = now_ms.saturating_sub(self.good_ms.load(Ordering::Relaxed))
+                > self.interval.as_millis() as u64;
             // Keep one job per worker, and one more, behind: shedding
             // below that idles workers whenever arrivals pause.
             behind <= self.workers as usize
-                || !self
-                    .demand
-                    .saturated(now_ms, self.workers, self.interval, SATURATED)
+                || !(standing
+                    || self
+                        .demand
+                        .saturated(now_ms, self.workers, self.interval, SATURATED))
         };
         let turn = if admitted {
             self.running.fetch_add(1, Ordering::Relaxed);
@@ -301,7 +313,9 @@ impl ControlledDelay {
 
     /// [`idle`](Self::idle) at `now`.
     pub(super) fn idle_at(&self, now: Instant) {
-        self.maybe_report(self.ms(now), true);
+        let now_ms = self.ms(now);
+        self.good_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.maybe_report(now_ms, true);
     }
 
     /// A job was turned away before it was queued (the queue was full): it
