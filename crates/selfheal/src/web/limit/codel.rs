@@ -32,14 +32,19 @@
 //!   let jobs wait the whole interval again, and the rule swung between the
 //!   two: at 0.9× load it shed work the pool could serve, with a *worse*
 //!   p99 than no rule.
-//! - **No standing-queue signal, and the threshold is all of the workers'
-//!   time** (averaged over intervals), not 90 % of one interval. CoDel's "no packet left within `target` for a whole
-//!   `interval`" assumes a target well above the time a packet takes; with
+//! - **Overload is the work asked filling all of the workers' time
+//!   (averaged over intervals), or a queue that stands**, and "stands"
+//!   means no job taken within *two job times* (or `target`, if longer) and
+//!   no empty queue for a whole `interval`. CoDel's "no packet left within
+//!   `target`" assumes a target well above the time a packet takes; with
 //!   10 ms against 17 ms hashes, a 0.9× load has busy spells of over a
-//!   second in which no job starts within 10 ms of its queueing, and the
+//!   second in which no job starts within 10 ms of its queueing, and that
 //!   signal shed 2.4 % of a load a plain queue serves with a p99 wait of
-//!   140 ms. Demand alone says what an overload is: more work asked than
-//!   the workers have time for.
+//!   140 ms. Demand alone is not enough either: behind a concurrency limit
+//!   of 16, an overload reaches the pool as a closed loop of 16 jobs, the
+//!   work asked stays just under the workers' time, and every job waited
+//!   eight job times (the overload suite measured a p99 ten times the
+//!   unloaded one until the standing signal came back, with this meaning).
 
 use std::fmt;
 use std::sync::Arc;
@@ -69,7 +74,9 @@ const SATURATED: Judge = Judge {
 /// idles workers when arrivals pause). Overloaded: the work asked of the
 /// workers (the jobs run, and the jobs shed or [refused](Self::refused)
 /// at the mean time of a job), averaged over intervals, filled all of their
-/// time. Share it (`Arc`) between the workers.
+/// time; or no job was taken within two job times (or `target`) and no
+/// worker found the queue empty for a whole `interval`. Share it (`Arc`)
+/// between the workers.
 ///
 /// ```
 /// use std::sync::mpsc::{self, TryRecvError};
@@ -93,7 +100,7 @@ const SATURATED: Judge = Judge {
 ///             let (queued_at, job) = match jobs.try_recv() {
 ///                 Ok(job) => job,
 ///                 Err(TryRecvError::Empty) => {
-///                     rule.idle(); // reports, if anything was shed
+///                     rule.idle(); // no queue stands
 ///                     match jobs.recv() {
 ///                         Ok(job) => job,
 ///                         Err(_) => break,
@@ -304,9 +311,9 @@ impl ControlledDelay {
         turn
     }
 
-    /// A worker found the queue empty: the state is reported if jobs were
-    /// shed since the last report (so the dashboard does not keep showing
-    /// a rush that is over).
+    /// A worker found the queue empty: no queue stands, and the state is
+    /// reported if jobs were shed since the last report (so the dashboard
+    /// does not keep showing a rush that is over).
     pub fn idle(&self) {
         self.idle_at(Instant::now());
     }
