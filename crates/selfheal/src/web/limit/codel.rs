@@ -260,8 +260,9 @@ impl ControlledDelay {
 
     /// A worker took a job queued at `queued_at`, with `behind` more jobs
     /// still waiting (an estimate is fine: a counter the producers raise
-    /// before queueing and the workers lower as they take): its [`Turn`] if it may run, `None` if it waited too
-    /// long (answer it as shed; it is counted).
+    /// before queueing and the workers lower as they take): its [`Turn`]
+    /// if it may run, `None` if it waited too long (answer it as shed; it
+    /// is counted).
     pub fn admit(&self, queued_at: Instant, behind: usize) -> Option<Turn<'_>> {
         self.admit_at(Instant::now(), queued_at, behind)
     }
@@ -304,7 +305,8 @@ impl ControlledDelay {
             })
         } else {
             self.shed.fetch_add(1, Ordering::Relaxed);
-            self.refused();
+            // Asked work, as a refused job: the mean already read above.
+            self.demand.add(mean);
             None
         };
         self.maybe_report(now_ms, false);
