@@ -43,6 +43,32 @@ use crate::report::{FailureKind, Outcome, Recorder};
 /// The longest `Retry-After` a user waits before pressing again.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The faults a user brings along, each drawn on its own (see [`User::draw`]).
+#[derive(Clone, Copy)]
+enum Fault {
+    Panic = 1,
+    PanicAfter = 2,
+    Disconnect = 3,
+    CorruptCookie = 4,
+}
+
+/// The seed of one fault decision: the run's seed, the user, the action's
+/// number, the try and the kind of fault, mixed.
+fn fault_key(seed: u64, user: usize, seq: u64, attempt: u8, fault: Fault) -> u64 {
+    let mut key = mix(seed ^ mix(user as u64));
+    key = mix(key ^ seq);
+    mix(key ^ (u64::from(attempt) << 8 | fault as u64))
+}
+
+/// SplitMix64's finaliser: a well-spread 64-bit key from any input, so that
+/// neighbouring users, actions and tries get unrelated decisions.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// Starts `options.users` users on the world's app, acting until
 /// `options.duration` after `started`.
 pub(super) fn spawn(
@@ -69,6 +95,8 @@ pub(super) fn spawn(
             rng: fastrand::Rng::with_seed(
                 options.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
+            seed: options.seed,
+            attempt: 1,
             panic_probability: plan.panic.probability,
             panic_after_probability: plan.panic.after_commit_probability,
             disconnect_probability: plan.client.disconnect_probability,
@@ -103,7 +131,13 @@ struct User {
     shared: Arc<Shared>,
     started: Instant,
     deadline: Instant,
+    /// The journey's own choices (think times, which step comes next).
     rng: fastrand::Rng,
+    /// The run's seed, from which each fault decision is drawn (see
+    /// [`User::draw`]).
+    seed: u64,
+    /// The current try of the current action: 1, or 2 when pressed again.
+    attempt: u8,
     panic_probability: f64,
     /// Probability that a form panics after its handler committed.
     panic_after_probability: f64,
@@ -279,6 +313,7 @@ impl User {
     /// One try of `action` (`attempt` 1 or 2), tagged and recorded.
     async fn perform(&mut self, action: Action, attempt: u8, http: &reqwest::Client) -> Seen {
         self.tag = format!("{}-u{}-a{}-t{attempt}", self.run, self.index, self.seq);
+        self.attempt = attempt;
         if std::mem::take(&mut self.session_struck) {
             self.ledger.request("session_corrupted", Some(&self.tag));
         }
@@ -386,15 +421,33 @@ impl User {
         request.header(REQUEST_ID, &self.tag).send().await
     }
 
+    /// The generator for one fault decision of the current try: seeded by
+    /// the run's seed, the user, the action's number, the try and the kind
+    /// of fault, never by the journey's own generator. Heal on and heal off
+    /// then ask for the same faults at the same steps of the same users
+    /// (common random numbers: the two runs differ by the healing, not by
+    /// how many panics each happened to draw), and a user who pressed again
+    /// in one run and not in the other does not shift every later decision.
+    fn draw(&self, fault: Fault) -> fastrand::Rng {
+        fastrand::Rng::with_seed(fault_key(
+            self.seed,
+            self.index,
+            self.seq,
+            self.attempt,
+            fault,
+        ))
+    }
+
     /// Sends a form the way a user who closes the tab mid-way does, with
     /// the plan's probability: gone after `disconnect_after`, whatever the
     /// app did with it (written to the ledger); the user then sends it again.
     async fn maybe_abandon(&mut self, request: Option<reqwest::RequestBuilder>) {
         let Some(request) = request else { return };
-        if self.disconnect_probability <= 0.0 || self.rng.f64() >= self.disconnect_probability {
+        let mut draw = self.draw(Fault::Disconnect);
+        if self.disconnect_probability <= 0.0 || draw.f64() >= self.disconnect_probability {
             return;
         }
-        let after = self.disconnect_after.sample(&mut self.rng);
+        let after = self.disconnect_after.sample(&mut draw);
         self.ledger.request("client_disconnect", Some(&self.tag));
         let _ = self.send(request.timeout(after)).await;
     }
@@ -402,7 +455,9 @@ impl User {
     /// Asks, with the plan's probability, for a panic after the handler of
     /// this form committed.
     fn maybe_panic_after(&mut self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if self.panic_after_probability > 0.0 && self.rng.f64() < self.panic_after_probability {
+        if self.panic_after_probability > 0.0
+            && self.draw(Fault::PanicAfter).f64() < self.panic_after_probability
+        {
             self.ledger.request("panic_after_commit", Some(&self.tag));
             self.panic_sent = true;
             request.header(FaultHooks::PANIC_AFTER_HEADER, "1")
@@ -412,7 +467,7 @@ impl User {
     }
 
     fn maybe_panic(&mut self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if self.panic_probability > 0.0 && self.rng.f64() < self.panic_probability {
+        if self.panic_probability > 0.0 && self.draw(Fault::Panic).f64() < self.panic_probability {
             self.shared.panics_requested.fetch_add(1, Ordering::Relaxed);
             self.ledger.request("panic_before_handler", Some(&self.tag));
             self.panic_sent = true;
@@ -497,5 +552,45 @@ pub(super) async fn judge_answer(
     match response.text().await {
         Ok(body) => classify(status, signed_out, says_when, &body, ok).outcome(),
         Err(_) => Outcome::HardFailure(FailureKind::Connection),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decisions a user draws are fair and independent of each other:
+    /// a 1 % fault strikes about 1 % of tries, and two kinds of fault strike
+    /// the same try about as often as chance says (1 in 10,000), not
+    /// together because they share a key.
+    #[test]
+    fn fault_decisions_are_fair_and_independent() {
+        let p = 0.01;
+        let strikes = |fault, attempt, user, seq| {
+            fastrand::Rng::with_seed(fault_key(42, user, seq, attempt, fault)).f64() < p
+        };
+        let (mut panics, mut both, mut retried, mut tries) = (0, 0, 0, 0);
+        for user in 0..100 {
+            for seq in 0..2_000 {
+                tries += 1;
+                let panic = strikes(Fault::Panic, 1, user, seq);
+                panics += u32::from(panic);
+                both += u32::from(panic && strikes(Fault::PanicAfter, 1, user, seq));
+                retried += u32::from(panic && strikes(Fault::Panic, 2, user, seq));
+            }
+        }
+        let rate = f64::from(panics) / f64::from(tries);
+        assert!((0.009..0.011).contains(&rate), "{rate}");
+        assert!(both < 60 && retried < 60, "{both} {retried} of {panics}");
+        // The same key, the same decision: what makes heal on and heal off
+        // meet the same faults.
+        assert_eq!(
+            fault_key(42, 3, 17, 1, Fault::Disconnect),
+            fault_key(42, 3, 17, 1, Fault::Disconnect)
+        );
+        assert_ne!(
+            fault_key(42, 3, 17, 1, Fault::Disconnect),
+            fault_key(43, 3, 17, 1, Fault::Disconnect)
+        );
     }
 }

@@ -16,15 +16,20 @@
 //! Three choices differ from the limit's wait, each from a review's model
 //! of a two-thread pool at 0.9–3× its capacity:
 //!
-//! - **A late job is shed only with more than one job per worker behind
-//!   it.** Shedding a stale job helps the jobs behind it; with few behind,
-//!   it idles workers as soon as arrivals pause. (CoDel itself never drops
+//! - **A late job is shed only with a job per worker behind it.**
+//!   Shedding a stale job helps the jobs behind it; with none behind, it
+//!   idles workers as soon as arrivals pause. (CoDel itself never drops
 //!   below one packet in the queue.) In the unit tests' simulation (two
-//!   workers, 17 ms jobs, 10 ms target) shedding any late job kept 0.89 of
-//!   capacity at 1.2× load; keeping one job per worker behind, 0.93;
-//!   one more, 0.95 (1.00 at 2–3×), with a p99 wait of 26 ms; two per
-//!   worker, 0.97 but 33 ms. What is admitted has waited at most `target`,
-//!   or behind the few jobs kept in reserve.
+//!   workers, 17 ms jobs, 10 ms target, Poisson arrivals): shedding any
+//!   late job kept 0.89 of capacity at 1.2× load; keeping one job per
+//!   worker behind, 0.92 (1.00 at 3×) with a p99 wait of 20 ms at 1.2× and
+//!   16 ms at 3×; one more job, 0.95 but 26 ms and 20 ms. The reserve is a
+//!   trade between a mild overload's goodput and a heavy one's latency; we
+//!   keep the shorter wait, because a pool that must shed is one whose
+//!   requesters are already waiting (cozmic's login rush at 3× measured
+//!   an accepted p99 of 2.0× the unloaded one with the larger reserve).
+//!   What is admitted has waited at most `target`, or behind one job per
+//!   worker.
 //! - **Overload is judged on demand, not on work done.** A shed job counts
 //!   as busy time (the mean of the jobs that ran), so the workers'
 //!   "busy" is what was asked of them. Counting only the work done, the
@@ -70,7 +75,7 @@ const SATURATED: Judge = Judge {
 /// it (the requester is answered "busy") and takes the next one. A job may
 /// have waited up to `interval` (a burst, which drains) unless the queue is
 /// overloaded, when only up to `target`, and a late job is shed only if
-/// more than one job per worker waits behind it (shedding it otherwise
+/// at least one job per worker waits behind it (shedding it otherwise
 /// idles workers when arrivals pause). Overloaded: the work asked of the
 /// workers (the jobs run, and the jobs shed or [refused](Self::refused)
 /// at the mean time of a job), averaged over intervals, filled all of their
@@ -288,9 +293,9 @@ impl ControlledDelay {
         } else {
             let standing = now_ms.saturating_sub(self.good_ms.load(Ordering::Relaxed))
                 > self.interval.as_millis() as u64;
-            // Keep one job per worker, and one more, behind: shedding
-            // below that idles workers whenever arrivals pause.
-            behind <= self.workers as usize
+            // Keep one job per worker behind: shedding below that idles
+            // workers whenever arrivals pause.
+            behind < self.workers as usize
                 || !(standing
                     || self
                         .demand

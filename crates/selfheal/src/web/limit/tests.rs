@@ -517,8 +517,9 @@ fn a_closed_loop_standing_queue_is_cut_short() {
 /// a worse p99, and idling the workers at 1.1–1.5×: it judged overload on
 /// work done, which its own shedding lowered, and it shed the last job in
 /// the queue). Mutations: judging one interval instead of an average sheds
-/// 1.6 % at 0.9×; not counting sheds as asked work fails at 1.2×, and so
-/// does shedding down to an empty queue (104.4 of 117.6 jobs/s).
+/// 1.6 % at 0.9×; not counting sheds as asked work fails at 1.2× (p99 wait
+/// 281 ms), and so does shedding down to an empty queue (100.3 of 117.6
+/// jobs/s) or keeping one more job in reserve (p99 wait 26 ms).
 #[test]
 fn the_rule_sheds_only_under_overload_and_keeps_the_workers_busy() {
     let capacity = 2.0 / 0.017;
@@ -526,16 +527,16 @@ fn the_rule_sheds_only_under_overload_and_keeps_the_workers_busy() {
         let (goodput, shed, p99) = simulate(0.9, seed);
         assert!(shed < 0.01, "0.9x, seed {seed}: shed {shed:.3}");
         assert!(goodput > 0.85 * capacity, "0.9x: {goodput:.1}/s");
-        for load in [1.2, 3.0] {
+        for (load, kept, wait) in [(1.2, 0.91, 22), (3.0, 0.99, 18)] {
             let (goodput, shed, p99) = simulate(load, seed);
             assert!(
-                goodput >= 0.93 * capacity,
+                goodput >= kept * capacity,
                 "{load}x, seed {seed}: {goodput:.1}/s of {capacity:.1}"
             );
             assert!(shed > 0.1, "{load}x: shed {shed:.3}");
             assert!(
-                p99 <= Duration::from_millis(30),
-                "{load}x: p99 wait {p99:?}"
+                p99 <= Duration::from_millis(wait),
+                "{load}x, seed {seed}: p99 wait {p99:?}"
             );
         }
         let _ = p99;
