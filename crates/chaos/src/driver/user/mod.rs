@@ -52,11 +52,11 @@ enum Fault {
     CorruptCookie = 4,
 }
 
-/// The seed of one fault decision: the run's seed, the user, the action's
-/// number, the try and the kind of fault, mixed.
-fn fault_key(seed: u64, user: usize, seq: u64, attempt: u8, fault: Fault) -> u64 {
+/// The seed of one fault decision: the run's seed, the user, the action
+/// (its kind and number), the try and the kind of fault, mixed.
+fn fault_key(seed: u64, user: usize, action: u64, attempt: u8, fault: Fault) -> u64 {
     let mut key = mix(seed ^ mix(user as u64));
-    key = mix(key ^ seq);
+    key = mix(key ^ action);
     mix(key ^ (u64::from(attempt) << 8 | fault as u64))
 }
 
@@ -97,6 +97,8 @@ pub(super) fn spawn(
             ),
             seed: options.seed,
             attempt: 1,
+            nth: (Action::SignUp, 0),
+            begun: [0; Action::KINDS],
             panic_probability: plan.panic.probability,
             panic_after_probability: plan.panic.after_commit_probability,
             disconnect_probability: plan.client.disconnect_probability,
@@ -138,6 +140,11 @@ struct User {
     seed: u64,
     /// The current try of the current action: 1, or 2 when pressed again.
     attempt: u8,
+    /// The current action, and how many of its kind this user has begun
+    /// (counting it): what a fault decision is keyed by.
+    nth: (Action, u64),
+    /// Actions begun so far, per kind.
+    begun: [u64; Action::KINDS],
     panic_probability: f64,
     /// Probability that a form panics after its handler committed.
     panic_after_probability: f64,
@@ -189,6 +196,9 @@ enum Action {
 }
 
 impl Action {
+    /// How many kinds of action there are.
+    const KINDS: usize = 6;
+
     fn step(self) -> &'static str {
         match self {
             Action::SignUp => "signup",
@@ -359,7 +369,7 @@ impl User {
     /// Runs `action`; on anything but success the user presses again once,
     /// as the module docs say. Records the final outcome.
     async fn act(&mut self, action: Action, http: &mut reqwest::Client) -> bool {
-        self.seq += 1;
+        self.begin(action);
         let step = action.step();
         let begin = Instant::now();
         let started_at = begin - self.started;
@@ -401,7 +411,7 @@ impl User {
     /// Signs in again, recorded as a `login` action of its own.
     async fn sign_in_again(&mut self, http: &reqwest::Client) {
         self.shared.relogins.fetch_add(1, Ordering::Relaxed);
-        self.seq += 1;
+        self.begin(Action::LogIn);
         let began = Instant::now();
         let login = self.perform(Action::LogIn, 1, http).await;
         self.recorder.record(
@@ -421,18 +431,31 @@ impl User {
         request.header(REQUEST_ID, &self.tag).send().await
     }
 
+    /// Numbers a new action: in the tags (`seq`) and among the actions of
+    /// its kind (what its fault decisions are keyed by).
+    fn begin(&mut self, action: Action) {
+        self.seq += 1;
+        let begun = &mut self.begun[action as usize];
+        *begun += 1;
+        self.nth = (action, *begun);
+    }
+
     /// The generator for one fault decision of the current try: seeded by
-    /// the run's seed, the user, the action's number, the try and the kind
-    /// of fault, never by the journey's own generator. Heal on and heal off
-    /// then ask for the same faults at the same steps of the same users
-    /// (common random numbers: the two runs differ by the healing, not by
-    /// how many panics each happened to draw), and a user who pressed again
-    /// in one run and not in the other does not shift every later decision.
+    /// the run's seed, the user, the action (its kind, and how many of that
+    /// kind the user has begun), the try and the kind of fault, never by the
+    /// journey's own generator. Heal on and heal off then ask for the same
+    /// faults at the same steps of the same users (common random numbers:
+    /// the two runs differ by the healing, not by how many panics each
+    /// happened to draw): the third sign-up of user 7 panics in both or in
+    /// neither, even where one run got further than the other, and a user
+    /// who pressed again in one run and not in the other does not shift
+    /// every later decision.
     fn draw(&self, fault: Fault) -> fastrand::Rng {
+        let (action, nth) = self.nth;
         fastrand::Rng::with_seed(fault_key(
             self.seed,
             self.index,
-            self.seq,
+            (action as u64) << 48 | nth,
             self.attempt,
             fault,
         ))
@@ -566,19 +589,21 @@ mod tests {
     #[test]
     fn fault_decisions_are_fair_and_independent() {
         let p = 0.01;
-        let strikes = |fault, attempt, user, seq| {
-            fastrand::Rng::with_seed(fault_key(42, user, seq, attempt, fault)).f64() < p
+        let strikes = |fault, attempt, user, nth| {
+            fastrand::Rng::with_seed(fault_key(42, user, nth, attempt, fault)).f64() < p
         };
         let (mut panics, mut both, mut retried, mut tries) = (0, 0, 0, 0);
         for user in 0..100 {
-            for seq in 0..2_000 {
+            for nth in 0..2_000 {
                 tries += 1;
-                let panic = strikes(Fault::Panic, 1, user, seq);
+                let panic = strikes(Fault::Panic, 1, user, nth);
                 panics += u32::from(panic);
-                both += u32::from(panic && strikes(Fault::PanicAfter, 1, user, seq));
-                retried += u32::from(panic && strikes(Fault::Panic, 2, user, seq));
+                both += u32::from(panic && strikes(Fault::PanicAfter, 1, user, nth));
+                retried += u32::from(panic && strikes(Fault::Panic, 2, user, nth));
             }
         }
+        // Every kind of action has its own counter.
+        assert_eq!(Action::Subscribe as usize + 1, Action::KINDS);
         let rate = f64::from(panics) / f64::from(tries);
         assert!((0.009..0.011).contains(&rate), "{rate}");
         assert!(both < 60 && retried < 60, "{both} {retried} of {panics}");
