@@ -234,9 +234,9 @@ pub struct Config {
     /// thread (up to 1 s) and, once the queue stands, a login that waited
     /// more than 5 ms is shed. Default on; code only: `chaos --suite
     /// overload` measures the app with both limits off. Under a login rush
-    /// at 3x what the app serves it cuts the accepted p99 from ~34x to
-    /// ~2.3x the unloaded p99 at about the goodput of no limit (94 %
-    /// of peak against 96 %, three seeds). An earlier
+    /// at 3x what the app serves it cuts the accepted p99 from ~31x to
+    /// ~1.8x the unloaded p99 at the goodput of no limit (96 % of peak,
+    /// three seeds). An earlier
     /// version (a limit in front of the queue that shed at once) was off
     /// by default: it shed about half of the chaos journey's burst of 32
     /// sign-ups, which the hashing threads serve within half a second

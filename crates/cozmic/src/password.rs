@@ -67,19 +67,16 @@ pub const QUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// thread had to wake a waiting request's task before its job reached the
 /// queue, and the thread idled meanwhile. Under a login rush at 3× what
 /// two threads serve (three seeds each), that kept 88 % of the peak
-/// goodput; the rule in the queue keeps 94 %, about as much as no limit at
-/// all (`docs/adaptive.md` §7 has the table).
+/// goodput; the rule in the queue keeps 96 %, as much as no limit at all,
+/// with an accepted p99 1.8× the unloaded one (`docs/adaptive.md` §7).
 ///
 /// Why 5 ms (Facebook's target for its RPC queues) and not 10: what an
-/// admitted login waits under overload is about the target plus one hash
-/// (the job kept in reserve per thread), and a hash takes 11–17 ms, so 10
-/// ms let the wait reach two hashes. Measured, the difference is within
-/// the noise of a two-core machine (accepted p99 35 against 37 ms over
-/// three seeds, 2.3× against 2.4× the unloaded p99): most of the rest is
-/// the hash itself slowed by the cores it shares under the rush. A first
-/// version of the rule, which shed every late job, lost goodput with 5 ms
-/// (101.8 logins/s against 109.7/s): it idled a thread whenever no job had
-/// arrived within the target; the reserve fixed that (94 % of peak).
+/// admitted login waits under overload is about the target, plus one hash
+/// where a job is kept in reserve per thread, and a hash takes 11–17 ms,
+/// so 10 ms let the wait reach two hashes. A first version of the rule,
+/// which shed every late job, lost goodput with 5 ms (101.8 logins/s
+/// against 109.7/s): it idled a thread whenever no job had arrived within
+/// the target; the reserve fixed that.
 pub fn rule(threads: usize, observer: Arc<dyn selfheal::observe::Observer>) -> ControlledDelay {
     let threads = u32::try_from(threads).unwrap_or(u32::MAX).max(1);
     ControlledDelay::new(QUEUE_TARGET, QUEUE_INTERVAL, threads)

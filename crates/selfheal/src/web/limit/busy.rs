@@ -87,4 +87,11 @@ impl BusyWindow {
         }
         self.saturated.load(Ordering::Relaxed)
     }
+
+    /// Whether the share judged at the last window's close reached
+    /// `percent` (never before the first window closed).
+    pub(super) fn reached(&self, percent: u64) -> bool {
+        let share = self.share_permille.load(Ordering::Relaxed);
+        share != NONE && share >= percent.saturating_mul(10)
+    }
 }

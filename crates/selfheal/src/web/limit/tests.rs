@@ -519,7 +519,9 @@ fn a_closed_loop_standing_queue_is_cut_short() {
 /// the queue). Mutations: judging one interval instead of an average sheds
 /// 1.6 % at 0.9×; not counting sheds as asked work fails at 1.2× (p99 wait
 /// 281 ms), and so does shedding down to an empty queue (100.3 of 117.6
-/// jobs/s) or keeping one more job in reserve (p99 wait 26 ms).
+/// jobs/s) or keeping one more job in reserve (p99 wait 26 ms), and at 3×
+/// keeping the reserve under a heavy overload (p99 wait 16 ms against the
+/// target's 10).
 #[test]
 fn the_rule_sheds_only_under_overload_and_keeps_the_workers_busy() {
     let capacity = 2.0 / 0.017;
@@ -527,7 +529,7 @@ fn the_rule_sheds_only_under_overload_and_keeps_the_workers_busy() {
         let (goodput, shed, p99) = simulate(0.9, seed);
         assert!(shed < 0.01, "0.9x, seed {seed}: shed {shed:.3}");
         assert!(goodput > 0.85 * capacity, "0.9x: {goodput:.1}/s");
-        for (load, kept, wait) in [(1.2, 0.91, 22), (3.0, 0.99, 18)] {
+        for (load, kept, wait) in [(1.2, 0.91, 22), (3.0, 0.99, 11)] {
             let (goodput, shed, p99) = simulate(load, seed);
             assert!(
                 goodput >= kept * capacity,
