@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Fault, User};
+use super::User;
 
 /// The length of the HMAC-SHA256 signature (base64) that prefixes a signed
 /// cookie's value (the `cookie` crate's format: `base64(mac) + value`).
@@ -21,7 +21,7 @@ impl User {
     /// when it happened; the next try is the one it strikes (in the ledger).
     pub(super) async fn corrupt_session(&mut self) {
         let url: reqwest::Url = self.base.parse().expect("base url");
-        if self.draw(Fault::CorruptCookie).bool() {
+        if self.corrupt_cookie() {
             self.jar.add_cookie_str(
                 "cozmic_session=Zm9yZ2VkLXNpZ25hdHVyZS1mb3JnZWQtc2lnbmF0dXJlMDAwMDAwMDAwMDAw; Path=/",
                 &url,

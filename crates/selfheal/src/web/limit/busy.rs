@@ -77,8 +77,13 @@ impl BusyWindow {
                 .saturating_mul(1000)
                 .max(1);
             let share = busy.saturating_mul(1000) / capacity;
+            // A window that ran over two intervals closes after a quiet
+            // spell: what came before it is history, not a trend to
+            // average with (a rush, then silence, then a small burst would
+            // otherwise be judged by the rush).
+            let fresh = elapsed_ms >= 2 * interval.as_millis() as u64;
             let share = match self.share_permille.load(Ordering::Relaxed) {
-                previous if judge.smooth && previous != NONE => (share + previous) / 2,
+                previous if judge.smooth && previous != NONE && !fresh => (share + previous) / 2,
                 _ => share,
             };
             self.share_permille.store(share, Ordering::Relaxed);

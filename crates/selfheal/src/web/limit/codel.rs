@@ -19,7 +19,8 @@
 //! - **A late job is shed only with a job per worker behind it.**
 //!   Shedding a stale job helps the jobs behind it; with none behind, it
 //!   idles workers as soon as arrivals pause. (CoDel itself never drops
-//!   below one packet in the queue.) In the unit tests' simulation (two
+//!   below one packet in the queue; under a heavy overload, below, we do.)
+//!   In the unit tests' simulation (two
 //!   workers, 17 ms jobs, 10 ms target, Poisson arrivals): shedding any
 //!   late job kept 0.89 of capacity at 1.2× load; keeping one job per
 //!   worker behind, 0.92 (1.00 at 3×) with a p99 wait of 20 ms at 1.2× and
@@ -36,7 +37,9 @@
 //!   the largest part of an accepted login's p99 (a queue wait of 12 ms,
 //!   against a hash of 18 ms and 5 ms of the rest); in the simulation at
 //!   3× the p99 wait falls from 16 ms to the target (10), at 0.995 of
-//!   capacity instead of 1.000.
+//!   capacity instead of 1.000. Averaged over intervals, the judgement
+//!   lags a falling load by about one interval; a quiet spell of two
+//!   intervals clears it.
 //! - **Overload is judged on demand, not on work done.** A shed job counts
 //!   as busy time (the mean of the jobs that ran), so the workers'
 //!   "busy" is what was asked of them. Counting only the work done, the

@@ -511,6 +511,35 @@ fn a_closed_loop_standing_queue_is_cut_short() {
     assert!(p99 <= Duration::from_millis(40), "p99 wait {p99:?}");
 }
 
+/// A rush judged heavy is forgotten after a quiet spell: the first window
+/// that closes after two intervals of silence is judged on its own, not
+/// averaged with the rush (a review found a small burst after a quiet spell
+/// shed to an empty queue on the rush's share).
+#[test]
+fn a_quiet_spell_clears_the_judgement_of_a_rush() {
+    use super::busy::{BusyWindow, Judge};
+    let ms = Duration::from_millis;
+    let window = BusyWindow::default();
+    let smooth = Judge {
+        percent: 100,
+        smooth: true,
+    };
+    // Two workers asked eight times their time for a whole interval.
+    window.add(ms(1_600));
+    assert!(window.saturated(100, 2, ms(100), smooth));
+    assert!(window.reached(200));
+    // Ten intervals of silence, then a burst of one job.
+    window.add(ms(10));
+    assert!(!window.saturated(1_100, 2, ms(100), smooth));
+    assert!(
+        !window.reached(200),
+        "the rush's share outlived the silence"
+    );
+    // Back to back, windows are still averaged: a second rush counts.
+    window.add(ms(800));
+    assert!(window.saturated(1_200, 2, ms(100), smooth));
+}
+
 /// The rule sheds nothing where the pool can serve the load (0.9×), and
 /// under overload it keeps the workers busy and the waits short (a
 /// review's model found the first version shedding 6 % of a 0.9× load with
