@@ -106,8 +106,96 @@ async fn call_refuses_without_running_and_records_outcomes() {
     assert!(refused > 150, "{refused}");
 }
 
+/// The gate: evidence at the extremes at once, none from a small window
+/// near one accept in `K`; at confidence 0 it is the book's `p > 0`.
+#[test]
+fn evidence_is_the_wilson_bound_below_one_in_k() {
+    let z = Builder::DEFAULT_CONFIDENCE;
+    // An outage is evidence from the tenth call.
+    assert!(evidence(10, 0, 2000, z));
+    // 20 calls: 3 accepts is evidence, 4 is not (upper bounds 0.46, 0.53).
+    assert!(evidence(20, 3, 2000, z));
+    assert!(!evidence(20, 4, 2000, z));
+    // 45 % accepted: not evidence at 300 calls, evidence at 1,000.
+    assert!(!evidence(300, 135, 2000, z));
+    assert!(evidence(1000, 450, 2000, z));
+    // Confidence 0: exactly `requests − K·accepts > 0`.
+    for requests in 1..60 {
+        for accepts in 0..=requests {
+            assert_eq!(
+                evidence(requests, accepts, 2000, 0.0),
+                requests > 2 * accepts,
+                "{accepts} / {requests}"
+            );
+        }
+    }
+}
+
+/// A dependency that accepts a share of its calls at random, about 20
+/// calls in the window (one every 1.5 s): how many of 2,000 calls the
+/// throttle refuses at a confidence.
+async fn refused_at_random(confidence: f64, accept: f64) -> u32 {
+    let t = AdaptiveThrottle::builder("dep")
+        .with_observer(Recorder::new().observer())
+        .with_random(Arc::new(SeededRandom::new(3)))
+        .with_confidence(confidence)
+        .build()
+        .unwrap();
+    let coin = SeededRandom::new(11);
+    let mut refused = 0;
+    for _ in 0..2000 {
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        if t.admit() {
+            t.record(coin.next_f64() < accept);
+        } else {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// Half of the calls accepted at random: the book's throttle refuses by
+/// noise (190 of 2,000); the default (nearly) never does (10).
+#[tokio::test(start_paused = true)]
+async fn one_accept_in_k_at_random_is_not_throttled_by_noise() {
+    let book = refused_at_random(0.0, 0.5).await;
+    let default = refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.5).await;
+    assert!(book > 150, "the book's throttle refused {book} of 2000");
+    assert!(default < 25, "the default refused {default} of 2000");
+    // A clear shortfall at the same pace is still throttled, and an outage
+    // as much as the book does.
+    assert!(refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.2).await > 300);
+    assert_eq!(
+        refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.0).await,
+        refused_at_random(0.0, 0.0).await
+    );
+}
+
+/// Where the dependency really accepts less than one call in `K`, the
+/// default refuses what the book does.
+#[tokio::test(start_paused = true)]
+async fn a_clear_shortfall_is_throttled_as_the_book_says() {
+    let events = Recorder::new();
+    let t = throttle(&events);
+    // 100 requests, 30 accepted: (100 − 60) / 101.
+    for i in 0..100 {
+        t.record(i % 10 < 3);
+    }
+    let p = t.rejection_probability();
+    assert!((p - 40.0 / 101.0).abs() < 1e-4, "{p}");
+    assert_eq!(events.lines(), ["throttle dep on"]);
+}
+
 #[test]
 fn bad_settings_are_rejected() {
+    for confidence in [-0.1, f64::NAN, f64::INFINITY] {
+        assert!(
+            AdaptiveThrottle::builder("x")
+                .with_confidence(confidence)
+                .build()
+                .is_err()
+        );
+    }
     assert!(
         AdaptiveThrottle::builder("x")
             .with_multiplier(0.9)
