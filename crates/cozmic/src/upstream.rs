@@ -68,7 +68,10 @@ impl UpstreamError {
 /// (or of its ten attempts), and one payment call spent 3.6 s of it in
 /// backoff alone (a sixth retry waits up to 3.2 s, a seventh up to 6.4 s):
 /// time for attempts it did not make. A server's own hint (`Retry-After`)
-/// is still honoured, up to 5 s.
+/// is still honoured, up to 5 s. Shorter waits bring a lone call's eight
+/// attempts within about 2 s, so a restarting provider opens the breaker
+/// mid-call; the middleware then waits for the breaker's probes (up to
+/// two) rather than failing the call.
 fn backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(1))
         .expect("a valid backoff")

@@ -308,6 +308,42 @@ async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
     assert!(refused >= n - 10, "{refused}");
 }
 
+/// A provider restarting: its port refuses connections for 1.5 s, then it
+/// answers. One call (immediate backoff, 20 attempts allowed) trips the
+/// breaker within milliseconds (eight refused connects in a row); being
+/// under way, it waits for the breaker's probes instead of failing with the
+/// circuit open, and succeeds once the provider is back.
+#[tokio::test]
+async fn a_call_under_way_rides_out_a_restart_behind_the_open_breaker() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let app = Router::new().fallback(|| async { StatusCode::OK });
+        axum::serve(listener, app).await.unwrap();
+    });
+    let events = Recorder::new();
+    let client = client(Some(
+        healing(&events).with_max_attempts(20).build().unwrap(),
+    ));
+    let started = std::time::Instant::now();
+    let answer = client.get(format!("http://{addr}/")).send().await;
+    let lines = events.lines();
+    println!(
+        "restart (1.5 s): answered {} after {:?}",
+        answer.as_ref().map_or(0, |r| r.status().as_u16()),
+        started.elapsed()
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("closed->open")),
+        "{lines:?}"
+    );
+    assert_eq!(answer.unwrap().status(), StatusCode::OK, "{lines:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
 /// A dependency whose port is up but that resets every connection before
 /// any answer (a proxy whose backend is gone, a crashing server): as hard
 /// down as a closed port, so the breaker opens the same way and later calls

@@ -75,7 +75,9 @@
 //! more than two attempts in three fail. Its circuit breaker, which counts
 //! only attempts that got no answer (connect errors, timeouts and
 //! connections reset before an answer, eight in a row), fails calls fast with [`Unavailable`]
-//! ([`is_circuit_open`]) once the dependency is hard down. The registry is bounded
+//! ([`is_circuit_open`]) once the dependency is hard down; a call already
+//! under way when it opens waits for up to two of its probes (within the
+//! deadline) instead, so that a restart's blip is ridden out. The registry is bounded
 //! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
 //! does not grow a breaker per attacker-chosen host.
 //!
@@ -189,6 +191,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Extensions;
 use reqwest::{Request, Response};
@@ -342,6 +345,7 @@ impl Inner {
         async move {
             let policy = &dep.policy;
             let mut run = Run::new(started);
+            let mut breaker_waits = 0;
             let result = loop {
                 if let Some(check) = &dep.check
                     && check.fails_fast(&dep.name, policy.observer())
@@ -357,6 +361,19 @@ impl Inner {
                 }
                 let pass = match dep.gate.try_acquire() {
                     Ok(pass) => pass,
+                    Err(retry_in)
+                        if run.attempts > 0
+                            && breaker_waits < BREAKER_WAITS
+                            && within_deadline(&run, policy.deadline(), retry_in) =>
+                    {
+                        // A call already under way when the breaker opened
+                        // waits for its next probe rather than failing:
+                        // a restart's blip is ridden out (see
+                        // `BREAKER_WAITS`). New calls still fail fast.
+                        breaker_waits += 1;
+                        Box::pin(tokio::time::sleep(retry_in.max(MIN_BREAKER_WAIT))).await;
+                        continue;
+                    }
                     Err(retry_in) => {
                         break Err(reqwest_middleware::Error::middleware(
                             Unavailable::circuit_open(
@@ -456,6 +473,31 @@ impl Inner {
             }
             result
         }
+    }
+}
+
+/// How many times one call may wait for an open breaker's next probe.
+///
+/// A call whose retries trip the breaker (or find it tripped by others)
+/// was made while the dependency answered, and has time left: failing it at
+/// once turns a blip (a provider restarting for two seconds) into a user's
+/// error. So it waits for the breaker's next probe, up to twice (about two
+/// seconds with the middleware's default of one probe a second): if the
+/// dependency is back, the probe closes the breaker and the call goes on;
+/// if not, the call gives up with the circuit open, two probes later.
+/// Bounded by the call's deadline, and only for calls under way: a call
+/// that starts while the breaker is open still fails in nanoseconds.
+const BREAKER_WAITS: u32 = 2;
+
+/// A floor on one wait for the breaker (a probe due now must not spin).
+const MIN_BREAKER_WAIT: Duration = Duration::from_millis(10);
+
+/// Whether waiting `wait` leaves the call inside its deadline (never
+/// without one: with no deadline nothing bounds the wait).
+fn within_deadline(run: &Run<Instant>, deadline: Option<Duration>, wait: Duration) -> bool {
+    match (deadline, run.started) {
+        (Some(deadline), Some(started)) => started.elapsed() + wait < deadline,
+        _ => false,
     }
 }
 

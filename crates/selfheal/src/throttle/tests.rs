@@ -113,7 +113,7 @@ fn evidence_is_the_wilson_bound_below_one_in_k() {
     let z = Builder::DEFAULT_CONFIDENCE;
     // An outage is evidence from the tenth call.
     assert!(evidence(10, 0, 2000, z));
-    // 20 calls: 3 accepts is evidence, 4 is not (upper bounds 0.46, 0.53).
+    // 20 calls: 3 accepts is evidence, 4 is not (upper bounds 0.49, 0.53).
     assert!(evidence(20, 3, 2000, z));
     assert!(!evidence(20, 4, 2000, z));
     // 45 % accepted: not evidence at 300 calls, evidence at 1,000.
@@ -132,12 +132,14 @@ fn evidence_is_the_wilson_bound_below_one_in_k() {
 }
 
 /// A dependency that accepts a share of its calls at random, about 20
-/// calls in the window (one every 1.5 s): how many of 2,000 calls the
-/// throttle refuses at a confidence.
-async fn refused_at_random(confidence: f64, accept: f64) -> u32 {
+/// calls in the window (one every 1.5 s), 2,000 calls: how many the throttle
+/// refuses, and how many times it starts refusing.
+async fn at_random(confidence: f64, multiplier: f64, accept: f64) -> (u32, usize) {
+    let events = Recorder::new();
     let t = AdaptiveThrottle::builder("dep")
-        .with_observer(Recorder::new().observer())
+        .with_observer(events.observer())
         .with_random(Arc::new(SeededRandom::new(3)))
+        .with_multiplier(multiplier)
         .with_confidence(confidence)
         .build()
         .unwrap();
@@ -151,24 +153,45 @@ async fn refused_at_random(confidence: f64, accept: f64) -> u32 {
             refused += 1;
         }
     }
-    refused
+    let starts = events
+        .lines()
+        .iter()
+        .filter(|l| *l == "throttle dep on")
+        .count();
+    (refused, starts)
 }
 
 /// Half of the calls accepted at random: the book's throttle refuses by
 /// noise (190 of 2,000); the default (nearly) never does (10).
 #[tokio::test(start_paused = true)]
 async fn one_accept_in_k_at_random_is_not_throttled_by_noise() {
-    let book = refused_at_random(0.0, 0.5).await;
-    let default = refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.5).await;
+    let z = Builder::DEFAULT_CONFIDENCE;
+    let (book, _) = at_random(0.0, 2.0, 0.5).await;
+    let (default, _) = at_random(z, 2.0, 0.5).await;
     assert!(book > 150, "the book's throttle refused {book} of 2000");
     assert!(default < 25, "the default refused {default} of 2000");
-    // A clear shortfall at the same pace is still throttled, and an outage
-    // as much as the book does.
-    assert!(refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.2).await > 300);
-    assert_eq!(
-        refused_at_random(Builder::DEFAULT_CONFIDENCE, 0.0).await,
-        refused_at_random(0.0, 0.0).await
+    // A clear shortfall at the same pace is still throttled, starting less
+    // often than the book's (once on, it stays on while the book does).
+    let (refused, starts) = at_random(z, 2.0, 0.2).await;
+    let (_, book_starts) = at_random(0.0, 2.0, 0.2).await;
+    assert!(refused > 300, "{refused}");
+    assert!(
+        starts * 2 < book_starts,
+        "{starts} starts, the book {book_starts}"
     );
+}
+
+/// An outage is throttled as by the book whatever `K`: a window without an
+/// accept needs no more evidence (the Wilson bound alone would wait for 36
+/// calls with `K = 5`, more than this window ever holds).
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_throttled_as_by_the_book_whatever_k() {
+    for k in [1.1, 2.0, 3.0, 5.0] {
+        let (default, _) = at_random(Builder::DEFAULT_CONFIDENCE, k, 0.0).await;
+        let (book, _) = at_random(0.0, k, 0.0).await;
+        assert_eq!(default, book, "K = {k}");
+        assert!(book > 900, "K = {k}: {book}");
+    }
 }
 
 /// Where the dependency really accepts less than one call in `K`, the
@@ -188,7 +211,7 @@ async fn a_clear_shortfall_is_throttled_as_the_book_says() {
 
 #[test]
 fn bad_settings_are_rejected() {
-    for confidence in [-0.1, f64::NAN, f64::INFINITY] {
+    for confidence in [-0.1, 10.1, f64::NAN, f64::INFINITY] {
         assert!(
             AdaptiveThrottle::builder("x")
                 .with_confidence(confidence)
