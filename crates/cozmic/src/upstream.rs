@@ -71,7 +71,7 @@ impl UpstreamError {
 /// is still honoured, up to 5 s. Shorter waits bring a lone call's eight
 /// attempts within about 2 s, so a restarting provider opens the breaker
 /// mid-call; the middleware then waits for the breaker's probes (up to
-/// two) rather than failing the call.
+/// 5 s) rather than failing the call.
 fn backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(1))
         .expect("a valid backoff")

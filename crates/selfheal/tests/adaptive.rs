@@ -308,22 +308,32 @@ async fn a_dependency_that_is_down_fails_fast_once_the_breaker_opens() {
     assert!(refused >= n - 10, "{refused}");
 }
 
-/// A provider restarting: its port refuses connections for 1.5 s, then it
-/// answers. One call (immediate backoff, 20 attempts allowed) trips the
-/// breaker within milliseconds (eight refused connects in a row); being
-/// under way, it waits for the breaker's probes instead of failing with the
-/// circuit open, and succeeds once the provider is back.
-#[tokio::test]
-async fn a_call_under_way_rides_out_a_restart_behind_the_open_breaker() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+/// A provider restarting: its port refuses connections for 1.5 s (bound,
+/// not listening: kept for the test, so no one else takes it), then it
+/// answers after `delay`. Returns its address.
+fn restarting(delay: std::time::Duration) -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let app = Router::new().fallback(|| async { StatusCode::OK });
+        let listener = socket.listen(64).unwrap();
+        let app = Router::new().fallback(move || async move {
+            tokio::time::sleep(delay).await;
+            StatusCode::OK
+        });
         axum::serve(listener, app).await.unwrap();
     });
+    addr
+}
+
+/// One call (immediate backoff, 20 attempts allowed) to a restarting
+/// provider trips the breaker within milliseconds (eight refused connects in
+/// a row); being under way, it waits for the breaker's probes instead of
+/// failing with the circuit open, and succeeds once the provider is back.
+#[tokio::test]
+async fn a_call_under_way_rides_out_a_restart_behind_the_open_breaker() {
+    let addr = restarting(std::time::Duration::ZERO);
     let events = Recorder::new();
     let client = client(Some(
         healing(&events).with_max_attempts(20).build().unwrap(),
@@ -342,6 +352,61 @@ async fn a_call_under_way_rides_out_a_restart_behind_the_open_breaker() {
     );
     assert_eq!(answer.unwrap().status(), StatusCode::OK, "{lines:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Eight calls under way when the breaker opens, the provider back after
+/// 1.5 s and slow to answer (800 ms): one of them gets the probe, the others
+/// find the breaker half-open while it is answered and look again shortly;
+/// all eight are served.
+#[tokio::test]
+async fn every_call_under_way_rides_out_the_restart_not_only_the_probe() {
+    let addr = restarting(std::time::Duration::from_millis(800));
+    let events = Recorder::new();
+    let client = client(Some(
+        healing(&events).with_max_attempts(20).build().unwrap(),
+    ));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(format!("http://{addr}/")).send().await })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        if let Ok(response) = call.await.unwrap()
+            && response.status().is_success()
+        {
+            ok += 1;
+        }
+    }
+    let lines = events.lines();
+    println!("restart (1.5 s), 8 calls under way: {ok} answered");
+    assert!(
+        lines.iter().any(|l| l.ends_with("closed->open")),
+        "{lines:?}"
+    );
+    assert_eq!(ok, 8, "{lines:?}");
+}
+
+/// Without a deadline nothing bounds a wait: a call under way fails with
+/// the circuit open, as a new one does.
+#[tokio::test]
+async fn without_a_deadline_a_call_does_not_wait_for_the_breaker() {
+    let addr = restarting(std::time::Duration::ZERO);
+    let events = Recorder::new();
+    let client = client(Some(
+        healing(&events)
+            .with_max_attempts(20)
+            .without_deadline()
+            .build()
+            .unwrap(),
+    ));
+    let error = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(is_circuit_open(&error), "{error}");
 }
 
 /// A dependency whose port is up but that resets every connection before

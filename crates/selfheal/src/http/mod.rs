@@ -76,8 +76,8 @@
 //! only attempts that got no answer (connect errors, timeouts and
 //! connections reset before an answer, eight in a row), fails calls fast with [`Unavailable`]
 //! ([`is_circuit_open`]) once the dependency is hard down; a call already
-//! under way when it opens waits for up to two of its probes (within the
-//! deadline) instead, so that a restart's blip is ridden out. The registry is bounded
+//! under way when it opens waits for its probes instead (up to 5 s, within
+//! the deadline), so that a restart's blip is ridden out. The registry is bounded
 //! ([`Builder::with_max_dependencies`]): a client calling user-supplied URLs
 //! does not grow a breaker per attacker-chosen host.
 //!
@@ -345,7 +345,7 @@ impl Inner {
         async move {
             let policy = &dep.policy;
             let mut run = Run::new(started);
-            let mut breaker_waits = 0;
+            let mut breaker_waited = Duration::ZERO;
             let result = loop {
                 if let Some(check) = &dep.check
                     && check.fails_fast(&dep.name, policy.observer())
@@ -361,20 +361,25 @@ impl Inner {
                 }
                 let pass = match dep.gate.try_acquire() {
                     Ok(pass) => pass,
-                    Err(retry_in)
-                        if run.attempts > 0
-                            && breaker_waits < BREAKER_WAITS
-                            && within_deadline(&run, policy.deadline(), retry_in) =>
-                    {
-                        // A call already under way when the breaker opened
-                        // waits for its next probe rather than failing:
-                        // a restart's blip is ridden out (see
-                        // `BREAKER_WAITS`). New calls still fail fast.
-                        breaker_waits += 1;
-                        Box::pin(tokio::time::sleep(retry_in.max(MIN_BREAKER_WAIT))).await;
-                        continue;
-                    }
                     Err(retry_in) => {
+                        // A call already under way when the breaker opened
+                        // waits for its probes rather than failing: a
+                        // restart's blip is ridden out (see
+                        // `MAX_BREAKER_WAIT`). New calls still fail fast.
+                        if run.attempts > 0
+                            && let Some(wait) = breaker_wait(
+                                &run,
+                                policy.deadline(),
+                                self.attempt_timeout,
+                                retry_in,
+                                breaker_waited,
+                            )
+                        {
+                            breaker_waited += wait;
+                            run.waited += wait;
+                            Box::pin(tokio::time::sleep(wait)).await;
+                            continue;
+                        }
                         break Err(reqwest_middleware::Error::middleware(
                             Unavailable::circuit_open(
                                 Arc::clone(&dep.name),
@@ -476,29 +481,52 @@ impl Inner {
     }
 }
 
-/// How many times one call may wait for an open breaker's next probe.
+/// How long, in all, one call may wait for an open breaker.
 ///
 /// A call whose retries trip the breaker (or find it tripped by others)
 /// was made while the dependency answered, and has time left: failing it at
-/// once turns a blip (a provider restarting for two seconds) into a user's
-/// error. So it waits for the breaker's next probe, up to twice (about two
-/// seconds with the middleware's default of one probe a second): if the
-/// dependency is back, the probe closes the breaker and the call goes on;
-/// if not, the call gives up with the circuit open, two probes later.
-/// Bounded by the call's deadline, and only for calls under way: a call
-/// that starts while the breaker is open still fails in nanoseconds.
-const BREAKER_WAITS: u32 = 2;
+/// once turns a blip (a provider restarting for a few seconds) into a
+/// user's error. So it waits for the breaker's probes, up to 5 s in all: if
+/// the dependency is back, a probe closes the breaker and the call goes on;
+/// if not, the call gives up with the circuit open. Only within the call's
+/// deadline, leaving room for an attempt after the wait (never without a
+/// deadline); only for calls under way: a call that starts while the
+/// breaker is open still fails in nanoseconds.
+const MAX_BREAKER_WAIT: Duration = Duration::from_secs(5);
 
-/// A floor on one wait for the breaker (a probe due now must not spin).
-const MIN_BREAKER_WAIT: Duration = Duration::from_millis(10);
+/// While the breaker is half-open with its probe taken, waiters look again
+/// after a jittered 25–100 ms: the probe's answer may close it any moment.
+const HALF_OPEN_POLL: (u64, u64) = (25, 100);
 
-/// Whether waiting `wait` leaves the call inside its deadline (never
-/// without one: with no deadline nothing bounds the wait).
-fn within_deadline(run: &Run<Instant>, deadline: Option<Duration>, wait: Duration) -> bool {
-    match (deadline, run.started) {
-        (Some(deadline), Some(started)) => started.elapsed() + wait < deadline,
-        _ => false,
-    }
+/// The room an attempt needs after a wait: the attempt timeout, at most 1 s.
+const ATTEMPT_ROOM: Duration = Duration::from_secs(1);
+
+/// How long to wait for an open breaker whose next probe is `retry_in`
+/// away, having waited `waited` already; `None`: fail now.
+///
+/// Open: until the probe, plus up to half as long again, so that the
+/// calls waiting do not come back in one burst. Half-open with the probe
+/// taken (`retry_in` zero or nearly): a short jittered poll, which does not
+/// use up the wait any faster than time does.
+fn breaker_wait(
+    run: &Run<Instant>,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    retry_in: Duration,
+    waited: Duration,
+) -> Option<Duration> {
+    let (Some(deadline), Some(started)) = (deadline, run.started) else {
+        return None;
+    };
+    let (low, high) = HALF_OPEN_POLL;
+    let wait = if retry_in < Duration::from_millis(low) {
+        Duration::from_millis(fastrand::u64(low..=high))
+    } else {
+        retry_in + retry_in.mul_f64(fastrand::f64() / 2.0)
+    };
+    let room = attempt_timeout.map_or(ATTEMPT_ROOM, |t| t.min(ATTEMPT_ROOM));
+    (waited + wait <= MAX_BREAKER_WAIT && started.elapsed() + wait + room < deadline)
+        .then_some(wait)
 }
 
 impl Inner {

@@ -687,30 +687,29 @@ impl Inner {
     #[cold]
     #[inline(never)]
     fn update(&self, epoch: u64) -> u32 {
-        let counts = self.window.counts(epoch);
-        let requests = counts.total;
-        let accepts = requests - counts.failures;
-        let excess = (requests * 1000).saturating_sub(self.multiplier_milli * accepts);
-        let book = ((excess as u128 * u128::from(ONE)) / ((requests as u128 + 1) * 1000)) as u32;
-        let book = if requests < self.min_requests {
-            0
-        } else {
-            book.min(ONE)
-        };
         // Start on evidence (or on a window without a single accept: an
         // outage must never wait for it); once refusing, go on while the book
         // says so, so that a window at the gate's edge does not flip in and
         // out. Compare-and-swap: whether this is a start or a continuation is
-        // decided against the value replaced, so a racing update cannot turn
-        // a continuation into a start without evidence.
+        // decided against the value replaced, on the window as read after
+        // the last racing update, so that a race can neither turn a
+        // continuation into a start without evidence nor restart on a stale
+        // window.
         let mut before = self.reject.load(Ordering::Relaxed);
-        let p = loop {
-            let p = if book == 0
-                || before != 0
+        let (p, counts) = loop {
+            let counts = self.window.counts(epoch);
+            let requests = counts.total;
+            let accepts = requests - counts.failures;
+            let excess = (requests * 1000).saturating_sub(self.multiplier_milli * accepts);
+            let book =
+                ((excess as u128 * u128::from(ONE)) / ((requests as u128 + 1) * 1000)) as u32;
+            let p = if requests < self.min_requests {
+                0
+            } else if before != 0
                 || accepts == 0
                 || evidence(requests, accepts, self.multiplier_milli, self.confidence)
             {
-                book
+                book.min(ONE)
             } else {
                 0
             };
@@ -718,10 +717,11 @@ impl Inner {
                 .reject
                 .compare_exchange_weak(before, p, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => break p,
+                Ok(_) => break (p, counts),
                 Err(actual) => before = actual,
             }
         };
+        let requests = counts.total;
         if (before == 0) != (p == 0) {
             let failure_ratio = if requests == 0 {
                 0.0
