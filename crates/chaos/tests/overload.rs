@@ -64,25 +64,27 @@ async fn naive_retries_amplify_the_trigger_and_adaptive_selfheal_recovers() {
     );
 }
 
-async fn app(limit: bool, rate: Option<f64>) -> AppOverloadRun {
-    let mut options = AppOverloadOptions::full(limit, env!("CARGO_BIN_EXE_chaos").into(), 15);
+async fn apps() -> [AppOverloadRun; 2] {
+    let mut options = AppOverloadOptions::full(env!("CARGO_BIN_EXE_chaos").into(), 15);
     options.unloaded = Duration::from_secs(1);
     options.peak = Duration::from_secs(3);
     // The limit starts at 64 and comes down a window (1 s) at a time: the
     // figures are from the overload's 5th second.
     options.overload = Duration::from_secs(10);
+    options.rounds = 1;
     options.settle = Duration::from_secs(4);
-    options.rate = rate;
-    let run = overload::run(&options).await.unwrap();
-    println!("{run:#?}");
-    run
+    let runs = overload::run(&options).await.unwrap();
+    println!("{runs:#?}");
+    runs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_sheds_the_excess_and_keeps_accepted_latency_down() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let unlimited = app(false, None).await;
-    let limited = app(true, Some(unlimited.offered_rate)).await;
+    let [unlimited, limited] = apps().await;
+    assert!(!unlimited.limit && limited.limit);
+    assert_eq!(unlimited.offered_rate, limited.offered_rate);
+    assert_eq!(unlimited.peaks.len(), 2, "{unlimited:?}");
     assert!(unlimited.peak_goodput > 0.0, "{unlimited:?}");
     assert!(limited.goodput > 0.0, "{limited:?}");
     assert_eq!(unlimited.shed_by_limit.unwrap_or(0), 0);

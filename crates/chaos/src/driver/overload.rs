@@ -12,7 +12,9 @@
 //! login form's CSRF cookie and token), so each success also writes a new
 //! session.
 //!
-//! Three phases per run, on one app process:
+//! Two app processes run side by side, one without the limits and one
+//! with them; their phases are taken in turn (one app loaded while the
+//! other idles):
 //!
 //! 1. **unloaded**: one user, one login after the other: the p50 and p99
 //!    that the overload is compared with;
@@ -20,9 +22,19 @@
 //!    when the last is answered), enough to keep every hashing thread
 //!    busy: the peak goodput, logins per second;
 //! 3. **overload**: open-loop Poisson arrivals at the offered rate (three
-//!    times the peak of the run without the limit, the same for both), each
-//!    user waiting at most the user timeout; the figures are taken after
-//!    the first seconds (while the limit finds its level).
+//!    times the higher of the two apps' first peaks, the same for both),
+//!    each user waiting at most the user timeout; the figures are taken
+//!    after the first seconds (while the limits find their level);
+//! 4. **peak** again, then overload and peak in turn, for a few rounds.
+//!
+//! Why rounds, in turn: this machine hashes at one speed one minute and
+//! 1.5× slower the next (the unloaded p50 of two runs forty seconds apart:
+//! 20 and 30 ms). A peak measured once, in another run, made "of peak" a
+//! figure of the hour: 86–96 % for the same code. Each overload phase is
+//! compared with the peaks just before and just after it, on the same
+//! process (what the app served at its best at that time), and, for the
+//! app with the limits, with the other app's peaks of the same rounds (a
+//! limit that lowered the peak itself would show there).
 //!
 //! A login is a success when it is answered with the redirect to the
 //! dashboard; shed when answered `503` (the limit's friendly page, or the
@@ -41,34 +53,29 @@ use serde::Serialize;
 use super::app::{App, AppMode};
 use crate::overload::figures::{self, Got, Sample};
 
-/// One app-overload run.
+/// The app-overload scenario: two app processes, without and with the
+/// limits, measured in turn.
 #[derive(Debug, Clone)]
 pub struct AppOverloadOptions {
-    /// Whether the app's adaptive concurrency limit is on.
-    pub limit: bool,
     /// The chaos binary, which serves the app as a child.
     pub exe: PathBuf,
     /// Length of the unloaded phase.
     pub unloaded: Duration,
-    /// Length of the peak phase.
+    /// Length of each peak phase.
     pub peak: Duration,
     /// Users of the peak phase's closed loop.
     pub peak_users: usize,
-    /// Length of the overload phase.
+    /// Length of each overload phase.
     pub overload: Duration,
-    /// The overload's first part, left out of its figures.
+    /// Overload phases, each between two peak phases.
+    pub rounds: usize,
+    /// Each overload phase's first part, left out of its figures.
     pub settle: Duration,
     /// The overload's offered rate as a multiple of the peak goodput.
     pub factor: f64,
-    /// The offered rate, logins per second; `None`: `factor` × this run's
-    /// peak.
+    /// The offered rate, logins per second, the same for both apps;
+    /// `None`: `factor` × the higher of their first peaks.
     pub rate: Option<f64>,
-    /// The peak goodput the overload's goodput is compared with; `None`:
-    /// this run's. The suite passes the best of the run without the limit
-    /// (its peak, or its goodput under the overload when higher) to the run
-    /// with it: the app's capacity is what it serves at its best, and a
-    /// closed loop under a limit measures the limit, not the app.
-    pub reference_peak: Option<f64>,
     /// How long a user waits for a login.
     pub user_timeout: Duration,
     /// RNG seed of the arrivals.
@@ -76,21 +83,20 @@ pub struct AppOverloadOptions {
 }
 
 impl AppOverloadOptions {
-    /// The full scenario: 6 s unloaded, 8 s of peak with 8 users, 25 s of
-    /// overload at 3× the peak (figures from its 5th second), users waiting
-    /// 5 s.
-    pub fn full(limit: bool, exe: PathBuf, seed: u64) -> Self {
+    /// The full scenario: 6 s unloaded, then 4 s of peak with 8 users and
+    /// 8 s of overload at 3× the peak in turn, five rounds (figures from
+    /// each overload's 4th second), users waiting 5 s.
+    pub fn full(exe: PathBuf, seed: u64) -> Self {
         Self {
-            limit,
             exe,
             unloaded: Duration::from_secs(6),
-            peak: Duration::from_secs(8),
+            peak: Duration::from_secs(4),
             peak_users: 8,
-            overload: Duration::from_secs(25),
-            settle: Duration::from_secs(5),
+            overload: Duration::from_secs(8),
+            rounds: 5,
+            settle: Duration::from_secs(3),
             factor: 3.0,
             rate: None,
-            reference_peak: None,
             user_timeout: Duration::from_secs(5),
             seed,
         }
@@ -108,16 +114,21 @@ pub struct AppOverloadRun {
     pub unloaded_p50_ms: f64,
     /// 99th percentile login latency, one user at a time, ms.
     pub unloaded_p99_ms: f64,
-    /// Logins per second with the peak phase's closed loop.
+    /// Logins per second with the peak phases' closed loop (their mean).
     pub peak_goodput: f64,
+    /// Each peak phase's logins per second, in order.
+    pub peaks: Vec<f64>,
     /// The overload's offered rate, logins per second.
     pub offered_rate: f64,
-    /// Logins that arrived in the overload's measured part.
+    /// Logins that arrived in the overload phases' measured parts.
     pub requests: u64,
-    /// Successful logins per second in the overload's measured part.
+    /// Successful logins per second in the overload phases' measured
+    /// parts (their mean).
     pub goodput: f64,
-    /// The peak goodput compared with: this run's, or the reference the
-    /// suite gave (the run without the limit's).
+    /// Each overload phase's goodput, in order.
+    pub round_goodput: Vec<f64>,
+    /// The peak goodput compared with: for each overload phase, the mean
+    /// of the peaks just before and just after it; their mean.
     pub reference_peak: f64,
     /// `goodput / reference_peak`.
     pub goodput_ratio: f64,
@@ -137,9 +148,10 @@ pub struct AppOverloadRun {
     pub final_limit: Option<u64>,
     /// The app process's peak resident set size (`VmHWM`), bytes.
     pub peak_rss_bytes: Option<u64>,
-    /// Successful logins per arrival second of the overload phase.
+    /// Successful logins per arrival second of the overload phases, one
+    /// after the other.
     pub goodput_per_second: Vec<f64>,
-    /// What the overload phase's logins got: status codes, `timeout` (the
+    /// What the overload phases' logins got: status codes, `timeout` (the
     /// user stopped waiting), `error` (no answer).
     pub answers: BTreeMap<String, u64>,
 }
@@ -380,89 +392,197 @@ fn metric_sum(page: &str, prefix: &str) -> Option<u64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-/// Runs one app-overload run (see the [module docs](self)).
-pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<AppOverloadRun> {
+/// Runs the scenario (see the [module docs](self)) on two app processes
+/// at once, without and with the limits, their phases taken in turn: the
+/// runs without and with the limits, in that order.
+pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<[AppOverloadRun; 2]> {
     let dir = tempfile::tempdir()?;
-    let mut config = Config::new(dir.path());
-    config.healing = Healing::On;
-    config.concurrency_limit = options.limit;
-    config.passwords_limit = options.limit;
-    config.client_ip_header = Some("x-real-ip".to_owned());
-    config.secret_key = Some(super::app::random_secret_key());
-    let mode = AppMode::Children {
-        exe: options.exe.clone(),
-        instances: 1,
-        kill: false,
-    };
-    let app = App::start(&mode, config, dir.path()).await?;
-    let measured = measure(options, &app).await;
-    app.shutdown().await;
-    measured
+    let mut benches = Vec::new();
+    for limit in [false, true] {
+        let bench = Bench::start(options, limit, &dir.path().join(format!("limit-{limit}"))).await;
+        match bench {
+            Ok(bench) => benches.push(bench),
+            Err(error) => {
+                for bench in benches {
+                    bench.app.shutdown().await;
+                }
+                return Err(error);
+            }
+        }
+    }
+    interleave(options, &mut benches).await;
+    let mut runs = Vec::new();
+    for bench in benches {
+        runs.push(bench.finish(options).await);
+    }
+    runs.try_into()
+        .map_err(|_| anyhow::anyhow!("two runs expected"))
 }
 
-/// The three phases against a running app.
-async fn measure(options: &AppOverloadOptions, app: &App) -> anyhow::Result<AppOverloadRun> {
-    let base = app.url();
-    let logins = Arc::new(Logins::prepare(base.clone(), ACCOUNTS).await?);
-    let unloaded = logins.closed_loop(1, options.unloaded).await;
-    let ok = |s: &Sample| s.got == Got::Success;
-    let peak = logins.closed_loop(options.peak_users, options.peak).await;
-    let peak_goodput = peak.iter().filter(|s| ok(s)).count() as f64 / options.peak.as_secs_f64();
-    let reference_peak = options.reference_peak.unwrap_or(peak_goodput);
-    let rate = options
-        .rate
-        .unwrap_or(options.factor * peak_goodput)
-        .max(1.0);
-    logins.answers.lock().expect("answers").clear();
-    let overload = logins
-        .open_loop(rate, options.overload, options.user_timeout, options.seed)
-        .await;
-    let measured: Vec<Sample> = overload
-        .iter()
-        .filter(|s| s.arrival >= options.settle)
-        .copied()
-        .collect();
-    let goodput = figures::goodput(&measured, options.settle, options.overload);
-    let metrics = async {
-        logins
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await
+/// The phases, each app's in turn: unloaded, then peak, and per round
+/// overload then peak (the overload at `options.rate`, or `factor` × the
+/// higher of the two first peaks).
+async fn interleave(options: &AppOverloadOptions, benches: &mut [Bench]) {
+    for bench in benches.iter_mut() {
+        bench.unloaded = bench.logins.closed_loop(1, options.unloaded).await;
     }
-    .await
-    .unwrap_or_default();
-    let count = |got| measured.iter().filter(|s| s.got == got).count() as u64;
-    Ok(AppOverloadRun {
-        limit: options.limit,
-        seed: options.seed,
-        unloaded_p50_ms: figures::percentile_ms(&unloaded, 0.5, ok),
-        unloaded_p99_ms: figures::percentile_ms(&unloaded, 0.99, ok),
-        peak_goodput,
-        offered_rate: rate,
-        requests: measured.len() as u64,
-        goodput,
-        reference_peak,
-        goodput_ratio: if reference_peak > 0.0 {
-            goodput / reference_peak
-        } else {
-            0.0
-        },
-        accepted_p50_ms: figures::percentile_ms(&measured, 0.5, ok),
-        accepted_p99_ms: figures::percentile_ms(&measured, 0.99, ok),
-        shed: count(Got::Shed),
-        shed_by_limit: metric_sum(&metrics, "selfheal_shed_total{"),
-        failed: count(Got::Failed),
-        final_limit: metric(
-            &metrics,
-            "selfheal_concurrency_limit{limiter=\"cozmic-passwords\"}",
-        ),
-        peak_rss_bytes: app.peak_rss_bytes().await,
-        goodput_per_second: figures::goodput_per_second(&overload, options.overload),
-        answers: logins.answers.lock().expect("answers").clone(),
-    })
+    for bench in benches.iter_mut() {
+        bench.peak(options).await;
+    }
+    let first = benches.iter().map(|b| b.peaks[0]).fold(0.0, f64::max);
+    let rate = options.rate.unwrap_or(options.factor * first).max(1.0);
+    for round in 0..options.rounds.max(1) {
+        for bench in benches.iter_mut() {
+            bench.overload(options, rate, round).await;
+        }
+        for bench in benches.iter_mut() {
+            bench.peak(options).await;
+        }
+    }
+    for bench in benches.iter_mut() {
+        bench.rate = rate;
+    }
+}
+
+/// One app process and what was measured on it so far.
+struct Bench {
+    limit: bool,
+    app: App,
+    logins: Arc<Logins>,
+    unloaded: Vec<Sample>,
+    peaks: Vec<f64>,
+    rate: f64,
+    round_goodput: Vec<f64>,
+    goodput_per_second: Vec<f64>,
+    /// The overload phases' samples from each one's `settle` on.
+    measured: Vec<Sample>,
+    /// What the overload phases' logins got.
+    answers: BTreeMap<String, u64>,
+}
+
+impl Bench {
+    /// Starts cozmic (healing on; its limits on or off) with its data in
+    /// `dir`, and signs up the students.
+    async fn start(
+        options: &AppOverloadOptions,
+        limit: bool,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut config = Config::new(dir);
+        config.healing = Healing::On;
+        config.concurrency_limit = limit;
+        config.passwords_limit = limit;
+        config.client_ip_header = Some("x-real-ip".to_owned());
+        config.secret_key = Some(super::app::random_secret_key());
+        let mode = AppMode::Children {
+            exe: options.exe.clone(),
+            instances: 1,
+            kill: false,
+        };
+        let app = App::start(&mode, config, dir).await?;
+        let logins = match Logins::prepare(app.url(), ACCOUNTS).await {
+            Ok(logins) => Arc::new(logins),
+            Err(error) => {
+                app.shutdown().await;
+                return Err(error);
+            }
+        };
+        Ok(Self {
+            limit,
+            app,
+            logins,
+            unloaded: Vec::new(),
+            peaks: Vec::new(),
+            rate: 0.0,
+            round_goodput: Vec::new(),
+            goodput_per_second: Vec::new(),
+            measured: Vec::new(),
+            answers: BTreeMap::new(),
+        })
+    }
+
+    /// A peak phase: its logins per second.
+    async fn peak(&mut self, options: &AppOverloadOptions) {
+        let samples = self
+            .logins
+            .closed_loop(options.peak_users, options.peak)
+            .await;
+        let ok = samples.iter().filter(|s| s.got == Got::Success).count();
+        self.peaks.push(ok as f64 / options.peak.as_secs_f64());
+    }
+
+    /// Overload phase `round` at `rate`.
+    async fn overload(&mut self, options: &AppOverloadOptions, rate: f64, round: usize) {
+        self.logins.answers.lock().expect("answers").clear();
+        let seed = options.seed.wrapping_add(round as u64);
+        let samples = self
+            .logins
+            .open_loop(rate, options.overload, options.user_timeout, seed)
+            .await;
+        self.round_goodput
+            .push(figures::goodput(&samples, options.settle, options.overload));
+        self.goodput_per_second
+            .extend(figures::goodput_per_second(&samples, options.overload));
+        self.measured
+            .extend(samples.into_iter().filter(|s| s.arrival >= options.settle));
+        for (kind, n) in self.logins.answers.lock().expect("answers").iter() {
+            *self.answers.entry(kind.clone()).or_default() += n;
+        }
+    }
+
+    /// Reads the app's `/metrics` and memory, stops it: the run.
+    async fn finish(self, options: &AppOverloadOptions) -> AppOverloadRun {
+        let base = self.app.url();
+        let metrics = async {
+            self.logins
+                .http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        }
+        .await
+        .unwrap_or_default();
+        let peak_rss_bytes = self.app.peak_rss_bytes().await;
+        self.app.shutdown().await;
+        let ok = |s: &Sample| s.got == Got::Success;
+        let count = |got| self.measured.iter().filter(|s| s.got == got).count() as u64;
+        let goodput = figures::mean(self.round_goodput.iter().copied());
+        // Each overload phase against the peaks just before and after it.
+        let reference_peak = figures::mean(self.peaks.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+        AppOverloadRun {
+            limit: self.limit,
+            seed: options.seed,
+            unloaded_p50_ms: figures::percentile_ms(&self.unloaded, 0.5, ok),
+            unloaded_p99_ms: figures::percentile_ms(&self.unloaded, 0.99, ok),
+            peak_goodput: figures::mean(self.peaks.iter().copied()),
+            peaks: self.peaks,
+            offered_rate: self.rate,
+            requests: self.measured.len() as u64,
+            goodput,
+            round_goodput: self.round_goodput,
+            reference_peak,
+            goodput_ratio: if reference_peak > 0.0 {
+                goodput / reference_peak
+            } else {
+                0.0
+            },
+            accepted_p50_ms: figures::percentile_ms(&self.measured, 0.5, ok),
+            accepted_p99_ms: figures::percentile_ms(&self.measured, 0.99, ok),
+            shed: count(Got::Shed),
+            shed_by_limit: metric_sum(&metrics, "selfheal_shed_total{"),
+            failed: count(Got::Failed),
+            final_limit: metric(
+                &metrics,
+                "selfheal_concurrency_limit{limiter=\"cozmic-passwords\"}",
+            ),
+            peak_rss_bytes,
+            goodput_per_second: self.goodput_per_second,
+            answers: self.answers,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,16 @@ pub fn goodput_per_second(samples: &[Sample], duration: Duration) -> Vec<f64> {
     series
 }
 
+/// The mean of `values` (0 when empty).
+pub fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for v in values {
+        sum += v;
+        n += 1;
+    }
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
 /// Time to recover, as defined in the [module docs](self).
 pub fn time_to_recover(samples: &[Sample], schedule: Schedule) -> Option<f64> {
     const WINDOW: Duration = Duration::from_secs(1);

@@ -96,8 +96,8 @@ impl MetastableSetup {
 }
 
 /// Runs the full suite for `seeds`: the metastability scenario for every
-/// client variant, then the app overload without and with the limit (the
-/// second at the first one's offered rate); prints a line per run.
+/// client variant, then the app overload without and with the limit (two
+/// apps, measured in turn); prints a line per run.
 pub async fn run_suite(seeds: &[u64], exe: PathBuf) -> anyhow::Result<OverloadReport> {
     let first = MetastableOptions::full(ClientVariant::Naive, seeds.first().copied().unwrap_or(0));
     let mut report = OverloadReport {
@@ -122,23 +122,16 @@ pub async fn run_suite(seeds: &[u64], exe: PathBuf) -> anyhow::Result<OverloadRe
             );
             report.metastable.push(run);
         }
-        let (mut rate, mut peak) = (None, None);
-        for limit in [false, true] {
-            let began = Instant::now();
-            let mut options = AppOverloadOptions::full(limit, exe.clone(), seed);
-            options.rate = rate;
-            options.reference_peak = peak;
-            let run = crate::driver::overload::run(&options).await?;
-            rate = Some(run.offered_rate);
-            // The app's best without the limit: its closed-loop peak, or
-            // what it served under the overload when that was more.
-            peak = Some(run.peak_goodput.max(run.goodput));
+        let began = Instant::now();
+        let runs =
+            crate::driver::overload::run(&AppOverloadOptions::full(exe.clone(), seed)).await?;
+        for run in runs {
             println!(
-                "app overload, limit {:<3} seed {seed}: peak {:.0}/s, {:.0}/s offered, goodput {:.0}/s ({:.0} % of peak), accepted p99 {:.0} ms (unloaded {:.0} ms), {} shed, {:.0} s",
-                if limit { "on" } else { "off" },
-                run.peak_goodput,
+                "app overload, limit {:<3} seed {seed}: peaks {:.0?}/s, {:.0}/s offered, goodput {:.0?}/s ({:.0} % of peak), accepted p99 {:.0} ms (unloaded {:.0} ms), {} shed, {:.0} s",
+                if run.limit { "on" } else { "off" },
+                run.peaks,
                 run.offered_rate,
-                run.goodput,
+                run.round_goodput,
                 run.goodput_ratio * 100.0,
                 run.accepted_p99_ms,
                 run.unloaded_p99_ms,
@@ -189,7 +182,7 @@ pub async fn run_from_cli(cli: &crate::cli::Cli, command: &str) -> anyhow::Resul
         .collect();
     println!(
         "chaos overload suite: seeds {seeds:?}, about {} s per seed",
-        3 * 50 + 2 * 50
+        3 * 50 + 130
     );
     let began = Instant::now();
     let report = run_suite(&seeds, std::env::current_exe()?).await?;
