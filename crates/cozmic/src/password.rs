@@ -39,14 +39,16 @@ pub struct Busy;
 /// thread takes it (`true`: run it; `false`: it waited too long, shed it).
 struct Job {
     queued_at: Instant,
-    run: Box<dyn FnOnce(bool) + Send>,
+    /// Returns whether it did any work.
+    run: Box<dyn FnOnce(bool) -> bool + Send>,
 }
 
-/// How long a login may wait for a hashing thread once the queue stands:
-/// under half a hash (argon2's defaults take 11–17 ms on the machines we
-/// measured on). Where half the hash time the rule measures is longer (the
-/// same host hashed in 22 ms one hour), that is the bound instead: a fixed
-/// 5 ms then left the threads idle between arrivals (80 % of the peak).
+/// The least wait worth shedding a login for once the queue stands. The
+/// rule's bound is the longer of this and half the hash time it measures,
+/// and argon2's defaults take 11–29 ms on the machines we measured on, so
+/// in practice a login waits at most half a hash: a fixed 5 ms left the
+/// threads idle between arrivals on a slow day (one seed: 80 % of the peak
+/// against 95 % with no rule; `docs/adaptive.md` §5).
 pub const QUEUE_TARGET: Duration = Duration::from_millis(5);
 
 /// How long a login may wait for a hashing thread in a burst.
@@ -58,7 +60,7 @@ pub const QUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Why: under a login rush beyond what the threads serve, a plain queue
 /// makes every login wait behind it (p99 20–30× the unloaded p99 at 3×
 /// load, with the queue's 5 s bound); the rule keeps what is admitted
-/// within [`QUEUE_TARGET`] of its turn and sheds the rest early, while a
+/// within half a hash of its turn and sheds the rest early, while a
 /// burst that drains within [`QUEUE_INTERVAL`] (the chaos journey's 32
 /// sign-ups at once take two threads about a third of a second) is served
 /// whole.
@@ -73,7 +75,7 @@ pub const QUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// with an accepted p99 1.8× the unloaded one (`docs/adaptive.md` §7).
 ///
 /// Why 5 ms (Facebook's target for its RPC queues) and not 10: what an
-/// admitted login waits under overload is about the target, plus one hash
+/// admitted login waits under overload was about the target, plus one hash
 /// where a job is kept in reserve per thread, and a hash takes 11–17 ms,
 /// so 10 ms let the wait reach two hashes. A first version of the rule,
 /// which shed every late job, lost goodput with 5 ms (101.8 logins/s
@@ -182,15 +184,16 @@ impl PasswordWork {
         let run = Box::new(move |admitted: bool| {
             // The requester gave up waiting: skip the expensive part.
             if tx.is_closed() {
-                return;
+                return false;
             }
             if !admitted {
                 let _ = tx.send(None);
-                return;
+                return false;
             }
             let value = work();
             done.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Some(value));
+            true
         });
         let job = Job {
             queued_at: Instant::now(),
@@ -257,8 +260,12 @@ fn work(jobs: &Mutex<Receiver<Job>>, rule: &OnceLock<ControlledDelay>, waiting: 
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let turn = rule.map(|rule| rule.admit(job.queued_at, behind));
             let admitted = !matches!(turn, Some(None));
-            (job.run)(admitted);
-            drop(turn);
+            let worked = (job.run)(admitted);
+            match turn {
+                // Its requester had gone: no time to count.
+                Some(Some(turn)) if !worked => turn.forget(),
+                turn => drop(turn),
+            }
         }));
     }
 }

@@ -432,11 +432,18 @@ async fn interleave(options: &AppOverloadOptions, benches: &mut [Bench]) {
     let first = benches.iter().map(|b| b.peaks[0]).fold(0.0, f64::max);
     let rate = options.rate.unwrap_or(options.factor * first).max(1.0);
     for round in 0..options.rounds.max(1) {
-        for bench in benches.iter_mut() {
-            bench.overload(options, rate, round).await;
+        // Each app first every other round: whatever a phase leaves behind
+        // (a backlog draining, a warm cache) lands on both alike.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..benches.len()).collect()
+        } else {
+            (0..benches.len()).rev().collect()
+        };
+        for &i in &order {
+            benches[i].overload(options, rate, round).await;
         }
-        for bench in benches.iter_mut() {
-            bench.peak(options).await;
+        for &i in &order {
+            benches[i].peak(options).await;
         }
     }
     for bench in benches.iter_mut() {
@@ -502,20 +509,25 @@ impl Bench {
         })
     }
 
-    /// A peak phase: its logins per second.
+    /// A peak phase: its logins per second (those answered within it: the
+    /// last login of each user ends after it).
     async fn peak(&mut self, options: &AppOverloadOptions) {
         let samples = self
             .logins
             .closed_loop(options.peak_users, options.peak)
             .await;
-        let ok = samples.iter().filter(|s| s.got == Got::Success).count();
+        let ok = samples
+            .iter()
+            .filter(|s| s.got == Got::Success && s.arrival + s.latency <= options.peak)
+            .count();
         self.peaks.push(ok as f64 / options.peak.as_secs_f64());
     }
 
     /// Overload phase `round` at `rate`.
     async fn overload(&mut self, options: &AppOverloadOptions, rate: f64, round: usize) {
         self.logins.answers.lock().expect("answers").clear();
-        let seed = options.seed.wrapping_add(round as u64);
+        // Rounds of consecutive seeds must not share arrivals.
+        let seed = options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round as u64;
         let samples = self
             .logins
             .open_loop(rate, options.overload, options.user_timeout, seed)

@@ -182,7 +182,7 @@ pub async fn run_from_cli(cli: &crate::cli::Cli, command: &str) -> anyhow::Resul
         .collect();
     println!(
         "chaos overload suite: seeds {seeds:?}, about {} s per seed",
-        3 * 50 + 130
+        3 * 50 + 150
     );
     let began = Instant::now();
     let report = run_suite(&seeds, std::env::current_exe()?).await?;

@@ -125,8 +125,8 @@ impl OverloadReport {
             "#### App overload: cozmic offered about 3× the logins it can serve ({seeds})\n\n\
              Logins (an argon2 verification each, on one hashing thread per core), cozmic as a child process with healing on; \
              unloaded = one user at a time; peak = 8 users in a closed loop (enough to keep both hashing threads busy; a user turned away waits 20 ms); \
-             overload = {} logins/s offered (3× the first peak of the run without the limit, the same for both), open loop, users wait 5 s. \
-             Both apps run side by side and are loaded in turn: {rounds} rounds of 8 s of overload, each between two 4 s peaks, figures from each overload's 4th second. \
+             overload = {} logins/s offered (3× the higher of the two apps' first peaks, the same for both), open loop, users wait 5 s. \
+             Both apps run side by side and are loaded in turn (which goes first alternates by round): {rounds} rounds of 8 s of overload, each between two 4 s peaks, figures from each overload's 4th second (the first round's include the limit coming down from 64). \
              \"Of peak\" compares each overload with the mean of the app's own peaks just before and just after it \
              (this machine's speed drifts by up to 1.5× within minutes); \"of no limit's peak\" compares with the other app's peaks of the same rounds.\n",
             offered

@@ -29,8 +29,8 @@
 //!   keep the shorter wait, because a pool that must shed is one whose
 //!   requesters are already waiting (cozmic's login rush at 3× measured
 //!   an accepted p99 of 2.0× the unloaded one with the larger reserve).
-//!   What is admitted has waited at most `target`, or behind one job per
-//!   worker. **Under a heavy overload (twice the workers' time asked) no
+//!   What is admitted has waited at most "late" (below), or behind one
+//!   job per worker. **Under a heavy overload (twice the workers' time asked) no
 //!   job is kept:** arrivals then come faster than jobs end, so a shed
 //!   idles a worker for a fraction of a job at most, and the reserve is
 //!   only wait. Measured in cozmic's hashing queue at 3×, the reserve was
@@ -199,6 +199,15 @@ pub struct Turn<'a> {
 }
 
 impl Turn<'_> {
+    /// Ends the turn of a job that did no work (its requester had gone
+    /// before it started): it is not counted as the workers' time, nor in
+    /// the mean job time, which a run of empty jobs would otherwise pull
+    /// toward zero.
+    pub fn forget(mut self) {
+        self.ended = true;
+        self.rule.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Ends the turn at `end` (tests drive the rule on a simulated clock).
     #[cfg(test)]
     pub(super) fn end_at(mut self, end: Instant) {
@@ -234,16 +243,17 @@ impl Drop for Turn<'_> {
 
 impl ControlledDelay {
     /// The rule for a queue drained by `workers` threads: a job may wait
-    /// up to `interval`, only up to `target` while the queue is
-    /// overloaded. Rejected unless `0 < target ≤ interval ≤ 10 s` and
-    /// `workers > 0`.
+    /// up to `interval`, only up to `target` (or half the mean job time,
+    /// if longer, never past `interval`) while the queue is overloaded.
+    /// Rejected unless `0 < target ≤ interval ≤ 10 s` and `workers > 0`.
     ///
-    /// How to choose `target`: a fraction of the time a worker takes for
-    /// one job, well under the latency you promise (an admitted job waits
-    /// about `target` at most, then runs). Under overload a worker sheds
-    /// the jobs older than `target` that have others behind them. The rule
-    /// never holds a job to less than half the mean job time it measures,
-    /// so a target chosen on a fast machine does not idle a slow one.
+    /// How to choose `target`: the least wait worth shedding for, well
+    /// under the latency you promise (an admitted job waits about the
+    /// longer of `target` and half a job at most, then runs). Under
+    /// overload a worker sheds the jobs older than that which have others
+    /// behind them. The rule never holds a job to less than half the mean
+    /// job time it measures, so a target chosen on a fast machine does not
+    /// idle a slow one.
     pub fn new(target: Duration, interval: Duration, workers: u32) -> Result<Self, ConfigError> {
         if target.is_zero() || target > interval || interval > super::wait::MAX_INTERVAL {
             return Err(ConfigError::new(format!(
@@ -315,8 +325,9 @@ impl ControlledDelay {
             // A job that waited less than two jobs' time: no queue stands.
             self.good_ms.fetch_max(now_ms, Ordering::Relaxed);
         }
-        // Late: past the target, or past half a job if that is longer.
-        let late = self.target.max(mean / 2);
+        // Late: past the target, or past half a job if that is longer;
+        // never past the interval.
+        let late = self.target.max(mean / 2).min(self.interval);
         let admitted = if waited < late {
             true
         } else if waited > self.interval {

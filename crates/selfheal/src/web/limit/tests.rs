@@ -321,7 +321,8 @@ fn wait_settings_out_of_range_are_rejected() {
 #[test]
 fn an_overload_gets_the_target_but_the_last_job_runs() {
     let ms = Duration::from_millis;
-    let rule = ControlledDelay::new(ms(5), ms(100), 1).unwrap();
+    // A target above half a job (jobs of 10-60 ms): the target is the bound.
+    let rule = ControlledDelay::new(ms(30), ms(100), 1).unwrap();
     let at = |t: u64| rule.epoch() + ms(t);
     let run = |now: u64, queued: u64, behind: usize, took: u64| {
         rule.admit_at(at(now), at(queued), behind)
@@ -331,20 +332,46 @@ fn an_overload_gets_the_target_but_the_last_job_runs() {
     assert!(run(0, 0, 3, 40), "fresh");
     assert!(run(40, 0, 3, 60), "a burst: 40 ms is within the interval");
     // The first window asked all of the worker's 100 ms.
-    assert!(!run(100, 50, 3, 0), "overload: 50 ms > 5 ms, jobs behind");
+    assert!(!run(100, 50, 3, 0), "overload: 50 ms > 30 ms, jobs behind");
     rule.refused();
     rule.refused();
-    assert!(run(101, 95, 0, 10), "the last job runs");
+    assert!(run(131, 95, 0, 10), "the last job runs: 36 ms, none behind");
     // The second window ran 10 ms of work, shed one job and turned two
     // away at the door (about 42 ms each): still more than the worker had.
     assert!(
-        !run(200, 180, 3, 0),
+        !run(200, 160, 3, 0),
         "sheds and refusals count as asked work"
     );
     assert!(!run(400, 250, 0, 0), "never past the interval");
     assert_eq!(rule.shed(), 3);
     assert!(ControlledDelay::new(ms(0), ms(100), 1).is_err());
     assert!(ControlledDelay::new(ms(5), ms(100), 0).is_err());
+}
+
+/// Half a job is the bound only up to the interval: with jobs of 300 ms
+/// and an interval of 100 ms, a job that waited 120 ms is shed under
+/// overload although it waited less than half a job; and a job that did
+/// no work (its requester had gone) leaves the mean job time alone.
+#[test]
+fn half_a_job_never_reaches_past_the_interval() {
+    let ms = Duration::from_millis;
+    let rule = ControlledDelay::new(ms(5), ms(100), 1).unwrap();
+    let at = |t: u64| rule.epoch() + ms(t);
+    rule.admit_at(at(0), at(0), 0).unwrap().end_at(at(300));
+    // Forgotten turns: the mean stays at 300 ms.
+    for t in 301..320 {
+        rule.admit_at(at(t), at(t), 0).unwrap().forget();
+    }
+    assert!(
+        rule.admit_at(at(320), at(230), 1)
+            .map(Turn::forget)
+            .is_some(),
+        "90 ms: within the interval (had the forgotten turns counted, the mean would be 24 ms and this one shed)"
+    );
+    assert!(
+        rule.admit_at(at(330), at(210), 1).is_none(),
+        "120 ms: past the interval, under half a job"
+    );
 }
 
 /// The busy window judges a whole window: `percent` of the slots' time.
