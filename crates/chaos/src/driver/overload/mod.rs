@@ -45,12 +45,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cozmic::config::{Config, Healing};
 use serde::Serialize;
 
 use super::app::{App, AppMode};
+use logins::{ACCOUNTS, Logins};
+
+mod logins;
 use crate::overload::figures::{self, Got, Sample};
 
 /// The app-overload scenario: two app processes, without and with the
@@ -156,219 +159,6 @@ pub struct AppOverloadRun {
     pub answers: BTreeMap<String, u64>,
 }
 
-/// A visitor's login form: its CSRF cookie and token.
-#[derive(Clone)]
-struct Form {
-    cookie: String,
-    csrf: String,
-}
-
-/// Everything a login needs.
-struct Logins {
-    http: reqwest::Client,
-    base: String,
-    forms: Vec<Form>,
-    accounts: Vec<String>,
-    /// What the logins got, by status code (`timeout`, `error`).
-    answers: std::sync::Mutex<BTreeMap<String, u64>>,
-}
-
-const PASSWORD: &str = "chaos-password-123";
-
-/// How long a closed-loop user turned away (`503`) waits before its next
-/// login.
-const SHED_PAUSE: Duration = Duration::from_millis(20);
-
-/// Students the logins take turns on: the login throttle slows an account
-/// with more than 30 attempts in flight, which a rush spread over this many
-/// never reaches.
-const ACCOUNTS: usize = 32;
-
-impl Logins {
-    /// A visitor's login form.
-    async fn form(http: &reqwest::Client, base: &str) -> anyhow::Result<Form> {
-        let page = http.get(format!("{base}/login")).send().await?;
-        let cookie = page
-            .headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("cozmic_csrf="))
-            .and_then(|v| v.split(';').next())
-            .ok_or_else(|| anyhow::anyhow!("no CSRF cookie on /login"))?
-            .to_owned();
-        let csrf = super::user::form_value(&page.text().await?, "csrf")
-            .ok_or_else(|| anyhow::anyhow!("no CSRF token on /login"))?;
-        Ok(Form { cookie, csrf })
-    }
-
-    /// Signs up `accounts` students and prepares 8 visitors' forms.
-    async fn prepare(base: String, accounts: usize) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let mut forms = Vec::new();
-        for _ in 0..8 {
-            forms.push(Self::form(&http, &base).await?);
-        }
-        let mut emails = Vec::new();
-        for i in 0..accounts {
-            let email = format!("overload{i}@chaos.test");
-            let form = &forms[i % forms.len()];
-            let answer = http
-                .post(format!("{base}/signup"))
-                .header(reqwest::header::COOKIE, &form.cookie)
-                .header("x-real-ip", client_ip(i))
-                .form(&[
-                    ("name", format!("Overload User {i}")),
-                    ("email", email.clone()),
-                    ("password", PASSWORD.to_owned()),
-                    ("csrf", form.csrf.clone()),
-                ])
-                .send()
-                .await?;
-            anyhow::ensure!(
-                answer.status() == reqwest::StatusCode::SEE_OTHER,
-                "overload sign-up {i}: {}",
-                answer.status()
-            );
-            emails.push(email);
-        }
-        Ok(Self {
-            http,
-            base,
-            forms,
-            accounts: emails,
-            answers: Default::default(),
-        })
-    }
-
-    /// Login number `n`: what it got.
-    async fn login(&self, n: usize) -> Got {
-        let form = &self.forms[n % self.forms.len()];
-        let answer = self
-            .http
-            .post(format!("{}/login", self.base))
-            .header(reqwest::header::COOKIE, &form.cookie)
-            .header("x-real-ip", client_ip(n))
-            .form(&[
-                ("email", self.accounts[n % self.accounts.len()].as_str()),
-                ("password", PASSWORD),
-                ("csrf", form.csrf.as_str()),
-            ])
-            .send()
-            .await;
-        let kind = match &answer {
-            Ok(r) => r.status().as_u16().to_string(),
-            Err(e) if e.is_timeout() => "timeout".to_owned(),
-            Err(_) => "error".to_owned(),
-        };
-        self.note(kind);
-        match answer {
-            Ok(r) if r.status() == reqwest::StatusCode::SEE_OTHER => Got::Success,
-            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => Got::Shed,
-            _ => Got::Failed,
-        }
-    }
-
-    /// Counts one answer of kind `kind`.
-    fn note(&self, kind: String) {
-        *self
-            .answers
-            .lock()
-            .expect("answers")
-            .entry(kind)
-            .or_default() += 1;
-    }
-
-    /// `users` users in a closed loop for `duration`: one sample per login.
-    async fn closed_loop(self: &Arc<Self>, users: usize, duration: Duration) -> Vec<Sample> {
-        let began = Instant::now();
-        let mut tasks = Vec::new();
-        for user in 0..users {
-            let logins = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let mut n = user;
-                while began.elapsed() < duration {
-                    let at = Instant::now();
-                    let got = logins.login(n).await;
-                    samples.push(Sample {
-                        arrival: at - began,
-                        latency: at.elapsed(),
-                        got,
-                    });
-                    n += users;
-                    if got == Got::Shed {
-                        // A user turned away comes back a little later,
-                        // not within the microsecond: a closed loop that
-                        // spins on 503s measures its own spinning.
-                        tokio::time::sleep(SHED_PAUSE).await;
-                    }
-                }
-                samples
-            }));
-        }
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.unwrap_or_default());
-        }
-        all
-    }
-
-    /// Poisson arrivals at `rate` for `duration`, each waiting at most
-    /// `timeout`.
-    async fn open_loop(
-        self: &Arc<Self>,
-        rate: f64,
-        duration: Duration,
-        timeout: Duration,
-        seed: u64,
-    ) -> Vec<Sample> {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let began = Instant::now();
-        let mut at = Duration::ZERO;
-        let mut tasks = Vec::new();
-        for n in 0.. {
-            at += Duration::from_secs_f64(-(1.0 - rng.f64()).ln() / rate);
-            if at >= duration {
-                break;
-            }
-            let scheduled = began + at;
-            tokio::time::sleep_until(scheduled.into()).await;
-            let logins = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let got = tokio::time::timeout_at((scheduled + timeout).into(), logins.login(n))
-                    .await
-                    .unwrap_or_else(|_| {
-                        logins.note("timeout".to_owned());
-                        Got::Failed
-                    });
-                Sample {
-                    arrival: at,
-                    latency: scheduled.elapsed().min(timeout),
-                    got,
-                }
-            }));
-        }
-        let mut all = Vec::new();
-        for task in tasks {
-            if let Ok(sample) = task.await {
-                all.push(sample);
-            }
-        }
-        all
-    }
-}
-
-/// The address of the `n`th visitor, as the reverse proxy in front of the
-/// app (`x-real-ip`) reports it: logins come from many clients, as in a
-/// real rush, so the login throttle (which counts attempts in flight per
-/// client and per account) sees no single client guessing.
-fn client_ip(n: usize) -> String {
-    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
-}
-
 /// The value of the metric line starting with `prefix` in a Prometheus text page.
 fn metric(page: &str, prefix: &str) -> Option<u64> {
     page.lines()
@@ -410,10 +200,10 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<[AppOverloadRun
             }
         }
     }
-    interleave(options, &mut benches).await;
+    let rate = interleave(options, &mut benches).await;
     let mut runs = Vec::new();
     for bench in benches {
-        runs.push(bench.finish(options).await);
+        runs.push(bench.finish(options, rate).await);
     }
     runs.try_into()
         .map_err(|_| anyhow::anyhow!("two runs expected"))
@@ -422,7 +212,7 @@ pub async fn run(options: &AppOverloadOptions) -> anyhow::Result<[AppOverloadRun
 /// The phases, each app's in turn: unloaded, then peak, and per round
 /// overload then peak (the overload at `options.rate`, or `factor` × the
 /// higher of the two first peaks).
-async fn interleave(options: &AppOverloadOptions, benches: &mut [Bench]) {
+async fn interleave(options: &AppOverloadOptions, benches: &mut [Bench]) -> f64 {
     for bench in benches.iter_mut() {
         bench.unloaded = bench.logins.closed_loop(1, options.unloaded).await;
     }
@@ -446,9 +236,7 @@ async fn interleave(options: &AppOverloadOptions, benches: &mut [Bench]) {
             benches[i].peak(options).await;
         }
     }
-    for bench in benches.iter_mut() {
-        bench.rate = rate;
-    }
+    rate
 }
 
 /// One app process and what was measured on it so far.
@@ -458,7 +246,6 @@ struct Bench {
     logins: Arc<Logins>,
     unloaded: Vec<Sample>,
     peaks: Vec<f64>,
-    rate: f64,
     round_goodput: Vec<f64>,
     goodput_per_second: Vec<f64>,
     /// The overload phases' samples from each one's `settle` on.
@@ -501,7 +288,6 @@ impl Bench {
             logins,
             unloaded: Vec::new(),
             peaks: Vec::new(),
-            rate: 0.0,
             round_goodput: Vec::new(),
             goodput_per_second: Vec::new(),
             measured: Vec::new(),
@@ -544,7 +330,7 @@ impl Bench {
     }
 
     /// Reads the app's `/metrics` and memory, stops it: the run.
-    async fn finish(self, options: &AppOverloadOptions) -> AppOverloadRun {
+    async fn finish(self, options: &AppOverloadOptions, rate: f64) -> AppOverloadRun {
         let base = self.app.url();
         let metrics = async {
             self.logins
@@ -571,7 +357,7 @@ impl Bench {
             unloaded_p99_ms: figures::percentile_ms(&self.unloaded, 0.99, ok),
             peak_goodput: figures::mean(self.peaks.iter().copied()),
             peaks: self.peaks,
-            offered_rate: self.rate,
+            offered_rate: rate,
             requests: self.measured.len() as u64,
             goodput,
             round_goodput: self.round_goodput,
